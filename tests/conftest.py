@@ -1,0 +1,30 @@
+"""Shared pytest fixtures and helpers."""
+import pytest
+import torch
+
+
+def make_ms_deform_attn_inputs(N=2, M=3, D=5, shapes=((7, 9), (4, 5), (2, 3)), Lq=11, P=3, dtype=torch.float64,
+                               device="cpu", loc_range=(-0.2, 1.2), requires_grad=False, seed=0):
+    """Random MSDeformAttn inputs: value [N, S, M, D], spatial_shapes [L, 2], level_start_index [L],
+    sampling_locations [N, Lq, M, L, P, 2] uniform in loc_range (so some points lie at or beyond the borders),
+    attention_weights [N, Lq, M, L, P] softmaxed over (L, P)."""
+    gen = torch.Generator().manual_seed(seed)
+    ss = torch.tensor(shapes, dtype=torch.long)
+    areas = ss[:, 0] * ss[:, 1]
+    lsi = torch.cat([areas.new_zeros(1), areas.cumsum(0)[:-1]])
+    S, L = int(areas.sum()), len(shapes)
+    lo, hi = loc_range
+    value = torch.randn(N, S, M, D, generator=gen, dtype=torch.float64)
+    loc = torch.rand(N, Lq, M, L, P, 2, generator=gen, dtype=torch.float64) * (hi - lo) + lo
+    attn = torch.randn(N, Lq, M, L * P, generator=gen, dtype=torch.float64).softmax(-1).view(N, Lq, M, L, P)
+    tensors = [t.to(device=device, dtype=dtype).requires_grad_(requires_grad) for t in (value, loc, attn)]
+    return tensors[0], ss.to(device), lsi.to(device), tensors[1], tensors[2]
+
+
+@pytest.fixture(autouse=True)
+def _deterministic_threads():
+    """Tests run with 2 intra-op threads (CI's core count) so the OpenMP code paths are exercised."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)

@@ -1,0 +1,278 @@
+"""MSDeformAttn op: compiled CPU (and, when present, CUDA) kernels against the grid_sample reference."""
+import os
+import shutil
+import warnings
+
+import pytest
+import torch
+
+from conftest import make_ms_deform_attn_inputs
+from universal_seg.ops import MSDeformAttn, ms_deform_attn, ms_deform_attn_reference
+from universal_seg.ops import _extension
+from universal_seg.ops.ms_deform_attn_function import MSDeformAttnFunction
+
+# Shapes covering odd channel counts, 1-4 levels, Lq != S, single points and many points.
+SHAPES = [
+    dict(N=1, M=1, D=1, shapes=((3, 4),), Lq=2, P=1),
+    dict(N=2, M=3, D=5, shapes=((7, 9), (4, 5), (2, 3)), Lq=11, P=3),
+    dict(N=1, M=2, D=7, shapes=((5, 6), (3, 3)), Lq=23, P=2),
+    dict(N=2, M=2, D=3, shapes=((6, 5), (3, 4), (2, 2), (1, 1)), Lq=4, P=4),
+    dict(N=1, M=4, D=33, shapes=((4, 4), (2, 2), (1, 2)), Lq=6, P=2),  # D > one CUDA warp
+]
+CUDA = torch.cuda.is_available()
+
+
+def _ext():
+    ext = _extension.load_extension()
+    assert ext is not None, "universal_seg._C must be built for these tests (bash scripts/setup.sh)"
+    return ext
+
+
+def _grads(fn, inputs, grad_out):
+    value, ss, lsi, loc, attn = inputs
+    out = fn(value, ss, lsi, loc, attn)
+    return (out, *torch.autograd.grad(out, (value, loc, attn), grad_out))
+
+
+def _to(inputs, dtype=None, device=None, loc_dtype=None):
+    """Leaf copies: value in dtype, locations / weights in loc_dtype (default: dtype)."""
+    value, ss, lsi, loc, attn = inputs
+    value = value.detach().to(device=device, dtype=dtype).requires_grad_()
+    loc, attn = [t.detach().to(device=device, dtype=loc_dtype or dtype).requires_grad_() for t in (loc, attn)]
+    return value, ss.to(device), lsi.to(device), loc, attn
+
+
+@pytest.mark.parametrize("cfg", SHAPES)
+def test_forward_float64_equals_reference(cfg):
+    inputs = make_ms_deform_attn_inputs(**cfg)
+    torch.testing.assert_close(ms_deform_attn(*inputs), ms_deform_attn_reference(*inputs), rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("cfg", SHAPES)
+def test_forward_float32_equals_reference(cfg):
+    inputs = make_ms_deform_attn_inputs(dtype=torch.float32, **cfg)
+    torch.testing.assert_close(ms_deform_attn(*inputs), ms_deform_attn_reference(*inputs), rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("cfg", SHAPES)
+def test_backward_float64_equals_reference_autograd(cfg):
+    inputs = make_ms_deform_attn_inputs(requires_grad=True, **cfg)
+    grad_out = torch.randn(cfg["N"], cfg["Lq"], cfg["M"] * cfg["D"], dtype=torch.float64)
+    for ours, ref in zip(_grads(ms_deform_attn, inputs, grad_out), _grads(ms_deform_attn_reference, inputs, grad_out)):
+        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("cfg", SHAPES)
+def test_gradcheck_cpu_kernel(cfg):
+    value, ss, lsi, loc, attn = make_ms_deform_attn_inputs(requires_grad=True, **cfg)
+    _ext()
+    fn = lambda v, l, a: MSDeformAttnFunction.apply(v, ss, lsi, l, a)  # the compiled kernel, no fallback
+    assert torch.autograd.gradcheck(fn, (value, loc, attn), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+def test_points_exactly_on_borders_and_outside():
+    """x, y in {0, 1} are the level's outer edges (half a pixel beyond the outermost centres); beyond them the
+    sample fades to zero, and a point fully outside contributes nothing."""
+    value, ss, lsi, loc, attn = make_ms_deform_attn_inputs(N=1, M=1, D=2, shapes=((3, 4),), Lq=6, P=1)
+    edges = torch.tensor([[0.0, 0.0], [1.0, 1.0], [0.0, 1.0], [1.0, 0.5], [-0.5, 0.5], [0.5, 1.7]], dtype=torch.float64)
+    loc = edges.view(1, 6, 1, 1, 1, 2).clone()
+    attn = torch.ones(1, 6, 1, 1, 1, dtype=torch.float64)
+    out = ms_deform_attn(value, ss, lsi, loc, attn)
+    torch.testing.assert_close(out, ms_deform_attn_reference(value, ss, lsi, loc, attn), rtol=0, atol=1e-12)
+    # hand-computed: corner (0, 0) at x = y = 0 is pixel (0, 0) weighted 1/4 (the other 3 neighbours are padding)
+    torch.testing.assert_close(out[0, 0], value[0, 0, 0] / 4, rtol=0, atol=1e-12)
+    torch.testing.assert_close(out[0, 4:], torch.zeros(2, 2, dtype=torch.float64), rtol=0, atol=0)
+
+
+def test_non_finite_locations_give_zero_not_a_crash():
+    value, ss, lsi, loc, attn = make_ms_deform_attn_inputs(N=1, M=2, D=4, Lq=3)
+    loc = loc.clone()
+    loc[0, 0] = float("nan")
+    loc[0, 1] = float("inf")
+    loc[0, 2] = -1e30
+    out = ms_deform_attn(value, ss, lsi, loc, attn)
+    assert torch.equal(out, torch.zeros_like(out))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float16, 2e-3), (torch.bfloat16, 1e-2)])
+def test_half_precision_against_float64_cpu(dtype, tol):
+    """fp16 / bf16 values with fp32 locations / weights (as under AMP) and fp32 accumulation: relative error
+    (to the output's scale) within tol."""
+    cfg = SHAPES[1]
+    inputs64 = make_ms_deform_attn_inputs(requires_grad=True, **cfg)
+    grad_out = torch.randn(cfg["N"], cfg["Lq"], cfg["M"] * cfg["D"], dtype=torch.float64)
+    ref = _grads(ms_deform_attn_reference, inputs64, grad_out)
+    low = _grads(ms_deform_attn, _to(inputs64, dtype, loc_dtype=torch.float32), grad_out.to(dtype))
+    assert low[0].dtype == dtype and low[1].dtype == dtype  # output and grad_value in the value dtype
+    assert low[2].dtype == torch.float32 and low[3].dtype == torch.float32  # locations / weights stay fp32
+    for ours, exact in zip(low, ref):
+        err = (ours.double() - exact).abs().max() / exact.abs().max()
+        assert err < tol, f"relative error {err:.2e} >= {tol}"
+
+
+def test_invalid_inputs_raise_clear_errors():
+    value, ss, lsi, loc, attn = make_ms_deform_attn_inputs()
+    with pytest.raises(ValueError, match="level_start_index"):
+        ms_deform_attn(value, ss, lsi + 1, loc, attn)
+    with pytest.raises(ValueError, match="cover"):
+        ms_deform_attn(value[:, :-1], ss, lsi, loc, attn)
+    with pytest.raises(ValueError, match="attention_weights"):
+        ms_deform_attn(value, ss, lsi, loc, attn[..., :-1])
+    with pytest.raises(ValueError, match="sampling_locations"):
+        ms_deform_attn(value, ss, lsi, loc[..., :1], attn)
+    with pytest.raises(ValueError, match="value must be"):
+        ms_deform_attn(value.long(), ss, lsi, loc, attn)
+    with pytest.raises(ValueError, match="integer"):
+        ms_deform_attn(value, ss.double(), lsi, loc, attn)
+
+
+def test_compiled_kernel_checks_its_own_inputs():
+    """Called directly, the extension refuses bad input with an error instead of reading out of bounds."""
+    ext = _ext()
+    value, ss, lsi, loc, attn = make_ms_deform_attn_inputs()
+    with pytest.raises(RuntimeError, match="level_start_index"):
+        ext.ms_deform_attn_forward(value, ss, lsi + 3, loc, attn)
+    with pytest.raises(RuntimeError, match="S ="):
+        ext.ms_deform_attn_forward(value[:, :5].contiguous(), ss, lsi, loc, attn)
+    with pytest.raises(RuntimeError, match="contiguous"):
+        ext.ms_deform_attn_forward(value.transpose(0, 1).contiguous().transpose(0, 1), ss, lsi, loc, attn)
+    with pytest.raises(RuntimeError, match="sampling_locations and attention_weights must be"):
+        ext.ms_deform_attn_forward(value.float(), ss, lsi, loc, attn)
+    with pytest.raises(RuntimeError, match="grad_output"):
+        ext.ms_deform_attn_backward(value, ss, lsi, loc, attn, torch.zeros(1, dtype=torch.float64))
+
+
+def test_fallback_to_reference_warns_once_with_the_fix(monkeypatch):
+    """Without the extension, results still come (from the reference) after one warning naming the build step."""
+    import builtins
+
+    real_import = builtins.__import__
+
+    def no_extension(name, globals=None, locals=None, fromlist=(), level=0):
+        if name == "universal_seg" and fromlist and "_C" in fromlist:
+            raise ImportError("simulated missing extension")
+        return real_import(name, globals, locals, fromlist, level)
+
+    _extension.load_extension.cache_clear()
+    monkeypatch.setattr(builtins, "__import__", no_extension)
+    monkeypatch.delitem(__import__("sys").modules, "universal_seg._C", raising=False)
+    try:
+        inputs = make_ms_deform_attn_inputs()
+        with pytest.warns(RuntimeWarning, match="scripts/setup.sh"):
+            out = ms_deform_attn(*inputs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no second warning
+            ms_deform_attn(*inputs)
+        torch.testing.assert_close(out, ms_deform_attn_reference(*inputs), rtol=0, atol=0)
+    finally:
+        monkeypatch.undo()
+        _extension.load_extension.cache_clear()
+    assert _extension.load_extension() is not None
+
+
+def test_module_init_matches_deformable_detr():
+    """Hand-computed init for 4 heads: directions (1,0), (0,1), (-1,0), (0,-1) on the unit square, point i at
+    distance i+1; attention weights zero (uniform softmax); projections with zero bias."""
+    m = MSDeformAttn(d_model=16, n_levels=2, n_heads=4, n_points=3)
+    assert torch.count_nonzero(m.sampling_offsets.weight) == 0
+    bias = m.sampling_offsets.bias.view(4, 2, 3, 2)
+    directions = torch.tensor([[1.0, 0.0], [0.0, 1.0], [-1.0, 0.0], [0.0, -1.0]])
+    for head in range(4):
+        for level in range(2):
+            for point in range(3):
+                torch.testing.assert_close(bias[head, level, point], directions[head] * (point + 1), atol=1e-6, rtol=0)
+    assert torch.count_nonzero(m.attention_weights.weight) == 0 and torch.count_nonzero(m.attention_weights.bias) == 0
+    assert torch.count_nonzero(m.value_proj.bias) == 0 and torch.count_nonzero(m.output_proj.bias) == 0
+    # xavier_uniform bound sqrt(6 / (fan_in + fan_out))
+    assert m.value_proj.weight.abs().max() <= (6 / 32) ** 0.5
+
+
+def test_module_state_dict_names_match_official_checkpoints():
+    m = MSDeformAttn(d_model=256, n_levels=3, n_heads=8, n_points=4)
+    shapes = {k: tuple(v.shape) for k, v in m.state_dict().items()}
+    # from the official Mask2Former R50 checkpoint (pixel_decoder.transformer.encoder.layers.N.self_attn.*)
+    assert shapes == {
+        "sampling_offsets.weight": (192, 256), "sampling_offsets.bias": (192,),
+        "attention_weights.weight": (96, 256), "attention_weights.bias": (96,),
+        "value_proj.weight": (256, 256), "value_proj.bias": (256,),
+        "output_proj.weight": (256, 256), "output_proj.bias": (256,),
+    }
+
+
+def test_module_forward_compiled_equals_reference(monkeypatch):
+    torch.manual_seed(0)
+    m = MSDeformAttn(d_model=24, n_levels=2, n_heads=4, n_points=2).double()
+    for p in m.parameters():  # move away from the init so offsets and weights are not trivial
+        torch.nn.init.normal_(p, std=0.3)
+    ss = torch.tensor([[6, 5], [3, 3]])
+    lsi = torch.tensor([0, 30])
+    x = torch.randn(2, 39, 24, dtype=torch.float64)
+    ref_pts = torch.rand(2, 39, 2, 2, dtype=torch.float64)
+    mask = torch.zeros(2, 39, dtype=torch.bool)
+    mask[1, -5:] = True
+    out = m(x, ref_pts, x, ss, lsi, mask)
+    monkeypatch.setattr("universal_seg.ops.ms_deform_attn_layer.ms_deform_attn", ms_deform_attn_reference)
+    expected = m(x, ref_pts, x, ss, lsi, mask)
+    assert out.shape == (2, 39, 24)
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-10)
+
+
+def test_module_rejects_indivisible_heads():
+    with pytest.raises(ValueError, match="divisible"):
+        MSDeformAttn(d_model=30, n_heads=8)
+
+
+def _cuda_toolkit_at_build_time() -> bool:
+    if os.environ.get("UNIVERSAL_SEG_CUDA", "auto").lower() in ("0", "false", "no"):
+        return False
+    return bool(os.environ.get("CUDA_HOME") or shutil.which("nvcc"))
+
+
+@pytest.mark.skipif(not _cuda_toolkit_at_build_time(), reason="no nvcc / CUDA_HOME: a CPU-only build is expected")
+def test_cuda_kernels_are_compiled_in_when_nvcc_is_available():
+    assert _ext().cuda_version() >= 11000, "nvcc is available but universal_seg._C has no CUDA kernels"
+
+
+# ----------------------------------------------------------------------------------------------- CUDA
+cuda_only = pytest.mark.skipif(not CUDA, reason="no CUDA device")
+
+
+@cuda_only
+@pytest.mark.parametrize("cfg", SHAPES)
+def test_cuda_forward_backward_float64_equal_reference(cfg):
+    assert _ext().cuda_version() > 0
+    inputs = _to(make_ms_deform_attn_inputs(**cfg), device="cuda")
+    grad_out = torch.randn(cfg["N"], cfg["Lq"], cfg["M"] * cfg["D"], dtype=torch.float64, device="cuda")
+    for ours, ref in zip(_grads(ms_deform_attn, inputs, grad_out), _grads(ms_deform_attn_reference, inputs, grad_out)):
+        torch.testing.assert_close(ours, ref, rtol=0, atol=1e-10)
+
+
+@cuda_only
+@pytest.mark.parametrize("cfg", SHAPES[:3])
+def test_cuda_gradcheck(cfg):
+    value, ss, lsi, loc, attn = _to(make_ms_deform_attn_inputs(**cfg), device="cuda")
+    fn = lambda v, l, a: MSDeformAttnFunction.apply(v, ss, lsi, l, a)
+    assert torch.autograd.gradcheck(fn, (value, loc, attn), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+@cuda_only
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float16, 2e-3), (torch.bfloat16, 1e-2)])
+def test_cuda_low_precision_against_float64(dtype, tol):
+    cfg = SHAPES[1]
+    inputs64 = _to(make_ms_deform_attn_inputs(**cfg), device="cuda")
+    grad_out = torch.randn(cfg["N"], cfg["Lq"], cfg["M"] * cfg["D"], dtype=torch.float64, device="cuda")
+    ref = _grads(ms_deform_attn_reference, inputs64, grad_out)
+    low = _grads(ms_deform_attn, _to(inputs64, dtype, loc_dtype=torch.float32), grad_out.to(dtype))
+    for ours, exact in zip(low, ref):
+        err = (ours.double() - exact).abs().max() / exact.abs().max()
+        assert err < tol, f"{dtype}: relative error {err:.2e} >= {tol}"
+
+
+@cuda_only
+def test_cuda_matches_cpu_kernel_float32():
+    cfg = dict(N=2, M=8, D=32, shapes=((16, 16), (8, 8), (4, 4)), Lq=50, P=4)
+    cpu = make_ms_deform_attn_inputs(dtype=torch.float32, requires_grad=True, **cfg)
+    gpu = _to(cpu, device="cuda")
+    grad_out = torch.randn(2, 50, 256)
+    for a, b in zip(_grads(ms_deform_attn, cpu, grad_out), _grads(ms_deform_attn, gpu, grad_out.cuda())):
+        torch.testing.assert_close(a, b.cpu(), rtol=1e-4, atol=1e-4)

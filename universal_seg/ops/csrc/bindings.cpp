@@ -1,0 +1,58 @@
+// Python bindings of universal_seg._C: device dispatch for the multi-scale deformable attention kernels.
+#include <torch/extension.h>
+
+#include "ms_deform_attn.h"
+
+namespace universal_seg {
+namespace {
+
+constexpr const char* kNoCuda =
+    "universal_seg._C was built without CUDA, so it cannot run on CUDA tensors; reinstall with nvcc on PATH "
+    "(or CUDA_HOME set): pip install --no-build-isolation -e .";
+
+at::Tensor forward(const at::Tensor& value, const at::Tensor& spatial_shapes, const at::Tensor& level_start_index,
+                   const at::Tensor& sampling_loc, const at::Tensor& attn_weight) {
+  if (value.is_cuda()) {
+#ifdef UNIVERSAL_SEG_WITH_CUDA
+    return ms_deform_attn_forward_cuda(value, spatial_shapes, level_start_index, sampling_loc, attn_weight);
+#else
+    TORCH_CHECK(false, kNoCuda);
+#endif
+  }
+  return ms_deform_attn_forward_cpu(value, spatial_shapes, level_start_index, sampling_loc, attn_weight);
+}
+
+std::vector<at::Tensor> backward(const at::Tensor& value, const at::Tensor& spatial_shapes,
+                                 const at::Tensor& level_start_index, const at::Tensor& sampling_loc,
+                                 const at::Tensor& attn_weight, const at::Tensor& grad_output) {
+  if (value.is_cuda()) {
+#ifdef UNIVERSAL_SEG_WITH_CUDA
+    return ms_deform_attn_backward_cuda(value, spatial_shapes, level_start_index, sampling_loc, attn_weight,
+                                        grad_output);
+#else
+    TORCH_CHECK(false, kNoCuda);
+#endif
+  }
+  return ms_deform_attn_backward_cpu(value, spatial_shapes, level_start_index, sampling_loc, attn_weight,
+                                     grad_output);
+}
+
+// CUDA runtime version the CUDA kernels were compiled against (e.g. 13000), or 0 for a CPU-only build.
+int cuda_version() {
+#ifdef UNIVERSAL_SEG_WITH_CUDA
+  return ms_deform_attn_cuda_version();
+#else
+  return 0;
+#endif
+}
+
+}  // namespace
+}  // namespace universal_seg
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "universal_seg compiled ops (multi-scale deformable attention, CPU and CUDA)";
+  m.def("ms_deform_attn_forward", &universal_seg::forward, "MSDeformAttn forward (CPU or CUDA by device)");
+  m.def("ms_deform_attn_backward", &universal_seg::backward, "MSDeformAttn backward (CPU or CUDA by device)");
+  m.def("cuda_version", &universal_seg::cuda_version,
+        "CUDA version the CUDA kernels were compiled with, 0 when the build has no CUDA kernels");
+}

@@ -1,0 +1,100 @@
+"""The MSDeformAttn layer of Deformable DETR (Zhu et al., ICLR 2021), as used by Mask2Former's pixel decoder.
+
+Parameter names (value_proj, sampling_offsets, attention_weights, output_proj) match the official
+Deformable-DETR / Mask2Former checkpoints.
+"""
+import math
+
+import torch
+from torch import nn
+
+from .ms_deform_attn_function import ms_deform_attn
+
+
+class MSDeformAttn(nn.Module):
+    """Multi-scale deformable attention: each query attends to ``n_points`` learned offsets around its reference
+    point in each of ``n_levels`` feature maps, per head.
+
+    Args:
+        d_model: channels of queries and values (divisible by n_heads).
+        n_levels: number of feature levels.
+        n_heads: attention heads.
+        n_points: sampling points per head and level.
+    """
+
+    def __init__(self, d_model: int = 256, n_levels: int = 4, n_heads: int = 8, n_points: int = 4):
+        super().__init__()
+        if d_model % n_heads != 0:
+            raise ValueError(f"MSDeformAttn: d_model ({d_model}) must be divisible by n_heads ({n_heads}).")
+        self.d_model, self.n_levels, self.n_heads, self.n_points = d_model, n_levels, n_heads, n_points
+        self.sampling_offsets = nn.Linear(d_model, n_heads * n_levels * n_points * 2)
+        self.attention_weights = nn.Linear(d_model, n_heads * n_levels * n_points)
+        self.value_proj = nn.Linear(d_model, d_model)
+        self.output_proj = nn.Linear(d_model, d_model)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Deformable-DETR init: offsets start on a per-head direction grid, point i at distance i + 1 (in
+        pixels of each level); attention starts uniform; projections xavier-uniform with zero bias."""
+        nn.init.zeros_(self.sampling_offsets.weight)
+        angles = torch.arange(self.n_heads, dtype=torch.float64) * (2.0 * math.pi / self.n_heads)
+        directions = torch.stack([angles.cos(), angles.sin()], dim=-1)  # [M, 2] as (x, y)
+        directions = directions / directions.abs().max(dim=-1, keepdim=True).values  # onto the unit square
+        scale = torch.arange(1, self.n_points + 1, dtype=torch.float64).view(1, 1, -1, 1)
+        grid = directions.view(self.n_heads, 1, 1, 2).repeat(1, self.n_levels, self.n_points, 1) * scale
+        with torch.no_grad():
+            self.sampling_offsets.bias.copy_(grid.flatten())
+        nn.init.zeros_(self.attention_weights.weight)
+        nn.init.zeros_(self.attention_weights.bias)
+        for proj in (self.value_proj, self.output_proj):
+            nn.init.xavier_uniform_(proj.weight)
+            nn.init.zeros_(proj.bias)
+
+    def forward(
+        self,
+        query: torch.Tensor,
+        reference_points: torch.Tensor,
+        input_flatten: torch.Tensor,
+        input_spatial_shapes: torch.Tensor,
+        input_level_start_index: torch.Tensor,
+        input_padding_mask: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """
+        Args:
+            query: [N, Lq, C].
+            reference_points: [N, Lq, L, 2] (x, y) in [0, 1], or [N, Lq, L, 4] boxes (cx, cy, w, h).
+            input_flatten: [N, S, C], the levels' features flattened and concatenated.
+            input_spatial_shapes: [L, 2] (H_l, W_l).
+            input_level_start_index: [L].
+            input_padding_mask: optional [N, S] bool, True at padded positions (their values are zeroed).
+
+        Returns:
+            [N, Lq, C].
+        """
+        N, Lq, C = query.shape
+        S = input_flatten.shape[1]
+        M, L, P = self.n_heads, self.n_levels, self.n_points
+        if C != self.d_model or input_flatten.shape[2] != self.d_model:
+            raise ValueError(f"MSDeformAttn: expected {self.d_model} channels, got query {tuple(query.shape)} "
+                             f"and input {tuple(input_flatten.shape)}.")
+        if input_spatial_shapes.shape[0] != L:
+            raise ValueError(f"MSDeformAttn: built for {L} levels, got {input_spatial_shapes.shape[0]} spatial shapes.")
+
+        value = self.value_proj(input_flatten)
+        if input_padding_mask is not None:
+            value = value.masked_fill(input_padding_mask[..., None], 0.0)
+        value = value.view(N, S, M, C // M)
+        offsets = self.sampling_offsets(query).view(N, Lq, M, L, P, 2)
+        weights = self.attention_weights(query).view(N, Lq, M, L * P).softmax(-1).view(N, Lq, M, L, P)
+        if reference_points.shape[-1] == 2:
+            # offsets are in pixels of each level: normalise by (W_l, H_l)
+            normalizer = input_spatial_shapes.flip(-1).to(offsets.dtype)
+            locations = reference_points[:, :, None, :, None, :] + offsets / normalizer[None, None, None, :, None, :]
+        elif reference_points.shape[-1] == 4:
+            locations = (reference_points[:, :, None, :, None, :2]
+                         + offsets / P * reference_points[:, :, None, :, None, 2:] * 0.5)
+        else:
+            raise ValueError(f"MSDeformAttn: reference_points must end in 2 or 4 coordinates, "
+                             f"got {tuple(reference_points.shape)}.")
+        out = ms_deform_attn(value, input_spatial_shapes, input_level_start_index, locations, weights)
+        return self.output_proj(out)

@@ -1,7 +1,9 @@
 // CPU kernels of multi-scale deformable attention (forward and backward), parallelised with at::parallel_for
 // (OpenMP). Shapes and sampling convention: see ../ms_deform_attn.h.
 //
-// Layout choices: value is [N, S, M, D], so the D channels of one head at one position are contiguous and
+// Layout choices: the kernels work on a head-major copy of value, [N, M, S, D] (and accumulate grad_value in
+// that layout), so one head's feature map is a dense S x D block: bilinear corners of nearby points share cache
+// lines and pages instead of being M * D elements apart. The D channels of one position stay contiguous, so
 // the innermost loops are unit-stride axpy / dot products over D that the compiler vectorises.
 // Forward parallelises over (n, query); backward over (n, head, level), because the grad_value slices of
 // different (n, head, level) are disjoint, so scatter-adds need no atomics and results are deterministic.
@@ -49,14 +51,13 @@ void forward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t*
                     const at::opmath_type<scalar_t>* loc, const at::opmath_type<scalar_t>* attn, scalar_t* out,
                     const Dims& d) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t row = d.M * d.D;  // elements between two consecutive positions of value
   at::parallel_for(0, d.N * d.Lq, 16, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> acc(d.D);
     for (int64_t nq = begin; nq < end; ++nq) {
       const int64_t n = nq / d.Lq;
       for (int64_t m = 0; m < d.M; ++m) {
         std::fill(acc.begin(), acc.end(), acc_t(0));
-        const scalar_t* value_nm = value + n * d.S * row + m * d.D;
+        const scalar_t* value_nm = value + (n * d.M + m) * d.S * d.D;  // head-major [N, M, S, D]
         const int64_t sample0 = (nq * d.M + m) * d.L * d.P;  // index of this (n, q, m)'s first sample
         for (int64_t l = 0; l < d.L; ++l) {
           for (int64_t p = 0; p < d.P; ++p) {
@@ -67,7 +68,7 @@ void forward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t*
             }
             for (int k = 0; k < 4; ++k) {
               if (c.offset[k] < 0) continue;
-              const scalar_t* v = value_nm + c.offset[k] * row;
+              const scalar_t* v = value_nm + c.offset[k] * d.D;
               const acc_t w = attn[s] * c.weight[k];
               acc_t* a = acc.data();
 #pragma omp simd
@@ -88,14 +89,13 @@ void backward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t
                      const scalar_t* grad_out, at::opmath_type<scalar_t>* grad_value,
                      at::opmath_type<scalar_t>* grad_loc, at::opmath_type<scalar_t>* grad_attn, const Dims& d) {
   using acc_t = at::opmath_type<scalar_t>;
-  const int64_t row = d.M * d.D;
   at::parallel_for(0, d.N * d.M * d.L, 1, [&](int64_t begin, int64_t end) {
     std::vector<acc_t> g(d.D);
     for (int64_t task = begin; task < end; ++task) {
       const int64_t l = task % d.L, m = (task / d.L) % d.M, n = task / (d.L * d.M);
       const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
-      const scalar_t* value_nm = value + n * d.S * row + m * d.D;
-      acc_t* grad_value_nm = grad_value + n * d.S * row + m * d.D;
+      const scalar_t* value_nm = value + (n * d.M + m) * d.S * d.D;  // head-major [N, M, S, D]
+      acc_t* grad_value_nm = grad_value + (n * d.M + m) * d.S * d.D;
       for (int64_t q = 0; q < d.Lq; ++q) {
         const int64_t nqm = (n * d.Lq + q) * d.M + m;
         const scalar_t* go = grad_out + nqm * d.D;
@@ -109,8 +109,8 @@ void backward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t
           acc_t d_attn = 0, d_h = 0, d_w = 0;
           for (int k = 0; k < 4; ++k) {
             if (c.offset[k] < 0) continue;
-            const scalar_t* v = value_nm + c.offset[k] * row;
-            acc_t* gv = grad_value_nm + c.offset[k] * row;
+            const scalar_t* v = value_nm + c.offset[k] * d.D;
+            acc_t* gv = grad_value_nm + c.offset[k] * d.D;
             const acc_t coef = a * c.weight[k];
             acc_t dot = 0;
 #pragma omp simd reduction(+ : dot)
@@ -141,9 +141,10 @@ at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value, const at::Tensor&
   const Dims d = dims_of(value, sampling_loc);
   check_levels_cpu(spatial_shapes, level_start_index, d.S);
   auto out = at::empty({d.N, d.Lq, d.M * d.D}, value.options());
+  const auto value_hm = value.permute({0, 2, 1, 3}).contiguous();  // [N, M, S, D]
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    forward_kernel<scalar_t>(value.data_ptr<scalar_t>(), spatial_shapes.data_ptr<int64_t>(),
+    forward_kernel<scalar_t>(value_hm.data_ptr<scalar_t>(), spatial_shapes.data_ptr<int64_t>(),
                              level_start_index.data_ptr<int64_t>(), sampling_loc.data_ptr<acc_t>(),
                              attn_weight.data_ptr<acc_t>(), out.data_ptr<scalar_t>(), d);
   });
@@ -165,18 +166,20 @@ std::vector<at::Tensor> ms_deform_attn_backward_cpu(const at::Tensor& value, con
               d.N, ", ", d.Lq, ", ", d.M * d.D, "], got ", grad_output.sizes());
   const auto acc_type = sampling_loc.scalar_type();
   // grad_value is accumulated in the opmath type (fp32 for half types) and cast at the end.
-  auto grad_value_acc = at::zeros(value.sizes(), value.options().dtype(acc_type));
+  const auto value_hm = value.permute({0, 2, 1, 3}).contiguous();  // [N, M, S, D]
+  auto grad_value_hm = at::zeros({d.N, d.M, d.S, d.D}, value.options().dtype(acc_type));
   auto grad_loc = at::zeros_like(sampling_loc);
   auto grad_attn = at::zeros_like(attn_weight);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    backward_kernel<scalar_t>(value.data_ptr<scalar_t>(), spatial_shapes.data_ptr<int64_t>(),
+    backward_kernel<scalar_t>(value_hm.data_ptr<scalar_t>(), spatial_shapes.data_ptr<int64_t>(),
                               level_start_index.data_ptr<int64_t>(), sampling_loc.data_ptr<acc_t>(),
                               attn_weight.data_ptr<acc_t>(), grad_output.data_ptr<scalar_t>(),
-                              grad_value_acc.data_ptr<acc_t>(), grad_loc.data_ptr<acc_t>(),
+                              grad_value_hm.data_ptr<acc_t>(), grad_loc.data_ptr<acc_t>(),
                               grad_attn.data_ptr<acc_t>(), d);
   });
-  return {grad_value_acc.to(value.scalar_type()), grad_loc, grad_attn};
+  auto grad_value = grad_value_hm.permute({0, 2, 1, 3}).to(value.scalar_type()).contiguous();  // [N, S, M, D]
+  return {grad_value, grad_loc, grad_attn};
 }
 
 }  // namespace universal_seg

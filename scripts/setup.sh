@@ -59,4 +59,5 @@ if [ "$(cat "$build_stamp" 2>/dev/null)" != "$build_hash" ] || ! "$PY" -c 'impor
 else
   say "universal_seg up to date"
 fi
+"$PY" datasets/prepare_mini.py
 say "done in $((SECONDS - start)) s; environment: $VENV"

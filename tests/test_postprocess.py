@@ -1,0 +1,170 @@
+"""Post-processing on hand-built inputs with known expected outputs."""
+import math
+
+import pytest
+import torch
+
+from detectron2.structures import BitMasks, Instances
+from universal_seg.modeling.postprocess import (
+    instance_inference,
+    masks_to_boxes,
+    panoptic_inference,
+    sem_seg_postprocess,
+    semantic_inference,
+)
+
+IN, OUT = 10.0, -10.0  # mask logits: sigmoid ~ 1 / ~ 0
+
+
+def class_logits(probs):
+    """[Q, K+1] logits whose softmax is exactly the given rows of probabilities (each row sums to 1)."""
+    return torch.tensor(probs, dtype=torch.float64).log().float()
+
+
+def one_hot_row(num_classes, label, score):
+    """K+1 probabilities: `score` on `label`, the rest spread evenly."""
+    rest = (1 - score) / num_classes
+    return [score if c == label else rest for c in range(num_classes + 1)]
+
+
+def rect_mask(hw, rows, cols, inside=IN, outside=OUT):
+    mask = torch.full(hw, outside)
+    mask[rows[0]:rows[1], cols[0]:cols[1]] = inside
+    return mask
+
+
+# ----------------------------------------------------------------------------------------------- semantic
+def test_semantic_inference_matches_hand_einsum():
+    mask_cls = torch.tensor([[1.0, 0.0, -1.0], [0.5, 2.0, 0.0]])  # Q = 2, K = 2
+    mask_pred = torch.tensor([[[0.0, 1.0], [-1.0, 2.0]], [[3.0, -2.0], [0.5, 0.0]]])  # [2, 2, 2]
+    out = semantic_inference(mask_cls, mask_pred)
+    assert out.shape == (2, 2, 2)
+    for c in range(2):
+        for y in range(2):
+            for x in range(2):
+                expected = 0.0
+                for q in range(2):
+                    row = [math.exp(v) for v in mask_cls[q].tolist()]
+                    expected += row[c] / sum(row) / (1 + math.exp(-mask_pred[q, y, x].item()))
+                assert out[c, y, x].item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_sem_seg_postprocess_crops_padding_then_resizes():
+    result = torch.full((2, 4, 4), 5.0)
+    result[:, :2, :3] = torch.tensor([1.0, 2.0])[:, None, None]  # the valid 2x3 region
+    out = sem_seg_postprocess(result, (2, 3), 4, 6)
+    assert out.shape == (2, 4, 6)
+    assert torch.allclose(out[0], torch.ones(4, 6)) and torch.allclose(out[1], torch.full((4, 6), 2.0))
+
+
+# ----------------------------------------------------------------------------------------------- panoptic
+K = 3  # classes 0, 1 things; 2 stuff; index 3 = no-object
+THINGS = {0, 1}
+HW = (10, 10)
+
+
+def run_panoptic(rows, masks):
+    return panoptic_inference(class_logits(rows), torch.stack(masks), K, 0.8, 0.8, THINGS)
+
+
+def test_overlap_goes_to_the_larger_score_times_probability():
+    """Query 0 has the larger class score, but on row 4 its mask is weak (0.62 * 0.95 < 1 * 0.9): query 1
+    wins row 4. Query 0 wins 40 pixels for a 50-pixel mask: 0.8, not < 0.8, kept. Query 1 wins row 9 with
+    sigmoid(-5) < 0.5, so row 9 is void."""
+    q0 = rect_mask(HW, (0, 5), (0, 10))
+    q0[4] = 0.5
+    q1 = rect_mask(HW, (4, 9), (0, 10))
+    q1[9] = -5.0
+    seg, info = run_panoptic([one_hot_row(K, 0, 0.95), one_hot_row(K, 1, 0.9)], [q0, q1])
+    expected = torch.zeros(HW, dtype=torch.int32)
+    expected[0:4], expected[4:9] = 1, 2
+    assert seg.dtype == torch.int32 and torch.equal(seg, expected)
+    assert info == [{"id": 1, "category_id": 0, "isthing": True}, {"id": 2, "category_id": 1, "isthing": True}]
+
+
+def test_segment_losing_more_than_20_percent_is_dropped_and_ids_stay_consecutive():
+    """Query 0 wins only 30 of its 50 mask pixels (0.6 < 0.8): dropped; query 1 then gets id 1."""
+    q0 = rect_mask(HW, (0, 5), (0, 10))
+    q0[3:5] = 0.5
+    q1 = rect_mask(HW, (3, 10), (0, 10))
+    seg, info = run_panoptic([one_hot_row(K, 0, 0.95), one_hot_row(K, 1, 0.9)], [q0, q1])
+    expected = torch.zeros(HW, dtype=torch.int32)
+    expected[3:10] = 1
+    assert torch.equal(seg, expected)
+    assert info == [{"id": 1, "category_id": 1, "isthing": True}]
+
+
+def test_score_threshold_and_no_object():
+    """Score 0.79 dropped, 0.81 kept; a confident no-object query is ignored even with a mask."""
+    masks = [rect_mask(HW, (0, 3), (0, 10)), rect_mask(HW, (3, 6), (0, 10)), rect_mask(HW, (6, 10), (0, 10))]
+    rows = [one_hot_row(K, 0, 0.79), one_hot_row(K, 1, 0.81), one_hot_row(K, K, 0.99)]
+    seg, info = run_panoptic(rows, masks)
+    expected = torch.zeros(HW, dtype=torch.int32)
+    expected[3:6] = 1
+    assert torch.equal(seg, expected)
+    assert info == [{"id": 1, "category_id": 1, "isthing": True}]
+
+
+def test_stuff_of_one_class_merges_things_do_not():
+    """Two stuff queries of class 2 -> one segment; two thing queries of class 0 -> two segments."""
+    hw = (10, 12)
+    masks = [rect_mask(hw, (0, 5), (0, 10)), rect_mask(hw, (0, 5), (10, 12)), rect_mask(hw, (5, 10), (0, 10)),
+             rect_mask(hw, (5, 10), (10, 12))]
+    rows = [one_hot_row(K, 2, 0.9), one_hot_row(K, 0, 0.9), one_hot_row(K, 2, 0.85), one_hot_row(K, 0, 0.95)]
+    seg, info = panoptic_inference(class_logits(rows), torch.stack(masks), K, thing_ids=THINGS)
+    expected = torch.zeros(hw, dtype=torch.int32)
+    expected[:, 0:10] = 1
+    expected[0:5, 10:12] = 2
+    expected[5:10, 10:12] = 3
+    assert torch.equal(seg, expected)
+    assert info == [{"id": 1, "category_id": 2, "isthing": False}, {"id": 2, "category_id": 0, "isthing": True},
+                    {"id": 3, "category_id": 0, "isthing": True}]
+
+
+def test_nothing_kept_gives_void():
+    seg, info = run_panoptic([one_hot_row(K, 0, 0.5)], [rect_mask(HW, (0, 5), (0, 5))])
+    assert torch.equal(seg, torch.zeros(HW, dtype=torch.int32)) and info == []
+
+
+# ----------------------------------------------------------------------------------------------- instance
+def test_instance_boxes_scores_and_topk_order():
+    hw = (6, 8)
+    m0 = rect_mask(hw, (1, 4), (2, 6), inside=2.0)  # box [2, 1, 6, 4]
+    m1 = torch.full(hw, OUT)
+    m1[0, 7], m1[5, 0], m1[3, 3] = 1.0, 3.0, 0.5  # scattered pixels: box [0, 0, 8, 6]
+    m2 = torch.full(hw, OUT)  # empty mask: zero box, score 0
+    probs = [[0.6, 0.3, 0.1], [0.05, 0.7, 0.25], [0.2, 0.1, 0.7]]  # Q = 3, K = 2
+    result = instance_inference(class_logits(probs), torch.stack([m0, m1, m2]), 2, test_topk_per_image=4)
+    assert isinstance(result, Instances) and result.image_size == hw and len(result) == 4
+    # (query, class) pairs by decreasing class probability: (1,1) .7, (0,0) .6, (0,1) .3, (2,0) .2
+    expected = [(1, 1, 0.7), (0, 0, 0.6), (0, 1, 0.3), (2, 0, 0.2)]
+    mask_score = {0: 1 / (1 + math.exp(-2.0)),
+                  1: (1 / (1 + math.exp(-1.0)) + 1 / (1 + math.exp(-3.0)) + 1 / (1 + math.exp(-0.5))) / 3,
+                  2: 0.0}
+    boxes = {0: [2, 1, 6, 4], 1: [0, 0, 8, 6], 2: [0, 0, 0, 0]}
+    assert result.pred_classes.tolist() == [c for _, c, _ in expected]
+    for i, (q, _, p) in enumerate(expected):
+        assert result.scores[i].item() == pytest.approx(p * mask_score[q], rel=1e-5, abs=1e-6)
+        assert result.pred_boxes.tensor[i].tolist() == boxes[q]
+        assert torch.equal(result.pred_masks[i], (torch.stack([m0, m1, m2])[q] > 0).float())
+
+
+def test_instance_panoptic_on_keeps_only_things_and_topk_is_clamped():
+    hw = (4, 4)
+    masks = torch.stack([rect_mask(hw, (0, 2), (0, 2)), rect_mask(hw, (2, 4), (2, 4))])
+    probs = [[0.5, 0.4, 0.1], [0.3, 0.6, 0.1]]  # K = 2; class 1 is stuff
+    result = instance_inference(class_logits(probs), masks, 2, test_topk_per_image=100, panoptic_on=True,
+                                thing_ids={0})
+    assert result.pred_classes.tolist() == [0, 0]
+    assert result.pred_boxes.tensor.tolist() == [[0, 0, 2, 2], [2, 2, 4, 4]]
+    with pytest.raises(ValueError, match="thing_ids"):
+        instance_inference(class_logits(probs), masks, 2, panoptic_on=True)
+
+
+def test_masks_to_boxes_matches_detectron2_bitmasks():
+    gen = torch.Generator().manual_seed(0)
+    masks = torch.rand(20, 9, 13, generator=gen) > 0.97
+    masks[0] = False
+    expected = BitMasks(masks).get_bounding_boxes().tensor
+    assert torch.equal(masks_to_boxes(masks), expected)
+    assert masks_to_boxes(torch.zeros(0, 3, 3, dtype=torch.bool)).shape == (0, 4)

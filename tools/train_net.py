@@ -1,0 +1,66 @@
+#!/usr/bin/env python
+"""Train or evaluate a universal_seg model.
+
+    python tools/train_net.py --config-file configs/coco/panoptic/m2f_r50.yaml --num-gpus 8
+    python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS model_final.pkl
+    python tools/train_net.py --config-file ... --resume            # continue from OUTPUT_DIR/last_checkpoint
+    # several machines: --num-machines 2 --machine-rank {0,1} --dist-url tcp://HOST:PORT
+
+Trailing KEY VALUE pairs override the config (detectron2's --opts). Without CUDA, --num-gpus N starts N CPU
+processes joined with the gloo backend.
+"""
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+
+import torch  # noqa: E402
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.engine import default_argument_parser, default_setup  # noqa: E402
+from detectron2.evaluation import verify_results  # noqa: E402
+from detectron2.utils import comm  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+import universal_seg.data  # noqa: E402,F401  (registers the datasets)
+import universal_seg.modeling  # noqa: E402,F401  (registers the models)
+from universal_seg.checkpoint import UniversalSegCheckpointer  # noqa: E402
+from universal_seg.config import add_universal_seg_config  # noqa: E402
+from universal_seg.engine import Trainer, launch  # noqa: E402
+
+
+def setup(args):
+    """Config from the file and the command-line overrides; logging and output directory."""
+    if not os.path.isfile(args.config_file):
+        sys.exit(f"--config-file {args.config_file!r} does not exist; pick one under configs/.")
+    cfg = get_cfg()
+    add_universal_seg_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no CUDA device is available: "
+                 "append `MODEL.DEVICE cpu` to the command line.")
+    cfg.freeze()
+    default_setup(cfg, args)
+    setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="universal_seg")
+    return cfg
+
+
+def main(args):
+    cfg = setup(args)
+    if args.eval_only:
+        model = Trainer.build_model(cfg)
+        UniversalSegCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        res = Trainer.test(cfg, model)
+        if comm.is_main_process():
+            verify_results(cfg, res)
+        return res
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=args.resume)
+    return trainer.train()
+
+
+if __name__ == "__main__":
+    args = default_argument_parser().parse_args()
+    print("Command Line Args:", args)
+    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
+           dist_url=args.dist_url, args=(args,))

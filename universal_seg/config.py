@@ -1,0 +1,69 @@
+"""Every config key universal_seg adds to detectron2's defaults, with its default and meaning.
+
+Key names follow the official Mask2Former code where one exists, so its users' configs and habits carry over.
+Part-specific keys live next to their part (backbones: modeling/backbone/config.py; data and evaluation:
+data/config.py) and are added here.
+"""
+from detectron2.config import CfgNode as CN
+
+
+def add_maskformer_config(cfg) -> None:
+    """Meta-architecture, pixel decoder, transformer decoder, criterion, inference and solver keys."""
+    cfg.MODEL.MASK_FORMER = CN()
+    mf = cfg.MODEL.MASK_FORMER
+    # loss weights (Mask2Former: class 2.0, mask BCE 5.0, dice 5.0; no-object class weight 0.1)
+    mf.DEEP_SUPERVISION = True
+    mf.NO_OBJECT_WEIGHT = 0.1
+    mf.CLASS_WEIGHT = 2.0
+    mf.DICE_WEIGHT = 5.0
+    mf.MASK_WEIGHT = 5.0
+    # transformer decoder
+    mf.TRANSFORMER_DECODER_NAME = "MultiScaleMaskedTransformerDecoder"
+    mf.NHEADS = 8
+    mf.DROPOUT = 0.0  # dropout of the pixel decoder's deformable encoder (the decoder uses none)
+    mf.DIM_FEEDFORWARD = 2048
+    mf.DEC_LAYERS = 10  # counts the prediction from the learnable queries: 9 transformer layers
+    mf.PRE_NORM = False
+    mf.HIDDEN_DIM = 256
+    mf.NUM_OBJECT_QUERIES = 100
+    mf.ENFORCE_INPUT_PROJ = False
+    mf.SIZE_DIVISIBILITY = 32  # pad images to a multiple of this (0: the backbone's size_divisibility)
+    # point-sampled losses and matching
+    mf.TRAIN_NUM_POINTS = 112 * 112
+    mf.OVERSAMPLE_RATIO = 3.0
+    mf.IMPORTANCE_SAMPLE_RATIO = 0.75
+    # inference
+    mf.TEST = CN()
+    mf.TEST.SEMANTIC_ON = True
+    mf.TEST.INSTANCE_ON = False
+    mf.TEST.PANOPTIC_ON = False
+    mf.TEST.OBJECT_MASK_THRESHOLD = 0.8
+    mf.TEST.OVERLAP_THRESHOLD = 0.8
+    mf.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False
+    mf.TEST.DETECTIONS_PER_IMAGE = 100  # instance top-k over queries x classes
+
+    head = cfg.MODEL.SEM_SEG_HEAD  # detectron2 already defines NAME, IN_FEATURES, NUM_CLASSES, CONVS_DIM, NORM, ...
+    head.MASK_DIM = 256
+    head.TRANSFORMER_ENC_LAYERS = 6
+    head.PIXEL_DECODER_NAME = "MSDeformAttnPixelDecoder"
+    head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]
+    head.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
+    head.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS = 8
+    head.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD = 1024
+
+    # optimizer (SOLVER.CLIP_GRADIENTS.CLIP_TYPE additionally accepts "full_model")
+    cfg.SOLVER.OPTIMIZER = "ADAMW"
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 0.1
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
+    cfg.SOLVER.POLY_LR_POWER = 0.9
+    cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0
+
+
+def add_universal_seg_config(cfg) -> None:
+    """Adds every universal_seg key to a detectron2 config (call once, before merge_from_file)."""
+    from .data.config import add_data_config
+    from .modeling.backbone.config import add_backbone_config
+
+    add_maskformer_config(cfg)
+    add_backbone_config(cfg)
+    add_data_config(cfg)

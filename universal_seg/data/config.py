@@ -1,0 +1,21 @@
+"""Config keys of the data pipeline (names and defaults as in Mask2Former). detectron2 already has
+INPUT.MIN_SIZE_TRAIN/MAX_SIZE_TRAIN/CROP.*/FORMAT and TEST.AUG.* (MIN_SIZES, MAX_SIZE, FLIP) used by the TTA."""
+
+
+def add_data_config(cfg):
+    """Add the dataset/input/test keys of universal_seg to ``cfg`` (a detectron2 CfgNode), in place."""
+    # which training mapper builds targets: one of universal_seg.data.mappers.MAPPER_REGISTRY's names
+    # ("mask_former_semantic", "mask_former_panoptic", "mask_former_instance", "coco_instance_lsj",
+    # "coco_panoptic_lsj")
+    cfg.INPUT.DATASET_MAPPER_NAME = "mask_former_semantic"
+    # SSD-style photometric jitter (brightness, contrast, saturation, hue) in the semantic/panoptic mappers
+    cfg.INPUT.COLOR_AUG_SSD = False
+    # a random crop is retried (up to 10 times) until no single category covers more than this fraction
+    cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA = 1.0
+    # pad image (value 128) and labels (ignore) to a multiple of this; -1 = no padding
+    cfg.INPUT.SIZE_DIVISIBILITY = -1
+    # large-scale jitter (LSJ, COCO mappers): output size and the range of the random scale of it
+    cfg.INPUT.IMAGE_SIZE = 1024
+    cfg.INPUT.MIN_SCALE = 0.1
+    cfg.INPUT.MAX_SCALE = 2.0
+    return cfg

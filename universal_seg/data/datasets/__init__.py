@@ -1,0 +1,22 @@
+"""Dataset registration. Importing this module registers every dataset under $DETECTRON2_DATASETS (default
+``./datasets``) without touching the disk; files are checked when a dataset is loaded (DatasetCatalog.get)."""
+from ._common import check_paths, dataset_root, register_checked
+from .ade20k import register_all_ade20k
+from .cityscapes import register_all_cityscapes
+from .coco import register_all_coco
+from .mapillary import register_all_mapillary_vistas
+from .mini import register_all_mini
+from .panoptic_json import load_panoptic_json
+
+
+def register_all(root=None):
+    """Register (or re-register, e.g. after changing $DETECTRON2_DATASETS) every dataset under ``root``."""
+    root = root or dataset_root()
+    register_all_coco(root)
+    register_all_ade20k(root)
+    register_all_cityscapes(root)
+    register_all_mapillary_vistas(root)
+    register_all_mini(root)
+
+
+register_all()

@@ -1,0 +1,72 @@
+"""Helpers shared by the registration modules: lazy existence checks and category-table metadata."""
+import functools
+import os
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+
+
+def dataset_root():
+    """The datasets root: $DETECTRON2_DATASETS, default ``./datasets`` (read at registration, never listed)."""
+    return os.getenv("DETECTRON2_DATASETS", "datasets")
+
+
+def check_paths(name, paths, script):
+    """Raise one FileNotFoundError naming the first missing path of dataset ``name`` and how to make it."""
+    for path in paths:
+        if path and not os.path.exists(path):
+            raise FileNotFoundError(
+                f"Dataset '{name}' needs '{path}', which does not exist; prepare it with `{script}` "
+                f"(layouts in datasets/README.md) or set $DETECTRON2_DATASETS to the folder that holds it."
+            )
+
+
+def _checked_call(name, paths, script, loader):
+    check_paths(name, paths, script)
+    return loader()
+
+
+def register_checked(name, loader, paths, script, **metadata):
+    """Register ``loader`` (a no-argument callable) as ``name``; existence of ``paths`` is checked when it is
+    called (``DatasetCatalog.get``), never at import. Replaces an existing registration (e.g. detectron2's)."""
+    if name in DatasetCatalog.list():
+        DatasetCatalog.remove(name)
+    if name in MetadataCatalog.list():
+        MetadataCatalog.remove(name)
+    DatasetCatalog.register(name, functools.partial(_checked_call, name, list(paths), script, loader))
+    MetadataCatalog.get(name).set(**metadata)
+
+
+def semantic_metadata(categories, ignore_label=255):
+    """Metadata of a semantic dataset whose label value i is the i-th category (``stuff_*`` keys)."""
+    return dict(
+        stuff_classes=[c["name"] for c in categories],
+        stuff_colors=[tuple(c["color"]) for c in categories],
+        stuff_dataset_id_to_contiguous_id={c["id"]: i for i, c in enumerate(categories)},
+        ignore_label=ignore_label,
+    )
+
+
+def panoptic_metadata(categories):
+    """Mask2Former's panoptic convention: one contiguous space over all classes; ``thing_*`` lists the things
+    (with ids into that space), ``stuff_*`` lists every class (so semantic evaluation covers all of them)."""
+    things = [c for c in categories if c["isthing"]]
+    return dict(
+        thing_classes=[c["name"] for c in things],
+        thing_colors=[tuple(c["color"]) for c in things],
+        thing_dataset_id_to_contiguous_id={c["id"]: i for i, c in enumerate(categories) if c["isthing"]},
+        stuff_classes=[c["name"] for c in categories],
+        stuff_colors=[tuple(c["color"]) for c in categories],
+        stuff_dataset_id_to_contiguous_id={c["id"]: i for i, c in enumerate(categories)},
+        ignore_label=255,
+        label_divisor=1000,
+    )
+
+
+def instance_metadata(categories):
+    """Metadata of a COCO-format instance dataset over the thing categories."""
+    things = [c for c in categories if c["isthing"]]
+    return dict(
+        thing_classes=[c["name"] for c in things],
+        thing_colors=[tuple(c["color"]) for c in things],
+        thing_dataset_id_to_contiguous_id={c["id"]: i for i, c in enumerate(things)},
+    )

@@ -1,0 +1,46 @@
+"""Loader for COCO-panoptic-format datasets (PNG + JSON), with optional semantic label PNGs."""
+import json
+import os
+
+
+def load_panoptic_json(json_file, image_dir, panoptic_dir, semantic_dir, metadata, image_ext=".jpg"):
+    """Read a COCO panoptic JSON into detectron2 dicts.
+
+    Returns a list of dicts with ``file_name``, ``image_id``, ``height``/``width`` (when the JSON's image
+    records have them), ``pan_seg_file_name``, ``sem_seg_file_name`` (when ``semantic_dir`` is given) and
+    ``segments_info`` whose ``category_id`` is contiguous and ``isthing`` is set.
+    """
+    with open(json_file) as f:
+        info = json.load(f)
+    images = {img["id"]: img for img in info.get("images", [])}
+    things = metadata["thing_dataset_id_to_contiguous_id"]
+    stuff = metadata["stuff_dataset_id_to_contiguous_id"]
+    records = []
+    for ann in info["annotations"]:
+        stem = os.path.splitext(ann["file_name"])[0]
+        image = images.get(ann["image_id"], {})
+        image_file = image.get("file_name", stem + image_ext)
+        record = {
+            "file_name": os.path.join(image_dir, os.path.basename(image_file)),
+            "image_id": ann["image_id"],
+            "pan_seg_file_name": os.path.join(panoptic_dir, ann["file_name"]),
+            "segments_info": [_contiguous(s, things, stuff, json_file) for s in ann["segments_info"]],
+        }
+        if "height" in image:
+            record.update(height=image["height"], width=image["width"])
+        if semantic_dir:
+            record["sem_seg_file_name"] = os.path.join(semantic_dir, ann["file_name"])
+        records.append(record)
+    if not records:
+        raise ValueError(f"'{json_file}' has no annotations; re-run its preparation script.")
+    return records
+
+
+def _contiguous(segment, things, stuff, json_file):
+    segment = dict(segment)
+    cat = segment["category_id"]
+    if cat not in stuff:
+        raise ValueError(f"'{json_file}' uses category id {cat}, which is not in the dataset's category table.")
+    segment["isthing"] = cat in things
+    segment["category_id"] = things[cat] if cat in things else stuff[cat]
+    return segment

@@ -1,0 +1,66 @@
+"""Panoptic training mapper for ADE20K / Cityscapes / Mapillary-style data (COCO-panoptic PNG + segments_info)."""
+import numpy as np
+import torch
+from detectron2.config import configurable
+from detectron2.data import transforms as T
+
+from .base import register_mapper, dataset_ignore_label, scale_crop_augmentations, start
+from .image_io import check_same_size, read_label, read_panoptic
+from .targets import compact_panoptic, divisible_size, image_to_tensor, instances_from_panoptic, pad_to
+
+
+def semantic_from_compact(compact, segments_info, ignore_label):
+    """Semantic labels [H, W] (int64) from compact panoptic ids: segment k+1 -> its category, void -> ignore."""
+    lut = np.full(len(segments_info) + 1, ignore_label, dtype=np.int64)
+    for k, segment in enumerate(segments_info):
+        lut[k + 1] = segment["category_id"]
+    return lut[compact.astype(np.int64)]
+
+
+@register_mapper("mask_former_panoptic")
+class PanopticDatasetMapper:
+    """Like the semantic mapper, plus ``pan_seg_file_name``/``segments_info``: one instance per non-crowd segment
+    (crowd segments are dropped from ``instances`` but keep their class in ``sem_seg``). Semantic labels come from
+    ``sem_seg_file_name`` when present, else from the panoptic segments (void -> ignore).
+
+    Returns dict(..., image uint8 [3, H, W], sem_seg long [H, W], instances: gt_classes long [n],
+    gt_masks bool [n, H, W]), or None when the image is unreadable.
+    """
+
+    @configurable
+    def __init__(self, is_train=True, *, augmentations, image_format, ignore_label, size_divisibility):
+        self.is_train = is_train
+        self.augmentations = T.AugmentationList(augmentations)
+        self.image_format = image_format
+        self.ignore_label = ignore_label
+        self.size_divisibility = size_divisibility
+
+    @classmethod
+    def from_config(cls, cfg, is_train=True):
+        ignore = dataset_ignore_label(cfg)
+        return dict(is_train=is_train, augmentations=scale_crop_augmentations(cfg, is_train, ignore),
+                    image_format=cfg.INPUT.FORMAT, ignore_label=ignore,
+                    size_divisibility=cfg.INPUT.SIZE_DIVISIBILITY)
+
+    def __call__(self, dataset_dict):
+        dataset_dict, image = start(dataset_dict, self.image_format)
+        if image is None:
+            return None
+        segments = dataset_dict.pop("segments_info")
+        compact = compact_panoptic(read_panoptic(dataset_dict["pan_seg_file_name"]), segments)
+        check_same_size(image, compact, dataset_dict["pan_seg_file_name"])
+        if "sem_seg_file_name" in dataset_dict:
+            sem = read_label(dataset_dict["sem_seg_file_name"])
+            check_same_size(image, sem, dataset_dict["sem_seg_file_name"])
+        else:
+            sem = semantic_from_compact(compact, segments, self.ignore_label)
+        aug_input = T.AugInput(image, sem_seg=sem.astype(np.uint8))
+        transforms = self.augmentations(aug_input)
+        image, sem = aug_input.image, aug_input.sem_seg.astype(np.int64)
+        compact = transforms.apply_segmentation(compact)
+        size = divisible_size(image.shape, self.size_divisibility)
+        image, (sem, compact) = pad_to(image, [sem, compact], size, [self.ignore_label, 0])
+        dataset_dict["image"] = image_to_tensor(image)
+        dataset_dict["sem_seg"] = torch.from_numpy(sem)
+        dataset_dict["instances"] = instances_from_panoptic(compact, segments)
+        return dataset_dict

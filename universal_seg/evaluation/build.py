@@ -1,0 +1,72 @@
+"""Inference-time evaluators chosen by a dataset's metadata ``evaluator_type``."""
+from detectron2.data import MetadataCatalog
+from detectron2.evaluation import (
+    CityscapesInstanceEvaluator, CityscapesSemSegEvaluator, COCOEvaluator, COCOPanopticEvaluator,
+    DatasetEvaluators, SemSegEvaluator)
+
+from .instance_evaluator import InstanceSegEvaluator
+
+_PANOPTIC_TYPES = ("coco_panoptic_seg", "ade20k_panoptic_seg", "mapillary_vistas_panoptic_seg")
+
+
+def _test_flag(cfg, name, default=True):
+    """cfg.MODEL.MASK_FORMER.TEST.<name> (which outputs the model produces) when defined, else ``default``."""
+    node = cfg.MODEL.get("MASK_FORMER", None)
+    node = node.get("TEST", None) if node is not None else None
+    return bool(node.get(name, default)) if node is not None else default
+
+
+def _things_first(meta):
+    ids = sorted(meta.thing_dataset_id_to_contiguous_id.values())
+    return ids == list(range(len(ids)))
+
+
+def _panoptic_evaluators(cfg, name, meta, output_folder):
+    evaluators = []
+    if _test_flag(cfg, "PANOPTIC_ON"):
+        evaluators.append(COCOPanopticEvaluator(name, output_folder))
+    if _test_flag(cfg, "SEMANTIC_ON") and meta.get("sem_seg_root", None):
+        evaluators.append(SemSegEvaluator(name, distributed=True, output_dir=output_folder))
+    if _test_flag(cfg, "INSTANCE_ON") and meta.get("json_file", None):
+        cls = COCOEvaluator if _things_first(meta) else InstanceSegEvaluator
+        evaluators.append(cls(name, output_dir=output_folder, use_fast_impl=False))
+    return evaluators
+
+
+def _cityscapes_evaluators(cfg, name, etype, output_folder):
+    evaluators = []
+    if etype == "cityscapes_instance" or (etype == "cityscapes_panoptic_seg" and _test_flag(cfg, "INSTANCE_ON")):
+        evaluators.append(CityscapesInstanceEvaluator(name))
+    if etype == "cityscapes_sem_seg" or (etype == "cityscapes_panoptic_seg" and _test_flag(cfg, "SEMANTIC_ON")):
+        evaluators.append(CityscapesSemSegEvaluator(name))
+    if etype == "cityscapes_panoptic_seg" and _test_flag(cfg, "PANOPTIC_ON"):
+        evaluators.append(COCOPanopticEvaluator(name, output_folder))
+    return evaluators
+
+
+def build_evaluator(cfg, dataset_name, output_folder=None):
+    """The evaluator(s) for ``dataset_name`` from its metadata ``evaluator_type``:
+
+    sem_seg -> SemSegEvaluator; coco -> COCOEvaluator(use_fast_impl=False) (InstanceSegEvaluator when thing ids
+    are not 0..T-1); coco/ade20k/mapillary panoptic -> COCOPanopticEvaluator (+ SemSegEvaluator, + instance AP,
+    following cfg.MODEL.MASK_FORMER.TEST.{PANOPTIC,SEMANTIC,INSTANCE}_ON when defined); cityscapes_* -> the
+    Cityscapes evaluators. Returns one evaluator or a DatasetEvaluators.
+    """
+    meta = MetadataCatalog.get(dataset_name)
+    etype = meta.get("evaluator_type", None)
+    if etype == "sem_seg":
+        evaluators = [SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)]
+    elif etype == "coco":
+        cls = COCOEvaluator if _things_first(meta) else InstanceSegEvaluator
+        evaluators = [cls(dataset_name, output_dir=output_folder, use_fast_impl=False)]
+    elif etype in _PANOPTIC_TYPES:
+        evaluators = _panoptic_evaluators(cfg, dataset_name, meta, output_folder)
+    elif etype is not None and etype.startswith("cityscapes"):
+        evaluators = _cityscapes_evaluators(cfg, dataset_name, etype, output_folder)
+    else:
+        raise NotImplementedError(f"Dataset '{dataset_name}' has evaluator_type={etype!r}, for which there is no "
+                                  "evaluator; set its metadata evaluator_type (see universal_seg/data/datasets).")
+    if not evaluators:
+        raise ValueError(f"No evaluator enabled for '{dataset_name}'; enable one of "
+                         "cfg.MODEL.MASK_FORMER.TEST.{PANOPTIC,SEMANTIC,INSTANCE}_ON.")
+    return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)

@@ -1,0 +1,90 @@
+"""Panoptic evaluation (PQ, SQ, RQ for all/things/stuff) with panopticapi, and PQ of semantic predictions.
+
+``pq-from-semantic`` definition: in each semantic prediction every class present becomes ONE segment (all its
+pixels, stuff-style, whatever the class), and PQ is computed against the panoptic ground truth with panopticapi.
+Stuff PQ is thus directly comparable; thing PQ is penalised whenever an image has several instances of a class.
+"""
+import contextlib
+import io
+import json
+import os
+import tempfile
+
+import numpy as np
+from panopticapi.evaluation import pq_compute
+from PIL import Image
+
+from .errors import PredictionFileError, check_ids
+
+def validate_panoptic(gt, pred, pred_folder):
+    """Check image ids, category ids, PNG presence and sizes of a panoptic prediction against the ground truth."""
+    gt_anns = {a["image_id"]: a for a in gt["annotations"]}
+    pred_anns = {a["image_id"]: a for a in pred.get("annotations", [])}
+    check_ids(pred_anns, gt_anns, "image id")
+    cats, sizes = {c["id"] for c in gt["categories"]}, {i["id"]: (i["height"], i["width"]) for i in gt["images"]}
+    for image_id, ann in pred_anns.items():
+        unknown = {s["category_id"] for s in ann["segments_info"]} - cats
+        if unknown:
+            raise PredictionFileError(f"Prediction of image {image_id} uses unknown category ids {sorted(unknown)}.")
+        png = os.path.join(pred_folder, ann["file_name"])
+        if not os.path.exists(png):
+            raise PredictionFileError(f"Prediction PNG '{png}' of image {image_id} is missing.")
+        with Image.open(png) as im:
+            if image_id in sizes and (im.height, im.width) != sizes[image_id]:
+                raise PredictionFileError(f"Prediction PNG '{png}' is {(im.height, im.width)} but image {image_id} "
+                                          f"is {sizes[image_id]}.")
+
+def summarize(results):
+    """panopticapi's result -> {"PQ", "SQ", "RQ", "PQ_th", ..., "PQ_st", ...} in %."""
+    out = {}
+    for key, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
+        for metric in ("pq", "sq", "rq"):
+            out[metric.upper() + suffix] = 100 * results[key][metric]
+    return out
+
+def evaluate_panoptic(gt_json, gt_folder, pred_json, pred_folder):
+    """PQ/SQ/RQ (all, things, stuff) of COCO-panoptic predictions (PNG + JSON) via panopticapi's pq_compute."""
+    with open(gt_json) as f:
+        gt = json.load(f)
+    with open(pred_json) as f:
+        pred = json.load(f)
+    validate_panoptic(gt, pred, pred_folder)
+    with contextlib.redirect_stdout(io.StringIO()):
+        results = pq_compute(gt_json, pred_json, gt_folder=gt_folder, pred_folder=pred_folder)
+    return summarize(results)
+
+def semantic_to_panoptic(label, label_to_category, ignore_label):
+    """Label map [H, W] -> (segment ids [H, W], segments_info): one segment per class present, id = label + 1."""
+    ids = np.zeros(label.shape, np.int64)
+    segments = []
+    for value in np.unique(label):
+        if value == ignore_label:
+            continue
+        if int(value) not in label_to_category:
+            raise PredictionFileError(f"Semantic prediction has label {int(value)}, which maps to no category.")
+        ids[label == value] = value + 1
+        segments.append({"id": int(value) + 1, "category_id": label_to_category[int(value)], "iscrowd": 0})
+    return ids, segments
+
+def evaluate_pq_from_semantic(gt_json, gt_folder, pred_folder, label_to_category=None, ignore_label=255):
+    """PQ of semantic label PNGs ``pred_folder/<stem>.png`` (stem of the GT PNG) against a panoptic ground truth.
+
+    ``label_to_category`` maps label values to GT category ids; default: label i -> i-th GT category.
+    """
+    with open(gt_json) as f:
+        gt = json.load(f)
+    label_to_category = label_to_category or {i: c["id"] for i, c in enumerate(gt["categories"])}
+    with tempfile.TemporaryDirectory() as tmp:
+        annotations = []
+        for ann in gt["annotations"]:
+            path = os.path.join(pred_folder, os.path.splitext(ann["file_name"])[0] + ".png")
+            if not os.path.exists(path):
+                raise PredictionFileError(f"Semantic prediction '{path}' for image {ann['image_id']} is missing.")
+            ids, segments = semantic_to_panoptic(np.asarray(Image.open(path)), label_to_category, ignore_label)
+            rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1).astype(np.uint8)
+            Image.fromarray(rgb).save(os.path.join(tmp, ann["file_name"]))
+            annotations.append({"image_id": ann["image_id"], "file_name": ann["file_name"], "segments_info": segments})
+        pred_json = os.path.join(tmp, "pred.json")
+        with open(pred_json, "w") as f:
+            json.dump({"annotations": annotations}, f)
+        return evaluate_panoptic(gt_json, gt_folder, pred_json, tmp)

@@ -1,0 +1,41 @@
+"""Sine position encoding of DETR, used by the pixel decoder and the transformer decoder."""
+import math
+
+import torch
+from torch import nn
+
+
+class PositionEmbeddingSine(nn.Module):
+    """Fixed 2-D sine / cosine encoding of pixel positions (DETR, normalised variant).
+
+    Args:
+        num_pos_feats: features per axis; the output has 2 * num_pos_feats channels (y features, then x).
+        temperature: wavelength base.
+        normalize: scale the cumulative positions to [0, scale].
+        scale: the range of normalised positions (2 * pi).
+    """
+
+    def __init__(self, num_pos_feats: int = 64, temperature: float = 10000.0, normalize: bool = True,
+                 scale: float = 2 * math.pi):
+        super().__init__()
+        self.num_pos_feats, self.temperature, self.normalize, self.scale = num_pos_feats, temperature, normalize, scale
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """x: [B, C, H, W] (only its shape, device and dtype are used); mask: optional [B, H, W] bool, True at
+        padding. Returns [B, 2 * num_pos_feats, H, W] in x's dtype."""
+        B, _, H, W = x.shape
+        not_mask = (torch.ones(B, H, W, device=x.device, dtype=torch.bool) if mask is None else ~mask)
+        y_embed = not_mask.cumsum(1, dtype=torch.float32)
+        x_embed = not_mask.cumsum(2, dtype=torch.float32)
+        if self.normalize:
+            eps = 1e-6
+            y_embed = y_embed / (y_embed[:, -1:, :] + eps) * self.scale
+            x_embed = x_embed / (x_embed[:, :, -1:] + eps) * self.scale
+        dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=x.device)
+        dim_t = self.temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / self.num_pos_feats)
+        pos_x = x_embed[..., None] / dim_t
+        pos_y = y_embed[..., None] / dim_t
+        pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=4).flatten(3)
+        pos_y = torch.stack((pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()), dim=4).flatten(3)
+        return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2).to(x.dtype)

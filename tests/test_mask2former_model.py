@@ -43,6 +43,7 @@ def reference_shapes(name):
 @pytest.mark.parametrize("config,reference", [
     ("configs/coco/panoptic/m2f_r50.yaml", "mask2former_r50_coco_panoptic_state_dict.txt"),
     ("configs/ade20k/semantic/m2f_r50.yaml", "mask2former_r50_ade20k_semantic_state_dict.txt"),
+    ("configs/coco/panoptic/m2f_swin_t.yaml", "mask2former_swin_tiny_coco_panoptic_state_dict.txt"),
 ])
 def test_state_dict_equals_official_checkpoint(config, reference):
     model = build_model(load_cfg(config))

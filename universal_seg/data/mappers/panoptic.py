@@ -1,11 +1,11 @@
 """Panoptic training mapper for ADE20K / Cityscapes / Mapillary-style data (COCO-panoptic PNG + segments_info)."""
 import numpy as np
 import torch
-from detectron2.config import configurable
 from detectron2.data import transforms as T
 
-from .base import register_mapper, dataset_ignore_label, scale_crop_augmentations, start
+from .base import register_mapper, start
 from .image_io import check_same_size, read_label, read_panoptic
+from .semantic import SemanticDatasetMapper
 from .targets import compact_panoptic, divisible_size, image_to_tensor, instances_from_panoptic, pad_to
 
 
@@ -18,29 +18,14 @@ def semantic_from_compact(compact, segments_info, ignore_label):
 
 
 @register_mapper("mask_former_panoptic")
-class PanopticDatasetMapper:
-    """Like the semantic mapper, plus ``pan_seg_file_name``/``segments_info``: one instance per non-crowd segment
+class PanopticDatasetMapper(SemanticDatasetMapper):
+    """The semantic mapper's augmentations and padding (constructor and config shared), plus ``pan_seg_file_name``/``segments_info``: one instance per non-crowd segment
     (crowd segments are dropped from ``instances`` but keep their class in ``sem_seg``). Semantic labels come from
     ``sem_seg_file_name`` when present, else from the panoptic segments (void -> ignore).
 
     Returns dict(..., image uint8 [3, H, W], sem_seg long [H, W], instances: gt_classes long [n],
     gt_masks bool [n, H, W]), or None when the image is unreadable.
     """
-
-    @configurable
-    def __init__(self, is_train=True, *, augmentations, image_format, ignore_label, size_divisibility):
-        self.is_train = is_train
-        self.augmentations = T.AugmentationList(augmentations)
-        self.image_format = image_format
-        self.ignore_label = ignore_label
-        self.size_divisibility = size_divisibility
-
-    @classmethod
-    def from_config(cls, cfg, is_train=True):
-        ignore = dataset_ignore_label(cfg)
-        return dict(is_train=is_train, augmentations=scale_crop_augmentations(cfg, is_train, ignore),
-                    image_format=cfg.INPUT.FORMAT, ignore_label=ignore,
-                    size_divisibility=cfg.INPUT.SIZE_DIVISIBILITY)
 
     def __call__(self, dataset_dict):
         dataset_dict, image = start(dataset_dict, self.image_format)

@@ -11,7 +11,6 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
 
 from universal_seg.modeling.backbone import add_backbone_config, set_mask2former_resnet
-from universal_seg.modeling.backbone.common import DropPath
 
 
 def _swin(cfg):

@@ -1,7 +1,6 @@
 """Shared pieces of the backbones: output-name checks, stage freezing, drop-path, padding helpers."""
 from __future__ import annotations
 
-import math
 from typing import Iterable, Sequence
 
 import torch

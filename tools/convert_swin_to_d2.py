@@ -6,34 +6,18 @@
 The classifier head, the final ImageNet norm and stored attention masks are dropped; the rest keeps the
 official names, which are SwinTransformerBackbone's (loaded with detectron2's matching heuristics).
 """
-import argparse
-import pickle
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from universal_seg.checkpoint import converter_main, load_weights_file, save_detectron2_pickle  # noqa: E402
 from universal_seg.modeling.backbone.swin import convert_swin_checkpoint  # noqa: E402
 
 
-def convert_file(src: str, dst: str) -> dict:
-    ckpt = torch.load(src, map_location="cpu", weights_only=False)
-    model = {k: v.numpy() for k, v in convert_swin_checkpoint(ckpt).items()}
-    obj = {"model": model, "__author__": "swin", "matching_heuristics": True}
-    with open(dst, "wb") as f:
-        pickle.dump(obj, f)
-    return obj
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("input", help="official Swin checkpoint (.pth)")
-    ap.add_argument("output", help="detectron2 weights (.pkl)")
-    args = ap.parse_args(argv)
-    obj = convert_file(args.input, args.output)
-    print(f"wrote {len(obj['model'])} tensors to {args.output}")
+def convert_file(src: str, dst: str, trust_pickle: bool = False) -> dict:
+    """Official Swin .pth at ``src`` -> detectron2 .pkl at ``dst``; returns the pickled dict."""
+    return save_detectron2_pickle(convert_swin_checkpoint(load_weights_file(src, trust_pickle)), dst, "swin")
 
 
 if __name__ == "__main__":
-    main()
+    converter_main(__doc__.splitlines()[0], convert_file, "official Swin checkpoint (.pth)")

@@ -6,37 +6,20 @@
 The .pkl holds {"model": {d2 name: numpy array}, "__author__": "torchvision", "matching_heuristics": True};
 use it as MODEL.WEIGHTS with the ResNet settings of universal_seg.modeling.backbone.set_mask2former_resnet.
 """
-import argparse
-import pickle
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from universal_seg.checkpoint import converter_main, load_weights_file, save_detectron2_pickle  # noqa: E402
 from universal_seg.modeling.backbone.resnet import convert_torchvision_resnet  # noqa: E402
 
 
-def convert_file(src: str, dst: str) -> dict:
+def convert_file(src: str, dst: str, trust_pickle: bool = False) -> dict:
     """Read the torchvision .pth at ``src`` and write the detectron2 .pkl at ``dst``; returns the pickled dict."""
-    sd = torch.load(src, map_location="cpu", weights_only=True)
-    if "state_dict" in sd:
-        sd = sd["state_dict"]
-    model = {k: v.numpy() for k, v in convert_torchvision_resnet(sd).items()}
-    obj = {"model": model, "__author__": "torchvision", "matching_heuristics": True}
-    with open(dst, "wb") as f:
-        pickle.dump(obj, f)
-    return obj
-
-
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("input", help="torchvision ResNet state dict (.pth)")
-    ap.add_argument("output", help="detectron2 weights (.pkl)")
-    args = ap.parse_args(argv)
-    obj = convert_file(args.input, args.output)
-    print(f"wrote {len(obj['model'])} tensors to {args.output}")
+    sd = load_weights_file(src, trust_pickle)
+    sd = sd.get("state_dict", sd)
+    return save_detectron2_pickle(convert_torchvision_resnet(sd), dst, "torchvision")
 
 
 if __name__ == "__main__":
-    main()
+    converter_main(__doc__.splitlines()[0], convert_file, "torchvision ResNet state dict (.pth)")

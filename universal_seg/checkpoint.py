@@ -68,3 +68,43 @@ class UniversalSegCheckpointer(DetectionCheckpointer):
                 loaded = {"model": loaded["model_state"], "__author__": "pycls", "matching_heuristics": True}
             return loaded if "model" in loaded else {"model": loaded}
         raise ValueError(f"unsupported checkpoint format {filename!r}: use a .pkl or .pth file.")
+
+
+# ----------------------------------------------------------------------------------- checkpoint converters
+def load_weights_file(path: str, trust_pickle: bool = False) -> dict:
+    """Tensors of a ``.pth`` / ``.pt`` / ``.bin`` (torch.load with weights_only=True unless ``trust_pickle``) or
+    ``.safetensors`` file, for the converters in tools/."""
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    try:
+        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
+    except pickle.UnpicklingError as err:
+        raise UnsafeCheckpointError(
+            f"{path} holds Python objects besides tensors (e.g. a training config), so it was not unpickled; "
+            f"pass --trust-pickle if you trust its source.") from err
+
+
+def save_detectron2_pickle(state_dict: dict, path: str, author: str) -> dict:
+    """Writes converted weights in detectron2's model-zoo format ({"model": name -> numpy array, "__author__",
+    "matching_heuristics": True}) and returns that dict."""
+    obj = {"model": {k: torch.as_tensor(v).numpy() for k, v in state_dict.items()}, "__author__": author,
+           "matching_heuristics": True}
+    with open(path, "wb") as f:
+        pickle.dump(obj, f)
+    return obj
+
+
+def converter_main(description: str, convert_file, input_help: str, argv=None) -> None:
+    """Command line shared by tools/convert_*.py: ``INPUT OUTPUT [--trust-pickle]``."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("input", help=input_help)
+    parser.add_argument("output", help="detectron2 weights (.pkl)")
+    parser.add_argument("--trust-pickle", action="store_true",
+                        help="allow a .pth that holds Python objects besides tensors (runs code from the file)")
+    args = parser.parse_args(argv)
+    obj = convert_file(args.input, args.output, trust_pickle=args.trust_pickle)
+    print(f"wrote {len(obj['model'])} tensors to {args.output}")

@@ -103,10 +103,10 @@ def test_forward_backward_shapes(name):
 @pytest.mark.parametrize("name", ["resnet50", "swin", "mit_b0", "vit_t", "timm_resnet18", "effformerv2_s0"])
 def test_freeze_at(name):
     trainable = []
+    total = sum(p.numel() for p in build(name, freeze_at=0).parameters())
     for freeze_at in range(6):
         model = build(name, freeze_at=freeze_at)
         trainable.append(sum(p.numel() for p in model.parameters() if p.requires_grad))
-        total = total if freeze_at else sum(p.numel() for p in model.parameters())
     assert trainable[0] == total and trainable[5] == 0
     assert all(a > b for a, b in zip(trainable, trainable[1:])), trainable
     if name == "resnet50":

@@ -3,7 +3,6 @@ import contextlib
 import io
 import json
 
-import numpy as np
 import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval

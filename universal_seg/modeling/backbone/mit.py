@@ -7,7 +7,6 @@ Stage k output has spatial size ``ceil(H / 2^(k+1))`` (overlapping convs with pa
 """
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from detectron2.layers import ShapeSpec

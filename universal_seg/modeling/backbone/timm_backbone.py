@@ -9,8 +9,6 @@ from __future__ import annotations
 import math
 
 import timm
-import torch
-from torch import nn
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
@@ -87,7 +85,7 @@ class TimmBackbone(FreezableBackbone):
         return groups
 
     def freeze(self, freeze_at: int):
-        groups = self.freeze_groups()
+        self.freeze_groups()  # finds out whether the stages can be separated (sets _unsplittable)
         if getattr(self, "_unsplittable", False) and freeze_at not in (0, 5):
             raise ValueError(f"MODEL.BACKBONE.FREEZE_AT={freeze_at} is not supported for timm model "
                              f"{self.model_name!r} (its stages cannot be separated); use 0 or 5.")

@@ -58,6 +58,9 @@ def test_from_config_output_format(name, dataset):
             assert h % 32 == 0 and w % 32 == 0 and min(h, w) <= 256
         assert inst.gt_classes.dtype == torch.int64 and inst.gt_masks.shape[1:] == (h, w)
         assert inst.gt_masks.dtype == torch.bool and inst.gt_masks.flatten(1).any(1).all()
+        # the original size, which detectron2's aspect-ratio grouping and the output resizing read
+        original = Image.open(record["file_name"])
+        assert (out["height"], out["width"]) == (original.height, original.width)
         if "sem_seg" in out:
             sem = out["sem_seg"]
             assert sem.dtype == torch.int64 and sem.shape == (h, w)

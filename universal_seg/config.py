@@ -59,11 +59,29 @@ def add_maskformer_config(cfg) -> None:
     cfg.SOLVER.POLY_LR_CONSTANT_ENDING = 0.0
 
 
+def add_per_pixel_config(cfg) -> None:
+    """Keys of the per-pixel heads (SegFormer, SETR): selected when MODEL.SEM_SEG_HEAD.NAME names a registered
+    per-pixel head (modeling/decoder/per_pixel). They reuse detectron2's MODEL.SEM_SEG_HEAD.{IN_FEATURES,
+    NUM_CLASSES, IGNORE_VALUE, LOSS_WEIGHT (main CE weight), NORM (norm of the head's convs), CONVS_DIM (SegFormer's
+    embedding dim E; SETR's decoder channels)}."""
+    head = cfg.MODEL.SEM_SEG_HEAD
+    head.DROPOUT = 0.1           # per-pixel heads: dropout (2d) before the classifier (SegFormer 0.1, SETR 0.0)
+    head.AUX_IN_FEATURES = []    # SETR Naive / PUP: backbone features with one auxiliary head each (layers 10/15/20)
+    head.AUX_LOSS_WEIGHT = 0.4   # weight of each auxiliary head's CE loss (SETR 0.4)
+    head.MLA_CHANNELS = 128      # SETR-MLA: channels of each level's up-sampling branch (concat = 4x this)
+    # sliding-window inference (mmseg's "slide" mode): logits averaged over overlapping crops of the test image
+    head.SLIDE_WINDOW = CN()
+    head.SLIDE_WINDOW.ENABLED = False
+    head.SLIDE_WINDOW.CROP_SIZE = [512, 512]  # (h, w) of a window, clipped to the image
+    head.SLIDE_WINDOW.STRIDE = [341, 341]     # (h, w) step between windows
+
+
 def add_universal_seg_config(cfg) -> None:
     """Adds every universal_seg key to a detectron2 config (call once, before merge_from_file)."""
     from .data.config import add_data_config
     from .modeling.backbone.config import add_backbone_config
 
     add_maskformer_config(cfg)
+    add_per_pixel_config(cfg)
     add_backbone_config(cfg)
     add_data_config(cfg)

@@ -9,6 +9,8 @@ from detectron2.structures import ImageList, Instances
 from torch import nn
 
 from .criterion import SetCriterion, build_weight_dict
+from .decoder.per_pixel import (build_per_pixel_head, is_per_pixel_head_name, per_pixel_ce_loss,
+                                 slide_window_logits)
 from .matcher import HungarianMatcher
 from .postprocess import instance_inference, panoptic_inference, semantic_inference
 from .segmentation_head import SegmentationHead
@@ -28,13 +30,18 @@ def resize_to_output(x: torch.Tensor, image_size: tuple[int, int], height: int, 
 
 @META_ARCH_REGISTRY.register()
 class UniversalSegmentor(nn.Module):
-    """Mask-classification segmentation (Mask2Former and its relatives).
+    """Mask-classification segmentation (Mask2Former and its relatives) and per-pixel segmentation (SegFormer, SETR).
 
     Training input: detectron2 dicts with "image" (uint8 [3, H, W]) and "instances" (gt_classes [n], gt_masks
     [n, H, W]); "sem_seg" ([H, W], ignore = 255) alone also works (one target per class present).
     Training output: dict of weighted losses. Inference output per image: "sem_seg" [K, H, W] probabilities,
     "panoptic_seg" (int32 [H, W], segments_info) and "instances" (pred_masks, pred_boxes, scores, pred_classes),
     each when enabled, at the input's "height" x "width".
+
+    Per-pixel heads (``sem_seg_head.per_pixel`` True; MODEL.SEM_SEG_HEAD.NAME in PER_PIXEL_HEAD_REGISTRY) output
+    {"sem_seg_logits": [B, K, h, w], "aux_logits": [([B, K, h', w'], weight), ...]}; they train on "sem_seg" alone
+    with cross-entropy (logits upsampled to the padded image, padding ignored), have no criterion, and infer
+    "sem_seg" only (softmax of the logits, optionally averaged over sliding windows).
     """
 
     @configurable
@@ -42,8 +49,16 @@ class UniversalSegmentor(nn.Module):
                  object_mask_threshold: float, overlap_threshold: float, metadata, size_divisibility: int,
                  sem_seg_postprocess_before_inference: bool, pixel_mean: tuple[float, ...], pixel_std: tuple[float, ...],
                  semantic_on: bool, panoptic_on: bool, instance_on: bool, test_topk_per_image: int,
-                 ignore_label: int = 255):
+                 ignore_label: int = 255, sem_seg_loss_weight: float = 1.0,
+                 slide_window: tuple[tuple[int, int], tuple[int, int]] | None = None):
         super().__init__()
+        self.per_pixel = bool(getattr(sem_seg_head, "per_pixel", False))
+        if self.per_pixel and (panoptic_on or instance_on or not semantic_on):
+            raise ValueError(f"{type(sem_seg_head).__name__} is a per-pixel head and predicts semantic segmentation "
+                             "only: set MODEL.MASK_FORMER.TEST.SEMANTIC_ON True and PANOPTIC_ON / INSTANCE_ON False.")
+        if not self.per_pixel and criterion is None:
+            raise ValueError("a mask-classification head needs a criterion (matcher + losses); only per-pixel heads "
+                             "train without one.")
         if not (semantic_on or panoptic_on or instance_on):
             raise ValueError("enable at least one of MODEL.MASK_FORMER.TEST.{SEMANTIC,INSTANCE,PANOPTIC}_ON.")
         if (panoptic_on or instance_on) and getattr(metadata, "thing_dataset_id_to_contiguous_id", None) is None:
@@ -61,10 +76,14 @@ class UniversalSegmentor(nn.Module):
         self.semantic_on, self.panoptic_on, self.instance_on = semantic_on, panoptic_on, instance_on
         self.test_topk_per_image = test_topk_per_image
         self.ignore_label = ignore_label
+        self.sem_seg_loss_weight = sem_seg_loss_weight
+        self.slide_window = slide_window
 
     @classmethod
     def from_config(cls, cfg):
         backbone = build_backbone(cfg)
+        if is_per_pixel_head_name(cfg.MODEL.SEM_SEG_HEAD.NAME):
+            return cls._per_pixel_config(cfg, backbone)
         sem_seg_head = SegmentationHead.from_config(cfg, backbone.output_shape())
         mf = cfg.MODEL.MASK_FORMER
         matcher = HungarianMatcher(cost_class=mf.CLASS_WEIGHT, cost_mask=mf.MASK_WEIGHT, cost_dice=mf.DICE_WEIGHT,
@@ -97,6 +116,36 @@ class UniversalSegmentor(nn.Module):
             "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
         }
 
+    @classmethod
+    def _per_pixel_config(cls, cfg, backbone) -> dict:
+        """Arguments for a per-pixel head: no matcher / criterion, semantic inference only."""
+        head, test = cfg.MODEL.SEM_SEG_HEAD, cfg.MODEL.MASK_FORMER.TEST
+        slide = head.SLIDE_WINDOW
+        if slide.ENABLED and (len(slide.CROP_SIZE) != 2 or len(slide.STRIDE) != 2 or min(slide.STRIDE) <= 0
+                              or any(s > c for s, c in zip(slide.STRIDE, slide.CROP_SIZE))):
+            raise ValueError(f"MODEL.SEM_SEG_HEAD.SLIDE_WINDOW needs CROP_SIZE and STRIDE as (h, w) with "
+                             f"0 < stride <= crop, got {list(slide.CROP_SIZE)} and {list(slide.STRIDE)}.")
+        return {
+            "backbone": backbone,
+            "sem_seg_head": build_per_pixel_head(cfg, backbone.output_shape()),
+            "criterion": None,
+            "num_queries": 0,
+            "object_mask_threshold": test.OBJECT_MASK_THRESHOLD,
+            "overlap_threshold": test.OVERLAP_THRESHOLD,
+            "metadata": MetadataCatalog.get(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else None,
+            "size_divisibility": cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
+            "sem_seg_postprocess_before_inference": False,
+            "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
+            "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
+            "semantic_on": test.SEMANTIC_ON,
+            "instance_on": test.INSTANCE_ON,
+            "panoptic_on": test.PANOPTIC_ON,
+            "test_topk_per_image": test.DETECTIONS_PER_IMAGE,
+            "ignore_label": head.IGNORE_VALUE,
+            "sem_seg_loss_weight": head.LOSS_WEIGHT,
+            "slide_window": (tuple(slide.CROP_SIZE), tuple(slide.STRIDE)) if slide.ENABLED else None,
+        }
+
     @property
     def device(self) -> torch.device:
         return self.pixel_mean.device
@@ -107,6 +156,8 @@ class UniversalSegmentor(nn.Module):
         return ImageList.from_tensors(images, self.size_divisibility)
 
     def forward(self, batched_inputs: list[dict]):
+        if self.per_pixel:
+            return self.forward_per_pixel(batched_inputs)
         images = self.preprocess(batched_inputs)
         features = self.backbone(images.tensor)
         outputs = self.sem_seg_head(features)
@@ -172,3 +223,51 @@ class UniversalSegmentor(nn.Module):
                                                       self.panoptic_on, thing_ids)
             results.append(out)
         return results
+
+    # ------------------------------------------------------------------------------------------------ per-pixel
+    def forward_per_pixel(self, batched_inputs: list[dict]):
+        """Training: {"loss_sem_seg", "loss_sem_seg_aux{i}"} (weighted); inference: [{"sem_seg": [K, H, W]}]."""
+        images = self.preprocess(batched_inputs)
+        if self.training:
+            outputs = self.sem_seg_head(self.backbone(images.tensor))
+            targets = self.prepare_sem_seg_targets(batched_inputs, images)
+            losses = {"loss_sem_seg": self.sem_seg_loss_weight
+                      * per_pixel_ce_loss(outputs["sem_seg_logits"], targets, self.ignore_label)}
+            for i, (logits, weight) in enumerate(outputs.get("aux_logits", [])):
+                losses[f"loss_sem_seg_aux{i}"] = weight * per_pixel_ce_loss(logits, targets, self.ignore_label)
+            return losses
+        results = []
+        if self.slide_window is None:
+            logits = self.per_pixel_logits(images.tensor)
+        for i, (x, image_size) in enumerate(zip(batched_inputs, images.image_sizes)):
+            height, width = x.get("height", image_size[0]), x.get("width", image_size[1])
+            if self.slide_window is None:
+                logits_i = logits[i]
+            else:
+                image = images.tensor[i, :, : image_size[0], : image_size[1]]
+                logits_i = slide_window_logits(image, self.per_pixel_logits, *self.slide_window)
+            results.append({"sem_seg": resize_to_output(logits_i, image_size, height, width).softmax(dim=0)})
+        return results
+
+    def per_pixel_logits(self, images: torch.Tensor) -> torch.Tensor:
+        """Normalised images [B, 3, H, W] (any size) -> per-pixel logits [B, K, H, W]: the images are zero-padded to
+        size_divisibility for the network and the upsampled logits cropped back."""
+        H, W = images.shape[-2:]
+        d = self.size_divisibility
+        padded = F.pad(images, (0, (-W) % d, 0, (-H) % d)) if d > 1 else images
+        logits = self.sem_seg_head(self.backbone(padded))["sem_seg_logits"]
+        logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)
+        return logits[..., :H, :W]
+
+    def prepare_sem_seg_targets(self, batched_inputs: list[dict], images: ImageList) -> torch.Tensor:
+        """Batched "sem_seg" [B, H_pad, W_pad] long, padded with the ignore label like the images."""
+        h_pad, w_pad = images.tensor.shape[-2:]
+        targets = torch.full((len(batched_inputs), h_pad, w_pad), self.ignore_label, dtype=torch.long,
+                             device=self.device)
+        for i, x in enumerate(batched_inputs):
+            if "sem_seg" not in x:
+                raise ValueError("per-pixel heads train on 'sem_seg' ([H, W] class ids); use a semantic dataset "
+                                 "mapper (INPUT.DATASET_MAPPER_NAME: mask_former_semantic).")
+            sem = x["sem_seg"]
+            targets[i, : sem.shape[0], : sem.shape[1]] = sem.to(self.device).long()
+        return targets

@@ -67,6 +67,14 @@ def lsj_augmentations(cfg, is_train):
 
 
 def start(dataset_dict, image_format):
-    """Copy ``dataset_dict`` and read its image (uint8 [H, W, 3]); image None when unreadable."""
+    """Copy ``dataset_dict`` and read its image (uint8 [H, W, 3]); image None when unreadable.
+
+    Records the original "height" / "width" when the dataset does not (semantic datasets): detectron2's
+    aspect-ratio grouping and the model's output size read them.
+    """
     dataset_dict = copy.deepcopy(dataset_dict)
-    return dataset_dict, read_rgb_image(dataset_dict["file_name"], image_format)
+    image = read_rgb_image(dataset_dict["file_name"], image_format)
+    if image is not None:
+        dataset_dict.setdefault("height", image.shape[0])
+        dataset_dict.setdefault("width", image.shape[1])
+    return dataset_dict, image

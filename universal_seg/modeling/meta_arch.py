@@ -96,17 +96,25 @@ class UniversalSegmentor(nn.Module):
                                  importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO)
         test = mf.TEST
         return {
-            "backbone": backbone,
+            **cls._common_config(cfg, backbone),
             "sem_seg_head": sem_seg_head,
             "criterion": criterion,
             "num_queries": mf.NUM_OBJECT_QUERIES,
-            "object_mask_threshold": test.OBJECT_MASK_THRESHOLD,
-            "overlap_threshold": test.OVERLAP_THRESHOLD,
-            "metadata": MetadataCatalog.get(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else None,
-            "size_divisibility": mf.SIZE_DIVISIBILITY,
             # panoptic and instance results are built at output resolution, so masks are resized first
             "sem_seg_postprocess_before_inference": (test.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE
                                                      or test.PANOPTIC_ON or test.INSTANCE_ON),
+        }
+
+    @classmethod
+    def _common_config(cls, cfg, backbone) -> dict:
+        """Arguments shared by mask-classification and per-pixel models."""
+        test = cfg.MODEL.MASK_FORMER.TEST
+        return {
+            "backbone": backbone,
+            "object_mask_threshold": test.OBJECT_MASK_THRESHOLD,
+            "overlap_threshold": test.OVERLAP_THRESHOLD,
+            "metadata": MetadataCatalog.get(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else None,
+            "size_divisibility": cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
             "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
             "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
             "semantic_on": test.SEMANTIC_ON,
@@ -119,29 +127,18 @@ class UniversalSegmentor(nn.Module):
     @classmethod
     def _per_pixel_config(cls, cfg, backbone) -> dict:
         """Arguments for a per-pixel head: no matcher / criterion, semantic inference only."""
-        head, test = cfg.MODEL.SEM_SEG_HEAD, cfg.MODEL.MASK_FORMER.TEST
+        head = cfg.MODEL.SEM_SEG_HEAD
         slide = head.SLIDE_WINDOW
         if slide.ENABLED and (len(slide.CROP_SIZE) != 2 or len(slide.STRIDE) != 2 or min(slide.STRIDE) <= 0
                               or any(s > c for s, c in zip(slide.STRIDE, slide.CROP_SIZE))):
             raise ValueError(f"MODEL.SEM_SEG_HEAD.SLIDE_WINDOW needs CROP_SIZE and STRIDE as (h, w) with "
                              f"0 < stride <= crop, got {list(slide.CROP_SIZE)} and {list(slide.STRIDE)}.")
         return {
-            "backbone": backbone,
+            **cls._common_config(cfg, backbone),
             "sem_seg_head": build_per_pixel_head(cfg, backbone.output_shape()),
             "criterion": None,
             "num_queries": 0,
-            "object_mask_threshold": test.OBJECT_MASK_THRESHOLD,
-            "overlap_threshold": test.OVERLAP_THRESHOLD,
-            "metadata": MetadataCatalog.get(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else None,
-            "size_divisibility": cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
             "sem_seg_postprocess_before_inference": False,
-            "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
-            "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
-            "semantic_on": test.SEMANTIC_ON,
-            "instance_on": test.INSTANCE_ON,
-            "panoptic_on": test.PANOPTIC_ON,
-            "test_topk_per_image": test.DETECTIONS_PER_IMAGE,
-            "ignore_label": head.IGNORE_VALUE,
             "sem_seg_loss_weight": head.LOSS_WEIGHT,
             "slide_window": (tuple(slide.CROP_SIZE), tuple(slide.STRIDE)) if slide.ENABLED else None,
         }

@@ -6,19 +6,17 @@
 from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES
 
 # fmt: off
-# First names (before any comma) of the 100 classes of the ADE20K instance track.
-_THING_NAMES = {
-    "bed", "window", "cabinet", "person", "door", "table", "curtain", "chair", "car", "painting", "sofa",
-    "shelf", "mirror", "armchair", "seat", "fence", "desk", "wardrobe", "lamp", "tub", "rail", "cushion", "box",
-    "column", "signboard", "chest of drawers", "counter", "sink", "fireplace", "refrigerator", "case",
-    "pool table", "pillow", "screen door", "bookcase", "coffee table", "toilet", "flower", "book", "bench",
-    "countertop", "stove", "palm", "kitchen island", "computer", "swivel chair", "boat", "arcade machine", "bus",
-    "towel", "light", "truck", "chandelier", "awning", "street lamp", "booth", "tv", "plane", "clothes", "pole",
-    "bannister", "ottoman", "bottle", "van", "ship", "fountain", "washer", "plaything", "stool", "barrel",
-    "basket", "bag", "minibike", "oven", "ball", "food", "step", "trade name", "microwave", "pot", "animal",
-    "bicycle", "dishwasher", "screen", "blanket", "sculpture", "hood", "sconce", "vase", "traffic light", "tray",
-    "trash can", "fan", "plate", "monitor", "bulletin board", "radiator", "glass", "clock", "flag",
-}
+# 1-based SceneParsing label values of the 100 classes of the ADE20K instance track, in instance-id order
+# (instance class k is the k-th entry): the "SceneParse150" column of Mask2Former's
+# datasets/ade20k_instance_catid_mapping.txt, which its ADE20K panoptic/instance preparation and its isthing flags
+# use. Verified there: "stairs" (54) is a thing and "blanket, cover" (132) is stuff (the earlier name-based list had
+# these two swapped).
+ADE20K_INSTANCE_TO_SEMANTIC_ID = [
+    8, 9, 11, 13, 15, 16, 19, 20, 21, 23, 24, 25, 28, 31, 32, 33, 34, 36, 37, 38, 39, 40, 42, 43, 44, 45, 46, 48,
+    50, 51, 54, 56, 57, 58, 59, 63, 65, 66, 67, 68, 70, 71, 72, 73, 74, 75, 76, 77, 79, 81, 82, 83, 84, 86, 87, 88,
+    89, 90, 91, 93, 94, 96, 98, 99, 103, 104, 105, 108, 109, 111, 112, 113, 116, 117, 119, 120, 121, 122, 124, 125,
+    126, 127, 128, 130, 131, 133, 134, 135, 136, 137, 138, 139, 140, 143, 144, 145, 147, 148, 149, 150,
+]
 _COLORS = [
     (120, 120, 120), (180, 120, 120), (6, 230, 230), (80, 50, 50), (4, 200, 3), (120, 120, 80), (140, 140, 140),
     (204, 5, 255), (230, 230, 230), (4, 250, 7), (224, 5, 255), (235, 255, 7), (150, 5, 61), (120, 120, 70),
@@ -46,8 +44,10 @@ _COLORS = [
 # fmt: on
 
 ADE20K_150_CATEGORIES = [
-    {"id": i + 1, "name": name.strip(), "color": _COLORS[i], "isthing": int(name.split(",")[0].strip() in _THING_NAMES)}
+    {"id": i + 1, "name": name.strip(), "color": _COLORS[i], "isthing": int(i + 1 in ADE20K_INSTANCE_TO_SEMANTIC_ID)}
     for i, name in enumerate(ADE20K_SEM_SEG_CATEGORIES)
 ]
-# The instance track's 100 classes, in the order of their 1-based ids in ADE20K's instance annotations.
-ADE20K_INSTANCE_CATEGORIES = [dict(c, id=k + 1) for k, c in enumerate(c for c in ADE20K_150_CATEGORIES if c["isthing"])]
+# The instance track's 100 classes (instance class k, the R channel of annotations_instance, is the k-th entry).
+# ``id`` stays the semantic ADE label (1-150), as in Mask2Former: the panoptic dataset evaluates instance AP against
+# the same JSON after mapping predictions to semantic ids, so both must use them.
+ADE20K_INSTANCE_CATEGORIES = [ADE20K_150_CATEGORIES[sem_id - 1] for sem_id in ADE20K_INSTANCE_TO_SEMANTIC_ID]

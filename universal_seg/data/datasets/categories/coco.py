@@ -23,6 +23,10 @@ _COCO_STUFF_NAMES = [
 # fmt: on
 
 
+# UNVERIFIED (reported, not guessed): these stuff colours are NOT the official COCO-Stuff palette. Neither detectron2
+# nor MaskFormer/Mask2Former ship colours for the 91 stuff classes (MaskFormer's COCO-Stuff-10k table has none), and
+# the official cocostuffapi colour map could not be checked here. They only affect visualisation; names and ids
+# (92-182, in this order) were checked against MaskFormer's register_coco_stuff_10k.py table.
 def _stuff_color(cat_id):
     """A fixed, well-spread colour for a COCO-Stuff stuff id (visualisation only)."""
     return ((cat_id * 67) % 256, (cat_id * 139 + 50) % 256, (cat_id * 211 + 100) % 256)

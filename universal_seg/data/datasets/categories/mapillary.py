@@ -1,6 +1,9 @@
 """Mapillary Vistas v1.2 categories (65 evaluated classes; label 65 "unlabeled" is ignored).
 
-``id`` is the label value in ``labels/*.png`` and the category id of ``panoptic_2018.json``.
+``id`` is the label value in ``labels/*.png``; the category id of ``panoptic_2018.json`` is ``id + 1``.
+``isthing``: 37 things, as in Mask2Former's Mapillary table (whose records mirror panoptic_2018.json's categories,
+with supercategories such as ``object--vehicle--on-rails``): "On Rails" is stuff there (isthing 0). Checked against
+that table, not against the dataset's own panoptic_2018.json, which is not in this repository.
 """
 # fmt: off
 _TABLE = [
@@ -24,7 +27,7 @@ _TABLE = [
     ("Traffic Light", (250, 170, 30), 1), ("Traffic Sign (Back)", (192, 192, 192), 1),
     ("Traffic Sign (Front)", (220, 220, 0), 1), ("Trash Can", (140, 140, 20), 1), ("Bicycle", (119, 11, 32), 1),
     ("Boat", (150, 0, 255), 1), ("Bus", (0, 60, 100), 1), ("Car", (0, 0, 142), 1), ("Caravan", (0, 0, 90), 1),
-    ("Motorcycle", (0, 0, 230), 1), ("On Rails", (0, 80, 100), 1), ("Other Vehicle", (128, 64, 64), 1),
+    ("Motorcycle", (0, 0, 230), 1), ("On Rails", (0, 80, 100), 0), ("Other Vehicle", (128, 64, 64), 1),
     ("Trailer", (0, 0, 110), 1), ("Truck", (0, 0, 70), 1), ("Wheeled Slow", (0, 0, 192), 1),
     ("Car Mount", (32, 32, 32), 0), ("Ego Vehicle", (120, 10, 10), 0),
 ]

@@ -80,8 +80,10 @@ def add_universal_seg_config(cfg) -> None:
     """Adds every universal_seg key to a detectron2 config (call once, before merge_from_file)."""
     from .data.config import add_data_config
     from .modeling.backbone.config import add_backbone_config
+    from .modeling.decoder.structtoken.config import add_structtoken_config
 
     add_maskformer_config(cfg)
     add_per_pixel_config(cfg)
     add_backbone_config(cfg)
     add_data_config(cfg)
+    add_structtoken_config(cfg)

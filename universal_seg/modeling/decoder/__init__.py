@@ -1,5 +1,6 @@
 """Decoders: multi-scale features + mask features -> per-query classes and masks (or per-pixel logits)."""
 from .build import TRANSFORMER_DECODER_REGISTRY, build_transformer_decoder
 from .mask2former import MultiScaleMaskedTransformerDecoder
+from .structtoken import StructTokenDecoder, StructTokenHead  # noqa: F401  (registers both)
 
 __all__ = ["TRANSFORMER_DECODER_REGISTRY", "build_transformer_decoder", "MultiScaleMaskedTransformerDecoder"]

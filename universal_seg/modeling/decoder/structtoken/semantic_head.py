@@ -1,0 +1,69 @@
+"""StructToken's semantic head (Lin et al., 2022) as a per-pixel head: one structure token per class.
+
+features -> 1x1 conv to C channels -> K token maps + NUM_BLOCKS StructToken blocks -> refinement block ->
+per-class logits at the features' resolution (the meta-architecture upsamples them and trains with per-pixel CE).
+"""
+import torch
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from torch import nn
+
+from ...pixel_decoder import build_pixel_decoder
+from ..per_pixel.build import PER_PIXEL_HEAD_REGISTRY, select_features
+from .blocks import StructTokenStack
+from .layers import RefineBlock
+
+FEATURE_SOURCES = ("backbone", "pixel_decoder")
+
+
+@PER_PIXEL_HEAD_REGISTRY.register()
+class StructTokenHead(nn.Module):
+    """features {name: [B, C_in, h, w]} -> {"sem_seg_logits": [B, K, h, w]}.
+
+    Args:
+        in_channels: channels C_in of the input map (a backbone feature, or the pixel decoder's mask features).
+        num_classes: K, also the number of structure tokens.
+        channels: C, the channels of the features inside the blocks (after the 1x1 input conv).
+        interaction: "CSE", "SSE" or "PWE".
+        token_size: (h0, w0) of the learnable token map [1, K, h0, w0].
+        in_feature: the backbone feature read when ``pixel_decoder`` is None.
+        pixel_decoder: optional module mapping the backbone features to (mask_features, multi-scale features);
+            when given, mask_features is the input map.
+    """
+
+    per_pixel = True
+
+    @configurable
+    def __init__(self, *, in_channels: int, num_classes: int, channels: int, interaction: str,
+                 token_size: tuple[int, int], num_blocks: int = 4, drop_path_rate: float = 0.1,
+                 in_feature: str = "", pixel_decoder: nn.Module | None = None):
+        super().__init__()
+        self.in_feature = in_feature
+        self.pixel_decoder = pixel_decoder
+        self.input_proj = nn.Conv2d(in_channels, channels, 1)
+        self.stack = StructTokenStack(interaction, num_classes, channels, tuple(token_size), num_blocks,
+                                      drop_path_rate, last_features_used=False)
+        self.refine = RefineBlock(num_classes)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: dict[str, ShapeSpec]) -> dict:
+        head, st = cfg.MODEL.SEM_SEG_HEAD, cfg.MODEL.STRUCTTOKEN
+        if head.AUX_IN_FEATURES:
+            raise ValueError("StructTokenHead has no auxiliary heads; leave MODEL.SEM_SEG_HEAD.AUX_IN_FEATURES empty.")
+        args = {"num_classes": head.NUM_CLASSES, "channels": head.CONVS_DIM, "interaction": st.INTERACTION,
+                "token_size": tuple(st.TOKEN_SIZE), "num_blocks": st.NUM_BLOCKS, "drop_path_rate": st.DROP_PATH_RATE}
+        if st.FEATURE_SOURCE == "backbone":
+            if len(head.IN_FEATURES) != 1:
+                raise ValueError(f"StructTokenHead reads one backbone feature map; set MODEL.SEM_SEG_HEAD.IN_FEATURES "
+                                 f"to one name (e.g. ['layer11']), got {list(head.IN_FEATURES)}.")
+            shape = select_features(input_shape, head.IN_FEATURES, "MODEL.SEM_SEG_HEAD.IN_FEATURES")
+            return {**args, "in_channels": shape[head.IN_FEATURES[0]].channels, "in_feature": head.IN_FEATURES[0]}
+        if st.FEATURE_SOURCE == "pixel_decoder":
+            return {**args, "in_channels": head.MASK_DIM, "pixel_decoder": build_pixel_decoder(cfg, input_shape)}
+        raise ValueError(f"MODEL.STRUCTTOKEN.FEATURE_SOURCE={st.FEATURE_SOURCE!r} is unknown; choose one of "
+                         f"{list(FEATURE_SOURCES)}.")
+
+    def forward(self, features: dict[str, torch.Tensor]) -> dict:
+        x = features[self.in_feature] if self.pixel_decoder is None else self.pixel_decoder(features)[0]
+        s, _ = self.stack(self.input_proj(x))[-1]
+        return {"sem_seg_logits": self.refine(s)}

@@ -80,6 +80,7 @@ def add_universal_seg_config(cfg) -> None:
     """Adds every universal_seg key to a detectron2 config (call once, before merge_from_file)."""
     from .data.config import add_data_config
     from .modeling.backbone.config import add_backbone_config
+    from .modeling.decoder.per_pixel.cgrseg import add_cgrseg_config
     from .modeling.decoder.structtoken.config import add_structtoken_config
 
     add_maskformer_config(cfg)
@@ -87,3 +88,4 @@ def add_universal_seg_config(cfg) -> None:
     add_backbone_config(cfg)
     add_data_config(cfg)
     add_structtoken_config(cfg)
+    add_cgrseg_config(cfg)

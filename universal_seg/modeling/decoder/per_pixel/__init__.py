@@ -1,6 +1,7 @@
 """Per-pixel heads: backbone features -> K x h x w class logits (SegFormer, SETR), trained with per-pixel CE."""
 from .build import (MASK_CLASSIFICATION_HEAD_NAMES, PER_PIXEL_HEAD_REGISTRY, build_per_pixel_head,
                     is_per_pixel_head_name)
+from .cgrseg import CGRSegHead
 from .inference import per_pixel_ce_loss, slide_window_logits
 from .segformer import SegFormerHead
 from .segformer_convert import convert_segformer_checkpoint

@@ -1,0 +1,135 @@
+"""CGRSeg's decode head (Ni et al., "Context-Guided Spatial Feature Reconstruction for Efficient Semantic
+Segmentation", ECCV 2024), on EfficientFormerV2 strides 8/16/32.
+
+Structure and names follow the official code (github.com/nizhenliang/CGRSeg, ``models/decode_heads/cgr_head.py``):
+``trans`` (pyramid context RCMs), ``meta`` (per-level RCMs), ``SIM`` (context-guided fusions), ``conv`` (top-down
+1x1 convs), ``linear_fuse``, ``lgc`` (DPG gate), ``conv_seg`` (classifier); an official ``decode_head.*`` state
+dict maps by renaming ``decode_head.`` -> ``sem_seg_head.`` and ``trans.transformer_blocks.`` -> ``trans.`` (untested:
+no official checkpoint is available here).
+
+Variants (official configs ``local_configs/cgrseg/cgrseg-{t,b,l}_ade20k_160k.py``): CONVS_DIM channels, number of
+pyramid-context RCMs and RCA band kernel k (the same k for the context and the per-level RCMs):
+
+    T = EfficientFormerV2-S1, 128 channels, 5 RCMs, k 11
+    B = EfficientFormerV2-S2, 256 channels, 6 RCMs, k 11
+    L = EfficientFormerV2-L,  256 channels, 5 RCMs, k 9
+
+The config has no keys of its own for the RCM count and k: they follow MODEL.EFFICIENTFORMERV2.VARIANT through
+:data:`CGRSEG_BY_BACKBONE`, unless MODEL.SEM_SEG_HEAD.CGRSEG (added by :func:`add_cgrseg_config`) sets them.
+"""
+import torch
+import torch.nn.functional as F
+from detectron2.config import CfgNode as CN
+from detectron2.config import configurable
+from detectron2.layers import ShapeSpec
+from torch import nn
+
+from .build import PER_PIXEL_HEAD_REGISTRY, select_features
+from .cgrseg_modules import (RCM, ContextGuidedFusion, DepthwiseConvNormAct, DynamicPrototypeGate, class_prototypes,
+                             pyramid_pool)
+
+# EfficientFormerV2 variant -> the CGRSeg variant built on it (official configs): RCMs of the pyramid context, band k.
+CGRSEG_BY_BACKBONE = {
+    "S1": dict(name="T", channels=128, context_rcms=5, band_kernel_size=11),
+    "S2": dict(name="B", channels=256, context_rcms=6, band_kernel_size=11),
+    "L": dict(name="L", channels=256, context_rcms=5, band_kernel_size=9),
+}
+
+
+def add_cgrseg_config(cfg) -> None:
+    """MODEL.SEM_SEG_HEAD.CGRSEG keys (added by add_universal_seg_config); 0 = follow the backbone variant."""
+    cfg.MODEL.SEM_SEG_HEAD.CGRSEG = CN()
+    cfg.MODEL.SEM_SEG_HEAD.CGRSEG.CONTEXT_RCMS = 0      # RCMs of the pyramid context (T 5, B 6, L 5)
+    cfg.MODEL.SEM_SEG_HEAD.CGRSEG.BAND_KERNEL_SIZE = 0  # RCA band kernel k (T/B 11, L 9)
+
+
+def _rcm_settings(cfg) -> tuple[int, int]:
+    """(context RCMs, band kernel) from MODEL.SEM_SEG_HEAD.CGRSEG when set, else from the EfficientFormerV2 variant."""
+    node = cfg.MODEL.SEM_SEG_HEAD.get("CGRSEG", None)
+    rcms, k = (node.CONTEXT_RCMS, node.BAND_KERNEL_SIZE) if node is not None else (0, 0)
+    if rcms and k:
+        return rcms, k
+    variant = cfg.MODEL.get("EFFICIENTFORMERV2", CN()).get("VARIANT", None)
+    if cfg.MODEL.BACKBONE.NAME != "EfficientFormerV2Backbone" or variant not in CGRSEG_BY_BACKBONE:
+        raise ValueError(f"CGRSegHead takes its RCM count and band kernel from the EfficientFormerV2 variant "
+                         f"({sorted(CGRSEG_BY_BACKBONE)} = CGRSeg T/B/L), but MODEL.BACKBONE.NAME="
+                         f"{cfg.MODEL.BACKBONE.NAME!r}, MODEL.EFFICIENTFORMERV2.VARIANT={variant!r}; use one of "
+                         f"those or set MODEL.SEM_SEG_HEAD.CGRSEG.{{CONTEXT_RCMS, BAND_KERNEL_SIZE}} "
+                         f"(see add_cgrseg_config).")
+    v = CGRSEG_BY_BACKBONE[variant]
+    return rcms or v["context_rcms"], k or v["band_kernel_size"]
+
+
+@PER_PIXEL_HEAD_REGISTRY.register()
+class CGRSegHead(nn.Module):
+    """features {name: [B, C_i, h_i, w_i]} (three levels, strides 8/16/32) -> {"sem_seg_logits": [B, K, h_1, w_1]}
+    at the finest level's resolution (1/8).
+
+    1. Pyramid context: the levels adaptive-avg-pooled to 1/64 and concatenated, [B, sum C_i, h/64, w/64], through
+       ``context_rcms`` RCMs, split back into per-level context [B, C_i, h/64, w/64].
+    2. Spatial reconstruction, top-down 1/32 -> 1/8: local_i = x_i (+ 1x1 conv E -> C_i of the previous result
+       upsampled), RCM(local_i) [B, C_i, h_i, w_i]; result_i = ConvNorm(local_i) * up(h_sigmoid(ConvNorm(context_i)))
+       [B, E, h_i, w_i].
+    3. DPG head on f = result at 1/8: coarse = classifier(ReLU(norm(dw 1x1(f)))); prototypes [B, E, K, 1] = spatial
+       softmax(coarse) @ f; logits = classifier(f + f * sigmoid(gate(prototypes))). The classifier (dropout + 1x1
+       conv E -> K) is shared; the coarse logits get no loss (as in the official code).
+    """
+
+    per_pixel = True
+
+    @configurable
+    def __init__(self, input_shape: dict[str, ShapeSpec], *, num_classes: int, channels: int = 128,
+                 context_rcms: int = 5, band_kernel_size: int = 11, square_kernel_size: int = 3,
+                 mlp_ratio: float = 2.0, dropout: float = 0.1, norm: str = "BN"):
+        super().__init__()
+        if len(input_shape) != 3:
+            raise ValueError(f"CGRSegHead needs three feature levels (strides 8/16/32), got {list(input_shape)}; set "
+                             f"MODEL.SEM_SEG_HEAD.IN_FEATURES to ['res3', 'res4', 'res5'].")
+        self.in_features = sorted(input_shape, key=lambda n: input_shape[n].stride)  # fine -> coarse
+        self.in_channels = [input_shape[n].channels for n in self.in_features]
+        rcm = dict(band_kernel_size=band_kernel_size, square_kernel_size=square_kernel_size, mlp_ratio=mlp_ratio,
+                   norm=norm)
+        self.trans = nn.Sequential(*[RCM(sum(self.in_channels), **rcm) for _ in range(context_rcms)])
+        self.meta = nn.ModuleList([RCM(c, **rcm) for c in self.in_channels])
+        self.SIM = nn.ModuleList([ContextGuidedFusion(c, channels, norm) for c in self.in_channels])
+        self.conv = nn.ModuleList([nn.Conv2d(channels, c, 1) for c in self.in_channels[:-1]])
+        self.linear_fuse = DepthwiseConvNormAct(channels, norm)
+        self.lgc = DynamicPrototypeGate(channels, channels)
+        self.dropout = nn.Dropout2d(dropout)
+        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
+        nn.init.normal_(self.conv_seg.weight, std=0.01)
+        nn.init.zeros_(self.conv_seg.bias)
+
+    @classmethod
+    def from_config(cls, cfg, input_shape: dict[str, ShapeSpec]) -> dict:
+        head = cfg.MODEL.SEM_SEG_HEAD
+        if head.AUX_IN_FEATURES:
+            raise ValueError("CGRSegHead has no auxiliary heads; leave MODEL.SEM_SEG_HEAD.AUX_IN_FEATURES empty.")
+        context_rcms, band_kernel_size = _rcm_settings(cfg)
+        return {
+            "input_shape": select_features(input_shape, head.IN_FEATURES, "MODEL.SEM_SEG_HEAD.IN_FEATURES"),
+            "num_classes": head.NUM_CLASSES,
+            "channels": head.CONVS_DIM,
+            "context_rcms": context_rcms,
+            "band_kernel_size": band_kernel_size,
+            "dropout": head.DROPOUT,
+            "norm": head.NORM,
+        }
+
+    def classify(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, E, h, w] -> [B, K, h, w]."""
+        return self.conv_seg(self.dropout(x))
+
+    def forward(self, features: dict[str, torch.Tensor]) -> dict:
+        xs = [features[n] for n in self.in_features]
+        context = self.trans(pyramid_pool(xs)).split(self.in_channels, dim=1)
+        result = None
+        for i in range(len(xs) - 1, -1, -1):  # 1/32 -> 1/8
+            local = xs[i]
+            if result is not None:
+                up = F.interpolate(result, size=local.shape[-2:], mode="bilinear", align_corners=False)
+                local = local + self.conv[i](up)
+            result = self.SIM[i](self.meta[i](local), context[i])
+        coarse = self.classify(self.linear_fuse(result))
+        refined = self.lgc(result, class_prototypes(result, coarse)) + result
+        return {"sem_seg_logits": self.classify(refined)}

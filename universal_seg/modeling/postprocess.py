@@ -21,6 +21,9 @@ __all__ = [
 ]
 
 
+_SEMANTIC_BLOCK_ELEMENTS = 1 << 18  # elements of one [Q, block] slice of mask logits (1 MiB in fp32)
+
+
 def semantic_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor) -> torch.Tensor:
     """Per-class scores: sum over queries of p(class) * sigmoid(mask).
 
@@ -30,8 +33,16 @@ def semantic_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor) -> torch
     Returns:
         [K, H, W] semantic scores (no-object dropped).
     """
-    probs = F.softmax(mask_cls, dim=-1)[:, :-1]
-    return torch.einsum("qc,qhw->chw", probs, mask_pred.sigmoid())
+    probs_t = F.softmax(mask_cls, dim=-1)[:, :-1].t().contiguous()  # [K, Q]
+    Q, H, W = mask_pred.shape
+    masks = mask_pred.reshape(Q, H * W)
+    out = mask_pred.new_empty((probs_t.shape[0], H * W))
+    # blocks of pixels: the sigmoid of a [Q, block] slice stays in cache for the product, instead of a [Q, H, W]
+    # temporary written to and read back from memory (the same sums, several times faster on the CPU)
+    block = max(1, _SEMANTIC_BLOCK_ELEMENTS // max(Q, 1))
+    for start in range(0, H * W, block):
+        torch.mm(probs_t, masks[:, start: start + block].sigmoid(), out=out[:, start: start + block])
+    return out.view(-1, H, W)
 
 
 def panoptic_inference(

@@ -44,12 +44,15 @@ def semantic_scores(outputs, size: tuple[int, int]) -> torch.Tensor:
 
     Mask classification ({"pred_logits": [B, Q, K+1], "pred_masks": [B, Q, h, w]}): masks are upsampled first,
     then sum over queries of p(class) * sigmoid(mask), as the meta-architecture does. Per-pixel heads (a tensor
-    [B, K, h, w] or {"sem_seg": [B, K, h, w]}): logits upsampled, then softmax over classes.
+    [B, K, h, w] or {"sem_seg_logits": [B, K, h, w], ...}): logits upsampled, then softmax over classes.
     """
     if isinstance(outputs, dict) and "pred_logits" in outputs and "pred_masks" in outputs:
         masks = F.interpolate(outputs["pred_masks"], size=size, mode="bilinear", align_corners=False)
         return torch.stack([semantic_inference(c, m) for c, m in zip(outputs["pred_logits"], masks)])
-    logits = outputs["sem_seg"] if isinstance(outputs, dict) else outputs
+    if isinstance(outputs, dict):
+        logits = outputs.get("sem_seg_logits", outputs.get("sem_seg"))
+    else:
+        logits = outputs
     if not torch.is_tensor(logits) or logits.dim() != 4:
         raise TypeError("the model's sem_seg_head returns neither mask-classification outputs (pred_logits, "
                         "pred_masks) nor per-pixel logits [B, K, h, w]; it cannot be exported for semantic "

@@ -1,0 +1,276 @@
+#!/usr/bin/env python
+"""Draw a universal_seg model's predictions on images, a video or a webcam stream.
+
+    python demo/demo.py --config-file configs/mini/panoptic/m2f_r18.yaml --input datasets/mini/images \\
+        --output out/ --opts MODEL.WEIGHTS output/mini_panoptic_m2f_r18/model_final.pth MODEL.DEVICE cpu
+    python demo/demo.py --config-file ... --video-input clip.mp4 --output clip_vis.mp4 --task semantic
+
+--input takes files, globs and directories; --output is a directory (one drawing per input, same file name) or,
+for a single image or a video, a file. --task picks what is drawn (default: the first the config enables among
+panoptic, instance, semantic). --confidence-threshold drops instances scoring below it; for panoptic it sets
+MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD (the class-probability a query needs to become a segment), since
+panoptic segments carry no score. Video frames keep the input's size and frame rate; with several CUDA GPUs
+(MODEL.DEVICE cuda) one worker process per GPU predicts frames concurrently, results in frame order. The exit
+status is non-zero when any input could not be read or written.
+"""
+import argparse
+import glob
+import logging
+import os
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import tqdm  # noqa: E402
+from detectron2.config import get_cfg  # noqa: E402
+from detectron2.data.detection_utils import read_image  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+import universal_seg.data  # noqa: E402,F401  (registers the datasets: metadata for drawing)
+import universal_seg.modeling  # noqa: E402,F401  (registers the models)
+from predictor import TASKS, AsyncPredictor, VisualizationDemo, enable_task, enabled_tasks  # noqa: E402
+from universal_seg.config import add_universal_seg_config  # noqa: E402
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+VIDEO_CODECS = (("mp4v", ".mp4"), ("XVID", ".avi"), ("MJPG", ".avi"))  # tried in this order
+logger = logging.getLogger("universal_seg.demo")
+
+
+def error(message: str) -> None:
+    """Reports a failed input on stderr (the run goes on; the exit status will be non-zero)."""
+    print(f"ERROR: {message}", file=sys.stderr, flush=True)
+
+
+def get_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser.add_argument("--config-file", required=True, metavar="FILE", help="model config (under configs/)")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--input", nargs="+", help="image files, globs ('imgs/*.jpg') or directories")
+    source.add_argument("--video-input", help="a video file")
+    source.add_argument("--webcam", action="store_true", help="camera 0")
+    parser.add_argument("--output", help="a directory, or a file for one image / one video; "
+                                         "without it the drawings are shown in a window")
+    parser.add_argument("--task", choices=TASKS, help="what to draw (default: the first enabled in the config "
+                                                      "among panoptic, instance, semantic)")
+    parser.add_argument("--confidence-threshold", type=float, default=None,
+                        help="minimum instance score drawn (default 0.5); for panoptic it replaces "
+                             "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD")
+    parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
+    return parser
+
+
+def setup_cfg(args):
+    """The frozen config: file, --opts, the requested task switched on and the panoptic threshold."""
+    if not os.path.isfile(args.config_file):
+        sys.exit(f"--config-file {args.config_file!r} does not exist; pick one under configs/.")
+    cfg = get_cfg()
+    add_universal_seg_config(cfg)
+    cfg.merge_from_file(args.config_file)
+    cfg.merge_from_list(args.opts)
+    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        sys.exit(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no CUDA device is available: "
+                 "add `--opts MODEL.DEVICE cpu`.")
+    enabled = enabled_tasks(cfg)
+    args.task = args.task or (enabled[0] if enabled else "semantic")
+    enable_task(cfg, args.task)
+    if args.task == "panoptic" and args.confidence_threshold is not None:
+        cfg.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD = args.confidence_threshold
+    cfg.freeze()
+    return cfg
+
+
+def expand_inputs(patterns: list[str]) -> list[str]:
+    """Files named by ``patterns`` (files, globs, directories -> their images, sorted), in order, no repeats.
+    A pattern that matches nothing is kept as is (it is reported as unreadable later)."""
+    paths = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            found = sorted(os.path.join(pattern, f) for f in os.listdir(pattern)
+                           if f.lower().endswith(IMAGE_EXTENSIONS))
+        elif glob.has_magic(pattern):
+            found = sorted(glob.glob(os.path.expanduser(pattern)))
+        else:
+            found = [pattern]
+        paths.extend(p for p in found if p not in paths)
+    return paths
+
+
+def output_path(output: str, input_path: str, single: bool) -> str:
+    """Where the drawing of ``input_path`` goes: ``output`` itself for a single input named like a file, else
+    ``output``/<input file name>."""
+    if single and os.path.splitext(output)[1] and not os.path.isdir(output):
+        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+        return output
+    os.makedirs(output, exist_ok=True)
+    return os.path.join(output, os.path.basename(input_path))
+
+
+def show(window: str, image_bgr: np.ndarray) -> bool:
+    """Shows a BGR image; returns False when the user pressed Esc."""
+    try:
+        cv2.namedWindow(window, cv2.WINDOW_NORMAL)
+        cv2.imshow(window, image_bgr)
+    except cv2.error as err:
+        sys.exit(f"cannot open a window ({str(err).splitlines()[-1].strip()}); pass --output to write files.")
+    return cv2.waitKey(0 if window == "image" else 1) != 27
+
+
+def run_images(demo: VisualizationDemo, paths: list[str], output: str | None) -> int:
+    """Draws every image; returns the number of inputs that failed (each reported with its reason)."""
+    failed, done, start = 0, 0, time.perf_counter()
+    for path in tqdm.tqdm(paths, disable=len(paths) < 2, desc="images"):
+        try:
+            image = read_image(path, format="RGB")
+        except Exception as err:  # noqa: BLE001 - any decoding failure: report it, go on with the rest
+            error(f"cannot read image {path!r} ({type(err).__name__}: {err}); check that it exists and is "
+                         f"an image file.")
+            failed += 1
+            continue
+        t0 = time.perf_counter()
+        outputs, drawing = demo.run_on_image(image)
+        logger.info(f"{path}: {describe(outputs, demo.task)} in {time.perf_counter() - t0:.2f} s")
+        done += 1
+        if output:
+            target = output_path(output, path, len(paths) == 1)
+            if not cv2.imwrite(target, drawing[:, :, ::-1]):
+                error(f"cannot write {target!r}; check the directory is writable and the extension is an "
+                             f"image format.")
+                failed += 1
+        elif not show("image", drawing[:, :, ::-1]):
+            break
+    elapsed = time.perf_counter() - start
+    print(f"processed {done} images in {elapsed:.1f} s ({done / max(elapsed, 1e-9):.2f} images/s), {failed} failed")
+    return failed
+
+
+def describe(outputs: dict, task: str) -> str:
+    """A short summary of one image's result for the log."""
+    if task == "panoptic":
+        return f"{len(outputs['panoptic_seg'][1])} panoptic segments"
+    if task == "instance":
+        return f"{len(outputs['instances'])} instances"
+    return f"{outputs['sem_seg'].shape[0]}-class semantic map"
+
+
+def probe_codec(extension: str | None) -> tuple[str, str]:
+    """(fourcc, extension) of the first codec that writes and reads back a tiny video on this machine, trying
+    codecs for ``extension`` first. Exits with a message when none works."""
+    candidates = sorted(VIDEO_CODECS, key=lambda c: c[1] != extension)
+    with tempfile.TemporaryDirectory() as tmp:
+        for fourcc, ext in candidates:
+            path = os.path.join(tmp, "probe" + ext)
+            writer = cv2.VideoWriter(path, cv2.VideoWriter_fourcc(*fourcc), 10.0, (64, 48), True)
+            if writer.isOpened():
+                for i in range(3):
+                    writer.write(np.full((48, 64, 3), 60 * i, np.uint8))
+            writer.release()
+            reader = cv2.VideoCapture(path)
+            ok = reader.isOpened() and reader.read()[0]
+            reader.release()
+            if ok:
+                return fourcc, ext
+    sys.exit(f"no video codec works with this OpenCV build (tried {', '.join(c for c, _ in VIDEO_CODECS)}): "
+             "install an OpenCV with FFmpeg support, or write images with --input instead.")
+
+
+def open_writer(output: str, input_name: str, fps: float, size: tuple[int, int]) -> tuple[cv2.VideoWriter, str]:
+    """A VideoWriter for (width, height) ``size`` at ``fps``, at ``output`` (a file) or ``output``/<input name>,
+    with a working codec (the extension is changed to the codec's container if needed)."""
+    is_file = bool(os.path.splitext(output)[1]) and not os.path.isdir(output)
+    target = output if is_file else os.path.join(output, os.path.splitext(os.path.basename(input_name))[0])
+    base, ext = os.path.splitext(target) if is_file else (target, None)
+    fourcc, codec_ext = probe_codec(ext.lower() if ext else None)
+    if ext and ext.lower() != codec_ext:
+        logger.warning(f"no codec for {ext!r} files here: writing {base + codec_ext!r} ({fourcc}) instead.")
+    target = base + codec_ext
+    os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
+    writer = cv2.VideoWriter(target, cv2.VideoWriter_fourcc(*fourcc), fps, size, True)
+    if not writer.isOpened():
+        sys.exit(f"cannot open {target!r} for writing; check the directory is writable.")
+    return writer, target
+
+
+def read_frames(capture: cv2.VideoCapture):
+    """Yields the capture's frames as RGB uint8 [H, W, 3] until it ends."""
+    while True:
+        ok, frame = capture.read()
+        if not ok:
+            return
+        yield frame[:, :, ::-1]
+
+
+def run_video(demo: VisualizationDemo, source, output: str | None) -> int:
+    """Draws every frame of a video file (``source`` a path) or camera (an int); returns 1 on failure, else 0."""
+    capture = cv2.VideoCapture(source)
+    if not capture.isOpened():
+        error(f"cannot open video {source!r}; check the path (or camera) and that OpenCV can decode it.")
+        return 1
+    width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if isinstance(source, str) else None
+    writer, target = open_writer(output, str(source), fps, (width, height)) if output else (None, None)
+    count, start = 0, time.perf_counter()
+    try:
+        for drawing in tqdm.tqdm(demo.run_on_frames(read_frames(capture)), total=total or None, desc="frames"):
+            count += 1
+            if writer is not None:
+                writer.write(np.ascontiguousarray(drawing[:, :, ::-1]))
+            elif not show("video", drawing[:, :, ::-1]):
+                break
+    except KeyboardInterrupt:
+        logger.warning("interrupted: the video written so far is kept.")
+    finally:
+        capture.release()
+        if writer is not None:
+            writer.release()
+    elapsed = time.perf_counter() - start
+    where = f", written to {target}" if target else ""
+    print(f"processed {count} frames in {elapsed:.1f} s ({count / max(elapsed, 1e-9):.2f} frames/s){where}")
+    if count == 0:
+        error(f"no frame could be read from {source!r}.")
+        return 1
+    return 0
+
+
+def make_predictor(cfg, video: bool):
+    """For videos on CUDA: an AsyncPredictor with one worker per GPU; otherwise None (synchronous)."""
+    if video and cfg.MODEL.DEVICE.startswith("cuda") and torch.cuda.device_count() > 0:
+        return AsyncPredictor(cfg)
+    return None
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    setup_logger(name="fvcore")
+    setup_logger(name="universal_seg")
+    cfg = setup_cfg(args)
+    logger.info(f"task {args.task}, config {args.config_file}, weights {cfg.MODEL.WEIGHTS or '(none: untrained)'}")
+    video = bool(args.video_input or args.webcam)
+    predictor = make_predictor(cfg, video)
+    threshold = 0.5 if args.confidence_threshold is None else args.confidence_threshold
+    demo = VisualizationDemo(cfg, args.task, threshold, predictor=predictor)
+    try:
+        if args.input:
+            paths = expand_inputs(args.input)
+            if len(paths) > 1 and args.output and os.path.splitext(args.output)[1] and not os.path.isdir(args.output):
+                sys.exit(f"--output {args.output!r} looks like a file but there are {len(paths)} inputs; "
+                         "give a directory.")
+            return 1 if run_images(demo, paths, args.output) else 0
+        if args.video_input and not os.path.isfile(args.video_input):
+            error(f"--video-input {args.video_input!r} does not exist; check the path.")
+            return 1
+        return run_video(demo, args.video_input if args.video_input else 0, args.output)
+    finally:
+        if isinstance(predictor, AsyncPredictor):
+            predictor.shutdown()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

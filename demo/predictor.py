@@ -1,0 +1,252 @@
+"""Prediction and visualisation for the demo: a single-image predictor, an ordered multi-GPU asynchronous
+predictor, and the drawing of panoptic / instance / semantic results with detectron2's (Video)Visualizer.
+
+Images everywhere in this module are RGB uint8 arrays [H, W, 3]; the predictor converts to cfg.INPUT.FORMAT.
+"""
+import multiprocessing as mp
+import queue
+from collections import deque
+
+import numpy as np
+import torch
+from detectron2.data import MetadataCatalog
+from detectron2.data import transforms as T
+from detectron2.data.catalog import Metadata
+from detectron2.modeling import build_model
+from detectron2.utils.video_visualizer import VideoVisualizer
+from detectron2.utils.visualizer import ColorMode, Visualizer
+
+import universal_seg.data  # noqa: F401  (registers the datasets: metadata, also in worker processes)
+import universal_seg.modeling  # noqa: F401  (registers the models, also in worker processes)
+from universal_seg.checkpoint import UniversalSegCheckpointer
+
+TASKS = ("panoptic", "instance", "semantic")  # preference order when --task is not given
+_TASK_KEYS = {"panoptic": "PANOPTIC_ON", "instance": "INSTANCE_ON", "semantic": "SEMANTIC_ON"}
+
+
+def enabled_tasks(cfg) -> list[str]:
+    """The tasks the config's model outputs, in preference order (panoptic > instance > semantic)."""
+    return [t for t in TASKS if cfg.MODEL.MASK_FORMER.TEST.get(_TASK_KEYS[t], False)]
+
+
+def enable_task(cfg, task: str) -> None:
+    """Turns the model's output for ``task`` on in ``cfg`` (unfrozen), leaving the other tasks as they are."""
+    cfg.MODEL.MASK_FORMER.TEST[_TASK_KEYS[task]] = True
+
+
+class Predictor:
+    """One image at a time: RGB uint8 [H, W, 3] -> the model's output dict for it, at the image's size.
+
+    Builds the model from ``cfg``, loads cfg.MODEL.WEIGHTS (when set) with the safe checkpointer, and resizes the
+    input like the test loader (shortest edge INPUT.MIN_SIZE_TEST, longest at most INPUT.MAX_SIZE_TEST).
+    """
+
+    def __init__(self, cfg):
+        self.cfg = cfg.clone()
+        self.model = build_model(self.cfg).eval()
+        if cfg.MODEL.WEIGHTS:
+            UniversalSegCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
+        self.resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
+        if cfg.INPUT.FORMAT not in ("RGB", "BGR"):
+            raise ValueError(f"INPUT.FORMAT {cfg.INPUT.FORMAT!r} is not supported by the demo; use RGB or BGR.")
+        self.input_format = cfg.INPUT.FORMAT
+
+    def __call__(self, image: np.ndarray) -> dict:
+        """image: RGB uint8 [H, W, 3]. Returns the model's outputs ("sem_seg" [K, H, W], "panoptic_seg",
+        "instances"), on the model's device."""
+        height, width = image.shape[:2]
+        if self.input_format == "BGR":
+            image = image[:, :, ::-1]
+        resized = self.resize.get_transform(image).apply_image(np.ascontiguousarray(image))
+        tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
+        with torch.no_grad():
+            return self.model([{"image": tensor, "height": height, "width": width}])[0]
+
+
+def _to_cpu(outputs: dict) -> dict:
+    """The outputs of one image with every tensor moved to the CPU (for passing between processes)."""
+    out = {}
+    for key, value in outputs.items():
+        if key == "panoptic_seg":
+            out[key] = (value[0].cpu(), value[1])
+        else:
+            out[key] = value.to("cpu")
+    return out
+
+
+def _prediction_worker(cfg, device: str, task_queue, result_queue) -> None:
+    """Body of a worker process: one Predictor on ``device``; (index, image) in, (index, outputs on CPU) out,
+    until it receives None."""
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.DEVICE = device
+    predictor = Predictor(cfg)
+    while True:
+        task = task_queue.get()
+        if task is None:
+            break
+        index, image = task
+        result_queue.put((index, _to_cpu(predictor(image))))
+
+
+class AsyncPredictor:
+    """Predictions on several devices at once (one worker process per device), returned in submission order.
+
+    ``put(image)`` queues an image; ``get()`` returns the outputs of the oldest image not yet returned (blocking).
+    Default devices: every visible CUDA GPU.
+    """
+
+    def __init__(self, cfg, devices: list[str] | None = None):
+        devices = devices or [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        if not devices:
+            raise ValueError("AsyncPredictor needs at least one device; without CUDA use Predictor instead.")
+        self.devices = list(devices)
+        ctx = mp.get_context("spawn")  # CUDA and torch's thread pools do not survive fork
+        self.task_queue = ctx.Queue(maxsize=2 * len(devices))
+        self.result_queue = ctx.Queue()
+        self.workers = [ctx.Process(target=_prediction_worker, args=(cfg, d, self.task_queue, self.result_queue),
+                                    daemon=True) for d in devices]
+        for worker in self.workers:
+            worker.start()
+        self.put_index, self.get_index = 0, 0
+        self.finished: dict[int, dict] = {}
+
+    @property
+    def num_workers(self) -> int:
+        return len(self.workers)
+
+    def put(self, image: np.ndarray) -> None:
+        """Queues an RGB uint8 [H, W, 3] image (waits while every worker is busy)."""
+        while True:
+            try:
+                self.task_queue.put((self.put_index, image), timeout=1.0)
+                break
+            except queue.Full:
+                self._check_workers()
+        self.put_index += 1
+
+    def get(self) -> dict:
+        """The outputs of the oldest image not yet returned (images are returned in the order put)."""
+        if self.get_index >= self.put_index:
+            raise RuntimeError("AsyncPredictor.get() called with no image pending; put() one first.")
+        while self.get_index not in self.finished:
+            try:
+                index, outputs = self.result_queue.get(timeout=1.0)
+            except queue.Empty:
+                self._check_workers()
+                continue
+            self.finished[index] = outputs
+        outputs = self.finished.pop(self.get_index)
+        self.get_index += 1
+        return outputs
+
+    def _check_workers(self) -> None:
+        dead = [(d, w.exitcode) for d, w in zip(self.devices, self.workers) if not w.is_alive()]
+        if dead:
+            raise RuntimeError(f"prediction worker(s) {dead} (device, exit code) stopped; their error is printed "
+                               "above.")
+
+    def __call__(self, image: np.ndarray) -> dict:
+        self.put(image)
+        return self.get()
+
+    def shutdown(self) -> None:
+        """Stops the worker processes."""
+        for _ in self.workers:
+            self.task_queue.put(None)
+        for worker in self.workers:
+            worker.join(timeout=30)
+
+
+def visualization_metadata(cfg) -> Metadata:
+    """Metadata for drawing: that of DATASETS.TEST[0] (else TRAIN[0]), with thing_classes / thing_colors indexed
+    by the model's contiguous class ids.
+
+    The model's panoptic / instance class ids index all classes (Mask2Former's convention: stuff_classes lists
+    every class), while detectron2's Visualizer indexes thing_classes by them; so thing_* become the full lists.
+    """
+    names = list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN)
+    source = MetadataCatalog.get(names[0]) if names else Metadata()
+    fields = dict(source.as_dict()) if names else {}
+    fields.pop("name", None)
+    if "stuff_classes" in fields:
+        fields["thing_classes"] = list(fields["stuff_classes"])
+        if "stuff_colors" in fields:
+            fields["thing_colors"] = list(fields["stuff_colors"])
+    return Metadata(name="universal_seg_demo", **fields)
+
+
+def filter_instances(instances, threshold: float):
+    """Instances whose score is at least ``threshold`` (pred_masks [N, H, W] etc. kept in step), on the CPU."""
+    instances = instances.to("cpu")
+    return instances[instances.scores >= threshold]
+
+
+class VisualizationDemo:
+    """Runs a predictor on images or video frames and draws one task's result on them.
+
+    Args:
+        cfg: the model's config (the requested task must be enabled in it; see enable_task).
+        task: "panoptic", "instance" or "semantic".
+        confidence_threshold: instances with a lower score are not drawn (panoptic segments are selected inside
+            the model by MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD, which demo.py sets from the same option).
+        predictor: a Predictor or AsyncPredictor (default: Predictor(cfg)).
+    """
+
+    def __init__(self, cfg, task: str, confidence_threshold: float = 0.5, predictor=None):
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; choose one of {TASKS}.")
+        self.task = task
+        self.threshold = confidence_threshold
+        self.metadata = visualization_metadata(cfg)
+        self.predictor = predictor or Predictor(cfg)
+
+    def draw(self, image: np.ndarray, outputs: dict, visualizer=None) -> np.ndarray:
+        """image: RGB uint8 [H, W, 3]; outputs: the model's outputs for it; visualizer: a VideoVisualizer for
+        colours that stay stable across frames, or None for a still image. Returns RGB uint8 [H, W, 3]."""
+        key = {"panoptic": "panoptic_seg", "instance": "instances", "semantic": "sem_seg"}[self.task]
+        if key not in outputs:
+            raise KeyError(f"the model did not output {key!r}; enable MODEL.MASK_FORMER.TEST."
+                           f"{_TASK_KEYS[self.task]} (demo.py does it for --task {self.task}).")
+        if self.task == "panoptic":
+            seg, info = outputs["panoptic_seg"]
+            if visualizer is not None:
+                vis = visualizer.draw_panoptic_seg_predictions(image, seg.cpu(), info)
+            else:
+                vis = Visualizer(image, self.metadata, instance_mode=ColorMode.IMAGE).draw_panoptic_seg(seg.cpu(), info)
+        elif self.task == "instance":
+            instances = filter_instances(outputs["instances"], self.threshold)
+            if visualizer is not None:
+                vis = visualizer.draw_instance_predictions(image, instances)
+            else:
+                vis = Visualizer(image, self.metadata, instance_mode=ColorMode.IMAGE).draw_instance_predictions(
+                    instances)
+        else:
+            labels = outputs["sem_seg"].argmax(dim=0).cpu()
+            if visualizer is not None:
+                vis = visualizer.draw_sem_seg(image, labels)
+            else:
+                vis = Visualizer(image, self.metadata, instance_mode=ColorMode.IMAGE).draw_sem_seg(labels)
+        return vis.get_image()
+
+    def run_on_image(self, image: np.ndarray) -> tuple[dict, np.ndarray]:
+        """image: RGB uint8 [H, W, 3]. Returns (model outputs, drawing RGB uint8 [H, W, 3])."""
+        outputs = self.predictor(image)
+        return outputs, self.draw(image, outputs)
+
+    def run_on_frames(self, frames):
+        """frames: an iterable of RGB uint8 [H, W, 3]. Yields their drawings (RGB uint8 [H, W, 3]) in order, with
+        colours tracked across frames; with an AsyncPredictor up to num_workers frames are in flight."""
+        visualizer = VideoVisualizer(self.metadata, ColorMode.IMAGE)
+        if not isinstance(self.predictor, AsyncPredictor):
+            for frame in frames:
+                yield self.draw(frame, self.predictor(frame), visualizer)
+            return
+        pending = deque()
+        for frame in frames:
+            pending.append(frame)
+            self.predictor.put(frame)
+            if len(pending) >= self.predictor.num_workers * 2:
+                yield self.draw(pending.popleft(), self.predictor.get(), visualizer)
+        while pending:
+            yield self.draw(pending.popleft(), self.predictor.get(), visualizer)

@@ -1,0 +1,162 @@
+"""tools/export_model.py, tools/analyze_model.py, tools/benchmark.py and the demo's AsyncPredictor, on the CPU with
+the mini config (small inputs). Truth: the eager meta-architecture's own "sem_seg" output, parameter counts from
+the module, hand-computed FLOPs, input order and sizes."""
+import importlib.util
+import os
+import re
+import sys
+
+import numpy as np
+import pytest
+import torch
+from detectron2.config import get_cfg
+from detectron2.modeling import build_model
+
+import universal_seg.data  # noqa: F401
+import universal_seg.modeling  # noqa: F401
+from universal_seg.config import add_universal_seg_config
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CONFIG = os.path.join(ROOT, "configs", "mini", "panoptic", "m2f_r18.yaml")
+
+
+def load_tool(name: str):
+    """Imports tools/<name>.py (or demo/<name>.py) as a module."""
+    folder = "demo" if name == "predictor" else "tools"
+    spec = importlib.util.spec_from_file_location(f"_tool_{name}", os.path.join(ROOT, folder, f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def mini_cfg(*opts):
+    cfg = get_cfg()
+    add_universal_seg_config(cfg)
+    cfg.merge_from_file(CONFIG)
+    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", *opts])
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def mini_weights(tmp_path_factory):
+    """A randomly initialised mini model and its weights saved as a .pth file."""
+    torch.manual_seed(0)
+    model = build_model(mini_cfg()).eval()
+    path = tmp_path_factory.mktemp("weights") / "mini.pth"
+    torch.save({"model": model.state_dict()}, path)
+    return model, str(path)
+
+
+def test_export_torchscript_equals_eager_sem_seg(tmp_path, mini_weights):
+    """The saved TorchScript file reproduces the eager model's "sem_seg" (compiled MSDeformAttn) on a real-valued
+    uint8 image of the export size."""
+    model, weights = mini_weights
+    export_model = load_tool("export_model")
+    out = str(tmp_path / "mini.ts")
+    assert export_model.main(["--config-file", CONFIG, "--format", "torchscript", "--output", out,
+                              "--size", "128", "160", "MODEL.WEIGHTS", weights]) == 0
+    traced = torch.jit.load(out)
+    image = torch.randint(0, 256, (3, 128, 160), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        eager = model([{"image": image, "height": 128, "width": 160}])[0]["sem_seg"]
+        exported = traced(image.float()[None])
+    assert exported.shape == (1, 21, 128, 160)
+    torch.testing.assert_close(exported[0], eager, atol=1e-4, rtol=1e-4)
+    # the trace holds no opaque Python call: the reference op was recorded
+    assert "PythonOp" not in str(traced.inlined_graph)
+
+
+def test_export_reference_switch_is_restored_and_equal():
+    from universal_seg.export import reference_ms_deform_attn
+    from universal_seg.ops import MSDeformAttn, ms_deform_attn_layer
+
+    original = ms_deform_attn_layer.ms_deform_attn
+    torch.manual_seed(0)
+    layer = MSDeformAttn(d_model=32, n_levels=2, n_heads=4, n_points=2).eval()
+    shapes = torch.tensor([[8, 8], [4, 4]])
+    starts = torch.tensor([0, 64])
+    x = torch.randn(1, 80, 32)
+    ref = torch.rand(1, 80, 2, 2)
+    compiled = layer(x, ref, x, shapes, starts)
+    with reference_ms_deform_attn():
+        assert ms_deform_attn_layer.ms_deform_attn is not original
+        reference = layer(x, ref, x, shapes, starts)
+    assert ms_deform_attn_layer.ms_deform_attn is original
+    torch.testing.assert_close(reference, compiled, atol=1e-5, rtol=1e-5)
+
+
+def test_analyze_model_parameters_and_flops(capsys):
+    analyze = load_tool("analyze_model")
+    assert analyze.main(["--config-file", CONFIG, "--tasks", "parameter", "--max-depth", "1"]) == 0
+    printed = capsys.readouterr().out
+    total = float(re.search(r"total parameters: ([0-9.]+) M", printed).group(1))
+    model = build_model(mini_cfg())
+    assert total == pytest.approx(sum(p.numel() for p in model.parameters()) / 1e6, abs=1e-3)
+
+    from fvcore.nn import FlopCountAnalysis
+
+    h = w = 128
+    network = analyze.NetworkOnly(model.eval())
+    flops = FlopCountAnalysis(network, torch.randn(1, 3, h, w)).set_op_handle(
+        analyze.MS_DEFORM_ATTN_OP, analyze.ms_deform_attn_flop_jit, analyze.SDPA_OP, analyze.sdpa_flop_jit)
+    flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
+    by_op = flops.by_operator()
+    # stem: 7x7 conv, 3 -> 64 channels, stride 2: one multiply-add per weight per output pixel, plus its affine
+    # GroupNorm (fvcore: 5 flops per element)
+    out_pixels = 64 * (h // 2) * (w // 2)
+    assert flops.by_module()["backbone.stem.conv1"] == 7 * 7 * 3 * out_pixels + 5 * out_pixels
+    # MSDeformAttn: 3 encoder layers, queries = all positions at strides 8, 16, 32; 8 heads x 16 channels,
+    # 3 levels x 4 points, 5 multiply-adds per sample and channel
+    queries = sum((h // s) * (w // s) for s in (8, 16, 32))
+    assert by_op["PythonOp.MSDeformAttnFunction"] == 3 * 5 * queries * 8 * 3 * 4 * 16
+    assert by_op["scaled_dot_product_attention"] > 0
+
+    assert analyze.main(["--config-file", CONFIG, "--tasks", "flop", "activation", "--size", "128", "128",
+                         "--max-depth", "1"]) == 0
+    printed = capsys.readouterr().out
+    gflops = float(re.search(r"total flops: ([0-9.]+) GFLOPs", printed).group(1))
+    assert gflops == pytest.approx(flops.total() / 1e9, abs=1e-3)
+    assert re.search(r"total activations: [0-9.]+ M activations", printed)
+
+
+@pytest.mark.parametrize("task, extra", [("inference", []), ("train", ["--synthetic"]), ("train", [])])
+def test_benchmark_reports_median_rate_and_memory(capsys, task, extra):
+    benchmark = load_tool("benchmark")
+    opts = ["INPUT.IMAGE_SIZE", "128"] if task == "train" else []
+    assert benchmark.main(["--config-file", CONFIG, "--task", task, "--size", "128", "128", "--warmup", "1",
+                           "--runs", "2", *extra, *opts]) == 0
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    match = re.search(r"median ([0-9.]+) s, ([0-9.]+) (images|iterations)/s; peak memory ([0-9]+) MiB "
+                      r"\(runs: ([0-9.]+), ([0-9.]+)\)", line)
+    assert match, line
+    median, rate = float(match.group(1)), float(match.group(2))
+    runs = [float(match.group(5)), float(match.group(6))]
+    assert median == pytest.approx(np.median(runs), abs=2e-3)
+    assert rate == pytest.approx(1 / median, rel=0.02)
+    assert int(match.group(4)) > 100  # a process holding torch and a model
+
+
+def test_benchmark_amp_bf16_on_cpu(capsys):
+    benchmark = load_tool("benchmark")
+    assert benchmark.main(["--config-file", CONFIG, "--size", "128", "128", "--warmup", "0", "--runs", "1",
+                           "--amp"]) == 0
+    assert "bf16 AMP" in capsys.readouterr().out
+
+
+def test_async_predictor_returns_results_in_submission_order():
+    """Two CPU worker processes; images of different sizes must come back in the order they were put."""
+    sys.path.insert(0, os.path.join(ROOT, "demo"))  # kept while the workers start: they import "predictor"
+    import predictor
+    cfg = mini_cfg("MODEL.MASK_FORMER.TEST.PANOPTIC_ON", "False", "MODEL.MASK_FORMER.TEST.INSTANCE_ON", "False",
+                   "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "200")
+    sizes = [(64, 96), (96, 64), (64, 128), (80, 80), (64, 72)]
+    images = [np.random.default_rng(i).integers(0, 256, (h, w, 3), dtype=np.uint8) for i, (h, w) in enumerate(sizes)]
+    async_predictor = predictor.AsyncPredictor(cfg, devices=["cpu", "cpu"])
+    try:
+        for image in images:
+            async_predictor.put(image)
+        shapes = [tuple(async_predictor.get()["sem_seg"].shape[1:]) for _ in images]
+    finally:
+        async_predictor.shutdown()
+        sys.path.remove(os.path.join(ROOT, "demo"))
+    assert shapes == sizes

@@ -28,14 +28,13 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import tqdm  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data.detection_utils import read_image  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 
 import universal_seg.data  # noqa: E402,F401  (registers the datasets: metadata for drawing)
 import universal_seg.modeling  # noqa: E402,F401  (registers the models)
 from predictor import TASKS, AsyncPredictor, VisualizationDemo, enable_task, enabled_tasks  # noqa: E402
-from universal_seg.config import add_universal_seg_config  # noqa: E402
+from universal_seg.config import load_config  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_CODECS = (("mp4v", ".mp4"), ("XVID", ".avi"), ("MJPG", ".avi"))  # tried in this order
@@ -68,15 +67,7 @@ def get_parser() -> argparse.ArgumentParser:
 
 def setup_cfg(args):
     """The frozen config: file, --opts, the requested task switched on and the panoptic threshold."""
-    if not os.path.isfile(args.config_file):
-        sys.exit(f"--config-file {args.config_file!r} does not exist; pick one under configs/.")
-    cfg = get_cfg()
-    add_universal_seg_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        sys.exit(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no CUDA device is available: "
-                 "add `--opts MODEL.DEVICE cpu`.")
+    cfg = load_config(args.config_file, args.opts, cpu_hint="add `--opts MODEL.DEVICE cpu`")
     enabled = enabled_tasks(cfg)
     args.task = args.task or (enabled[0] if enabled else "semantic")
     enable_task(cfg, args.task)

@@ -14,8 +14,6 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
-import torch  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.engine import default_argument_parser, default_setup  # noqa: E402
 from detectron2.evaluation import verify_results  # noqa: E402
 from detectron2.utils import comm  # noqa: E402
@@ -24,21 +22,13 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 import universal_seg.data  # noqa: E402,F401  (registers the datasets)
 import universal_seg.modeling  # noqa: E402,F401  (registers the models)
 from universal_seg.checkpoint import UniversalSegCheckpointer  # noqa: E402
-from universal_seg.config import add_universal_seg_config  # noqa: E402
+from universal_seg.config import load_config  # noqa: E402
 from universal_seg.engine import Trainer, launch  # noqa: E402
 
 
 def setup(args):
     """Config from the file and the command-line overrides; logging and output directory."""
-    if not os.path.isfile(args.config_file):
-        sys.exit(f"--config-file {args.config_file!r} does not exist; pick one under configs/.")
-    cfg = get_cfg()
-    add_universal_seg_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(args.opts)
-    if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        sys.exit(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no CUDA device is available: "
-                 "append `MODEL.DEVICE cpu` to the command line.")
+    cfg = load_config(args.config_file, args.opts)
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="universal_seg")

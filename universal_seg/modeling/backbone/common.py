@@ -124,3 +124,14 @@ class FreezableBackbone(Backbone):
 
     def output_shape(self):
         return {name: self._shapes[name] for name in self._out_features}
+
+
+def init_transformer_weights(m: nn.Module) -> None:
+    """The ViT-family init (Swin, MiT): truncated-normal(0.02) Linear weights with zero bias; LayerNorm 1 / 0."""
+    if isinstance(m, nn.Linear):
+        nn.init.trunc_normal_(m.weight, std=0.02)
+        if m.bias is not None:
+            nn.init.zeros_(m.bias)
+    elif isinstance(m, nn.LayerNorm):
+        nn.init.ones_(m.weight)
+        nn.init.zeros_(m.bias)

@@ -12,7 +12,8 @@ from torch import nn
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 
-from .common import RES_NAMES, DropPath, FreezableBackbone, check_out_features, check_variant, linear_drop_path_rates
+from .common import (RES_NAMES, DropPath, FreezableBackbone, check_out_features, check_variant,
+                     init_transformer_weights, linear_drop_path_rates)
 
 # Paper table (models.md): dims, depths; heads 1,2,5,8; sr 8,4,2,1; mlp ratio 4. paper_params_m = encoder only.
 MIT_VARIANTS = {
@@ -148,14 +149,8 @@ class MixVisionTransformer(FreezableBackbone):
 
     @staticmethod
     def _init_weights(m):
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.Conv2d):
+        init_transformer_weights(m)
+        if isinstance(m, nn.Conv2d):
             fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels // m.groups
             nn.init.normal_(m.weight, 0.0, (2.0 / fan_out) ** 0.5)
             if m.bias is not None:

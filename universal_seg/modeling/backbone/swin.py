@@ -16,7 +16,8 @@ from torch import nn
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 
-from .common import RES_NAMES, DropPath, FreezableBackbone, check_out_features, linear_drop_path_rates
+from .common import (RES_NAMES, DropPath, FreezableBackbone, check_out_features, init_transformer_weights,
+                     linear_drop_path_rates)
 
 # name: (embed_dim, depths, num_heads, window_size, pretrain_img_size, params (M) of the ImageNet model, paper)
 SWIN_VARIANTS = {
@@ -244,18 +245,8 @@ class SwinTransformer(FreezableBackbone):
         for i in self.out_indices:
             self.add_module(f"norm{i}", nn.LayerNorm(dims[i]))
         self._shapes = {n: ShapeSpec(channels=dims[i], stride=4 * 2 ** i) for i, n in enumerate(RES_NAMES)}
-        self.apply(self._init_weights)
+        self.apply(init_transformer_weights)
         self.freeze(freeze_at)
-
-    @staticmethod
-    def _init_weights(m):
-        if isinstance(m, nn.Linear):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
 
     def freeze_groups(self):
         groups = [[self.patch_embed, self.absolute_pos_embed]]

@@ -52,7 +52,9 @@ def fetch_sdist(cache):
     path = os.path.join(cache, SDIST)
     if not os.path.exists(path):
         print(f"[prepare_mini] downloading {SDIST} into {cache}")
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
+        # only labelme as an sdist (the wheel has no examples): ":all:" would also force pip to build labelme's
+        # build dependencies from source, which takes many minutes without a pip cache
+        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "labelme",
                         f"labelme=={VERSION}", "-d", cache], check=True)
     return path
 

@@ -1,6 +1,18 @@
 """Shared pytest fixtures and helpers."""
+from pathlib import Path
+
 import pytest
 import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_cfg(path, *opts):
+    """A repository config (path relative to the repo root) with every universal_seg key, on the CPU, no weights,
+    then ``opts`` (KEY VALUE ...) merged."""
+    from universal_seg.config import load_config
+
+    return load_config(str(ROOT / path), ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", *opts])
 
 
 def make_ms_deform_attn_inputs(N=2, M=3, D=5, shapes=((7, 9), (4, 5), (2, 3)), Lq=11, P=3, dtype=torch.float64,

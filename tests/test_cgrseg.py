@@ -16,37 +16,26 @@ Measured at 512x512, 150 classes (fvcore, one multiply-add = one flop), Efficien
   the paper's 18.1M; one context RCM on 64+144+288 = 496 channels has 4C^2 + 42C = 1.005M parameters, and with 5 the
   count is 18.09M. So the paper's B figure appears to be for 5 context RCMs; the model keeps the released config's 6.
 """
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_model
 from torch import nn
 
 import universal_seg.data  # noqa: F401
 import universal_seg.modeling  # noqa: F401
-from universal_seg.config import add_universal_seg_config
 from universal_seg.modeling.decoder.per_pixel import CGRSegHead
 from universal_seg.modeling.decoder.per_pixel.cgrseg_modules import (RCM, DynamicPrototypeGate,
                                                                      RectangularSelfCalibrationAttention,
                                                                      class_prototypes, pyramid_pool)
 from universal_seg.modeling.meta_arch import UniversalSegmentor
+from conftest import load_cfg
 
-ROOT = Path(__file__).resolve().parents[1]
 MINI = "configs/mini/semantic/cgrseg_t.yaml"
 PAPER = {"t": (9.4, 4.0), "b": (18.1, 7.6), "l": (35.7, 14.9)}  # params (M), GFLOPs at 512x512
 MEASURED_ALL_OPS_GFLOPS = {"t": 4.621, "b": 8.739}
-
-
-def load_cfg(path, *opts):
-    cfg = get_cfg()
-    add_universal_seg_config(cfg)
-    cfg.merge_from_file(str(ROOT / path))
-    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", *opts])
-    return cfg
 
 
 def _randomize_norms(module: nn.Module) -> None:

@@ -1,7 +1,6 @@
 """Mappers on the mini dataset: shapes, ignore padding, masks consistent with the augmented image, no lost
 annotations, robust image reading and the skip-on-unreadable contract with detectron2's MapDataset."""
 import copy
-import os
 
 import numpy as np
 import pytest

@@ -6,25 +6,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 
 import universal_seg.data  # noqa: F401
 import universal_seg.modeling  # noqa: F401
 from universal_seg.checkpoint import UniversalSegCheckpointer, UnsafeCheckpointError, load_pickle_safely
-from universal_seg.config import add_universal_seg_config
 from universal_seg.modeling.pixel_decoder.msdeform import DeformableEncoder
+from conftest import load_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "data"  # official checkpoint key lists (copied from shared/reference)
-
-
-def load_cfg(path, *opts):
-    cfg = get_cfg()
-    add_universal_seg_config(cfg)
-    cfg.merge_from_file(str(ROOT / path))
-    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", *opts])
-    return cfg
 
 
 def reference_shapes(name):

@@ -1,31 +1,21 @@
 """Per-pixel path of UniversalSegmentor: CE loss (with padding and auxiliary heads), sliding-window inference,
 head selection and config errors. Dummy backbones / heads make every expected value computable by hand."""
 import math
-from pathlib import Path
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from torch import nn
 
 import universal_seg.data  # noqa: F401
 import universal_seg.modeling  # noqa: F401
-from universal_seg.config import add_universal_seg_config
 from universal_seg.modeling.decoder.per_pixel import is_per_pixel_head_name, per_pixel_ce_loss, slide_window_logits
 from universal_seg.modeling.decoder.per_pixel.inference import window_starts
 from universal_seg.modeling.meta_arch import UniversalSegmentor
+from conftest import load_cfg
+from detectron2.config import get_cfg
 
-ROOT = Path(__file__).resolve().parents[1]
 MINI = "configs/mini/semantic/segformer_b0.yaml"
-
-
-def load_cfg(path, *opts):
-    cfg = get_cfg()
-    add_universal_seg_config(cfg)
-    cfg.merge_from_file(str(ROOT / path))
-    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", *opts])
-    return cfg
 
 
 class IdentityBackbone(nn.Module):

@@ -1,31 +1,20 @@
 """SegFormer (MiT + All-MLP head): equality with HuggingFace transformers after weight conversion, official
 checkpoint names, paper parameter counts and GFLOPs, and one training / inference step of the mini config."""
-from pathlib import Path
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from torch import nn
 
 import universal_seg.data  # noqa: F401
 import universal_seg.modeling  # noqa: F401
-from universal_seg.config import add_universal_seg_config
 from universal_seg.modeling.decoder.per_pixel import convert_segformer_checkpoint
 from universal_seg.modeling.meta_arch import UniversalSegmentor
+from conftest import load_cfg
 
-ROOT = Path(__file__).resolve().parents[1]
 MINI = "configs/mini/semantic/segformer_b0.yaml"
 # paper Table 1: encoder + decoder parameters (M) with 150 ADE20K classes
 PAPER_PARAMS_M = {0: 3.4 + 0.4, 1: 13.1 + 0.6, 2: 24.2 + 3.3, 3: 44.0 + 3.3, 4: 60.8 + 3.3, 5: 81.4 + 3.3}
-
-
-def load_cfg(path, *opts):
-    cfg = get_cfg()
-    add_universal_seg_config(cfg)
-    cfg.merge_from_file(str(ROOT / path))
-    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", *opts])
-    return cfg
 
 
 def _features_logits(model, x):

@@ -2,33 +2,22 @@
 layouts, and one training step plus (sliding-window) inference per config on CPU at a small input.
 
 ViT-L is built once (random init) with the union of the configs' OUT_INDICES and shared by the three heads."""
-from pathlib import Path
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.modeling import build_backbone
 
 import universal_seg.data  # noqa: F401
 import universal_seg.modeling  # noqa: F401
-from universal_seg.config import add_universal_seg_config
 from universal_seg.modeling.meta_arch import UniversalSegmentor
+from conftest import load_cfg
 
-ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = {name: f"configs/ade20k/semantic/setr_{name}_vit_l.yaml" for name in ("naive", "pup", "mla")}
 # SETR paper (Table 2, T-Large): parameters in millions. PUP is the "about 318M" model.
 PAPER_PARAMS_M = {"naive": 305.67, "pup": 318.31, "mla": 309.53}
 # what our modules give with 150 classes and a 384-pixel (24x24 + cls) position table
 EXPECTED_PARAMS = {"naive": 305_099_864, "pup": 316_832_344, "mla": 309_111_534}
 VIT_L_PARAMS = 303_688_704
-
-
-def load_cfg(path, *opts):
-    cfg = get_cfg()
-    add_universal_seg_config(cfg)
-    cfg.merge_from_file(str(ROOT / path))
-    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", *opts])
-    return cfg
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

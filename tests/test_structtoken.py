@@ -6,7 +6,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
@@ -14,23 +13,15 @@ from torch import nn
 
 import universal_seg.data  # noqa: F401
 import universal_seg.modeling  # noqa: F401
-from universal_seg.config import add_universal_seg_config
 from universal_seg.modeling.decoder.structtoken import (CrossSliceExtraction, SelfSliceExtraction, StructTokenHead,
                                                         slice_attention)
 from universal_seg.modeling.decoder.structtoken.universal_decoder import masked_average
+from conftest import load_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 SEMANTIC = "configs/mini/semantic/structtoken_pwe_vit_t.yaml"
 PANOPTIC = "configs/mini/panoptic/structtoken_pwe_r18.yaml"
 VARIANTS = ("CSE", "SSE", "PWE")
-
-
-def load_cfg(path, *opts):
-    cfg = get_cfg()
-    add_universal_seg_config(cfg)
-    cfg.merge_from_file(str(ROOT / path))
-    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", *opts])
-    return cfg
 
 
 # ------------------------------------------------------------------------------------------- slice attention

@@ -4,9 +4,8 @@ from detectron2.config import configurable
 from detectron2.data import transforms as T
 
 from .base import register_mapper, lsj_augmentations, start
-from .image_io import check_same_size, read_panoptic
-from .panoptic import semantic_from_compact
-from .targets import compact_panoptic, image_to_tensor, instances_from_panoptic
+from .panoptic import read_compact_panoptic, semantic_from_compact
+from .targets import image_to_tensor, instances_from_panoptic
 
 
 @register_mapper("coco_panoptic_lsj")
@@ -33,9 +32,7 @@ class COCOPanopticLSJDatasetMapper:
         dataset_dict, image = start(dataset_dict, self.image_format)
         if image is None:
             return None
-        segments = dataset_dict.pop("segments_info")
-        compact = compact_panoptic(read_panoptic(dataset_dict["pan_seg_file_name"]), segments)
-        check_same_size(image, compact, dataset_dict["pan_seg_file_name"])
+        segments, compact = read_compact_panoptic(dataset_dict, image)
         aug_input = T.AugInput(image)
         transforms = self.augmentations(aug_input)
         compact = transforms.apply_segmentation(compact)  # padding is 0 = void

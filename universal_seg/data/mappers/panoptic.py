@@ -17,6 +17,15 @@ def semantic_from_compact(compact, segments_info, ignore_label):
     return lut[compact.astype(np.int64)]
 
 
+
+def read_compact_panoptic(dataset_dict, image):
+    """Pops ``segments_info`` and reads ``pan_seg_file_name`` as segment indices 1..n in that order (0 = void),
+    checked to be the image's size. Returns (segments_info, compact [H, W])."""
+    segments = dataset_dict.pop("segments_info")
+    compact = compact_panoptic(read_panoptic(dataset_dict["pan_seg_file_name"]), segments)
+    check_same_size(image, compact, dataset_dict["pan_seg_file_name"])
+    return segments, compact
+
 @register_mapper("mask_former_panoptic")
 class PanopticDatasetMapper(SemanticDatasetMapper):
     """The semantic mapper's augmentations and padding (constructor and config shared), plus ``pan_seg_file_name``/``segments_info``: one instance per non-crowd segment
@@ -31,9 +40,7 @@ class PanopticDatasetMapper(SemanticDatasetMapper):
         dataset_dict, image = start(dataset_dict, self.image_format)
         if image is None:
             return None
-        segments = dataset_dict.pop("segments_info")
-        compact = compact_panoptic(read_panoptic(dataset_dict["pan_seg_file_name"]), segments)
-        check_same_size(image, compact, dataset_dict["pan_seg_file_name"])
+        segments, compact = read_compact_panoptic(dataset_dict, image)
         if "sem_seg_file_name" in dataset_dict:
             sem = read_label(dataset_dict["sem_seg_file_name"])
             check_same_size(image, sem, dataset_dict["sem_seg_file_name"])

@@ -16,6 +16,7 @@ from torch import nn
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 
+from ...ops import Linear
 from .common import (RES_NAMES, DropPath, FreezableBackbone, check_out_features, init_transformer_weights,
                      linear_drop_path_rates)
 
@@ -62,9 +63,9 @@ def window_reverse(windows: torch.Tensor, ws: int, H: int, W: int) -> torch.Tens
 class Mlp(nn.Module):
     def __init__(self, dim: int, hidden: int, drop: float = 0.0):
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden)
+        self.fc1 = Linear(dim, hidden)
         self.act = nn.GELU()
-        self.fc2 = nn.Linear(hidden, dim)
+        self.fc2 = Linear(hidden, dim)
         self.drop = nn.Dropout(drop)
 
     def forward(self, x):
@@ -86,9 +87,9 @@ class WindowAttention(nn.Module):
         coords = torch.stack(torch.meshgrid(torch.arange(ws), torch.arange(ws), indexing="ij")).flatten(1)
         rel = (coords[:, :, None] - coords[:, None, :]).permute(1, 2, 0) + (ws - 1)  # [ws*ws, ws*ws, 2]
         self.register_buffer("relative_position_index", rel[..., 0] * (2 * ws - 1) + rel[..., 1])
-        self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
+        self.qkv = Linear(dim, dim * 3, bias=qkv_bias)
         self.attn_drop = nn.Dropout(attn_drop)
-        self.proj = nn.Linear(dim, dim)
+        self.proj = Linear(dim, dim)
         self.proj_drop = nn.Dropout(proj_drop)
         nn.init.trunc_normal_(self.relative_position_bias_table, std=0.02)
 
@@ -145,7 +146,7 @@ class PatchMerging(nn.Module):
 
     def __init__(self, dim):
         super().__init__()
-        self.reduction = nn.Linear(4 * dim, 2 * dim, bias=False)
+        self.reduction = Linear(4 * dim, 2 * dim, bias=False)
         self.norm = nn.LayerNorm(4 * dim)
 
     def forward(self, x, H, W):

@@ -10,6 +10,7 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from torch import nn
 
+from ....ops import Linear
 from .build import PER_PIXEL_HEAD_REGISTRY, select_features
 from .layers import ConvNormAct
 
@@ -19,7 +20,7 @@ class MLP(nn.Module):
 
     def __init__(self, in_channels: int, embed_dim: int):
         super().__init__()
-        self.proj = nn.Linear(in_channels, embed_dim)
+        self.proj = Linear(in_channels, embed_dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.proj(x.flatten(2).transpose(1, 2)).transpose(1, 2).reshape(x.shape[0], -1, *x.shape[-2:])

@@ -146,7 +146,8 @@ def test_instance_boxes_scores_and_topk_order():
     for i, (q, _, p) in enumerate(expected):
         assert result.scores[i].item() == pytest.approx(p * mask_score[q], rel=1e-5, abs=1e-6)
         assert result.pred_boxes.tensor[i].tolist() == boxes[q]
-        assert torch.equal(result.pred_masks[i], (torch.stack([m0, m1, m2])[q] > 0).float())
+        assert result.pred_masks.dtype == torch.bool  # detectron2's convention (Mask R-CNN gives bool masks too)
+        assert torch.equal(result.pred_masks[i], torch.stack([m0, m1, m2])[q] > 0)
 
 
 def test_instance_panoptic_on_keeps_only_things_and_topk_is_clamped():
@@ -168,3 +169,18 @@ def test_masks_to_boxes_matches_detectron2_bitmasks():
     expected = BitMasks(masks).get_bounding_boxes().tensor
     assert torch.equal(masks_to_boxes(masks), expected)
     assert masks_to_boxes(torch.zeros(0, 3, 3, dtype=torch.bool)).shape == (0, 4)
+
+
+def test_positive_area_and_sigmoid_sum_across_blocks():
+    """The blocked float computation against a direct one, on rows longer than one block and with exact zeros."""
+    from universal_seg.modeling.postprocess import _BLOCK_ELEMENTS, _positive_area_and_sigmoid_sum
+
+    torch.manual_seed(0)
+    logits = torch.randn(3, _BLOCK_ELEMENTS + 1234).double()
+    logits[:, ::7] = 0.0  # sigmoid(0) = 0.5 but x = 0 is not inside the mask
+    logits[2] = -1.0  # an empty mask
+    area, inside = _positive_area_and_sigmoid_sum(logits)
+    positive = logits > 0
+    torch.testing.assert_close(area.double(), positive.sum(1).double())
+    torch.testing.assert_close(inside.double(), (logits.sigmoid() * positive).sum(1), rtol=1e-5, atol=1e-3)
+    assert area[2] == 0 and inside[2] == 0

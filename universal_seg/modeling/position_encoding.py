@@ -1,4 +1,5 @@
 """Sine position encoding of DETR, used by the pixel decoder and the transformer decoder."""
+import functools
 import math
 
 import torch
@@ -23,7 +24,18 @@ class PositionEmbeddingSine(nn.Module):
     @torch.no_grad()
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
         """x: [B, C, H, W] (only its shape, device and dtype are used); mask: optional [B, H, W] bool, True at
-        padding. Returns [B, 2 * num_pos_feats, H, W] in x's dtype."""
+        padding. Returns [B, 2 * num_pos_feats, H, W] in x's dtype.
+
+        Without a mask the encoding depends only on (H, W): it is computed once per size, device and dtype and
+        returned expanded over the batch (read-only: do not modify it in place).
+        """
+        B, _, H, W = x.shape
+        if mask is None and not torch.jit.is_tracing():
+            return _cached_encoding(self.num_pos_feats, self.temperature, self.normalize, self.scale, H, W,
+                                    x.device, x.dtype).expand(B, -1, -1, -1)
+        return self._encode(x, mask)
+
+    def _encode(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         B, _, H, W = x.shape
         not_mask = (torch.ones(B, H, W, device=x.device, dtype=torch.bool) if mask is None else ~mask)
         y_embed = not_mask.cumsum(1, dtype=torch.float32)
@@ -39,3 +51,11 @@ class PositionEmbeddingSine(nn.Module):
         pos_x = torch.stack((pos_x[..., 0::2].sin(), pos_x[..., 1::2].cos()), dim=4).flatten(3)
         pos_y = torch.stack((pos_y[..., 0::2].sin(), pos_y[..., 1::2].cos()), dim=4).flatten(3)
         return torch.cat((pos_y, pos_x), dim=3).permute(0, 3, 1, 2).to(x.dtype)
+
+
+@functools.lru_cache(maxsize=32)
+@torch.no_grad()
+def _cached_encoding(num_pos_feats, temperature, normalize, scale, H, W, device, dtype) -> torch.Tensor:
+    """[1, 2 * num_pos_feats, H, W] encoding without padding (the settings are the cache key)."""
+    module = PositionEmbeddingSine(num_pos_feats, temperature, normalize, scale)
+    return module._encode(torch.empty(1, 0, H, W, device=device, dtype=dtype), None)

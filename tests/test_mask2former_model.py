@@ -114,3 +114,15 @@ def test_pixel_decoder_outputs_and_reference_points():
     ref = DeformableEncoder.reference_points([(2, 3)], batch=1, device="cpu")
     expected = torch.tensor([[x, y] for y in (0.25, 0.75) for x in (1 / 6, 0.5, 5 / 6)])
     torch.testing.assert_close(ref[0, :, 0], expected)
+
+
+def test_mask_logits_any_layout_matches_einsum():
+    from universal_seg.modeling.decoder.mask2former import mask_logits
+
+    torch.manual_seed(0)
+    embed, features = torch.randn(2, 7, 16), torch.randn(2, 16, 12, 20)  # 240 pixels: the oneDNN path applies
+    expected = torch.einsum("bqc,bchw->bqhw", embed.double(), features.double())
+    for layout in (torch.contiguous_format, torch.channels_last):
+        out = mask_logits(embed, features.contiguous(memory_format=layout))
+        assert out.shape == (2, 7, 12, 20)
+        torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)

@@ -10,9 +10,22 @@ import torch.nn.functional as F
 from detectron2.config import configurable
 from torch import nn
 
+from ...ops import linear
 from ..position_encoding import PositionEmbeddingSine
 from .attention_layers import MLP, CrossAttentionLayer, FFNLayer, SelfAttentionLayer
 from .build import TRANSFORMER_DECODER_REGISTRY
+
+
+def mask_logits(embed: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    """Mask logits embed . features: embed [B, Q, C], features [B, C, H, W] -> [B, Q, H, W].
+
+    Channels-last features (the CPU layout) are per image a [H*W, C] matrix, so the product is a linear layer over the
+    pixels (oneDNN on the CPU, see ops.linear); the result then has channels-last strides. Other layouts use einsum.
+    """
+    if features.is_contiguous(memory_format=torch.channels_last) and features.shape[1] > 1:
+        per_image = [linear(f.permute(1, 2, 0), e) for e, f in zip(embed, features)]  # [H, W, Q] each
+        return torch.stack(per_image).permute(0, 3, 1, 2)
+    return torch.einsum("bqc,bchw->bqhw", embed, features)
 
 
 @TRANSFORMER_DECODER_REGISTRY.register()
@@ -129,11 +142,11 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         embed = self.mask_embed(decoded)
         outputs_mask = None
         if self.training or final:
-            outputs_mask = torch.einsum("bqc,bchw->bqhw", embed, mask_features)
+            outputs_mask = mask_logits(embed, mask_features).contiguous()
         if lowres is None:
             small = F.interpolate(outputs_mask, size=attn_size, mode="bilinear", align_corners=False)
         else:
-            small = torch.einsum("bqc,bchw->bqhw", embed, lowres[level])
+            small = mask_logits(embed, lowres[level])
         attn_mask = (small.flatten(2) < 0).detach()  # sigmoid(x) < 0.5  <=>  x < 0
         attn_mask[attn_mask.all(-1)] = False  # a query whose mask blocks every position attends everywhere instead
         attn_mask = attn_mask.unsqueeze(1).expand(-1, self.num_heads, -1, -1).flatten(0, 1)

@@ -5,6 +5,7 @@ import warnings
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import make_ms_deform_attn_inputs
 from universal_seg.ops import MSDeformAttn, ms_deform_attn, ms_deform_attn_reference
@@ -215,6 +216,34 @@ def test_module_forward_compiled_equals_reference(monkeypatch):
     expected = m(x, ref_pts, x, ss, lsi, mask)
     assert out.shape == (2, 39, 24)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_module_forward_matches_written_out_formula(dtype, tol):
+    """The layer against Deformable DETR's equations written out with plain ops (float32 with 200 queries also runs
+    the oneDNN projections and the folded offset scaling): value = proj(x), weights = softmax over L*P,
+    locations = reference + offset / (W_l, H_l), output = proj(sum of weighted bilinear samples)."""
+    torch.manual_seed(0)
+    M, L, P, C = 4, 2, 3, 32
+    m = MSDeformAttn(d_model=C, n_levels=L, n_heads=M, n_points=P).to(dtype)
+    for p in m.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    ss = torch.tensor([[10, 12], [5, 8]])
+    lsi = torch.tensor([0, 120])
+    x = torch.randn(2, 160, C, dtype=dtype)
+    query = torch.randn(2, 200, C, dtype=dtype)
+    ref_pts = torch.rand(2, 200, L, 2, dtype=dtype)
+    with torch.no_grad():
+        out = m(query, ref_pts, x, ss, lsi)
+        value = F.linear(x.double(), m.value_proj.weight.double(), m.value_proj.bias.double()).view(2, 160, M, C // M)
+        off = F.linear(query.double(), m.sampling_offsets.weight.double(), m.sampling_offsets.bias.double())
+        logits = F.linear(query.double(), m.attention_weights.weight.double(), m.attention_weights.bias.double())
+        weights = torch.softmax(logits.view(2, 200, M, L * P), -1).view(2, 200, M, L, P)
+        normalizer = torch.tensor([[12.0, 10.0], [8.0, 5.0]], dtype=torch.float64)  # (W_l, H_l)
+        locations = ref_pts.double()[:, :, None, :, None, :] + off.view(2, 200, M, L, P, 2) / normalizer[:, None, :]
+        sampled = ms_deform_attn_reference(value, ss, lsi, locations, weights)
+        expected = F.linear(sampled, m.output_proj.weight.double(), m.output_proj.bias.double())
+    torch.testing.assert_close(out.double(), expected, rtol=tol, atol=tol)
 
 
 def test_module_rejects_indivisible_heads():

@@ -109,7 +109,7 @@ class FFNLayer(nn.Module):
 
     def forward(self, tgt: torch.Tensor) -> torch.Tensor:
         x = self.norm(tgt) if self.normalize_before else tgt
-        tgt = tgt + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x)))))
+        tgt = tgt + self.dropout(self.linear2(self.dropout(F.relu(self.linear1(x), inplace=True))))
         return tgt if self.normalize_before else self.norm(tgt)
 
 
@@ -123,5 +123,5 @@ class MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for i, layer in enumerate(self.layers):
-            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x))
+            x = layer(x) if i == len(self.layers) - 1 else F.relu(layer(x), inplace=True)
         return x

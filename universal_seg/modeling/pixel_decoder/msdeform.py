@@ -37,7 +37,7 @@ class DeformableEncoderLayer(nn.Module):
         """src, pos: [B, S, C]; reference_points: [B, S, L, 2]. Returns [B, S, C]."""
         attn = self.self_attn(src + pos, reference_points, src, spatial_shapes, level_start_index, padding_mask)
         src = self.norm1(src + self.dropout1(attn))
-        ffn = self.linear2(self.dropout2(F.relu(self.linear1(src))))
+        ffn = self.linear2(self.dropout2(F.relu(self.linear1(src), inplace=True)))
         return self.norm2(src + self.dropout3(ffn))
 
 

@@ -23,6 +23,12 @@ import universal_seg.modeling  # noqa: E402,F401
 from universal_seg.config import add_universal_seg_config  # noqa: E402
 
 
+def _timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", default="configs/coco/panoptic/m2f_r50.yaml")
@@ -56,6 +62,10 @@ def main():
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
     med = statistics.median(times)
+    if args.device == "cpu":  # the machine's state: shared VMs vary by tens of percent from minute to minute
+        a = torch.randn(2048, 2048)
+        gemm = min(_timed(lambda: torch.mm(a, a)) for _ in range(5))
+        print(f"machine check: fp32 2048^3 sgemm {2 * 2048 ** 3 / gemm / 1e9:.0f} GFLOP/s on {args.threads} threads")
     print(f"{args.config_file} {h}x{w} batch {args.batch} on {args.device} ({args.threads} threads, "
           f"amp={args.amp}): median {med:.3f} s per batch, {args.batch / med:.2f} images/s "
           f"(runs: {', '.join(f'{t:.3f}' for t in times)})")

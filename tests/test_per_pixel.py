@@ -212,3 +212,20 @@ def test_mini_config_trains_and_infers_with_slide_window():
         out = model([{"image": inputs[0]["image"], "height": 48, "width": 64}])[0]["sem_seg"]
     assert out.shape == (21, 48, 64)
     torch.testing.assert_close(out.sum(0), torch.ones(48, 64))
+
+
+def test_class_probabilities_any_layout_equals_softmax():
+    from universal_seg.modeling.decoder.per_pixel import class_probabilities
+
+    torch.manual_seed(0)
+    logits = torch.randn(1, 5, 6, 7) * 10
+    expected = logits[0].double().softmax(0)
+    for layout in (torch.contiguous_format, torch.channels_last):
+        x = logits.contiguous(memory_format=layout)[0].clone(memory_format=torch.preserve_format)
+        with torch.no_grad():
+            torch.testing.assert_close(class_probabilities(x).double(), expected, rtol=1e-6, atol=1e-7)
+        y = logits.contiguous(memory_format=layout)[0].detach().requires_grad_()
+        probs = class_probabilities(y)  # autograd needs the logits: not in place
+        torch.testing.assert_close(probs.double(), expected, rtol=1e-6, atol=1e-7)
+        probs[2].sum().backward()
+        assert y.grad is not None and torch.isfinite(y.grad).all()

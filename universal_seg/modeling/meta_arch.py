@@ -9,8 +9,8 @@ from detectron2.structures import ImageList, Instances
 from torch import nn
 
 from .criterion import SetCriterion, build_weight_dict
-from .decoder.per_pixel import (build_per_pixel_head, is_per_pixel_head_name, per_pixel_ce_loss,
-                                 slide_window_logits)
+from .decoder.per_pixel import (build_per_pixel_head, class_probabilities, is_per_pixel_head_name,
+                                 per_pixel_ce_loss, slide_window_logits)
 from .matcher import HungarianMatcher
 from .postprocess import instance_inference, panoptic_inference, semantic_inference
 from .segmentation_head import SegmentationHead
@@ -251,7 +251,7 @@ class UniversalSegmentor(nn.Module):
             else:
                 image = images.tensor[i, :, : image_size[0], : image_size[1]]
                 logits_i = slide_window_logits(image, self.per_pixel_logits, *self.slide_window)
-            results.append({"sem_seg": resize_to_output(logits_i, image_size, height, width).softmax(dim=0)})
+            results.append({"sem_seg": class_probabilities(resize_to_output(logits_i, image_size, height, width))})
         return results
 
     def per_pixel_logits(self, images: torch.Tensor) -> torch.Tensor:

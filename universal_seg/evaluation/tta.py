@@ -4,6 +4,8 @@ import torch
 from detectron2.data import transforms as T
 from torch import nn
 
+from ..modeling.decoder.per_pixel import class_probabilities
+
 
 class SemanticSegmentorWithTTA(nn.Module):
     """Wrap a model returning detectron2-standard ``[{"sem_seg": [K, H, W]}]`` (at the requested height/width).
@@ -40,7 +42,7 @@ class SemanticSegmentorWithTTA(nn.Module):
         total, count = None, 0
         for tensor, flipped in self._variants(inp["image"]):
             out = self.model([{**inp, "image": tensor, "height": height, "width": width}])[0]["sem_seg"]
-            prob = out.softmax(0) if self.softmax else out
+            prob = class_probabilities(out) if self.softmax else out
             prob = prob.flip(-1) if flipped else prob
             total = prob if total is None else total + prob
             count += 1

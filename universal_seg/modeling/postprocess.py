@@ -24,6 +24,12 @@ __all__ = [
 _BLOCK_ELEMENTS = 1 << 18  # elements of one [Q, block] slice of mask logits (1 MiB in fp32)
 
 
+def _column_blocks(rows: int, cols: int):
+    """Column slices of a [rows, cols] matrix, each slice about _BLOCK_ELEMENTS elements (so it stays in cache)."""
+    step = max(1, _BLOCK_ELEMENTS // max(rows, 1))
+    return (slice(start, start + step) for start in range(0, cols, step))
+
+
 def _positive_area_and_sigmoid_sum(logits: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per row of logits [Q, P]: the number of entries x > 0 and the sum of sigmoid(x) over them, both float32 [Q].
 
@@ -33,9 +39,8 @@ def _positive_area_and_sigmoid_sum(logits: torch.Tensor) -> Tuple[torch.Tensor, 
     """
     area = logits.new_zeros(logits.shape[0], dtype=torch.float32)
     shifted = torch.zeros_like(area)
-    block = max(1, _BLOCK_ELEMENTS // max(logits.shape[0], 1))
-    for start in range(0, logits.shape[1], block):
-        r = logits[:, start: start + block].float().clamp_min(0)
+    for cols in _column_blocks(*logits.shape):
+        r = logits[:, cols].float().clamp_min(0)
         area += r.sign().sum(1)
         shifted += r.sigmoid_().sub_(0.5).sum(1)
     return area, shifted + 0.5 * area
@@ -56,9 +61,8 @@ def semantic_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor) -> torch
     out = mask_pred.new_empty((probs_t.shape[0], H * W))
     # blocks of pixels: the sigmoid of a [Q, block] slice stays in cache for the product, instead of a [Q, H, W]
     # temporary written to and read back from memory (the same sums, several times faster on the CPU)
-    block = max(1, _BLOCK_ELEMENTS // max(Q, 1))
-    for start in range(0, H * W, block):
-        torch.mm(probs_t, masks[:, start: start + block].sigmoid(), out=out[:, start: start + block])
+    for cols in _column_blocks(Q, H * W):
+        torch.mm(probs_t, masks[:, cols].sigmoid(), out=out[:, cols])
     return out.view(-1, H, W)
 
 

@@ -4,6 +4,10 @@
 Usage (run by the Python of the target environment)::
 
     python scripts/install_detectron2.py [--cache-dir DIR] [--force]
+    python scripts/install_detectron2.py --wheel-dir DIR [--cache-dir DIR] [--force]
+
+With ``--wheel-dir`` the same patched tree is built into a pure-Python wheel in DIR (for a machine without
+network access) instead of being installed; nothing in the running environment changes.
 
 The package registry has no ``detectron2`` distribution. It has ``pb1-detectron2==0.6``, an sdist whose
 Python files are upstream detectron2 v0.6 but which lacks the C++/CUDA sources, so it cannot be built
@@ -15,7 +19,9 @@ as is. This script
 3. extracts it and applies the substitutions in ``SUBSTITUTIONS`` (each must match exactly once),
    writes a pure-Python ``detectron2/_C.py``, moves the bundled projects under
    ``detectron2/projects/`` and replaces ``setup.py`` by a minimal one without extensions;
-4. installs the result with ``pip install --no-deps --no-build-isolation`` (not editable).
+4. installs the result with ``pip install --no-deps --no-build-isolation`` (not editable), or, with
+   ``--wheel-dir``, builds it with ``pip wheel --no-deps --no-build-isolation`` into that directory
+   (skipped when a wheel of the current patch set is already there; other detectron2 wheels are removed).
 
 All changes live in the installed files; nothing is monkeypatched at import time.
 Only the standard library is used. Importing this file has no side effects (tests load it).
@@ -32,8 +38,10 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import zipfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Dict, List, NamedTuple, Optional, Sequence
+from typing import Dict, Iterator, List, NamedTuple, Optional, Sequence
 
 SDIST_NAME = "pb1-detectron2"
 SDIST_VERSION = "0.6"
@@ -565,15 +573,73 @@ def verify_install() -> Path:
     return package_dir
 
 
-def build_and_install(cache_dir: Path) -> Path:
-    """Download (or reuse), patch and install; returns the installed package directory."""
+@contextmanager
+def prepared_tree(cache_dir: Path) -> Iterator[Path]:
+    """Download (or reuse) and verify the sdist, extract and patch it in a temporary directory; yields its root."""
     sdist = fetch_sdist(cache_dir)
     with tempfile.TemporaryDirectory(prefix="detectron2-build-") as tmp:
         root = extract_sdist(sdist, Path(tmp))
         prepare_tree(root)
+        yield root
+
+
+def build_and_install(cache_dir: Path) -> Path:
+    """Download (or reuse), patch and install; returns the installed package directory."""
+    with prepared_tree(cache_dir) as root:
         remove_pb1_distribution()
         pip_install(root)
     return verify_install()
+
+
+# ----------------------------------------------------------------------------- building a wheel
+
+
+def wheel_filename() -> str:
+    """File name of the wheel that --wheel-dir builds (pure Python, any platform)."""
+    return f"detectron2-{DIST_VERSION}-py3-none-any.whl"
+
+
+def wheel_marker(wheel: Path) -> Optional[Dict[str, str]]:
+    """Fields of the marker file inside a detectron2 wheel, or None if it has none or is unreadable."""
+    try:
+        with zipfile.ZipFile(wheel) as archive:
+            text = archive.read(f"detectron2/{MARKER_NAME}").decode("utf-8")
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return None
+    return parse_marker(text)
+
+
+def wheel_is_current(wheel: Path) -> bool:
+    """Whether the wheel was built from the expected sdist with the current patch set."""
+    fields = wheel_marker(wheel)
+    return fields is not None and fields.get("sdist_sha256") == SDIST_SHA256 \
+        and fields.get("patch_set") == patch_set_id()
+
+
+def build_wheel(cache_dir: Path, wheel_dir: Path, force: bool = False) -> Path:
+    """Build the patched tree into ``wheel_dir/detectron2-<DIST_VERSION>-py3-none-any.whl``; returns its path.
+
+    Nothing is built when a wheel of the current patch set is already there (unless ``force``). Any other
+    detectron2 wheel in wheel_dir is removed, so that the directory holds exactly one version.
+    """
+    wheel_dir.mkdir(parents=True, exist_ok=True)
+    target = wheel_dir / wheel_filename()
+    if not force and target.is_file() and wheel_is_current(target):
+        log(f"{target} is current (patch set {patch_set_id()}); nothing to build")
+        return target
+    for old in sorted(wheel_dir.glob("detectron2-*.whl")):
+        log(f"removing {old}")
+        old.unlink()
+    with prepared_tree(cache_dir) as root, tempfile.TemporaryDirectory(prefix="detectron2-wheel-") as out:
+        log(f"pip wheel detectron2=={DIST_VERSION}")
+        run_pip("wheel", "--no-deps", "--no-build-isolation", "--no-cache-dir", str(root), "-w", out)
+        built = sorted(Path(out).glob("detectron2-*.whl"))
+        if [p.name for p in built] != [target.name]:
+            raise InstallError(f"pip wheel made {[p.name for p in built]}, expected [{target.name!r}]")
+        shutil.move(str(built[0]), str(target))
+    if not wheel_is_current(target):
+        raise InstallError(f"{target} lacks the marker of patch set {patch_set_id()}")
+    return target
 
 
 # ----------------------------------------------------------------------------- command line
@@ -584,7 +650,11 @@ def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
                         help=f"where the sdist is downloaded and reused (default: {DEFAULT_CACHE_DIR})")
-    parser.add_argument("--force", action="store_true", help="reinstall even if a detectron2 is installed")
+    parser.add_argument("--force", action="store_true",
+                        help="reinstall even if a detectron2 is installed (with --wheel-dir: rebuild the wheel)")
+    parser.add_argument("--wheel-dir", type=Path, default=None,
+                        help="build the patched detectron2 into a pure-Python wheel in this directory "
+                             "instead of installing it (the running environment is not changed)")
     return parser.parse_args(argv)
 
 
@@ -613,6 +683,14 @@ def describe_install_reason(state: InstalledState) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Entry point; returns the exit status."""
     args = parse_args(argv)
+    if args.wheel_dir is not None:
+        try:
+            wheel = build_wheel(args.cache_dir.resolve(), args.wheel_dir.resolve(), force=args.force)
+        except InstallError as error:
+            print(f"[install_detectron2] ERROR: {error}", file=sys.stderr, flush=True)
+            return 1
+        log(f"wheel: {wheel}")
+        return 0
     state = inspect_installed()
     message = None if args.force else skip_reason(state)
     if message:

@@ -200,6 +200,35 @@ def test_whole_table_matches_the_real_sdist(tmp_path):
         assert (root / rel / "__init__.py").is_file()
 
 
+@pytest.mark.skipif(CACHED_SDIST is None, reason="no sdist in .cache/detectron2 (run the installer first)")
+def test_wheel_dir_builds_the_patched_tree_into_a_wheel(tmp_path):
+    import zipfile
+
+    stale = tmp_path / "detectron2-0.5-py3-none-any.whl"
+    stale.write_bytes(b"an older build")
+    argv = ["--wheel-dir", str(tmp_path), "--cache-dir", str(inst.DEFAULT_CACHE_DIR)]
+    assert inst.main(argv) == 0
+    wheels = sorted(tmp_path.glob("*.whl"))
+    assert [w.name for w in wheels] == [inst.wheel_filename()]  # exactly one detectron2 version
+    with zipfile.ZipFile(wheels[0]) as archive:
+        names = set(archive.namelist())
+        assert "detectron2/_C.py" in names and f"detectron2/{inst.MARKER_NAME}" in names
+        assert "detectron2/projects/deeplab/__init__.py" in names
+        assert "detectron2/projects/point_rend/__init__.py" in names
+        assert not any(n.endswith((".so", ".pyd")) or n.startswith(("projects/", "tools/")) for n in names)
+        for path in {row.path for row in inst.SUBSTITUTIONS}:
+            text = archive.read(path).decode("utf-8")
+            assert all(row.new in text for row in inst.SUBSTITUTIONS if row.path == path), path
+        (metadata_name,) = [n for n in names if n.endswith(".dist-info/METADATA")]
+        metadata = archive.read(metadata_name).decode("utf-8")
+    assert re.search(r"^Name: detectron2$", metadata, re.M)
+    assert re.search(r"^Version: (.*)$", metadata, re.M).group(1) == inst.DIST_VERSION
+    assert inst.wheel_is_current(wheels[0])
+    mtime = wheels[0].stat().st_mtime_ns
+    assert inst.main(argv) == 0  # a second run keeps the current wheel
+    assert wheels[0].stat().st_mtime_ns == mtime
+
+
 # ----------------------------------------------------------------------------- the installed detectron2
 
 

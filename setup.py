@@ -4,7 +4,8 @@ The extension always has the C++ CPU kernels (OpenMP). Its CUDA kernels are comp
 toolkit is found (nvcc on PATH or CUDA_HOME), even on a machine without a GPU. Environment variables:
   UNIVERSAL_SEG_CUDA=0      build the CPU kernels only, even if nvcc is present
   UNIVERSAL_SEG_CUDA=1      require the CUDA kernels (fail if no toolkit is found)
-  TORCH_CUDA_ARCH_LIST      GPU architectures, default "8.0;9.0+PTX" (A100, H100/H200, PTX for newer GPUs)
+  TORCH_CUDA_ARCH_LIST      GPU architectures; default: those of the GPUs visible at build time, else
+                            7.0;7.5;8.0;8.6;8.9;9.0+PTX less what the toolkit cannot build (CUDA 13: no 7.0)
   CUDA_HOME                 the CUDA toolkit root, if it cannot be found from nvcc
   MAX_JOBS                  parallel compile jobs (ninja)
 
@@ -12,8 +13,11 @@ Install for development (builds against the torch already installed, so no build
   pip install --no-build-isolation -e .
 """
 import glob
+import importlib.util
 import os
+import re
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,7 +25,14 @@ from setuptools import find_packages, setup
 
 ROOT = Path(__file__).resolve().parent
 CSRC = ROOT / "universal_seg" / "ops" / "csrc"
-DEFAULT_ARCHS = "8.0;9.0+PTX"
+
+
+def _cuda_arch_module():
+    """universal_seg/ops/cuda_arch.py, loaded by path (the package itself is not importable before the build)."""
+    spec = importlib.util.spec_from_file_location("_universal_seg_cuda_arch", ROOT / "universal_seg/ops/cuda_arch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def _toolkit_root(nvcc: str) -> Path | None:
@@ -63,6 +74,26 @@ def find_cuda_home() -> Path | None:
     return None
 
 
+def nvcc_targets(cuda_home: Path) -> set[tuple[int, int]] | None:
+    """(major, minor) of every real architecture the toolkit's nvcc can build, or None if it cannot say."""
+    try:
+        text = subprocess.run([str(cuda_home / "bin" / "nvcc"), "--list-gpu-code"], capture_output=True, text=True,
+                              timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    found = {(int(m[1][:-1]), int(m[1][-1])) for m in re.finditer(r"\bsm_(\d+)\b", text)}
+    return found or None
+
+
+def visible_gpu_capabilities() -> list[tuple[int, int]]:
+    """Compute capabilities of the GPUs torch sees now (empty on a machine without one)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return []
+    return [torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())]
+
+
 def extension_modules():
     mode = os.environ.get("UNIVERSAL_SEG_CUDA", "auto").lower()
     cuda_home = None if mode in ("0", "false", "no") else find_cuda_home()
@@ -71,7 +102,14 @@ def extension_modules():
     if cuda_home is not None:
         # torch.utils.cpp_extension reads CUDA_HOME when it is imported, so set it first.
         os.environ["CUDA_HOME"] = str(cuda_home)
-        os.environ.setdefault("TORCH_CUDA_ARCH_LIST", DEFAULT_ARCHS)
+        arch = _cuda_arch_module()
+        try:
+            arch_list = arch.select_arch_list(os.environ.get("TORCH_CUDA_ARCH_LIST"), visible_gpu_capabilities(),
+                                              nvcc_targets(cuda_home))
+            targets = arch.format_targets(arch.parse_arch_list(arch_list))
+        except ValueError as err:
+            sys.exit(f"universal_seg: {err}")
+        os.environ["TORCH_CUDA_ARCH_LIST"] = arch_list
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     sources = [str(p.relative_to(ROOT)) for p in sorted(CSRC.glob("*.cpp")) + sorted(CSRC.glob("cpu/*.cpp"))]
@@ -85,8 +123,10 @@ def extension_modules():
     sources += [str(p.relative_to(ROOT)) for p in sorted(CSRC.glob("cuda/*.cu"))]
     return [CUDAExtension(
         "universal_seg._C", sources,
-        define_macros=[("UNIVERSAL_SEG_WITH_CUDA", None)],
-        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo"]},
+        # the targets as one macro token (sm_75;sm_86;compute_90 with ';' -> '__'), reported by _C.cuda_targets()
+        define_macros=[("UNIVERSAL_SEG_WITH_CUDA", None), ("UNIVERSAL_SEG_CUDA_TARGETS", targets.replace(";", "__"))],
+        # --threads: nvcc compiles the architectures in parallel (the build time is mostly this one file)
+        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo", "--threads=0"]},
         extra_link_args=["-fopenmp"])]
 
 

@@ -3,6 +3,8 @@ import functools
 import warnings
 from types import ModuleType
 
+from .cuda_arch import kernel_image_for, parse_targets, unsupported_device_message
+
 BUILD_HINT = (
     "build it from the repository root with `bash scripts/setup.sh` "
     "(or `pip install --no-build-isolation -e .` in an environment that has torch)"
@@ -40,3 +42,25 @@ def warn_no_cuda_kernels() -> None:
         RuntimeWarning,
         stacklevel=4,
     )
+
+
+def check_cuda_device(device) -> str:
+    """How the compiled CUDA kernels run on ``device``: "sm_XY" (machine code) or "compute_XY" (PTX compiled by the
+    driver). Raises RuntimeError naming TORCH_CUDA_ARCH_LIST and the rebuild command when the build has no image
+    for the device's architecture (instead of CUDA's "no kernel image is available" at the first launch)."""
+    import torch
+
+    index = torch.device(device).index
+    return _check_cuda_device(torch.cuda.current_device() if index is None else index)
+
+
+@functools.lru_cache(maxsize=None)
+def _check_cuda_device(index: int) -> str:
+    import torch
+
+    built = load_extension().cuda_targets()
+    capability = torch.cuda.get_device_capability(index)
+    image = kernel_image_for(capability, parse_targets(built))
+    if image is None:
+        raise RuntimeError(unsupported_device_message(torch.cuda.get_device_name(index), capability, built))
+    return image

@@ -46,6 +46,21 @@ int cuda_version() {
 #endif
 }
 
+// The CUDA targets the kernels were compiled for, e.g. "sm_75;sm_86;sm_90;compute_90" ("" for a CPU-only build).
+std::string cuda_targets() {
+#if defined(UNIVERSAL_SEG_WITH_CUDA) && defined(UNIVERSAL_SEG_CUDA_TARGETS)
+#define US_STRINGIFY_(x) #x
+#define US_STRINGIFY(x) US_STRINGIFY_(x)
+  std::string targets = US_STRINGIFY(UNIVERSAL_SEG_CUDA_TARGETS);  // ';' travels as "__" through the build
+  for (size_t at = targets.find("__"); at != std::string::npos; at = targets.find("__", at + 1)) {
+    targets.replace(at, 2, ";");
+  }
+  return targets;
+#else
+  return "";
+#endif
+}
+
 }  // namespace
 }  // namespace universal_seg
 
@@ -55,4 +70,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("ms_deform_attn_backward", &universal_seg::backward, "MSDeformAttn backward (CPU or CUDA by device)");
   m.def("cuda_version", &universal_seg::cuda_version,
         "CUDA version the CUDA kernels were compiled with, 0 when the build has no CUDA kernels");
+  m.def("cuda_targets", &universal_seg::cuda_targets,
+        "CUDA targets of the kernels, e.g. 'sm_86;sm_90;compute_90' ('' when the build has no CUDA kernels)");
 }

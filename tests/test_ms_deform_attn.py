@@ -305,3 +305,131 @@ def test_cuda_matches_cpu_kernel_float32():
     grad_out = torch.randn(2, 50, 256)
     for a, b in zip(_grads(ms_deform_attn, cpu, grad_out), _grads(ms_deform_attn, gpu, grad_out.cuda())):
         torch.testing.assert_close(a, b.cpu(), rtol=1e-4, atol=1e-4)
+
+
+# Channel counts and dtypes covering both CUDA layouts: the 16-byte vector one (D a multiple of 4 fp32 / 8 half /
+# 2 fp64 channels; one to several chunks per thread) and the scalar one (odd D), plus a misaligned value.
+LAYOUTS = [
+    dict(N=2, M=8, D=32, shapes=((9, 11), (5, 6), (3, 3)), Lq=37, P=4),  # Mask2Former's head size
+    dict(N=1, M=2, D=256, shapes=((6, 5), (3, 3)), Lq=9, P=2),  # more chunks than one warp holds
+    dict(N=2, M=3, D=8, shapes=((7, 9), (4, 5)), Lq=13, P=3),  # groups of 1-2 threads
+    dict(N=1, M=4, D=6, shapes=((5, 6), (3, 3)), Lq=10, P=2),  # not a multiple of the vector: scalar layout
+]
+
+
+@cuda_only
+@pytest.mark.parametrize("cfg", LAYOUTS)
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5), (torch.bfloat16, 1e-2)])
+def test_cuda_layouts_against_float64_reference(cfg, dtype, tol):
+    inputs64 = make_ms_deform_attn_inputs(**cfg)
+    grad_out = torch.randn(cfg["N"], cfg["Lq"], cfg["M"] * cfg["D"], dtype=torch.float64)
+    ref = _grads(ms_deform_attn_reference, _to(inputs64), grad_out)
+    loc_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    ours = _grads(ms_deform_attn, _to(inputs64, dtype, device="cuda", loc_dtype=loc_dtype), grad_out.to("cuda", dtype))
+    for a, exact in zip(ours, ref):
+        err = (a.double().cpu() - exact).abs().max() / exact.abs().max()
+        assert err < tol, f"{dtype} D={cfg['D']}: relative error {err:.2e} >= {tol}"
+
+
+@cuda_only
+def test_cuda_misaligned_value_takes_the_scalar_path():
+    cfg = LAYOUTS[0]
+    value, ss, lsi, loc, attn = make_ms_deform_attn_inputs(dtype=torch.float32, **cfg)
+    flat = torch.cat([torch.zeros(1), value.flatten()]).cuda()
+    shifted = flat[1:].view(value.shape)  # contiguous, but 4 bytes past a 16-byte boundary
+    assert shifted.data_ptr() % 16 != 0 and shifted.is_contiguous()
+    out = ms_deform_attn(shifted, ss, lsi, loc.cuda(), attn.cuda())
+    torch.testing.assert_close(out.cpu(), ms_deform_attn_reference(value, ss, lsi, loc, attn), rtol=1e-5, atol=1e-5)
+
+
+@cuda_only
+def test_cuda_level_table_on_gpu_or_cpu_gives_the_same_result():
+    value, ss, lsi, loc, attn = _to(make_ms_deform_attn_inputs(dtype=torch.float32, **LAYOUTS[0]), device="cuda")
+    on_cpu = ms_deform_attn(value, ss.cpu(), lsi.cpu(), loc, attn)
+    torch.testing.assert_close(ms_deform_attn(value, ss, lsi, loc, attn), on_cpu, rtol=0, atol=0)
+
+
+@cuda_only
+def test_cuda_call_with_cpu_level_table_does_not_synchronise():
+    """The hot path (CPU level table, as the pixel decoder passes it) makes no host synchronisation: forward and
+    backward of the op and of the MSDeformAttn layer run under torch's sync debug mode set to "error"."""
+    value, ss, lsi, loc, attn = _to(make_ms_deform_attn_inputs(dtype=torch.float32, **LAYOUTS[0]), device="cuda")
+    layer = MSDeformAttn(d_model=64, n_levels=3, n_heads=8, n_points=4).cuda()
+    S = int(ss.prod(1).sum())
+    x = torch.randn(2, S, 64, device="cuda", requires_grad=True)
+    ref_pts = torch.rand(2, S, 3, 2, device="cuda")
+    ms_deform_attn(value, ss.cpu(), lsi.cpu(), loc, attn)  # first call: loads the extension, checks the device
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        out = ms_deform_attn(value, ss.cpu(), lsi.cpu(), loc, attn)
+        torch.autograd.grad(out.sum(), (value, loc, attn))
+        y = layer(x, ref_pts, x, ss.cpu(), lsi.cpu())
+        torch.autograd.grad(y.square().sum(), [x, *layer.parameters()])
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+
+
+@cuda_only
+def test_cuda_inconsistent_cpu_level_table_raises_on_the_host():
+    value, ss, lsi, loc, attn = _to(make_ms_deform_attn_inputs(dtype=torch.float32), device="cuda")
+    with pytest.raises(ValueError, match="level_start_index"):
+        ms_deform_attn(value, ss.cpu(), lsi.cpu() + 1, loc, attn)
+    with pytest.raises(ValueError, match="cover"):
+        ms_deform_attn(value[:, :-1], ss.cpu(), lsi.cpu(), loc, attn)
+
+
+@cuda_only
+@pytest.mark.parametrize("bad", ["starts", "short_value"])
+def test_cuda_inconsistent_gpu_level_table_stops_the_kernel(bad):
+    """A level table on the GPU is checked by the kernel: an inconsistent one raises (a device-side assertion,
+    which poisons the CUDA context, hence the subprocess) instead of reading out of bounds."""
+    import subprocess
+    import sys
+
+    code = f"""
+import torch
+from conftest import make_ms_deform_attn_inputs
+from universal_seg.ops import ms_deform_attn
+value, ss, lsi, loc, attn = [t.cuda() for t in make_ms_deform_attn_inputs(dtype=torch.float32)]
+if {bad!r} == "starts":
+    lsi = lsi + 5
+else:
+    value = value[:, :-3].contiguous()
+ms_deform_attn(value, ss, lsi, loc, attn)
+torch.cuda.synchronize()
+print("NO ERROR")
+"""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([os.path.dirname(__file__), os.environ.get("PYTHONPATH", "")]))
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert "NO ERROR" not in proc.stdout
+    assert proc.returncode != 0 and "device-side assert" in proc.stderr, proc.stderr[-2000:]
+
+
+@cuda_only
+def test_cuda_backward_refuses_deterministic_mode():
+    value, ss, lsi, loc, attn = _to(make_ms_deform_attn_inputs(dtype=torch.float32), device="cuda")
+    out = ms_deform_attn(value, ss, lsi, loc, attn)
+    previous = torch.are_deterministic_algorithms_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        with pytest.raises(RuntimeError, match="ms_deform_attn_backward_cuda"):
+            torch.autograd.grad(out.sum(), value, retain_graph=True)
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        with pytest.warns(UserWarning, match="ms_deform_attn_backward_cuda"):
+            torch.autograd.grad(out.sum(), value)
+    finally:
+        torch.use_deterministic_algorithms(previous)
+
+
+@cuda_only
+def test_cuda_device_is_covered_by_the_build():
+    from universal_seg.ops._extension import check_cuda_device
+
+    major, minor = torch.cuda.get_device_capability()
+    targets = _ext().cuda_targets().split(";")
+    image = check_cuda_device("cuda")
+    if f"sm_{major}{minor}" in targets:  # e.g. the GPU suite's build for the local GPU
+        assert image == f"sm_{major}{minor}"
+    else:
+        assert image in targets and int(image.split("_")[1][:-1]) <= major, (image, targets)

@@ -5,7 +5,7 @@ reference only when the extension (or its CUDA part) is missing.
 import torch
 from torch.autograd.function import once_differentiable
 
-from ._extension import load_extension, warn_no_cuda_kernels
+from ._extension import check_cuda_device, load_extension, warn_no_cuda_kernels
 from .ms_deform_attn_reference import ms_deform_attn_reference
 
 _VALUE_DTYPES = (torch.float64, torch.float32, torch.float16, torch.bfloat16)
@@ -41,8 +41,8 @@ class MSDeformAttnFunction(torch.autograd.Function):
         return grad_value, None, None, grad_loc, grad_attn
 
 
-def _validate(value, spatial_shapes, level_start_index, sampling_locations, attention_weights) -> None:
-    """Raises ValueError with one sentence naming the problem; reads spatial_shapes (a host sync on GPU)."""
+def _validate_shapes(value, spatial_shapes, level_start_index, sampling_locations, attention_weights) -> None:
+    """Raises ValueError with one sentence naming the problem; reads shapes, dtypes and devices only (no data)."""
     if value.dim() != 4:
         raise ValueError(f"ms_deform_attn: value must be [N, S, heads, channels], got shape {tuple(value.shape)}.")
     if value.dtype not in _VALUE_DTYPES:
@@ -62,16 +62,27 @@ def _validate(value, spatial_shapes, level_start_index, sampling_locations, atte
         raise ValueError(
             f"ms_deform_attn: attention_weights must be {tuple(sampling_locations.shape[:5])} "
             f"(sampling_locations without its last dimension), got {tuple(attention_weights.shape)}.")
-    devices = {t.device for t in (value, spatial_shapes, level_start_index, sampling_locations, attention_weights)}
+    devices = {t.device for t in (value, sampling_locations, attention_weights)}
     if len(devices) != 1:
-        raise ValueError(f"ms_deform_attn: all inputs must be on one device, got {sorted(map(str, devices))}.")
+        raise ValueError(f"ms_deform_attn: value, sampling_locations and attention_weights must be on one device, "
+                         f"got {sorted(map(str, devices))}.")
+    for name, table in (("spatial_shapes", spatial_shapes), ("level_start_index", level_start_index)):
+        if table.device != value.device and table.device.type != "cpu":
+            raise ValueError(f"ms_deform_attn: {name} must be on the CPU or on {value.device}, got {table.device}.")
     if tuple(level_start_index.shape) != (L,):
         raise ValueError(f"ms_deform_attn: level_start_index must be [{L}], got {tuple(level_start_index.shape)}.")
+
+
+def _validate_level_table(spatial_shapes, level_start_index, S: int) -> None:
+    """Raises ValueError unless level_start_index holds the running sums of the level areas and they cover S.
+
+    Reads the tables' values: free for CPU tensors, a host synchronisation for CUDA tensors (call it only where
+    one happens anyway)."""
     shapes = spatial_shapes.tolist()
     starts = level_start_index.tolist()
     if any(h <= 0 or w <= 0 for h, w in shapes):
         raise ValueError(f"ms_deform_attn: every spatial shape must be positive, got {shapes}.")
-    expected = [sum(h * w for h, w in shapes[:i]) for i in range(L)]
+    expected = [sum(h * w for h, w in shapes[:i]) for i in range(len(shapes))]
     if starts != expected:
         raise ValueError(
             f"ms_deform_attn: level_start_index {starts} does not match spatial_shapes {shapes} "
@@ -92,8 +103,8 @@ def ms_deform_attn(
 
     Args:
         value: [N, S, M, D] float64 / float32 / float16 / bfloat16; S = sum over levels of H_l * W_l.
-        spatial_shapes: [L, 2] integer (H_l, W_l).
-        level_start_index: [L] integer, start of each level in S (0, H_0*W_0, ...).
+        spatial_shapes: [L, 2] integer (H_l, W_l), on the CPU or on value's device.
+        level_start_index: [L] integer, start of each level in S (0, H_0*W_0, ...), on the CPU or on value's device.
         sampling_locations: [N, Lq, M, L, P, 2] (x, y) normalised to [0, 1], pixel centres at (i + 0.5) / W;
             bilinear sampling with zero padding outside the level.
         attention_weights: [N, Lq, M, L, P], usually softmaxed over (L, P).
@@ -101,20 +112,31 @@ def ms_deform_attn(
     Returns:
         [N, Lq, M * D] in value's dtype. Locations and weights are used in float32 (float64 for float64
         values) whatever their dtype, and all sums run in that precision.
+
+    Validation: shapes, dtypes and devices always, on the host. The level table's values (level_start_index =
+    running sums of the areas, covering S) are checked on the host when the tables are CPU tensors; CUDA tables
+    are checked by the CUDA kernels on the device (an inconsistent table stops the kernel with a device-side
+    assertion before any read), so no call synchronises with the GPU. Pass CPU tables from GPU code to get the
+    host-side error messages; they are copied to the GPU asynchronously.
     """
-    _validate(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    _validate_shapes(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
+    ext = load_extension()
+    compiled = ext is not None and (not value.is_cuda or ext.cuda_version() > 0)
+    on_host = spatial_shapes.device.type == "cpu" and level_start_index.device.type == "cpu"
+    if on_host or not compiled:  # the reference reads the table on the host anyway
+        _validate_level_table(spatial_shapes, level_start_index, value.shape[1])
+    if value.is_cuda and compiled:
+        check_cuda_device(value.device)
     op = opmath_dtype(value.dtype)
     args = (
         value.contiguous(),
-        spatial_shapes.long().contiguous(),
-        level_start_index.long().contiguous(),
+        spatial_shapes.to(device=value.device, dtype=torch.long, non_blocking=True).contiguous(),
+        level_start_index.to(device=value.device, dtype=torch.long, non_blocking=True).contiguous(),
         sampling_locations.to(op).contiguous(),
         attention_weights.to(op).contiguous(),
     )
-    ext = load_extension()
-    if ext is None:
-        return ms_deform_attn_reference(*args)
-    if value.is_cuda and ext.cuda_version() == 0:
-        warn_no_cuda_kernels()
+    if not compiled:
+        if ext is not None:
+            warn_no_cuda_kernels()
         return ms_deform_attn_reference(*args)
     return MSDeformAttnFunction.apply(*args)

@@ -74,8 +74,9 @@ class MSDeformAttn(nn.Module):
             query: [N, Lq, C].
             reference_points: [N, Lq, L, 2] (x, y) in [0, 1], or [N, Lq, L, 4] boxes (cx, cy, w, h).
             input_flatten: [N, S, C], the levels' features flattened and concatenated.
-            input_spatial_shapes: [L, 2] (H_l, W_l).
-            input_level_start_index: [L].
+            input_spatial_shapes: [L, 2] (H_l, W_l), integer, on the CPU (preferred on GPUs: checked on the host
+                without a synchronisation) or on the inputs' device.
+            input_level_start_index: [L], integer, on the same device as input_spatial_shapes.
             input_padding_mask: optional [N, S] bool, True at padded positions (their values are zeroed).
 
         Returns:
@@ -99,7 +100,9 @@ class MSDeformAttn(nn.Module):
             # offsets are in pixels of each level: dividing them by (W_l, H_l) scales each output channel of the
             # projection, so the scale is folded into its weight and bias; the reference points are broadcast over
             # the heads only (broadcasting over the inner point axis too is several times slower on the CPU)
-            inv_size = 1.0 / input_spatial_shapes.flip(-1).to(self.sampling_offsets.weight.dtype)  # [L, 2]
+            weight = self.sampling_offsets.weight
+            # [L, 2]; from a CPU table the copy to the GPU is asynchronous (no host synchronisation)
+            inv_size = (1.0 / input_spatial_shapes.flip(-1).to(weight.dtype)).to(weight.device, non_blocking=True)
             scale = inv_size[None, :, None, :].expand(M, L, P, 2).reshape(-1)
             offsets = linear(query, self.sampling_offsets.weight * scale[:, None], self.sampling_offsets.bias * scale)
             ref = reference_points[:, :, :, None, :].expand(N, Lq, L, P, 2).reshape(N, Lq, 1, L * P * 2)

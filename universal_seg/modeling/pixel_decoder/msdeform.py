@@ -92,7 +92,8 @@ class DeformableEncoder(nn.Module):
         pos_flat = torch.cat([p.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1)
                               for lvl, p in enumerate(pos_embeds)], 1)
         device = src_flat.device
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long, device=device)
+        # the level table stays on the CPU: the op checks it there and copies it to the GPU without a sync
+        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long)
         areas = spatial_shapes.prod(1)
         level_start_index = torch.cat((areas.new_zeros(1), areas.cumsum(0)[:-1]))
         ref = self.reference_points(shapes, src_flat.shape[0], device)

@@ -184,3 +184,182 @@ def test_positive_area_and_sigmoid_sum_across_blocks():
     torch.testing.assert_close(area.double(), positive.sum(1).double())
     torch.testing.assert_close(inside.double(), (logits.sigmoid() * positive).sum(1), rtol=1e-5, atol=1e-3)
     assert area[2] == 0 and inside[2] == 0
+
+
+# ------------------------------------------------------------------------------- panoptic: slow reference
+def _reference_panoptic_inference(mask_cls, mask_pred, num_classes, object_mask_threshold=0.8, overlap_threshold=0.8,
+                                  thing_ids=()):
+    """REFERENCE ONLY (slow): the per-query loop that panoptic_inference used before it was vectorised, written
+    out verbatim; the randomized tests below require the library function to give exactly its outputs."""
+    import torch.nn.functional as F
+
+    thing_ids = set(thing_ids)
+    scores, labels = F.softmax(mask_cls, dim=-1).max(-1)
+    keep = labels.ne(num_classes) & (scores > object_mask_threshold)
+    cur_scores, cur_classes, cur_masks = scores[keep], labels[keep], mask_pred[keep].sigmoid()
+
+    height, width = mask_pred.shape[-2:]
+    panoptic_seg = torch.zeros((height, width), dtype=torch.int32, device=mask_pred.device)
+    segments_info = []
+    if cur_masks.shape[0] == 0:
+        return panoptic_seg, segments_info
+
+    owner = (cur_scores[:, None, None] * cur_masks).argmax(0)  # [H, W] index into the kept queries
+    stuff_ids = {}
+    for k in range(cur_masks.shape[0]):
+        category = int(cur_classes[k])
+        won = owner == k
+        own_mask = cur_masks[k] >= 0.5
+        segment = won & own_mask
+        won_area, original_area = int(won.sum()), int(own_mask.sum())
+        if won_area == 0 or original_area == 0 or int(segment.sum()) == 0:
+            continue
+        if won_area / original_area < overlap_threshold:
+            continue
+        isthing = category in thing_ids
+        if not isthing and category in stuff_ids:
+            panoptic_seg[segment] = stuff_ids[category]
+            continue
+        segment_id = len(segments_info) + 1
+        if not isthing:
+            stuff_ids[category] = segment_id
+        panoptic_seg[segment] = segment_id
+        segments_info.append({"id": segment_id, "category_id": category, "isthing": isthing})
+    return panoptic_seg, segments_info
+
+
+_SIZES = [(1, 1), (7, 9), (16, 16), (33, 17), (48, 64), (5, 131)]
+
+
+def _random_panoptic_case(seed):
+    """Random inputs of panoptic_inference that reach its corner cases: overlapping and empty masks, exact score ties
+    (duplicated class rows with saturated masks), mask logits exactly 0 or tiny negatives (sigmoid rounds to 0.5),
+    stuff classes predicted by several queries, all queries dropped, thresholds that drop some by overlap."""
+    gen = torch.Generator().manual_seed(seed)
+
+    def pick(options):
+        return options[int(torch.randint(len(options), (1,), generator=gen))]
+
+    q = pick([1, 2, 3, 5, 8, 12, 20, 30])
+    k = pick([1, 2, 3, 5, 8])
+    h, w = pick(_SIZES)
+    mask_cls = torch.randn(q, k + 1, generator=gen) * pick([0.5, 1.0, 3.0])
+    confident = torch.rand(q, generator=gen) < pick([0.3, 0.6, 0.9])
+    for i in confident.nonzero().flatten().tolist():
+        target = pick(list(range(k)) * 3 + [k])  # mostly a class, sometimes a confident no-object
+        mask_cls[i, target] += pick([2.0, 4.0, 8.0, 12.0])
+    for _ in range(int(torch.randint(0, 3, (1,), generator=gen))):  # duplicated rows: exactly equal scores
+        a, b = torch.randint(q, (2,), generator=gen).tolist()
+        mask_cls[b] = mask_cls[a]
+
+    masks = []
+    for _ in range(q):
+        kind = pick(["rect", "rect", "smooth", "smooth", "saturated", "empty", "boundary"])
+        if kind == "rect":
+            y0, y1 = sorted(torch.randint(0, h + 1, (2,), generator=gen).tolist())
+            x0, x1 = sorted(torch.randint(0, w + 1, (2,), generator=gen).tolist())
+            m = torch.full((h, w), pick([-10.0, -3.0, -20.0]))
+            m[y0:y1, x0:x1] = pick([10.0, 3.0, 20.0, 0.5])
+        elif kind == "smooth":
+            low = torch.randn(1, 1, max(1, h // 4), max(1, w // 4), generator=gen) * pick([1.0, 4.0, 10.0])
+            m = torch.nn.functional.interpolate(low, size=(h, w), mode="bilinear", align_corners=False)[0, 0]
+            m = m + pick([-2.0, 0.0, 1.0])
+        elif kind == "saturated":
+            m = torch.full((h, w), pick([20.0, 40.0, 100.0]))  # sigmoid == 1 exactly: ties in score * sigmoid
+        elif kind == "empty":
+            m = torch.full((h, w), pick([-5.0, -30.0]))
+        else:
+            values = torch.tensor([0.0, -0.0, -1e-9, -1e-8, -5.9e-8, -6e-8, -1.1e-7, -1.2e-7, -2.4e-7, 1e-8, -1e-3])
+            m = values[torch.randint(len(values), (h, w), generator=gen)]
+        sprinkle = torch.rand(h, w, generator=gen) < 0.05
+        m[sprinkle] = torch.tensor([0.0, -1e-8, -1e-7])[torch.randint(3, (int(sprinkle.sum()),), generator=gen)]
+        masks.append(m)
+    mask_pred = torch.stack(masks)
+    things = [c for c in range(k) if bool(torch.rand(1, generator=gen) < 0.5)] + pick([[], [k + 3], [-1]])
+    object_mask_threshold = pick([0.0, 0.3, 0.5, 0.8])
+    overlap_threshold = pick([0.0, 0.5, 0.8, 0.8, 1.0, 1.5])
+    return mask_cls, mask_pred, k, object_mask_threshold, overlap_threshold, things
+
+
+def _check_panoptic_against_reference(seeds, device="cpu"):
+    """The library's panoptic_inference against the slow reference on random cases: identical outputs. Returns
+    counts of the situations met (to check that the random cases cover them)."""
+    seen = {"segments": 0, "all_dropped": 0, "stuff_merged": 0, "dropped_by_overlap": 0, "nothing_kept": 0}
+    for seed in seeds:
+        mask_cls, mask_pred, k, obj_t, ovl_t, things = _random_panoptic_case(seed)
+        mask_cls, mask_pred = mask_cls.to(device), mask_pred.to(device)
+        expected_seg, expected_info = _reference_panoptic_inference(mask_cls, mask_pred, k, obj_t, ovl_t, things)
+        seg, info = panoptic_inference(mask_cls, mask_pred, k, obj_t, ovl_t, things)
+        assert seg.dtype == torch.int32 and seg.device == expected_seg.device, seed
+        assert torch.equal(seg, expected_seg), seed
+        assert info == expected_info, seed
+        assert [type(v) for s in info for v in s.values()] == [int, int, bool] * len(info), seed
+        # coverage bookkeeping
+        kept_any = _reference_panoptic_inference(mask_cls, mask_pred, k, obj_t, -1.0, things)[1]
+        seen["segments"] += len(info)
+        seen["nothing_kept"] += not kept_any
+        seen["all_dropped"] += bool(kept_any) and not info
+        seen["dropped_by_overlap"] += len(kept_any) > len(info)
+        seen["stuff_merged"] += _painting_queries(mask_cls, mask_pred, k, obj_t, ovl_t) > len(info)
+    return seen
+
+
+def _painting_queries(mask_cls, mask_pred, k, obj_t, ovl_t):
+    """How many kept queries paint a segment (more than the segments when stuff queries of one class merge)."""
+    import torch.nn.functional as F
+
+    scores, labels = F.softmax(mask_cls, dim=-1).max(-1)
+    keep = labels.ne(k) & (scores > obj_t)
+    probs = mask_pred[keep].sigmoid()
+    if probs.shape[0] == 0:
+        return 0
+    owner = (scores[keep][:, None, None] * probs).argmax(0)
+    count = 0
+    for i in range(probs.shape[0]):
+        won, own = int((owner == i).sum()), int((probs[i] >= 0.5).sum())
+        count += int(((owner == i) & (probs[i] >= 0.5)).any()) and own > 0 and won / own >= ovl_t
+    return count
+
+
+def test_panoptic_matches_reference_on_random_cases():
+    seen = _check_panoptic_against_reference(range(300))
+    assert all(count > 0 for count in seen.values()), seen
+
+
+def test_panoptic_matches_reference_with_tiny_blocks(monkeypatch):
+    """Blocks of a few pixels (many blocks per image, a last block of another width) give the same outputs."""
+    import universal_seg.modeling.postprocess as postprocess
+
+    for block, cases in ((1, 8), (40, 60), (500, 60)):  # one pixel per block; several; a few
+        monkeypatch.setattr(postprocess, "_BLOCK_ELEMENTS", block)
+        _check_panoptic_against_reference(range(1000 + block, 1000 + block + cases))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_panoptic_matches_reference_on_cuda():
+    _check_panoptic_against_reference(range(300), device="cuda")
+
+
+def test_sigmoid_half_threshold_is_not_the_sign_of_the_logit():
+    """In float32, sigmoid(x) rounds to exactly 0.5 for tiny negative x: such a pixel is inside a query's mask
+    (sigmoid >= 0.5) although x < 0. panoptic_inference keeps the sigmoid comparison, so it counts these pixels."""
+    tiny = torch.tensor([-1e-9, -1e-8, -5.9e-8, -1.7e-7])
+    assert torch.equal(tiny.sigmoid(), torch.full((4,), 0.5))
+    assert torch.tensor(-2.4e-7).sigmoid() < 0.5
+    mask = torch.full(HW, -1e-8)
+    mask[5:] = OUT
+    seg, info = run_panoptic([one_hot_row(K, 2, 0.95)], [mask])
+    expected = torch.zeros(HW, dtype=torch.int32)
+    expected[:5] = 1
+    assert torch.equal(seg, expected) and info == [{"id": 1, "category_id": 2, "isthing": False}]
+
+
+def test_instance_panoptic_on_thing_ids_outside_the_classes_are_ignored():
+    """Thing ids are matched as a set of ints: ids outside 0..K-1 (even negative ones) select nothing."""
+    hw = (4, 4)
+    masks = torch.stack([rect_mask(hw, (0, 2), (0, 2)), rect_mask(hw, (2, 4), (2, 4))])
+    probs = [[0.5, 0.4, 0.1], [0.3, 0.6, 0.1]]  # K = 2
+    for things, expected in [({-1, 5}, []), ({-1, 1}, [1, 1]), ((1, 0), [1, 0, 1, 0])]:
+        result = instance_inference(class_logits(probs), masks, 2, panoptic_on=True, thing_ids=things)
+        assert result.pred_classes.tolist() == expected
+        assert result.pred_masks.shape == (len(expected), 4, 4) and result.pred_boxes.tensor.shape == (len(expected), 4)

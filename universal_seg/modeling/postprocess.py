@@ -21,25 +21,36 @@ __all__ = [
 ]
 
 
-_BLOCK_ELEMENTS = 1 << 18  # elements of one [Q, block] slice of mask logits (1 MiB in fp32)
+_BLOCK_ELEMENTS = 1 << 18  # CPU: elements of one [rows, block] slice of mask logits (1 MiB in fp32, stays in cache)
+_BLOCK_ELEMENTS_ACCELERATOR = 1 << 24  # CUDA and other devices: 64 MiB in fp32, a few large kernels per image
 
 
-def _column_blocks(rows: int, cols: int):
-    """Column slices of a [rows, cols] matrix, each slice about _BLOCK_ELEMENTS elements (so it stays in cache)."""
-    step = max(1, _BLOCK_ELEMENTS // max(rows, 1))
+def _block_elements(device: torch.device) -> int:
+    """Elements of one [rows, block] slice in the blocked loops over pixels, by device (the one place that decides).
+
+    On the CPU the slice should stay in cache; elsewhere blocks only bound the temporaries (no [Q, H, W] float
+    copy), and large ones keep the number of kernel launches small.
+    """
+    return _BLOCK_ELEMENTS if device.type == "cpu" else _BLOCK_ELEMENTS_ACCELERATOR
+
+
+def _column_blocks(rows: int, cols: int, device: torch.device):
+    """Column slices of a [rows, cols] matrix on ``device``, each slice about _block_elements(device) elements."""
+    step = max(1, _block_elements(device) // max(rows, 1))
     return (slice(start, start + step) for start in range(0, cols, step))
 
 
 def _positive_area_and_sigmoid_sum(logits: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per row of logits [Q, P]: the number of entries x > 0 and the sum of sigmoid(x) over them, both float32 [Q].
 
-    Computed in blocks that stay in cache, on r = max(x, 0): sign(r) is 1 exactly where x > 0, and sigmoid(r) - 0.5
-    is 0 exactly where x <= 0, so the sum over x > 0 of sigmoid(x) is sum(sigmoid(r) - 0.5) + 0.5 * area (float
-    arithmetic only; reductions of bool tensors are several times slower on the CPU).
+    Computed in blocks (in cache on the CPU, see _block_elements), on r = max(x, 0): sign(r) is 1 exactly where
+    x > 0, and sigmoid(r) - 0.5 is 0 exactly where x <= 0, so the sum over x > 0 of sigmoid(x) is
+    sum(sigmoid(r) - 0.5) + 0.5 * area (float arithmetic only; reductions of bool tensors are several times slower
+    on the CPU).
     """
     area = logits.new_zeros(logits.shape[0], dtype=torch.float32)
     shifted = torch.zeros_like(area)
-    for cols in _column_blocks(*logits.shape):
+    for cols in _column_blocks(*logits.shape, logits.device):
         r = logits[:, cols].float().clamp_min(0)
         area += r.sign().sum(1)
         shifted += r.sigmoid_().sub_(0.5).sum(1)
@@ -61,9 +72,84 @@ def semantic_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor) -> torch
     out = mask_pred.new_empty((probs_t.shape[0], H * W))
     # blocks of pixels: the sigmoid of a [Q, block] slice stays in cache for the product, instead of a [Q, H, W]
     # temporary written to and read back from memory (the same sums, several times faster on the CPU)
-    for cols in _column_blocks(Q, H * W):
+    for cols in _column_blocks(Q, H * W, mask_pred.device):
         torch.mm(probs_t, masks[:, cols].sigmoid(), out=out[:, cols])
     return out.view(-1, H, W)
+
+
+def _count(index: torch.Tensor, bins: int) -> torch.Tensor:
+    """Occurrences of each value 0..bins-1 in the int64 tensor ``index`` [P] (values in [0, bins)): int64 [bins].
+
+    bincount on the CPU; a scatter-add elsewhere (CUDA's bincount reads the maximum back to the host).
+    """
+    if index.device.type == "cpu":
+        return torch.bincount(index, minlength=bins)
+    ones = torch.ones((), dtype=torch.int64, device=index.device).expand(index.shape)
+    return torch.zeros(bins, dtype=torch.int64, device=index.device).scatter_add_(0, index, ones)
+
+
+def _argmax_rows(values: torch.Tensor) -> torch.Tensor:
+    """torch.argmax(values, dim=0) of a [N, B] tensor: int64 [B], the first index among equal maxima, a NaN first.
+
+    On the CPU, argmax over the outer dimension is a slow strided loop; there (for N <= 256) it is computed from
+    vectorised reductions instead: the column maxima, then the largest (N - 1 - row) among the rows equal to them,
+    in bytes. Columns with a NaN fall back to argmax.
+    """
+    rows = values.shape[0]
+    if values.device.type != "cpu" or rows > 256:
+        return torch.argmax(values, dim=0)
+    best = values.amax(0)  # [B]
+    if bool(best.isnan().any()):
+        return torch.argmax(values, dim=0)
+    reverse = torch.arange(rows - 1, -1, -1, dtype=torch.uint8)[:, None]  # [N, 1]: N - 1 - row
+    hits = (values == best).view(torch.uint8).mul_(reverse)  # [N, B]
+    return (rows - 1) - hits.amax(0).long()
+
+
+def _owners(
+    mask_pred: torch.Tensor, kept: torch.Tensor, kept_scores: torch.Tensor
+) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Per pixel, the kept query with the largest score * sigmoid(mask), and whether that query's own mask is on.
+
+    Args:
+        mask_pred: [Q, H, W] mask logits.
+        kept: int64 [N] indices of the kept queries (N >= 1).
+        kept_scores: [N] their class scores.
+    Returns:
+        owner: int64 [P] (P = H * W), index into ``kept`` (argmax over the kept queries; ties to the first);
+        owner_on: bool [P], sigmoid(mask of the owner) >= 0.5 at the pixel;
+        own_area: int64 [N], pixels with sigmoid(mask) >= 0.5 per kept query.
+    In blocks of pixels: the float temporaries are [N, block], not [N, P].
+
+    The threshold stays sigmoid >= 0.5, not logit >= 0: in float32 sigmoid(x) rounds to exactly 0.5 for tiny
+    negative x (down to about -1.5 * 2**-23). On the CPU the sigmoid is taken over all kept masks at once ([N, P],
+    as the reference did): PyTorch's vectorised loop and its scalar remainder loop differ in the last bit, and a
+    split into blocks would move the remainders (and could break an argmax tie differently). Elsewhere it is
+    taken per block.
+    """
+    n, pixels = kept.numel(), mask_pred.shape[-2] * mask_pred.shape[-1]
+    device = mask_pred.device
+    owner = torch.empty(pixels, dtype=torch.int64, device=device)
+    owner_on = torch.empty(pixels, dtype=torch.bool, device=device)
+    own_area = torch.zeros(n, dtype=torch.int64, device=device)
+    if device.type == "cpu":
+        all_probs, masks = mask_pred.index_select(0, kept).sigmoid_().view(n, pixels), None  # [N, P]
+    else:
+        all_probs, masks = None, mask_pred.reshape(mask_pred.shape[0], pixels)  # [Q, P]
+    scores = kept_scores[:, None]
+    for cols in _column_blocks(n, pixels, device):
+        probs = all_probs[:, cols] if all_probs is not None else masks[:, cols].index_select(0, kept).sigmoid_()
+        own = probs >= 0.5  # [N, block]
+        own_area += own.view(torch.uint8).sum(1, dtype=torch.int32)  # (bytes into int32: vectorised on the CPU)
+        # score * sigmoid as in the reference product (same dtype promotion); in place on a per-block copy
+        if all_probs is None and torch.result_type(probs, scores) == probs.dtype:
+            weighted = probs.mul_(scores)
+        else:
+            weighted = probs * scores
+        block_owner = _argmax_rows(weighted)  # [block]
+        owner[cols] = block_owner
+        owner_on[cols] = own.gather(0, block_owner[None]).squeeze(0)
+    return owner, owner_on, own_area
 
 
 def panoptic_inference(
@@ -77,10 +163,15 @@ def panoptic_inference(
     """Non-overlapping segments from the confident queries.
 
     Queries whose top class is not no-object and whose top probability exceeds ``object_mask_threshold`` are
-    kept; each pixel goes to the kept query with the largest score * sigmoid(mask); a query's segment is its
-    pixels where also sigmoid(mask) >= 0.5. A segment is dropped when it is empty or when the pixels it won
-    cover less than ``overlap_threshold`` of its own mask (sigmoid >= 0.5). Stuff segments of the same class
-    share one id.
+    kept; each pixel goes to the kept query with the largest score * sigmoid(mask) (ties to the lower query
+    index); a query's segment is its pixels where also sigmoid(mask) >= 0.5. A segment is dropped when it is empty
+    or when the pixels it won cover less than ``overlap_threshold`` of its own mask (sigmoid >= 0.5). Stuff
+    segments of the same class share one id. Ids follow the query order.
+
+    The per-query areas of all kept queries are computed together on the device (won: count of the owner map;
+    own mask; segment: count of the owner where its own mask is on), read back in one transfer, and the panoptic
+    map is painted in one gather through a table kept query -> segment id (0 when dropped). Reads back to the
+    host: the number of kept queries, then the areas.
 
     Args:
         mask_cls: [Q, K+1] class logits.
@@ -94,35 +185,39 @@ def panoptic_inference(
     thing_ids = set(thing_ids)
     scores, labels = F.softmax(mask_cls, dim=-1).max(-1)
     keep = labels.ne(num_classes) & (scores > object_mask_threshold)
-    cur_scores, cur_classes, cur_masks = scores[keep], labels[keep], mask_pred[keep].sigmoid()
+    kept = keep.nonzero().squeeze(1)  # int64 [N] (reads N back to the host)
 
     height, width = mask_pred.shape[-2:]
-    panoptic_seg = torch.zeros((height, width), dtype=torch.int32, device=mask_pred.device)
+    device = mask_pred.device
     segments_info: List[Dict[str, object]] = []
-    if cur_masks.shape[0] == 0:
-        return panoptic_seg, segments_info
+    n = kept.numel()
+    if n == 0:
+        return torch.zeros((height, width), dtype=torch.int32, device=device), segments_info
 
-    owner = (cur_scores[:, None, None] * cur_masks).argmax(0)  # [H, W] index into the kept queries
+    owner, owner_on, own_area = _owners(mask_pred, kept, scores.index_select(0, kept))
+    segment_owner = torch.where(owner_on, owner, n)  # [H * W]: kept query whose segment holds the pixel, n = none
+    won_area = _count(owner, n)
+    segment_area = _count(segment_owner, n + 1)[:n]
+    stats = torch.stack([won_area, own_area, segment_area, labels.index_select(0, kept)]).tolist()  # one transfer
+
+    segment_of_query = [0] * (n + 1)  # kept query -> segment id; 0 = dropped, and for index n (no segment)
     stuff_ids: Dict[int, int] = {}
-    for k in range(cur_masks.shape[0]):
-        category = int(cur_classes[k])
-        won = owner == k
-        own_mask = cur_masks[k] >= 0.5
-        segment = won & own_mask
-        won_area, original_area = int(won.sum()), int(own_mask.sum())
-        if won_area == 0 or original_area == 0 or int(segment.sum()) == 0:
+    for k, (won, original, segment, category) in enumerate(zip(*stats)):
+        if won == 0 or original == 0 or segment == 0:
             continue
-        if won_area / original_area < overlap_threshold:
+        if won / original < overlap_threshold:
             continue
         isthing = category in thing_ids
         if not isthing and category in stuff_ids:
-            panoptic_seg[segment] = stuff_ids[category]
+            segment_of_query[k] = stuff_ids[category]
             continue
         segment_id = len(segments_info) + 1
         if not isthing:
             stuff_ids[category] = segment_id
-        panoptic_seg[segment] = segment_id
+        segment_of_query[k] = segment_id
         segments_info.append({"id": segment_id, "category_id": category, "isthing": isthing})
+    table = torch.tensor(segment_of_query, dtype=torch.int32).to(device, non_blocking=True)  # (no wait on CUDA)
+    panoptic_seg = table[segment_owner].view(height, width)
     return panoptic_seg, segments_info
 
 
@@ -148,8 +243,7 @@ def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     y0 = rows.argmax(dim=1)
     y1 = height - rows.flip(1).argmax(dim=1)
     found = torch.stack([x0, y0, x1, y1], dim=1).float()
-    boxes[nonempty] = found[nonempty]
-    return boxes
+    return torch.where(nonempty[:, None], found, boxes)  # no boolean indexing: no read-back to the host
 
 
 def instance_inference(
@@ -183,8 +277,10 @@ def instance_inference(
     query_idx = top_idx // num_classes
     if panoptic_on:
         things = set(int(c) for c in thing_ids)
-        is_thing = torch.tensor([c in things for c in labels.tolist()], dtype=torch.bool, device=labels.device)
-        top_scores, labels, query_idx = top_scores[is_thing], labels[is_thing], query_idx[is_thing]
+        is_thing_class = torch.tensor([c in things for c in range(num_classes)], dtype=torch.bool).to(
+            labels.device, non_blocking=True)  # [K] lookup table, built on the host and sent without waiting
+        pairs = is_thing_class[labels].nonzero().squeeze(1)  # kept pairs, in order (the one read-back: N)
+        top_scores, labels, query_idx = top_scores[pairs], labels[pairs], query_idx[pairs]
     area, inside = _positive_area_and_sigmoid_sum(mask_pred.flatten(1))  # [Q] each
     mask_scores = inside / (area + 1e-6)
 

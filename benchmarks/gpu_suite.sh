@@ -68,7 +68,7 @@ fi
 
 step tests 240 "$PY" -m pytest -q -p no:cacheprovider -o addopts="" "${TESTS[@]}" -rfEs
 step op 150 "$PY" benchmarks/gpu_op.py "${DEVICE_ARGS[@]}" --json "$OUT_DIR/op.json"
-step e2e 300 "$PY" benchmarks/gpu_e2e.py "${DEVICE_ARGS[@]}" --json "$OUT_DIR/e2e.json"
+step e2e 300 "$PY" benchmarks/gpu_e2e.py "${DEVICE_ARGS[@]}" ${E2E_TIME_BUDGET:+--time-budget "$E2E_TIME_BUDGET"} ${E2E_CASES:+--cases "$E2E_CASES"} --json "$OUT_DIR/e2e.json"
 
 "$PY" - "$OUT_DIR" "${STATUS[@]}" <<'EOF'
 import json, os, sys

@@ -353,18 +353,20 @@ def test_cuda_level_table_on_gpu_or_cpu_gives_the_same_result():
 def test_cuda_call_with_cpu_level_table_does_not_synchronise():
     """The hot path (CPU level table, as the pixel decoder passes it) makes no host synchronisation: forward and
     backward of the op and of the MSDeformAttn layer run under torch's sync debug mode set to "error"."""
-    value, ss, lsi, loc, attn = _to(make_ms_deform_attn_inputs(dtype=torch.float32, **LAYOUTS[0]), device="cuda")
+    inputs = make_ms_deform_attn_inputs(dtype=torch.float32, **LAYOUTS[0])
+    ss, lsi = inputs[1], inputs[2]  # CPU tables
+    value, _, _, loc, attn = _to(inputs, device="cuda")
     layer = MSDeformAttn(d_model=64, n_levels=3, n_heads=8, n_points=4).cuda()
     S = int(ss.prod(1).sum())
     x = torch.randn(2, S, 64, device="cuda", requires_grad=True)
     ref_pts = torch.rand(2, S, 3, 2, device="cuda")
-    ms_deform_attn(value, ss.cpu(), lsi.cpu(), loc, attn)  # first call: loads the extension, checks the device
+    ms_deform_attn(value, ss, lsi, loc, attn)  # first call: loads the extension, checks the device
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")
     try:
-        out = ms_deform_attn(value, ss.cpu(), lsi.cpu(), loc, attn)
+        out = ms_deform_attn(value, ss, lsi, loc, attn)
         torch.autograd.grad(out.sum(), (value, loc, attn))
-        y = layer(x, ref_pts, x, ss.cpu(), lsi.cpu())
+        y = layer(x, ref_pts, x, ss, lsi)
         torch.autograd.grad(y.square().sum(), [x, *layer.parameters()])
     finally:
         torch.cuda.set_sync_debug_mode("default")
@@ -425,11 +427,13 @@ def test_cuda_backward_refuses_deterministic_mode():
 @cuda_only
 def test_cuda_device_is_covered_by_the_build():
     from universal_seg.ops._extension import check_cuda_device
+    from universal_seg.ops.cuda_arch import parse_targets
 
     major, minor = torch.cuda.get_device_capability()
-    targets = _ext().cuda_targets().split(";")
+    built = parse_targets(_ext().cuda_targets())
     image = check_cuda_device("cuda")
-    if f"sm_{major}{minor}" in targets:  # e.g. the GPU suite's build for the local GPU
-        assert image == f"sm_{major}{minor}"
-    else:
-        assert image in targets and int(image.split("_")[1][:-1]) <= major, (image, targets)
+    exact = [f"sm_{ma}{mi}{sfx}" for kind, ma, mi, sfx in built if kind == "sm" and (ma, mi) == (major, minor)]
+    if exact:  # e.g. the GPU suite's build for the local GPU (sm_90 or sm_90a)
+        assert image in exact
+    else:  # older machine code of the same major version, or PTX
+        assert image.startswith(f"sm_{major}") or image.startswith("compute_"), (image, built)

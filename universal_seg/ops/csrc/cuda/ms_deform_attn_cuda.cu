@@ -212,10 +212,9 @@ struct Layout {
   int V, T;
 };
 
-Layout choose_layout(const Dims& d, int64_t element_size, std::initializer_list<const void*> pointers) {
-  const int V = static_cast<int>(16 / element_size);
+Layout choose_layout(const Dims& d, int V, int64_t element_size, std::initializer_list<const void*> pointers) {
   bool vectorised = d.D % V == 0;
-  for (const void* ptr : pointers) vectorised = vectorised && reinterpret_cast<uintptr_t>(ptr) % 16 == 0;
+  for (const void* ptr : pointers) vectorised = vectorised && reinterpret_cast<uintptr_t>(ptr) % (V * element_size) == 0;
   if (!vectorised) return {1, kWarpSize};
   int T = 1;
   while (T < d.D / V && T < kWarpSize) T *= 2;
@@ -233,11 +232,16 @@ int64_t num_blocks(const Dims& d, int T) {
 
 // Kernel launches for a layout chosen at run time: V (1 or the dtype's 16-byte width) and T (1, 2, ..., 32)
 // become template arguments.
+// kMaxVector: the widest vector (elements) a kernel uses. The backward stops at 4: for fp16 / bf16 that is an
+// 8-byte load and twice the threads per item of a 16-byte one, which pays where each thread also issues the
+// value-gradient atomics (measured on an H200: fp16 / bf16 backward no faster than fp32 with 8 elements).
 struct ForwardArgs {
+  static constexpr int kMaxVector = 8;
   const at::Tensor &value, &shapes, &starts, &loc, &attn, &out;
 };
 
 struct BackwardArgs {
+  static constexpr int kMaxVector = 4;
   const at::Tensor &value, &shapes, &starts, &loc, &attn, &grad_out, &grad_value, &grad_loc, &grad_attn;
 };
 
@@ -274,8 +278,14 @@ void launch_t(const Args& a, const Dims& d, int T, cudaStream_t stream) {
 }
 
 template <typename scalar_t, typename Args>
+constexpr int vector_width() {
+  return static_cast<int>(16 / sizeof(scalar_t)) < Args::kMaxVector ? static_cast<int>(16 / sizeof(scalar_t))
+                                                                     : Args::kMaxVector;
+}
+
+template <typename scalar_t, typename Args>
 void launch_layout(const Args& a, const Dims& d, const Layout& layout, cudaStream_t stream) {
-  constexpr int kV = 16 / sizeof(scalar_t);
+  constexpr int kV = vector_width<scalar_t, Args>();
   if (layout.V == 1) {
     launch<scalar_t, 1, kWarpSize>(a, d, num_blocks(d, kWarpSize), stream);
     return;
@@ -297,7 +307,8 @@ at::Tensor ms_deform_attn_forward_cuda(const at::Tensor& value, const at::Tensor
   if (out.numel() == 0) return out;
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_forward_cuda", [&] {
-    const Layout layout = choose_layout(d, sizeof(scalar_t), {value.data_ptr(), out.data_ptr()});
+    const Layout layout = choose_layout(d, vector_width<scalar_t, ForwardArgs>(), sizeof(scalar_t),
+                                        {value.data_ptr(), out.data_ptr()});
     launch_layout<scalar_t>(ForwardArgs{value, spatial_shapes, level_start_index, sampling_loc, attn_weight, out}, d,
                             layout, stream);
   });
@@ -326,7 +337,8 @@ std::vector<at::Tensor> ms_deform_attn_backward_cuda(const at::Tensor& value, co
     const auto stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cuda", [&] {
       // grad_value_acc is a fresh (256-byte aligned) buffer addressed with value's offsets: V fits it too
-      const Layout layout = choose_layout(d, sizeof(scalar_t), {value.data_ptr(), grad_output.data_ptr()});
+      const Layout layout = choose_layout(d, vector_width<scalar_t, BackwardArgs>(), sizeof(scalar_t),
+                                          {value.data_ptr(), grad_output.data_ptr()});
       launch_layout<scalar_t>(BackwardArgs{value, spatial_shapes, level_start_index, sampling_loc, attn_weight,
                                            grad_output, grad_value_acc, grad_loc, grad_attn},
                               d, layout, stream);

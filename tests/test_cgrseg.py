@@ -30,7 +30,7 @@ from universal_seg.modeling.decoder.per_pixel import CGRSegHead
 from universal_seg.modeling.decoder.per_pixel.cgrseg_modules import (RCM, DynamicPrototypeGate,
                                                                      RectangularSelfCalibrationAttention,
                                                                      class_prototypes, pyramid_pool)
-from universal_seg.modeling.meta_arch import UniversalSegmentor
+from universal_seg.modeling.meta_arch import PerPixelSegmentor
 from conftest import load_cfg
 
 MINI = "configs/mini/semantic/cgrseg_t.yaml"
@@ -114,7 +114,7 @@ def test_configs_build_and_params(variant, backbone, channels, rcms, k):
     cfg = load_cfg(f"configs/ade20k/semantic/cgrseg_{variant}.yaml")
     assert cfg.MODEL.EFFICIENTFORMERV2.VARIANT == backbone
     with torch.device("meta"):  # no memory, no init cost
-        model = UniversalSegmentor(cfg)
+        model = PerPixelSegmentor(cfg)
     head = model.sem_seg_head
     assert isinstance(head, CGRSegHead) and head.in_channels == list(model.backbone.output_shape()[n].channels
                                                                      for n in ("res3", "res4", "res5"))

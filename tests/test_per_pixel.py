@@ -1,5 +1,5 @@
-"""Per-pixel path of UniversalSegmentor: CE loss (with padding and auxiliary heads), sliding-window inference,
-head selection and config errors. Dummy backbones / heads make every expected value computable by hand."""
+"""PerPixelSegmentor and the per-pixel heads' shared losses: CE loss (with padding and auxiliary heads),
+sliding-window inference, meta-architecture / head selection and config errors. Dummy backbones / heads make every expected value computable by hand."""
 import math
 
 import pytest
@@ -9,9 +9,9 @@ from torch import nn
 
 import universal_seg.data  # noqa: F401
 import universal_seg.modeling  # noqa: F401
-from universal_seg.modeling.decoder.per_pixel import is_per_pixel_head_name, per_pixel_ce_loss, slide_window_logits
+from universal_seg.modeling.decoder.per_pixel import PerPixelHead, per_pixel_ce_loss, slide_window_logits
 from universal_seg.modeling.decoder.per_pixel.inference import window_starts
-from universal_seg.modeling.meta_arch import UniversalSegmentor
+from universal_seg.modeling.meta_arch import PerPixelSegmentor
 from conftest import load_cfg
 from detectron2.config import get_cfg
 
@@ -25,13 +25,11 @@ class IdentityBackbone(nn.Module):
         return {"res2": x}
 
 
-class LinearHead(nn.Module):
+class LinearHead(PerPixelHead):
     """logits = 1x1 conv of the image (full resolution); aux = the same logits with their own weight."""
 
-    per_pixel = True
-
-    def __init__(self, in_channels=3, num_classes=4, aux_weight=None):
-        super().__init__()
+    def __init__(self, in_channels=3, num_classes=4, aux_weight=None, loss_weight=1.0):
+        super().__init__(num_classes=num_classes, loss_weight=loss_weight)
         self.conv = nn.Conv2d(in_channels, num_classes, 1)
         self.aux_weight = aux_weight
 
@@ -43,10 +41,11 @@ class LinearHead(nn.Module):
         return out
 
 
-class WindowMeanHead(nn.Module):
+class WindowMeanHead(PerPixelHead):
     """Constant logits per window: [mean of the window, -mean] over the window's first channel."""
 
-    per_pixel = True
+    def __init__(self):
+        super().__init__(num_classes=2)
 
     def forward(self, features):
         x = features["res2"][:, :1]
@@ -54,14 +53,9 @@ class WindowMeanHead(nn.Module):
         return {"sem_seg_logits": torch.cat([m, -m], dim=1)}
 
 
-def dummy_segmentor(head, slide_window=None, size_divisibility=1, **kwargs):
-    args = dict(backbone=IdentityBackbone(), sem_seg_head=head, criterion=None, num_queries=0,
-                object_mask_threshold=0.8, overlap_threshold=0.8, metadata=None, size_divisibility=size_divisibility,
-                sem_seg_postprocess_before_inference=False, pixel_mean=(0.0, 0.0, 0.0), pixel_std=(1.0, 1.0, 1.0),
-                semantic_on=True, panoptic_on=False, instance_on=False, test_topk_per_image=100, ignore_label=255,
-                slide_window=slide_window)
-    args.update(kwargs)
-    return UniversalSegmentor(**args)
+def dummy_segmentor(head, slide_window=None, size_divisibility=1):
+    return PerPixelSegmentor(backbone=IdentityBackbone(), sem_seg_head=head, size_divisibility=size_divisibility,
+                             pixel_mean=(0.0, 0.0, 0.0), pixel_std=(1.0, 1.0, 1.0), slide_window=slide_window)
 
 
 def hand_ce(logits, target, ignore=255):
@@ -100,7 +94,7 @@ def test_ce_loss_upsamples_logits_bilinearly():
 
 def test_training_loss_ignores_padding_and_weights_aux():
     torch.manual_seed(0)
-    model = dummy_segmentor(LinearHead(aux_weight=0.4), size_divisibility=4, sem_seg_loss_weight=2.0).train()
+    model = dummy_segmentor(LinearHead(aux_weight=0.4, loss_weight=2.0), size_divisibility=4).train()
     inputs = [{"image": torch.randint(0, 255, (3, 5, 6)).to(torch.uint8), "sem_seg": torch.randint(0, 4, (5, 6))},
               {"image": torch.randint(0, 255, (3, 3, 7)).to(torch.uint8), "sem_seg": torch.randint(0, 4, (3, 7))}]
     inputs[1]["sem_seg"][0, 0] = 255
@@ -170,21 +164,21 @@ def test_whole_image_inference_resizes_logits_then_softmax():
 
 def test_per_pixel_head_rejects_panoptic_and_instance():
     with pytest.raises(ValueError, match="semantic segmentation only"):
-        dummy_segmentor(LinearHead(), panoptic_on=True)
+        build_model(load_cfg(MINI, "MODEL.MASK_FORMER.TEST.PANOPTIC_ON", "True"))
     with pytest.raises(ValueError, match="PANOPTIC_ON"):
         build_model(load_cfg(MINI, "MODEL.MASK_FORMER.TEST.INSTANCE_ON", "True"))
 
 
-def test_head_name_selects_the_path():
-    assert is_per_pixel_head_name("SegFormerHead") and is_per_pixel_head_name("SETRPUPHead")
-    for name in ("", "MaskFormerHead", "SemSegFPNHead"):  # SemSegFPNHead: detectron2's default, Mask2Former configs
-        assert not is_per_pixel_head_name(name)
-    with pytest.raises(KeyError, match="MODEL.SEM_SEG_HEAD.NAME='NoSuchHead' is not registered"):
-        is_per_pixel_head_name("NoSuchHead")
+def test_meta_architecture_selects_the_path():
     cfg = load_cfg(MINI)
-    assert get_cfg().MODEL.SEM_SEG_HEAD.NAME == "SemSegFPNHead"
+    assert cfg.MODEL.META_ARCHITECTURE == "PerPixelSegmentor" and cfg.MODEL.SEM_SEG_HEAD.NAME == "SegFormerHead"
     model = build_model(cfg)
-    assert model.per_pixel and model.criterion is None
+    assert isinstance(model, PerPixelSegmentor) and isinstance(model.sem_seg_head, PerPixelHead)
+    assert not hasattr(model, "criterion") and not hasattr(model, "num_queries")
+    assert get_cfg().MODEL.SEM_SEG_HEAD.NAME == "SemSegFPNHead"  # detectron2's default: no per-pixel head
+    for name in ("NoSuchHead", "SemSegFPNHead"):
+        with pytest.raises(ValueError, match=f"MODEL.SEM_SEG_HEAD.NAME='{name}' is not registered as a per-pixel"):
+            build_model(load_cfg(MINI, "MODEL.SEM_SEG_HEAD.NAME", name))
 
 
 def test_bad_slide_window_config_is_a_clear_error():

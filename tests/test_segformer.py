@@ -9,7 +9,7 @@ from torch import nn
 import universal_seg.data  # noqa: F401
 import universal_seg.modeling  # noqa: F401
 from universal_seg.modeling.decoder.per_pixel import convert_segformer_checkpoint
-from universal_seg.modeling.meta_arch import UniversalSegmentor
+from universal_seg.modeling.meta_arch import PerPixelSegmentor
 from conftest import load_cfg
 
 MINI = "configs/mini/semantic/segformer_b0.yaml"
@@ -88,7 +88,7 @@ def test_nvlabs_names_convert_to_ours():
 @pytest.mark.parametrize("variant", range(6))
 def test_params_match_paper(variant):
     with torch.device("meta"):  # no memory, no init cost
-        model = UniversalSegmentor(load_cfg(f"configs/ade20k/semantic/segformer_b{variant}.yaml"))
+        model = PerPixelSegmentor(load_cfg(f"configs/ade20k/semantic/segformer_b{variant}.yaml"))
     n = sum(p.numel() for p in model.parameters()) / 1e6
     assert n == pytest.approx(PAPER_PARAMS_M[variant], rel=0.05)
 

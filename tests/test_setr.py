@@ -9,7 +9,7 @@ from detectron2.modeling import build_backbone
 
 import universal_seg.data  # noqa: F401
 import universal_seg.modeling  # noqa: F401
-from universal_seg.modeling.meta_arch import UniversalSegmentor
+from universal_seg.modeling.meta_arch import PerPixelSegmentor
 from conftest import load_cfg
 
 CONFIGS = {name: f"configs/ade20k/semantic/setr_{name}_vit_l.yaml" for name in ("naive", "pup", "mla")}
@@ -23,7 +23,7 @@ VIT_L_PARAMS = 303_688_704
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_params_match_paper(name):
     with torch.device("meta"):  # full ViT-L config, no memory or init cost
-        model = UniversalSegmentor(load_cfg(CONFIGS[name]))
+        model = PerPixelSegmentor(load_cfg(CONFIGS[name]))
     n = sum(p.numel() for p in model.parameters())
     assert sum(p.numel() for p in model.backbone.parameters()) == VIT_L_PARAMS
     assert n == EXPECTED_PARAMS[name]
@@ -32,9 +32,9 @@ def test_params_match_paper(name):
 
 def test_head_layouts():
     with torch.device("meta"):
-        naive = UniversalSegmentor(load_cfg(CONFIGS["naive"])).sem_seg_head
-        pup = UniversalSegmentor(load_cfg(CONFIGS["pup"])).sem_seg_head
-        mla = UniversalSegmentor(load_cfg(CONFIGS["mla"])).sem_seg_head
+        naive = PerPixelSegmentor(load_cfg(CONFIGS["naive"])).sem_seg_head
+        pup = PerPixelSegmentor(load_cfg(CONFIGS["pup"])).sem_seg_head
+        mla = PerPixelSegmentor(load_cfg(CONFIGS["mla"])).sem_seg_head
     assert (naive.in_feature, naive.aux_in_features) == ("layer23", ["layer9", "layer14", "layer19"])
     assert len(naive.decode_head.up_convs) == 1 and naive.decode_head.up_convs[0][0].conv.kernel_size == (1, 1)
     assert len(pup.decode_head.up_convs) == 4 and pup.decode_head.up_convs[0][0].conv.kernel_size == (3, 3)
@@ -56,7 +56,7 @@ def test_train_step_and_slide_inference(vit_l, name):
                    "MODEL.SEM_SEG_HEAD.SLIDE_WINDOW.CROP_SIZE", "[32, 32]",
                    "MODEL.SEM_SEG_HEAD.SLIDE_WINDOW.STRIDE", "[24, 24]")
     torch.manual_seed(0)
-    model = UniversalSegmentor(**UniversalSegmentor._per_pixel_config(cfg, vit_l)).train()
+    model = PerPixelSegmentor(cfg, backbone=vit_l).train()
     vit_l.zero_grad(set_to_none=True)
     vit_l.requires_grad_(name == "naive")  # one full ViT-L backward is enough (and the slow part on CPU)
     inputs = [{"image": torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8),

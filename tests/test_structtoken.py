@@ -16,6 +16,7 @@ import universal_seg.modeling  # noqa: F401
 from universal_seg.modeling.decoder.structtoken import (CrossSliceExtraction, SelfSliceExtraction, StructTokenHead,
                                                         slice_attention)
 from universal_seg.modeling.decoder.structtoken.universal_decoder import masked_average
+from universal_seg.modeling.meta_arch import PerPixelSegmentor, UniversalSegmentor
 from conftest import load_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -155,7 +156,7 @@ def _train_step(model, x):
 def test_semantic_mode_trains_and_infers(variant):
     torch.manual_seed(0)
     model = build_model(load_cfg(SEMANTIC, "MODEL.STRUCTTOKEN.INTERACTION", variant))
-    assert isinstance(model.sem_seg_head, StructTokenHead) and model.per_pixel
+    assert isinstance(model.sem_seg_head, StructTokenHead) and isinstance(model, PerPixelSegmentor)
     assert set(_train_step(model, _inputs())) == {"loss_sem_seg"}
     model.eval()
     with torch.no_grad():
@@ -165,11 +166,12 @@ def test_semantic_mode_trains_and_infers(variant):
 
 
 def test_semantic_head_on_pixel_decoder_features():
-    cfg = load_cfg(PANOPTIC, "MODEL.SEM_SEG_HEAD.NAME", "StructTokenHead", "MODEL.STRUCTTOKEN.FEATURE_SOURCE",
-                   "pixel_decoder", "MODEL.STRUCTTOKEN.INTERACTION", "CSE", "MODEL.MASK_FORMER.TEST.PANOPTIC_ON",
-                   "False", "MODEL.MASK_FORMER.TEST.INSTANCE_ON", "False")
+    cfg = load_cfg(PANOPTIC, "MODEL.META_ARCHITECTURE", "PerPixelSegmentor", "MODEL.SEM_SEG_HEAD.NAME",
+                   "StructTokenHead", "MODEL.STRUCTTOKEN.FEATURE_SOURCE", "pixel_decoder",
+                   "MODEL.STRUCTTOKEN.INTERACTION", "CSE", "MODEL.MASK_FORMER.TEST.PANOPTIC_ON", "False",
+                   "MODEL.MASK_FORMER.TEST.INSTANCE_ON", "False")
     model = build_model(cfg)
-    assert model.per_pixel and model.sem_seg_head.pixel_decoder is not None
+    assert isinstance(model, PerPixelSegmentor) and model.sem_seg_head.pixel_decoder is not None
     _train_step(model, _inputs())
     model.eval()
     with torch.no_grad():
@@ -184,7 +186,7 @@ def test_universal_mode_trains_and_infers_panoptic(variant):
                    "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD", "0.0", "MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD",
                    "0.0")
     model = build_model(cfg)
-    assert not model.per_pixel
+    assert isinstance(model, UniversalSegmentor)
     losses = _train_step(model, _inputs())
     blocks = cfg.MODEL.STRUCTTOKEN.NUM_BLOCKS
     assert {f"loss_dice_{i}" for i in range(blocks)} | {"loss_ce", "loss_mask", "loss_dice"} <= set(losses)

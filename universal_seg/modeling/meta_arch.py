@@ -1,5 +1,15 @@
-"""The one meta-architecture: backbone -> pixel decoder -> decoder -> criterion (training) or semantic / instance /
-panoptic post-processing (inference), with detectron2's input and output formats."""
+"""The two meta-architectures, on one base (:class:`SegmentorBase`: backbone -> sem_seg_head, detectron2's input
+and output formats):
+
+- :class:`UniversalSegmentor`, mask classification (Mask2Former, StructToken-universal): backbone -> pixel decoder
+  -> decoder (queries) -> Hungarian matcher + set criterion (training) or semantic / instance / panoptic
+  post-processing (inference);
+- :class:`PerPixelSegmentor`, per-pixel classification (SegFormer, SETR, CGRSeg, StructToken-semantic): backbone ->
+  per-pixel head -> its cross-entropy losses (training) or class probabilities, optionally averaged over sliding
+  windows (inference).
+
+MODEL.META_ARCHITECTURE names one of them; each refuses at build time a config whose heads belong to the other.
+"""
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
@@ -9,8 +19,8 @@ from detectron2.structures import ImageList, Instances
 from torch import nn
 
 from .criterion import SetCriterion, build_weight_dict
-from .decoder.per_pixel import (build_per_pixel_head, class_probabilities, is_per_pixel_head_name,
-                                 per_pixel_ce_loss, slide_window_logits)
+from .decoder.per_pixel import (PER_PIXEL_HEAD_REGISTRY, PerPixelHead, build_per_pixel_head, class_probabilities,
+                                 per_pixel_head_names, slide_window_logits)
 from .matcher import HungarianMatcher
 from .postprocess import instance_inference, panoptic_inference, semantic_inference
 from .segmentation_head import SegmentationHead
@@ -28,119 +38,40 @@ def resize_to_output(x: torch.Tensor, image_size: tuple[int, int], height: int, 
     return F.interpolate(x[None], size=(height, width), mode="bilinear", align_corners=False)[0]
 
 
-@META_ARCH_REGISTRY.register()
-class UniversalSegmentor(nn.Module):
-    """Mask-classification segmentation (Mask2Former and its relatives) and per-pixel segmentation (SegFormer, SETR).
+class SegmentorBase(nn.Module):
+    """What both meta-architectures share: a backbone and a ``sem_seg_head``, input normalisation and padding,
+    output sizes.
 
-    Training input: detectron2 dicts with "image" (uint8 [3, H, W]) and "instances" (gt_classes [n], gt_masks
-    [n, H, W]); "sem_seg" ([H, W], ignore = 255) alone also works (one target per class present).
-    Training output: dict of weighted losses. Inference output per image: "sem_seg" [K, H, W] probabilities,
-    "panoptic_seg" (int32 [H, W], segments_info) and "instances" (pred_masks, pred_boxes, scores, pred_classes),
-    each when enabled, at the input's "height" x "width".
+    Input: a list of detectron2 dicts, "image" [3, H, W] (uint8 or float, in the backbone's channel order), in
+    training also the targets the subclass reads, optionally "height" / "width" (the output size; default the
+    image's). ``forward`` normalises and pads the batch (:meth:`preprocess`), then calls :meth:`forward_train`
+    (dict of weighted losses) or :meth:`forward_inference` (one dict per image, every map at "height" x "width",
+    resized with :func:`resize_to_output`).
 
-    Per-pixel heads (``sem_seg_head.per_pixel`` True; MODEL.SEM_SEG_HEAD.NAME in PER_PIXEL_HEAD_REGISTRY) output
-    {"sem_seg_logits": [B, K, h, w], "aux_logits": [([B, K, h', w'], weight), ...]}; they train on "sem_seg" alone
-    with cross-entropy (logits upsampled to the padded image, padding ignored), have no criterion, and infer
-    "sem_seg" only (softmax of the logits, optionally averaged over sliding windows).
+    Args:
+        backbone: detectron2 Backbone (``output_shape()``, ``size_divisibility``).
+        sem_seg_head: the head, backbone features -> predictions (subclass-specific).
+        size_divisibility: pad images to a multiple of this; 0 or less: the backbone's ``size_divisibility``.
+        pixel_mean, pixel_std: per-channel normalisation, (C,) each.
     """
 
-    @configurable
-    def __init__(self, *, backbone: nn.Module, sem_seg_head: nn.Module, criterion: nn.Module, num_queries: int,
-                 object_mask_threshold: float, overlap_threshold: float, metadata, size_divisibility: int,
-                 sem_seg_postprocess_before_inference: bool, pixel_mean: tuple[float, ...], pixel_std: tuple[float, ...],
-                 semantic_on: bool, panoptic_on: bool, instance_on: bool, test_topk_per_image: int,
-                 ignore_label: int = 255, sem_seg_loss_weight: float = 1.0,
-                 slide_window: tuple[tuple[int, int], tuple[int, int]] | None = None):
+    def __init__(self, *, backbone: nn.Module, sem_seg_head: nn.Module, size_divisibility: int,
+                 pixel_mean: tuple[float, ...], pixel_std: tuple[float, ...]):
         super().__init__()
-        self.per_pixel = bool(getattr(sem_seg_head, "per_pixel", False))
-        if self.per_pixel and (panoptic_on or instance_on or not semantic_on):
-            raise ValueError(f"{type(sem_seg_head).__name__} is a per-pixel head and predicts semantic segmentation "
-                             "only: set MODEL.MASK_FORMER.TEST.SEMANTIC_ON True and PANOPTIC_ON / INSTANCE_ON False.")
-        if not self.per_pixel and criterion is None:
-            raise ValueError("a mask-classification head needs a criterion (matcher + losses); only per-pixel heads "
-                             "train without one.")
-        if not (semantic_on or panoptic_on or instance_on):
-            raise ValueError("enable at least one of MODEL.MASK_FORMER.TEST.{SEMANTIC,INSTANCE,PANOPTIC}_ON.")
-        if (panoptic_on or instance_on) and getattr(metadata, "thing_dataset_id_to_contiguous_id", None) is None:
-            raise ValueError("panoptic / instance inference needs the dataset's thing classes, but the metadata of "
-                             "DATASETS.TRAIN[0] has no thing_dataset_id_to_contiguous_id: register the dataset "
-                             "(import universal_seg.data) or turn MODEL.MASK_FORMER.TEST.{PANOPTIC,INSTANCE}_ON off.")
-        self.backbone, self.sem_seg_head, self.criterion = backbone, sem_seg_head, criterion
-        self.num_queries = num_queries
-        self.object_mask_threshold, self.overlap_threshold = object_mask_threshold, overlap_threshold
-        self.metadata = metadata
+        self.backbone, self.sem_seg_head = backbone, sem_seg_head
         self.size_divisibility = size_divisibility if size_divisibility > 0 else backbone.size_divisibility
-        self.sem_seg_postprocess_before_inference = sem_seg_postprocess_before_inference
         self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
-        self.semantic_on, self.panoptic_on, self.instance_on = semantic_on, panoptic_on, instance_on
-        self.test_topk_per_image = test_topk_per_image
-        self.ignore_label = ignore_label
-        self.sem_seg_loss_weight = sem_seg_loss_weight
-        self.slide_window = slide_window
 
     @classmethod
-    def from_config(cls, cfg):
-        backbone = build_backbone(cfg)
-        if is_per_pixel_head_name(cfg.MODEL.SEM_SEG_HEAD.NAME):
-            return cls._per_pixel_config(cfg, backbone)
-        sem_seg_head = SegmentationHead.from_config(cfg, backbone.output_shape())
-        mf = cfg.MODEL.MASK_FORMER
-        matcher = HungarianMatcher(cost_class=mf.CLASS_WEIGHT, cost_mask=mf.MASK_WEIGHT, cost_dice=mf.DICE_WEIGHT,
-                                   num_points=mf.TRAIN_NUM_POINTS)
-        weight_dict = build_weight_dict(mf.CLASS_WEIGHT, mf.MASK_WEIGHT, mf.DICE_WEIGHT, mf.DEC_LAYERS,
-                                        mf.DEEP_SUPERVISION)
-        criterion = SetCriterion(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, matcher=matcher, weight_dict=weight_dict,
-                                 eos_coef=mf.NO_OBJECT_WEIGHT, losses=("labels", "masks"),
-                                 num_points=mf.TRAIN_NUM_POINTS, oversample_ratio=mf.OVERSAMPLE_RATIO,
-                                 importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO)
-        test = mf.TEST
+    def from_config(cls, cfg, backbone: nn.Module | None = None) -> dict:
+        """The shared arguments (the subclasses' from_config add their head and the rest); ``backbone``: an already
+        built backbone to use instead of building MODEL.BACKBONE (``Segmentor(cfg, backbone=...)``)."""
         return {
-            **cls._common_config(cfg, backbone),
-            "sem_seg_head": sem_seg_head,
-            "criterion": criterion,
-            "num_queries": mf.NUM_OBJECT_QUERIES,
-            # panoptic and instance results are built at output resolution, so masks are resized first
-            "sem_seg_postprocess_before_inference": (test.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE
-                                                     or test.PANOPTIC_ON or test.INSTANCE_ON),
-        }
-
-    @classmethod
-    def _common_config(cls, cfg, backbone) -> dict:
-        """Arguments shared by mask-classification and per-pixel models."""
-        test = cfg.MODEL.MASK_FORMER.TEST
-        return {
-            "backbone": backbone,
-            "object_mask_threshold": test.OBJECT_MASK_THRESHOLD,
-            "overlap_threshold": test.OVERLAP_THRESHOLD,
-            "metadata": MetadataCatalog.get(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else None,
+            "backbone": backbone if backbone is not None else build_backbone(cfg),
             "size_divisibility": cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
             "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
             "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
-            "semantic_on": test.SEMANTIC_ON,
-            "instance_on": test.INSTANCE_ON,
-            "panoptic_on": test.PANOPTIC_ON,
-            "test_topk_per_image": test.DETECTIONS_PER_IMAGE,
-            "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
-        }
-
-    @classmethod
-    def _per_pixel_config(cls, cfg, backbone) -> dict:
-        """Arguments for a per-pixel head: no matcher / criterion, semantic inference only."""
-        head = cfg.MODEL.SEM_SEG_HEAD
-        slide = head.SLIDE_WINDOW
-        if slide.ENABLED and (len(slide.CROP_SIZE) != 2 or len(slide.STRIDE) != 2 or min(slide.STRIDE) <= 0
-                              or any(s > c for s, c in zip(slide.STRIDE, slide.CROP_SIZE))):
-            raise ValueError(f"MODEL.SEM_SEG_HEAD.SLIDE_WINDOW needs CROP_SIZE and STRIDE as (h, w) with "
-                             f"0 < stride <= crop, got {list(slide.CROP_SIZE)} and {list(slide.STRIDE)}.")
-        return {
-            **cls._common_config(cfg, backbone),
-            "sem_seg_head": build_per_pixel_head(cfg, backbone.output_shape()),
-            "criterion": None,
-            "num_queries": 0,
-            "sem_seg_postprocess_before_inference": False,
-            "sem_seg_loss_weight": head.LOSS_WEIGHT,
-            "slide_window": (tuple(slide.CROP_SIZE), tuple(slide.STRIDE)) if slide.ENABLED else None,
         }
 
     @property
@@ -160,17 +91,104 @@ class UniversalSegmentor(nn.Module):
             images.tensor = images.tensor.contiguous(memory_format=torch.channels_last)
         return images
 
+    @staticmethod
+    def output_size(x: dict, image_size: tuple[int, int]) -> tuple[int, int]:
+        """(height, width) of the outputs for input dict ``x``: its "height" / "width", else the image's size."""
+        return x.get("height", image_size[0]), x.get("width", image_size[1])
+
     def forward(self, batched_inputs: list[dict]):
-        if self.per_pixel:
-            return self.forward_per_pixel(batched_inputs)
         images = self.preprocess(batched_inputs)
-        features = self.backbone(images.tensor)
-        outputs = self.sem_seg_head(features)
         if self.training:
-            targets = self.prepare_targets(batched_inputs, images)
-            losses = self.criterion(outputs, targets)
-            weights = self.criterion.weight_dict
-            return {k: v * weights[k] for k, v in losses.items() if k in weights}
+            return self.forward_train(batched_inputs, images)
+        return self.forward_inference(batched_inputs, images)
+
+    def forward_train(self, batched_inputs: list[dict], images: ImageList) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward_inference(self, batched_inputs: list[dict], images: ImageList) -> list[dict]:
+        raise NotImplementedError
+
+
+@META_ARCH_REGISTRY.register()
+class UniversalSegmentor(SegmentorBase):
+    """Mask classification (Mask2Former and StructToken's universal mode): N queries each predict a class and a mask.
+
+    ``sem_seg_head`` (:class:`SegmentationHead`: MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME then
+    MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME) returns {"pred_logits": [B, Q, K+1], "pred_masks": [B, Q, h, w],
+    "aux_outputs": [...]}.
+    Training input: "instances" (gt_classes [n], gt_masks [n, H, W]); "sem_seg" ([H, W], ignore = ``ignore_label``)
+    alone also works (one target per class present). Training output: the criterion's losses, weighted.
+    Inference output per image: "sem_seg" [K, H, W] probabilities, "panoptic_seg" (int32 [H, W], segments_info) and
+    "instances" (pred_masks, pred_boxes, scores, pred_classes), each when enabled, at "height" x "width".
+    """
+
+    @configurable
+    def __init__(self, *, backbone: nn.Module, sem_seg_head: nn.Module, criterion: nn.Module, num_queries: int,
+                 object_mask_threshold: float, overlap_threshold: float, metadata, size_divisibility: int,
+                 sem_seg_postprocess_before_inference: bool, pixel_mean: tuple[float, ...], pixel_std: tuple[float, ...],
+                 semantic_on: bool, panoptic_on: bool, instance_on: bool, test_topk_per_image: int,
+                 ignore_label: int = 255):
+        super().__init__(backbone=backbone, sem_seg_head=sem_seg_head, size_divisibility=size_divisibility,
+                         pixel_mean=pixel_mean, pixel_std=pixel_std)
+        if not (semantic_on or panoptic_on or instance_on):
+            raise ValueError("enable at least one of MODEL.MASK_FORMER.TEST.{SEMANTIC,INSTANCE,PANOPTIC}_ON.")
+        if (panoptic_on or instance_on) and getattr(metadata, "thing_dataset_id_to_contiguous_id", None) is None:
+            raise ValueError("panoptic / instance inference needs the dataset's thing classes, but the metadata of "
+                             "DATASETS.TRAIN[0] has no thing_dataset_id_to_contiguous_id: register the dataset "
+                             "(import universal_seg.data) or turn MODEL.MASK_FORMER.TEST.{PANOPTIC,INSTANCE}_ON off.")
+        self.criterion = criterion
+        self.num_queries = num_queries
+        self.object_mask_threshold, self.overlap_threshold = object_mask_threshold, overlap_threshold
+        self.metadata = metadata
+        self.sem_seg_postprocess_before_inference = sem_seg_postprocess_before_inference
+        self.semantic_on, self.panoptic_on, self.instance_on = semantic_on, panoptic_on, instance_on
+        self.test_topk_per_image = test_topk_per_image
+        self.ignore_label = ignore_label
+
+    @classmethod
+    def from_config(cls, cfg, backbone: nn.Module | None = None) -> dict:
+        name = cfg.MODEL.SEM_SEG_HEAD.NAME
+        if name in PER_PIXEL_HEAD_REGISTRY:
+            raise ValueError(f"MODEL.SEM_SEG_HEAD.NAME={name!r} is a per-pixel head, which the mask-classification "
+                             f"meta-architecture UniversalSegmentor cannot run: set MODEL.META_ARCHITECTURE to "
+                             f"'PerPixelSegmentor'.")
+        args = super().from_config(cfg, backbone)
+        mf = cfg.MODEL.MASK_FORMER
+        matcher = HungarianMatcher(cost_class=mf.CLASS_WEIGHT, cost_mask=mf.MASK_WEIGHT, cost_dice=mf.DICE_WEIGHT,
+                                   num_points=mf.TRAIN_NUM_POINTS)
+        weight_dict = build_weight_dict(mf.CLASS_WEIGHT, mf.MASK_WEIGHT, mf.DICE_WEIGHT, mf.DEC_LAYERS,
+                                        mf.DEEP_SUPERVISION)
+        test = mf.TEST
+        return {
+            **args,
+            "sem_seg_head": SegmentationHead.from_config(cfg, args["backbone"].output_shape()),
+            "criterion": SetCriterion(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, matcher=matcher, weight_dict=weight_dict,
+                                      eos_coef=mf.NO_OBJECT_WEIGHT, losses=("labels", "masks"),
+                                      num_points=mf.TRAIN_NUM_POINTS, oversample_ratio=mf.OVERSAMPLE_RATIO,
+                                      importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO),
+            "num_queries": mf.NUM_OBJECT_QUERIES,
+            "object_mask_threshold": test.OBJECT_MASK_THRESHOLD,
+            "overlap_threshold": test.OVERLAP_THRESHOLD,
+            "metadata": MetadataCatalog.get(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else None,
+            # panoptic and instance results are built at output resolution, so masks are resized first
+            "sem_seg_postprocess_before_inference": (test.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE
+                                                     or test.PANOPTIC_ON or test.INSTANCE_ON),
+            "semantic_on": test.SEMANTIC_ON,
+            "instance_on": test.INSTANCE_ON,
+            "panoptic_on": test.PANOPTIC_ON,
+            "test_topk_per_image": test.DETECTIONS_PER_IMAGE,
+            "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+        }
+
+    def forward_train(self, batched_inputs: list[dict], images: ImageList) -> dict[str, torch.Tensor]:
+        outputs = self.sem_seg_head(self.backbone(images.tensor))
+        targets = self.prepare_targets(batched_inputs, images)
+        losses = self.criterion(outputs, targets)
+        weights = self.criterion.weight_dict
+        return {k: v * weights[k] for k, v in losses.items() if k in weights}
+
+    def forward_inference(self, batched_inputs: list[dict], images: ImageList) -> list[dict]:
+        outputs = self.sem_seg_head(self.backbone(images.tensor))
         return self.inference(outputs, batched_inputs, images)
 
     # ----------------------------------------------------------------------------------------------- training
@@ -203,6 +221,8 @@ class UniversalSegmentor(nn.Module):
 
     # ---------------------------------------------------------------------------------------------- inference
     def inference(self, outputs: dict, batched_inputs: list[dict], images: ImageList) -> list[dict]:
+        """Decoder outputs -> per image {"sem_seg", "panoptic_seg", "instances"} (those enabled), at the output
+        size; mask logits are upsampled to the padded image first."""
         mask_cls = outputs["pred_logits"]
         mask_pred = F.interpolate(outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear",
                                   align_corners=False)
@@ -211,7 +231,7 @@ class UniversalSegmentor(nn.Module):
         num_classes = mask_cls.shape[-1] - 1
         results = []
         for cls_i, mask_i, x, image_size in zip(mask_cls, mask_pred, batched_inputs, images.image_sizes):
-            height, width = x.get("height", image_size[0]), x.get("width", image_size[1])
+            height, width = self.output_size(x, image_size)
             if self.sem_seg_postprocess_before_inference:
                 mask_i = resize_to_output(mask_i, image_size, height, width)
             out = {}
@@ -229,23 +249,65 @@ class UniversalSegmentor(nn.Module):
             results.append(out)
         return results
 
-    # ------------------------------------------------------------------------------------------------ per-pixel
-    def forward_per_pixel(self, batched_inputs: list[dict]):
-        """Training: {"loss_sem_seg", "loss_sem_seg_aux{i}"} (weighted); inference: [{"sem_seg": [K, H, W]}]."""
-        images = self.preprocess(batched_inputs)
-        if self.training:
-            outputs = self.sem_seg_head(self.backbone(images.tensor))
-            targets = self.prepare_sem_seg_targets(batched_inputs, images)
-            losses = {"loss_sem_seg": self.sem_seg_loss_weight
-                      * per_pixel_ce_loss(outputs["sem_seg_logits"], targets, self.ignore_label)}
-            for i, (logits, weight) in enumerate(outputs.get("aux_logits", [])):
-                losses[f"loss_sem_seg_aux{i}"] = weight * per_pixel_ce_loss(logits, targets, self.ignore_label)
-            return losses
+
+@META_ARCH_REGISTRY.register()
+class PerPixelSegmentor(SegmentorBase):
+    """Per-pixel classification (SegFormer, SETR, CGRSeg, StructToken's semantic mode).
+
+    ``sem_seg_head``: a :class:`PerPixelHead` (MODEL.SEM_SEG_HEAD.NAME in PER_PIXEL_HEAD_REGISTRY), features ->
+    {"sem_seg_logits": [B, K, h, w], "aux_logits": [([B, K, h', w'], weight), ...] (training)}.
+    Training input: "sem_seg" [H, W] class ids; output: the head's losses ({"loss_sem_seg", "loss_sem_seg_aux{i}"},
+    weighted), on targets padded with the head's ignore label like the images (padding ignored).
+    Inference output per image: {"sem_seg": [K, H, W]}, the softmax of the logits upsampled to the padded image,
+    cropped and resized to "height" x "width"; with ``slide_window`` ((crop_h, crop_w), (stride_h, stride_w)) the
+    logits are averaged over overlapping windows of the unpadded image (mmseg's "slide" mode).
+    """
+
+    @configurable
+    def __init__(self, *, backbone: nn.Module, sem_seg_head: PerPixelHead, size_divisibility: int,
+                 pixel_mean: tuple[float, ...], pixel_std: tuple[float, ...],
+                 slide_window: tuple[tuple[int, int], tuple[int, int]] | None = None):
+        if not isinstance(sem_seg_head, PerPixelHead):
+            raise TypeError(f"PerPixelSegmentor needs a per-pixel head (a PerPixelHead subclass), got "
+                            f"{type(sem_seg_head).__name__}.")
+        super().__init__(backbone=backbone, sem_seg_head=sem_seg_head, size_divisibility=size_divisibility,
+                         pixel_mean=pixel_mean, pixel_std=pixel_std)
+        self.slide_window = slide_window
+
+    @classmethod
+    def from_config(cls, cfg, backbone: nn.Module | None = None) -> dict:
+        head, test = cfg.MODEL.SEM_SEG_HEAD, cfg.MODEL.MASK_FORMER.TEST
+        if head.NAME not in PER_PIXEL_HEAD_REGISTRY:
+            raise ValueError(f"MODEL.SEM_SEG_HEAD.NAME={head.NAME!r} is not registered as a per-pixel head, which the "
+                             f"PerPixelSegmentor meta-architecture needs: choose one of {per_pixel_head_names()}, or "
+                             f"set MODEL.META_ARCHITECTURE to 'UniversalSegmentor' for a mask-classification decoder.")
+        if test.PANOPTIC_ON or test.INSTANCE_ON or not test.SEMANTIC_ON:
+            raise ValueError(f"{head.NAME} is a per-pixel head and predicts semantic segmentation only: set "
+                             "MODEL.MASK_FORMER.TEST.SEMANTIC_ON True and PANOPTIC_ON / INSTANCE_ON False.")
+        slide = head.SLIDE_WINDOW
+        if slide.ENABLED and (len(slide.CROP_SIZE) != 2 or len(slide.STRIDE) != 2 or min(slide.STRIDE) <= 0
+                              or any(s > c for s, c in zip(slide.STRIDE, slide.CROP_SIZE))):
+            raise ValueError(f"MODEL.SEM_SEG_HEAD.SLIDE_WINDOW needs CROP_SIZE and STRIDE as (h, w) with "
+                             f"0 < stride <= crop, got {list(slide.CROP_SIZE)} and {list(slide.STRIDE)}.")
+        args = super().from_config(cfg, backbone)
+        return {
+            **args,
+            "sem_seg_head": build_per_pixel_head(cfg, args["backbone"].output_shape()),
+            "slide_window": (tuple(slide.CROP_SIZE), tuple(slide.STRIDE)) if slide.ENABLED else None,
+        }
+
+    def forward_train(self, batched_inputs: list[dict], images: ImageList) -> dict[str, torch.Tensor]:
+        """{"loss_sem_seg", "loss_sem_seg_aux{i}"}, weighted (PerPixelHead.losses)."""
+        outputs = self.sem_seg_head(self.backbone(images.tensor))
+        return self.sem_seg_head.losses(outputs, self.prepare_sem_seg_targets(batched_inputs, images))
+
+    def forward_inference(self, batched_inputs: list[dict], images: ImageList) -> list[dict]:
+        """[{"sem_seg": [K, height, width]}] class probabilities, whole image or sliding windows."""
         results = []
         if self.slide_window is None:
             logits = self.per_pixel_logits(images.tensor)
         for i, (x, image_size) in enumerate(zip(batched_inputs, images.image_sizes)):
-            height, width = x.get("height", image_size[0]), x.get("width", image_size[1])
+            height, width = self.output_size(x, image_size)
             if self.slide_window is None:
                 logits_i = logits[i]
             else:
@@ -265,10 +327,10 @@ class UniversalSegmentor(nn.Module):
         return logits[..., :H, :W]
 
     def prepare_sem_seg_targets(self, batched_inputs: list[dict], images: ImageList) -> torch.Tensor:
-        """Batched "sem_seg" [B, H_pad, W_pad] long, padded with the ignore label like the images."""
+        """Batched "sem_seg" [B, H_pad, W_pad] long, padded with the head's ignore label like the images."""
         h_pad, w_pad = images.tensor.shape[-2:]
-        targets = torch.full((len(batched_inputs), h_pad, w_pad), self.ignore_label, dtype=torch.long,
-                             device=self.device)
+        ignore_label = self.sem_seg_head.ignore_label
+        targets = torch.full((len(batched_inputs), h_pad, w_pad), ignore_label, dtype=torch.long, device=self.device)
         for i, x in enumerate(batched_inputs):
             if "sem_seg" not in x:
                 raise ValueError("per-pixel heads train on 'sem_seg' ([H, W] class ids); use a semantic dataset "

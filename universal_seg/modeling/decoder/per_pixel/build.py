@@ -1,33 +1,24 @@
-"""Registry of per-pixel heads (SegFormer, SETR, ...), selected by MODEL.SEM_SEG_HEAD.NAME.
+"""Registry of per-pixel heads (SegFormer, SETR, CGRSeg, StructToken-semantic), selected by MODEL.SEM_SEG_HEAD.NAME
+under the PerPixelSegmentor meta-architecture (MODEL.META_ARCHITECTURE).
 
-A per-pixel head classifies every pixel directly instead of predicting (class, mask) pairs, so the
-meta-architecture trains it with per-pixel cross-entropy and builds no matcher or criterion for it.
+A per-pixel head classifies every pixel directly instead of predicting (class, mask) pairs, so it is trained with
+per-pixel cross-entropy (its own :meth:`~.base.PerPixelHead.losses`) and needs no matcher or criterion.
 """
 from detectron2.layers import ShapeSpec
 from detectron2.utils.registry import Registry
 
 PER_PIXEL_HEAD_REGISTRY = Registry("PER_PIXEL_HEAD")
 PER_PIXEL_HEAD_REGISTRY.__doc__ = """
-Per-pixel heads. Each is built with ``(cfg, input_shape: dict[str, ShapeSpec])`` (the backbone's output shapes),
-has the class attribute ``per_pixel = True``, and its forward takes the backbone features
-``{name: [B, C, h, w]}`` and returns ``{"sem_seg_logits": [B, K, h', w']}``, plus in training
-``"aux_logits": [([B, K, h'', w''], loss_weight), ...]`` when it has auxiliary heads.
+Per-pixel heads: subclasses of :class:`~.base.PerPixelHead`, built with ``(cfg, input_shape: dict[str, ShapeSpec])``
+(the backbone's output shapes). Their forward takes the backbone features ``{name: [B, C, h, w]}`` and returns
+``{"sem_seg_logits": [B, K, h', w']}``, plus in training ``"aux_logits": [([B, K, h'', w''], loss_weight), ...]``
+when they have auxiliary heads; ``losses(outputs, targets [B, H, W])`` gives their weighted CE losses.
 """
 
-# MODEL.SEM_SEG_HEAD.NAME values that select the mask-classification (Mask2Former) head: "" and the names used by
-# the official Mask2Former configs and by detectron2's default config, which Mask2Former configs never override.
-MASK_CLASSIFICATION_HEAD_NAMES = ("", "MaskFormerHead", "SemSegFPNHead")
 
-
-def is_per_pixel_head_name(name: str) -> bool:
-    """True when MODEL.SEM_SEG_HEAD.NAME names a per-pixel head; raises for names that select no head at all."""
-    if name in PER_PIXEL_HEAD_REGISTRY:
-        return True
-    if name in MASK_CLASSIFICATION_HEAD_NAMES:
-        return False
-    raise KeyError(f"MODEL.SEM_SEG_HEAD.NAME={name!r} is not registered; choose a per-pixel head from "
-                   f"{sorted(k for k, _ in PER_PIXEL_HEAD_REGISTRY)} or one of {list(MASK_CLASSIFICATION_HEAD_NAMES)} "
-                   f"for the Mask2Former head.")
+def per_pixel_head_names() -> list[str]:
+    """The registered per-pixel head names, sorted."""
+    return sorted(k for k, _ in PER_PIXEL_HEAD_REGISTRY)
 
 
 def build_per_pixel_head(cfg, input_shape: dict[str, ShapeSpec]):
@@ -35,7 +26,7 @@ def build_per_pixel_head(cfg, input_shape: dict[str, ShapeSpec]):
     name = cfg.MODEL.SEM_SEG_HEAD.NAME
     if name not in PER_PIXEL_HEAD_REGISTRY:
         raise KeyError(f"MODEL.SEM_SEG_HEAD.NAME={name!r} is not a registered per-pixel head; choose one of "
-                       f"{sorted(k for k, _ in PER_PIXEL_HEAD_REGISTRY)}.")
+                       f"{per_pixel_head_names()}.")
     return PER_PIXEL_HEAD_REGISTRY.get(name)(cfg, input_shape)
 
 

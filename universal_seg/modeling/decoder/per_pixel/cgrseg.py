@@ -24,7 +24,8 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from torch import nn
 
-from .build import PER_PIXEL_HEAD_REGISTRY, select_features
+from .base import PerPixelHead
+from .build import PER_PIXEL_HEAD_REGISTRY
 from .cgrseg_modules import (RCM, ContextGuidedFusion, DepthwiseConvNormAct, DynamicPrototypeGate, class_prototypes,
                              pyramid_pool)
 
@@ -61,7 +62,7 @@ def _rcm_settings(cfg) -> tuple[int, int]:
 
 
 @PER_PIXEL_HEAD_REGISTRY.register()
-class CGRSegHead(nn.Module):
+class CGRSegHead(PerPixelHead):
     """features {name: [B, C_i, h_i, w_i]} (three levels, strides 8/16/32) -> {"sem_seg_logits": [B, K, h_1, w_1]}
     at the finest level's resolution (1/8).
 
@@ -72,21 +73,20 @@ class CGRSegHead(nn.Module):
        [B, E, h_i, w_i].
     3. DPG head on f = result at 1/8: coarse = classifier(ReLU(norm(dw 1x1(f)))); prototypes [B, E, K, 1] = spatial
        softmax(coarse) @ f; logits = classifier(f + f * sigmoid(gate(prototypes))). The classifier (dropout + 1x1
-       conv E -> K) is shared; the coarse logits get no loss (as in the official code).
+       conv E -> K, ``conv_seg``) is shared; the coarse logits get no loss (as in the official code).
     """
 
-    per_pixel = True
+    num_inputs = 3
+    inputs_description = "three feature levels (strides 8/16/32)"
+    inputs_example = "['res3', 'res4', 'res5']"
 
     @configurable
     def __init__(self, input_shape: dict[str, ShapeSpec], *, num_classes: int, channels: int = 128,
                  context_rcms: int = 5, band_kernel_size: int = 11, square_kernel_size: int = 3,
-                 mlp_ratio: float = 2.0, dropout: float = 0.1, norm: str = "BN"):
-        super().__init__()
-        if len(input_shape) != 3:
-            raise ValueError(f"CGRSegHead needs three feature levels (strides 8/16/32), got {list(input_shape)}; set "
-                             f"MODEL.SEM_SEG_HEAD.IN_FEATURES to ['res3', 'res4', 'res5'].")
-        self.in_features = sorted(input_shape, key=lambda n: input_shape[n].stride)  # fine -> coarse
-        self.in_channels = [input_shape[n].channels for n in self.in_features]
+                 mlp_ratio: float = 2.0, dropout: float = 0.1, norm: str = "BN", loss_weight: float = 1.0,
+                 ignore_label: int = 255):
+        super().__init__(num_classes=num_classes, loss_weight=loss_weight, ignore_label=ignore_label)
+        self.init_inputs(input_shape)  # fine -> coarse
         rcm = dict(band_kernel_size=band_kernel_size, square_kernel_size=square_kernel_size, mlp_ratio=mlp_ratio,
                    norm=norm)
         self.trans = nn.Sequential(*[RCM(sum(self.in_channels), **rcm) for _ in range(context_rcms)])
@@ -95,20 +95,16 @@ class CGRSegHead(nn.Module):
         self.conv = nn.ModuleList([nn.Conv2d(channels, c, 1) for c in self.in_channels[:-1]])
         self.linear_fuse = DepthwiseConvNormAct(channels, norm)
         self.lgc = DynamicPrototypeGate(channels, channels)
-        self.dropout = nn.Dropout2d(dropout)
-        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
-        nn.init.normal_(self.conv_seg.weight, std=0.01)
-        nn.init.zeros_(self.conv_seg.bias)
+        self.build_classifier(channels, num_classes, dropout, init_std=0.01)
 
     @classmethod
     def from_config(cls, cfg, input_shape: dict[str, ShapeSpec]) -> dict:
         head = cfg.MODEL.SEM_SEG_HEAD
-        if head.AUX_IN_FEATURES:
-            raise ValueError("CGRSegHead has no auxiliary heads; leave MODEL.SEM_SEG_HEAD.AUX_IN_FEATURES empty.")
+        input_shape = cls.select_inputs(cfg, input_shape)
         context_rcms, band_kernel_size = _rcm_settings(cfg)
         return {
-            "input_shape": select_features(input_shape, head.IN_FEATURES, "MODEL.SEM_SEG_HEAD.IN_FEATURES"),
-            "num_classes": head.NUM_CLASSES,
+            **cls.loss_config(cfg),
+            "input_shape": input_shape,
             "channels": head.CONVS_DIM,
             "context_rcms": context_rcms,
             "band_kernel_size": band_kernel_size,
@@ -116,12 +112,8 @@ class CGRSegHead(nn.Module):
             "norm": head.NORM,
         }
 
-    def classify(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, E, h, w] -> [B, K, h, w]."""
-        return self.conv_seg(self.dropout(x))
-
     def forward(self, features: dict[str, torch.Tensor]) -> dict:
-        xs = [features[n] for n in self.in_features]
+        xs = self.transform_inputs(features)
         context = self.trans(pyramid_pool(xs)).split(self.in_channels, dim=1)
         result = None
         for i in range(len(xs) - 1, -1, -1):  # 1/32 -> 1/8

@@ -11,7 +11,8 @@ from detectron2.layers import ShapeSpec
 from torch import nn
 
 from ....ops import Linear
-from .build import PER_PIXEL_HEAD_REGISTRY, select_features
+from .base import PerPixelHead
+from .build import PER_PIXEL_HEAD_REGISTRY
 from .layers import ConvNormAct
 
 
@@ -27,50 +28,48 @@ class MLP(nn.Module):
 
 
 @PER_PIXEL_HEAD_REGISTRY.register()
-class SegFormerHead(nn.Module):
+class SegFormerHead(PerPixelHead):
     """All-MLP head. features {name: [B, C_i, h_i, w_i]} (the four MiT stages, strides 4..32) ->
     {"sem_seg_logits": [B, K, h_1, w_1]} at the finest stage's resolution (1/4).
 
     Each stage: Linear C_i -> E, bilinear to 1/4; concat [c4, c3, c2, c1]; 1x1 conv 4E -> E (no bias) + norm + ReLU;
-    dropout; 1x1 conv E -> K.
+    dropout; 1x1 conv E -> K (the classifier, named ``linear_pred`` as in NVlabs' code).
     """
 
-    per_pixel = True
+    num_inputs = 4
+    inputs_description = "the four MiT stages"
+    inputs_example = "['res2', 'res3', 'res4', 'res5']"
+    classifier_name = "linear_pred"
 
     @configurable
     def __init__(self, input_shape: dict[str, ShapeSpec], *, num_classes: int, embed_dim: int = 256,
-                 dropout: float = 0.1, norm: str = "BN"):
-        super().__init__()
-        if len(input_shape) != 4:
-            raise ValueError(f"SegFormerHead needs the four MiT stages, got features {list(input_shape)}; set "
-                             f"MODEL.SEM_SEG_HEAD.IN_FEATURES to ['res2', 'res3', 'res4', 'res5'].")
-        self.in_features = sorted(input_shape, key=lambda n: input_shape[n].stride)  # fine -> coarse
+                 dropout: float = 0.1, norm: str = "BN", loss_weight: float = 1.0, ignore_label: int = 255):
+        super().__init__(num_classes=num_classes, loss_weight=loss_weight, ignore_label=ignore_label)
+        self.init_inputs(input_shape)  # fine -> coarse
         for i, name in enumerate(self.in_features):
             self.add_module(f"linear_c{i + 1}", MLP(input_shape[name].channels, embed_dim))
         self.linear_fuse = ConvNormAct(4 * embed_dim, embed_dim, 1, norm)
-        self.dropout = nn.Dropout2d(dropout)
-        self.linear_pred = nn.Conv2d(embed_dim, num_classes, 1)
+        self.build_classifier(embed_dim, num_classes, dropout)
 
     @classmethod
     def from_config(cls, cfg, input_shape: dict[str, ShapeSpec]) -> dict:
         head = cfg.MODEL.SEM_SEG_HEAD
-        if head.AUX_IN_FEATURES:
-            raise ValueError("SegFormerHead has no auxiliary heads; leave MODEL.SEM_SEG_HEAD.AUX_IN_FEATURES empty.")
         return {
-            "input_shape": select_features(input_shape, head.IN_FEATURES, "MODEL.SEM_SEG_HEAD.IN_FEATURES"),
-            "num_classes": head.NUM_CLASSES,
+            **cls.loss_config(cfg),
+            "input_shape": cls.select_inputs(cfg, input_shape),
             "embed_dim": head.CONVS_DIM,
             "dropout": head.DROPOUT,
             "norm": head.NORM,
         }
 
     def forward(self, features: dict[str, torch.Tensor]) -> dict:
-        size = features[self.in_features[0]].shape[-2:]
+        xs = self.transform_inputs(features)
+        size = xs[0].shape[-2:]
         maps = []
-        for i, name in enumerate(self.in_features):
-            x = getattr(self, f"linear_c{i + 1}")(features[name])
+        for i, x in enumerate(xs):
+            x = getattr(self, f"linear_c{i + 1}")(x)
             if x.shape[-2:] != size:
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
             maps.append(x)
         x = self.linear_fuse(torch.cat(maps[::-1], dim=1))
-        return {"sem_seg_logits": self.linear_pred(self.dropout(x))}
+        return {"sem_seg_logits": self.classify(x)}

@@ -11,7 +11,8 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from torch import nn
 
-from .build import PER_PIXEL_HEAD_REGISTRY, select_features
+from .base import DecodeHead, PerPixelHead
+from .build import PER_PIXEL_HEAD_REGISTRY
 from .layers import ChannelLayerNorm, ConvNormAct
 
 
@@ -19,9 +20,9 @@ def _up(scale: int) -> nn.Module:
     return nn.Upsample(scale_factor=scale, mode="bilinear", align_corners=False)
 
 
-class UpHead(nn.Module):
+class UpHead(DecodeHead):
     """LayerNorm(tokens) -> ``num_convs`` x [k x k conv + norm + ReLU, bilinear x``up_scale``] -> dropout -> 1x1
-    classifier. [B, C_in, h, w] -> [B, K, h * up_scale^num_convs, w * up_scale^num_convs]."""
+    classifier ``conv_seg``. [B, C_in, h, w] -> [B, K, h * up_scale^num_convs, w * up_scale^num_convs]."""
 
     def __init__(self, in_channels: int, channels: int, num_classes: int, num_convs: int, up_scale: int,
                  kernel_size: int, norm: str, dropout: float = 0.0):
@@ -30,28 +31,31 @@ class UpHead(nn.Module):
         self.up_convs = nn.ModuleList([
             nn.Sequential(ConvNormAct(in_channels if i == 0 else channels, channels, kernel_size, norm), _up(up_scale))
             for i in range(num_convs)])
-        self.dropout = nn.Dropout2d(dropout)
-        self.conv_seg = nn.Conv2d(channels, num_classes, 1)
+        self.build_classifier(channels, num_classes, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm(x)
         for up_conv in self.up_convs:
             x = up_conv(x)
-        return self.conv_seg(self.dropout(x))
+        return self.classify(x)
 
 
-class _SETRUpBase(nn.Module):
-    """Main UpHead on the last of MODEL.SEM_SEG_HEAD.IN_FEATURES, one auxiliary UpHead per AUX_IN_FEATURES entry.
-    Subclasses fix the paper's layouts in ``MAIN`` / ``AUX``: (num_convs, up_scale, kernel_size)."""
+class _SETRUpBase(PerPixelHead):
+    """Main UpHead (``decode_head``) on the one MODEL.SEM_SEG_HEAD.IN_FEATURES map, one auxiliary UpHead
+    (``auxiliary_head.{i}``) per AUX_IN_FEATURES entry. Subclasses fix the paper's layouts in ``MAIN`` / ``AUX``:
+    (num_convs, up_scale, kernel_size)."""
 
-    per_pixel = True
     MAIN = AUX = (1, 4, 1)
+    num_inputs = 1
+    inputs_description = "one feature map (the main head's input)"
+    inputs_example = "one name, e.g. ['layer23']"
+    has_aux_inputs = True
 
     @configurable
     def __init__(self, input_shape: dict[str, ShapeSpec], *, in_feature: str, aux_in_features: list[str],
                  num_classes: int, channels: int = 256, norm: str = "BN", dropout: float = 0.0,
-                 aux_loss_weight: float = 0.4):
-        super().__init__()
+                 aux_loss_weight: float = 0.4, loss_weight: float = 1.0, ignore_label: int = 255):
+        super().__init__(num_classes=num_classes, loss_weight=loss_weight, ignore_label=ignore_label)
         self.in_feature, self.aux_in_features, self.aux_loss_weight = in_feature, list(aux_in_features), aux_loss_weight
         self.decode_head = UpHead(input_shape[in_feature].channels, channels, num_classes, *self.MAIN, norm, dropout)
         self.auxiliary_head = nn.ModuleList([
@@ -60,15 +64,10 @@ class _SETRUpBase(nn.Module):
     @classmethod
     def from_config(cls, cfg, input_shape: dict[str, ShapeSpec]) -> dict:
         head = cfg.MODEL.SEM_SEG_HEAD
-        in_features = list(head.IN_FEATURES)
-        if len(in_features) != 1:
-            raise ValueError(f"{cls.__name__} reads one feature map; set MODEL.SEM_SEG_HEAD.IN_FEATURES to one "
-                             f"name (e.g. ['layer23']), got {in_features}.")
-        shapes = select_features(input_shape, in_features + list(head.AUX_IN_FEATURES),
-                                 "MODEL.SEM_SEG_HEAD.IN_FEATURES + AUX_IN_FEATURES")
-        return {"input_shape": shapes, "in_feature": in_features[0], "aux_in_features": list(head.AUX_IN_FEATURES),
-                "num_classes": head.NUM_CLASSES, "channels": head.CONVS_DIM, "norm": head.NORM,
-                "dropout": head.DROPOUT, "aux_loss_weight": head.AUX_LOSS_WEIGHT}
+        return {**cls.loss_config(cfg), "input_shape": cls.select_inputs(cfg, input_shape),
+                "in_feature": head.IN_FEATURES[0], "aux_in_features": list(head.AUX_IN_FEATURES),
+                "channels": head.CONVS_DIM, "norm": head.NORM, "dropout": head.DROPOUT,
+                "aux_loss_weight": head.AUX_LOSS_WEIGHT}
 
     def forward(self, features: dict[str, torch.Tensor]) -> dict:
         out = {"sem_seg_logits": self.decode_head(features[self.in_feature])}
@@ -114,9 +113,9 @@ class MLANeck(nn.Module):
         return [conv(x) for x, conv in zip(summed[::-1], self.conv_convs)]
 
 
-class MLADecoder(nn.Module):
+class MLADecoder(DecodeHead):
     """Per level 2 x [3x3 conv + norm + ReLU] D -> M -> M and a 4x bilinear up; concat (4M) -> dropout -> 1x1
-    classifier. list of 4 [B, D, h, w] -> [B, K, 4h, 4w]."""
+    classifier ``conv_seg``. list of 4 [B, D, h, w] -> [B, K, 4h, 4w]."""
 
     def __init__(self, channels: int, mla_channels: int, num_classes: int, num_levels: int, norm: str,
                  dropout: float):
@@ -124,34 +123,35 @@ class MLADecoder(nn.Module):
         self.up_convs = nn.ModuleList([nn.Sequential(
             ConvNormAct(channels, mla_channels, 3, norm), ConvNormAct(mla_channels, mla_channels, 3, norm), _up(4))
             for _ in range(num_levels)])
-        self.dropout = nn.Dropout2d(dropout)
-        self.conv_seg = nn.Conv2d(num_levels * mla_channels, num_classes, 1)
+        self.build_classifier(num_levels * mla_channels, num_classes, dropout)
 
     def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
         x = torch.cat([up(x) for up, x in zip(self.up_convs, xs)], dim=1)
-        return self.conv_seg(self.dropout(x))
+        return self.classify(x)
 
 
 @PER_PIXEL_HEAD_REGISTRY.register()
-class SETRMLAHead(nn.Module):
+class SETRMLAHead(PerPixelHead):
     """SETR-MLA (multi-level feature aggregation) on four ViT layers (paper: 6/12/18/24).
 
     features {layer_i: [B, C, h, w]} -> {"sem_seg_logits": [B, K, 4h, 4w] (1/4)}, plus in training one auxiliary
-    1x1 classifier per MLA level ("aux_logits": 4 x ([B, K, h, w], aux_loss_weight)).
+    1x1 classifier per MLA level ("aux_logits": 4 x ([B, K, h, w], aux_loss_weight)). The levels are read in the
+    order of MODEL.SEM_SEG_HEAD.IN_FEATURES (shallow to deep).
     """
 
-    per_pixel = True
+    num_inputs = 4
+    inputs_description = "four ViT layers to aggregate"
+    inputs_example = "four names, e.g. ['layer5', 'layer11', 'layer17', 'layer23']"
+    aux_inputs_note = " (its auxiliary heads sit on its four MLA levels; AUX_LOSS_WEIGHT 0 disables them)"
 
     @configurable
     def __init__(self, input_shape: dict[str, ShapeSpec], *, num_classes: int, channels: int = 256,
-                 mla_channels: int = 128, norm: str = "BN", dropout: float = 0.0, aux_loss_weight: float = 0.4):
-        super().__init__()
-        if len(input_shape) != 4:
-            raise ValueError(f"SETRMLAHead aggregates four ViT layers; set MODEL.SEM_SEG_HEAD.IN_FEATURES to four "
-                             f"names (e.g. ['layer5', 'layer11', 'layer17', 'layer23']), got {list(input_shape)}.")
-        self.in_features = list(input_shape)
+                 mla_channels: int = 128, norm: str = "BN", dropout: float = 0.0, aux_loss_weight: float = 0.4,
+                 loss_weight: float = 1.0, ignore_label: int = 255):
+        super().__init__(num_classes=num_classes, loss_weight=loss_weight, ignore_label=ignore_label)
+        self.init_inputs(input_shape, by_stride=False)
         self.aux_loss_weight = aux_loss_weight
-        self.neck = MLANeck([s.channels for s in input_shape.values()], channels, norm)
+        self.neck = MLANeck(self.in_channels, channels, norm)
         self.decode_head = MLADecoder(channels, mla_channels, num_classes, 4, norm, dropout)
         self.auxiliary_head = nn.ModuleList([nn.Conv2d(channels, num_classes, 1) for _ in range(4)]
                                             if aux_loss_weight > 0 else [])
@@ -159,15 +159,12 @@ class SETRMLAHead(nn.Module):
     @classmethod
     def from_config(cls, cfg, input_shape: dict[str, ShapeSpec]) -> dict:
         head = cfg.MODEL.SEM_SEG_HEAD
-        if head.AUX_IN_FEATURES:
-            raise ValueError("SETRMLAHead puts its auxiliary heads on its four MLA levels; leave "
-                             "MODEL.SEM_SEG_HEAD.AUX_IN_FEATURES empty (AUX_LOSS_WEIGHT 0 disables them).")
-        return {"input_shape": select_features(input_shape, head.IN_FEATURES, "MODEL.SEM_SEG_HEAD.IN_FEATURES"),
-                "num_classes": head.NUM_CLASSES, "channels": head.CONVS_DIM, "mla_channels": head.MLA_CHANNELS,
-                "norm": head.NORM, "dropout": head.DROPOUT, "aux_loss_weight": head.AUX_LOSS_WEIGHT}
+        return {**cls.loss_config(cfg), "input_shape": cls.select_inputs(cfg, input_shape),
+                "channels": head.CONVS_DIM, "mla_channels": head.MLA_CHANNELS, "norm": head.NORM,
+                "dropout": head.DROPOUT, "aux_loss_weight": head.AUX_LOSS_WEIGHT}
 
     def forward(self, features: dict[str, torch.Tensor]) -> dict:
-        levels = self.neck([features[n] for n in self.in_features])
+        levels = self.neck(self.transform_inputs(features))
         out = {"sem_seg_logits": self.decode_head(levels)}
         if self.training and len(self.auxiliary_head):
             out["aux_logits"] = [(h(x), self.aux_loss_weight) for h, x in zip(self.auxiliary_head, levels)]

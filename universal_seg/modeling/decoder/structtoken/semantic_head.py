@@ -1,7 +1,7 @@
 """StructToken's semantic head (Lin et al., 2022) as a per-pixel head: one structure token per class.
 
 features -> 1x1 conv to C channels -> K token maps + NUM_BLOCKS StructToken blocks -> refinement block ->
-per-class logits at the features' resolution (the meta-architecture upsamples them and trains with per-pixel CE).
+per-class logits at the features' resolution (upsampled and trained with per-pixel CE by PerPixelHead.losses).
 """
 import torch
 from detectron2.config import configurable
@@ -9,7 +9,8 @@ from detectron2.layers import ShapeSpec
 from torch import nn
 
 from ...pixel_decoder import build_pixel_decoder
-from ..per_pixel.build import PER_PIXEL_HEAD_REGISTRY, select_features
+from ..per_pixel.base import PerPixelHead
+from ..per_pixel.build import PER_PIXEL_HEAD_REGISTRY
 from .blocks import StructTokenStack
 from .layers import RefineBlock
 
@@ -17,7 +18,7 @@ FEATURE_SOURCES = ("backbone", "pixel_decoder")
 
 
 @PER_PIXEL_HEAD_REGISTRY.register()
-class StructTokenHead(nn.Module):
+class StructTokenHead(PerPixelHead):
     """features {name: [B, C_in, h, w]} -> {"sem_seg_logits": [B, K, h, w]}.
 
     Args:
@@ -29,15 +30,21 @@ class StructTokenHead(nn.Module):
         in_feature: the backbone feature read when ``pixel_decoder`` is None.
         pixel_decoder: optional module mapping the backbone features to (mask_features, multi-scale features);
             when given, mask_features is the input map.
+        loss_weight, ignore_label: of the per-pixel CE (:class:`PerPixelHead`).
+
+    The refinement block gives the logits directly: this head has no dropout + 1x1 classifier.
     """
 
-    per_pixel = True
+    num_inputs = 1
+    inputs_description = "one backbone feature map"
+    inputs_example = "one name, e.g. ['layer11']"
 
     @configurable
     def __init__(self, *, in_channels: int, num_classes: int, channels: int, interaction: str,
                  token_size: tuple[int, int], num_blocks: int = 4, drop_path_rate: float = 0.1,
-                 in_feature: str = "", pixel_decoder: nn.Module | None = None):
-        super().__init__()
+                 in_feature: str = "", pixel_decoder: nn.Module | None = None, loss_weight: float = 1.0,
+                 ignore_label: int = 255):
+        super().__init__(num_classes=num_classes, loss_weight=loss_weight, ignore_label=ignore_label)
         self.in_feature = in_feature
         self.pixel_decoder = pixel_decoder
         self.input_proj = nn.Conv2d(in_channels, channels, 1)
@@ -48,15 +55,11 @@ class StructTokenHead(nn.Module):
     @classmethod
     def from_config(cls, cfg, input_shape: dict[str, ShapeSpec]) -> dict:
         head, st = cfg.MODEL.SEM_SEG_HEAD, cfg.MODEL.STRUCTTOKEN
-        if head.AUX_IN_FEATURES:
-            raise ValueError("StructTokenHead has no auxiliary heads; leave MODEL.SEM_SEG_HEAD.AUX_IN_FEATURES empty.")
-        args = {"num_classes": head.NUM_CLASSES, "channels": head.CONVS_DIM, "interaction": st.INTERACTION,
+        cls.check_aux_inputs(cfg)
+        args = {**cls.loss_config(cfg), "channels": head.CONVS_DIM, "interaction": st.INTERACTION,
                 "token_size": tuple(st.TOKEN_SIZE), "num_blocks": st.NUM_BLOCKS, "drop_path_rate": st.DROP_PATH_RATE}
         if st.FEATURE_SOURCE == "backbone":
-            if len(head.IN_FEATURES) != 1:
-                raise ValueError(f"StructTokenHead reads one backbone feature map; set MODEL.SEM_SEG_HEAD.IN_FEATURES "
-                                 f"to one name (e.g. ['layer11']), got {list(head.IN_FEATURES)}.")
-            shape = select_features(input_shape, head.IN_FEATURES, "MODEL.SEM_SEG_HEAD.IN_FEATURES")
+            shape = cls.select_inputs(cfg, input_shape)
             return {**args, "in_channels": shape[head.IN_FEATURES[0]].channels, "in_feature": head.IN_FEATURES[0]}
         if st.FEATURE_SOURCE == "pixel_decoder":
             return {**args, "in_channels": head.MASK_DIM, "pixel_decoder": build_pixel_decoder(cfg, input_shape)}

@@ -1,5 +1,6 @@
 """PerPixelSegmentor and the per-pixel heads' shared losses: CE loss (with padding and auxiliary heads),
-sliding-window inference, meta-architecture / head selection and config errors. Dummy backbones / heads make every expected value computable by hand."""
+sliding-window inference, meta-architecture / head selection and config errors. Dummy backbones / heads make every
+expected value computable by hand."""
 import math
 
 import pytest

@@ -60,8 +60,8 @@ def add_maskformer_config(cfg) -> None:
 
 
 def add_per_pixel_config(cfg) -> None:
-    """Keys of the per-pixel heads (SegFormer, SETR): selected when MODEL.SEM_SEG_HEAD.NAME names a registered
-    per-pixel head (modeling/decoder/per_pixel). They reuse detectron2's MODEL.SEM_SEG_HEAD.{IN_FEATURES,
+    """Keys of the per-pixel heads (SegFormer, SETR): MODEL.META_ARCHITECTURE "PerPixelSegmentor" runs the registered
+    per-pixel head MODEL.SEM_SEG_HEAD.NAME names (modeling/decoder/per_pixel). They reuse detectron2's MODEL.SEM_SEG_HEAD.{IN_FEATURES,
     NUM_CLASSES, IGNORE_VALUE, LOSS_WEIGHT (main CE weight), NORM (norm of the head's convs), CONVS_DIM (SegFormer's
     embedding dim E; SETR's decoder channels)}."""
     head = cfg.MODEL.SEM_SEG_HEAD

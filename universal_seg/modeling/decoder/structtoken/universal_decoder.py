@@ -45,7 +45,8 @@ class StructTokenDecoder(nn.Module):
         super().__init__()
         if not mask_classification:
             raise ValueError("StructTokenDecoder predicts masks with classes; for semantic-only logits use the "
-                             "per-pixel StructTokenHead (MODEL.SEM_SEG_HEAD.NAME: StructTokenHead).")
+                             "per-pixel StructTokenHead (MODEL.META_ARCHITECTURE: PerPixelSegmentor, "
+                             "MODEL.SEM_SEG_HEAD.NAME: StructTokenHead).")
         self.num_queries = num_queries
         self.input_proj = nn.Conv2d(mask_dim, hidden_dim, 1)
         self.stack = StructTokenStack(interaction, num_queries, hidden_dim, tuple(token_size), num_blocks,

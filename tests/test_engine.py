@@ -129,3 +129,44 @@ def test_two_cpu_processes_with_gloo_end_with_identical_weights(tmp_path):
         assert torch.equal(w0[k], w1[k]), k
     moved = [k for k in w0 if w0[k].is_floating_point() and not torch.equal(w0[k], fresh[k])]
     assert len(moved) > len(w0) // 2  # training changed the weights (and both ranks identically)
+
+
+def _loader_mapper(loader):
+    """The mapper inside a detectron2 v0.6 training loader: AspectRatioGroupedDataset -> DataLoader ->
+    ToIterableDataset -> MapDataset (which holds the mapper wrapped in a PicklableWrapper)."""
+    from detectron2.data.common import MapDataset
+
+    node = loader
+    for _ in range(8):
+        if isinstance(node, MapDataset):
+            return node._map_func._obj
+        node = node.dataset if hasattr(node, "dataset") else getattr(node, "_dataset", None)
+    raise AssertionError(f"no MapDataset found in the loader {type(loader).__name__}")
+
+
+@needs_mini
+@pytest.mark.parametrize("mapper_name,dataset,expected", [
+    ("mask_former_panoptic", "mini_panoptic_train", "PanopticDatasetMapper"),
+    ("mask_former_instance", "mini_instance_train", "InstanceDatasetMapper"),
+    ("mask_former_semantic", "mini_sem_seg_train", "SemanticDatasetMapper"),
+    ("coco_panoptic_lsj", "mini_panoptic_train", "COCOPanopticLSJDatasetMapper"),
+    ("coco_instance_lsj", "mini_instance_train", "COCOInstanceLSJDatasetMapper"),
+])
+def test_train_loader_uses_the_mapper_build_mapper_chooses(mapper_name, dataset, expected):
+    """The trainer's loader holds a mapper of the class build_mapper (the one dispatch, covered by test_mappers)
+    gives for the config, with the same augmentations (building the loader maps no image)."""
+    from universal_seg.data import mappers
+    from universal_seg.data.mappers import build_mapper
+
+    cfg = tiny_cfg(None, "INPUT.DATASET_MAPPER_NAME", mapper_name, "DATASETS.TRAIN", f"('{dataset}',)",
+                   "SOLVER.IMS_PER_BATCH", "1")
+    mapper = _loader_mapper(Trainer.build_train_loader(cfg))
+    chosen = build_mapper(cfg, is_train=True)
+    assert type(mapper) is type(chosen) is getattr(mappers, expected)
+    assert repr(getattr(mapper, "augmentations", None)) == repr(getattr(chosen, "augmentations", None))
+
+
+def test_train_loader_rejects_an_unknown_mapper_name():
+    cfg = tiny_cfg(None, "INPUT.DATASET_MAPPER_NAME", "no_such_mapper")
+    with pytest.raises(KeyError, match="DATASET_MAPPER_NAME='no_such_mapper' is unknown"):
+        Trainer.build_train_loader(cfg)

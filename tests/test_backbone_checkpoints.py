@@ -5,8 +5,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 import torch.nn as nn
+import torchvision
+import transformers
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
@@ -33,7 +36,6 @@ def _randomize_bn(model, gen):
 
 @pytest.mark.parametrize("depth", [50, 101])
 def test_torchvision_resnet_converts_to_d2(tmp_path, depth):
-    torchvision = pytest.importorskip("torchvision")
     from convert_torchvision_to_d2 import convert_file
 
     gen = torch.Generator().manual_seed(0)
@@ -115,7 +117,6 @@ def test_swin_imagenet_converter_drops_head_and_loads(tmp_path):
 
 
 def _hf_segformer():
-    transformers = pytest.importorskip("transformers")
     config = transformers.SegformerConfig()  # MiT-B0 sizes
     assert list(config.hidden_sizes) == [32, 64, 160, 256] and list(config.depths) == [2, 2, 2, 2]
     return transformers.SegformerModel(config).eval()
@@ -187,7 +188,6 @@ def test_mit_converter_accepts_hub_huggingface_names():
 
 @pytest.fixture(scope="module")
 def timm_vit_tiny():
-    timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     return timm.create_model("vit_tiny_patch16_224", pretrained=False, dynamic_img_size=True,
                              dynamic_img_pad=True).eval()
@@ -208,7 +208,6 @@ def test_vit_tiny_equals_timm_forward_intermediates(timm_vit_tiny, hw):
 
 
 def test_efficientformerv2_equals_timm_at_224():
-    timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     ours = efficientformerv2("S0").eval()
     with torch.no_grad():  # timm zero-initialises the attention biases: make them matter

@@ -5,8 +5,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 import torch.nn as nn
+import torchvision
+import transformers
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
@@ -33,7 +36,6 @@ def _randomize_bn(model, gen):
 
 @pytest.mark.parametrize("depth", [50, 101])
 def test_torchvision_resnet_converts_to_d2(tmp_path, depth):
-    torchvision = pytest.importorskip("torchvision")
     from convert_torchvision_to_d2 import convert_file
 
     gen = torch.Generator().manual_seed(0)
@@ -115,7 +117,6 @@ def test_swin_imagenet_converter_drops_head_and_loads(tmp_path):
 
 
 def _hf_segformer():
-    transformers = pytest.importorskip("transformers")
     config = transformers.SegformerConfig()  # MiT-B0 sizes
     assert list(config.hidden_sizes) == [32, 64, 160, 256] and list(config.depths) == [2, 2, 2, 2]
     return transformers.SegformerModel(config).eval()
@@ -187,7 +188,6 @@ def test_mit_converter_accepts_hub_huggingface_names():
 
 @pytest.fixture(scope="module")
 def timm_vit_tiny():
-    timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     return timm.create_model("vit_tiny_patch16_224", pretrained=False, dynamic_img_size=True,
                              dynamic_img_pad=True).eval()
@@ -220,7 +220,6 @@ def _effv2_s0_with_biases():
 
 
 def test_efficientformerv2_equals_timm_at_224():
-    timm = pytest.importorskip("timm")
     ours = _effv2_s0_with_biases()
     ref = timm.create_model("efficientformerv2_s0", features_only=True, pretrained=False).eval()
     result = ref.load_state_dict(ours.model.state_dict(), strict=True)
@@ -238,7 +237,6 @@ def test_efficientformerv2_other_size_equals_timm_built_for_it():
     """At 256x320 the 224-sized bias tables ([heads, 7*7] / [heads, 14*14]) are resized bicubically to the new
     grids (8x10 / 16x20): the result equals timm's model built for 256x320 (its own bias lookup for that grid)
     holding the same weights and the tables resized here with F.interpolate."""
-    timm = pytest.importorskip("timm")
     import torch.nn.functional as F
 
     ours = _effv2_s0_with_biases()

@@ -67,7 +67,10 @@ def get_parser() -> argparse.ArgumentParser:
 
 def setup_cfg(args):
     """The frozen config: file, --opts, the requested task switched on and the panoptic threshold."""
-    cfg = load_config(args.config_file, args.opts, cpu_hint="add `--opts MODEL.DEVICE cpu`")
+    try:
+        cfg = load_config(args.config_file, args.opts, cpu_hint="add `--opts MODEL.DEVICE cpu`")
+    except ValueError as err:
+        sys.exit(f"error: {err}")
     enabled = enabled_tasks(cfg)
     args.task = args.task or (enabled[0] if enabled else "semantic")
     enable_task(cfg, args.task)

@@ -26,7 +26,7 @@ _TASK_KEYS = {"panoptic": "PANOPTIC_ON", "instance": "INSTANCE_ON", "semantic": 
 
 def enabled_tasks(cfg) -> list[str]:
     """The tasks the config's model outputs, in preference order (panoptic > instance > semantic)."""
-    return [t for t in TASKS if cfg.MODEL.MASK_FORMER.TEST.get(_TASK_KEYS[t], False)]
+    return [t for t in TASKS if cfg.MODEL.MASK_FORMER.TEST[_TASK_KEYS[t]]]
 
 
 def enable_task(cfg, task: str) -> None:

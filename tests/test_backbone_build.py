@@ -10,7 +10,9 @@ from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
 
+from universal_seg.config import add_universal_seg_config
 from universal_seg.modeling.backbone import add_backbone_config, set_mask2former_resnet
+from universal_seg.modeling.pixel_decoder import build_pixel_decoder
 
 
 def _swin(cfg):
@@ -185,9 +187,7 @@ PIXEL_DECODER_BACKBONES = ["resnet50", "swin", "mit_b0", "vit_t", "timm_resnet18
 
 @pytest.mark.parametrize("name", PIXEL_DECODER_BACKBONES)
 def test_backbone_feeds_msdeform_pixel_decoder(name):
-    config = pytest.importorskip("universal_seg.config")
-    pd = pytest.importorskip("universal_seg.modeling.pixel_decoder")
-    cfg = make_cfg(name, add_config=config.add_universal_seg_config)
+    cfg = make_cfg(name, add_config=add_universal_seg_config)
     cfg.MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME = "MSDeformAttnPixelDecoder"
     cfg.MODEL.SEM_SEG_HEAD.IN_FEATURES = ["res2", "res3", "res4", "res5"]
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]
@@ -196,7 +196,7 @@ def test_backbone_feeds_msdeform_pixel_decoder(name):
     cfg.MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD = 64
     torch.manual_seed(0)
     backbone = build_backbone(cfg, ShapeSpec(channels=3)).train()
-    decoder = pd.build_pixel_decoder(cfg, backbone.output_shape()).train()
+    decoder = build_pixel_decoder(cfg, backbone.output_shape()).train()
     mask_features, multi_scale = decoder(backbone(torch.randn(1, 3, 256, 320)))
     assert mask_features.shape == (1, 32, 64, 80)
     assert [tuple(f.shape[-2:]) for f in multi_scale] == [(8, 10), (16, 20), (32, 40)]

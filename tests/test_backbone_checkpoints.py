@@ -5,8 +5,11 @@ import sys
 from pathlib import Path
 
 import pytest
+import timm
 import torch
 import torch.nn as nn
+import torchvision
+import transformers
 
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
@@ -33,7 +36,6 @@ def _randomize_bn(model, gen):
 
 @pytest.mark.parametrize("depth", [50, 101])
 def test_torchvision_resnet_converts_to_d2(tmp_path, depth):
-    torchvision = pytest.importorskip("torchvision")
     from convert_torchvision_to_d2 import convert_file
 
     gen = torch.Generator().manual_seed(0)
@@ -115,7 +117,6 @@ def test_swin_imagenet_converter_drops_head_and_loads(tmp_path):
 
 
 def _hf_segformer():
-    transformers = pytest.importorskip("transformers")
     config = transformers.SegformerConfig()  # MiT-B0 sizes
     assert list(config.hidden_sizes) == [32, 64, 160, 256] and list(config.depths) == [2, 2, 2, 2]
     return transformers.SegformerModel(config).eval()
@@ -187,7 +188,6 @@ def test_mit_converter_accepts_hub_huggingface_names():
 
 @pytest.fixture(scope="module")
 def timm_vit_tiny():
-    timm = pytest.importorskip("timm")
     torch.manual_seed(0)
     return timm.create_model("vit_tiny_patch16_224", pretrained=False, dynamic_img_size=True,
                              dynamic_img_pad=True).eval()
@@ -207,22 +207,76 @@ def test_vit_tiny_equals_timm_forward_intermediates(timm_vit_tiny, hw):
         assert (out[k] - r).abs().max().item() <= 1e-5
 
 
-def test_efficientformerv2_equals_timm_at_224():
-    timm = pytest.importorskip("timm")
+def _effv2_s0_with_biases():
+    """Our S0 backbone with non-zero attention biases and batch-norm statistics (timm zero-initialises the biases)."""
     torch.manual_seed(0)
     ours = efficientformerv2("S0").eval()
-    with torch.no_grad():  # timm zero-initialises the attention biases: make them matter
+    with torch.no_grad():
         for name, p in ours.model.named_parameters():
             if "attention_biases" in name:
                 p.normal_()
+    _randomize_bn(ours, torch.Generator().manual_seed(1))
+    return ours
+
+
+def test_efficientformerv2_equals_timm_at_224():
+    ours = _effv2_s0_with_biases()
     ref = timm.create_model("efficientformerv2_s0", features_only=True, pretrained=False).eval()
-    ref.load_state_dict(ours.model.state_dict())
+    result = ref.load_state_dict(ours.model.state_dict(), strict=True)
+    assert not result.missing_keys and not result.unexpected_keys
     x = torch.randn(1, 3, 224, 224)
+    with torch.no_grad():
+        ours(torch.randn(1, 3, 256, 320))  # a run at another size first: it must leave no state behind
+        out, r = ours(x), ref(x)
+    for k, y in zip(["res2", "res3", "res4", "res5"], r):
+        assert out[k].shape == y.shape
+        assert (out[k] - y).abs().max().item() <= 1e-5
+
+
+def test_efficientformerv2_other_size_equals_timm_built_for_it():
+    """At 256x320 the 224-sized bias tables ([heads, 7*7] / [heads, 14*14]) are resized bicubically to the new
+    grids (8x10 / 16x20): the result equals timm's model built for 256x320 (its own bias lookup for that grid)
+    holding the same weights and the tables resized here with F.interpolate."""
+    import torch.nn.functional as F
+
+    ours = _effv2_s0_with_biases()
+    ref = timm.create_model("efficientformerv2_s0", features_only=True, pretrained=False, img_size=(256, 320)).eval()
+    ref_shapes = {k: v.shape for k, v in ref.state_dict().items()}
+    state = {}
+    for k, v in ours.model.state_dict().items():
+        if k.endswith("attention_biases"):
+            side = {49: 7, 196: 14}[v.shape[1]]
+            grid = {7: (8, 10), 14: (16, 20)}[side]
+            v = F.interpolate(v.reshape(1, -1, side, side), size=grid, mode="bicubic", align_corners=False)
+            v = v.reshape(v.shape[1], -1)
+        state[k] = v
+    assert {k: v.shape for k, v in state.items()} == ref_shapes
+    ref.load_state_dict(state, strict=True)
+    x = torch.randn(2, 3, 256, 320)
     with torch.no_grad():
         out, r = ours(x), ref(x)
     for k, y in zip(["res2", "res3", "res4", "res5"], r):
+        assert out[k].shape == y.shape
         assert (out[k] - y).abs().max().item() <= 1e-5
-    # another size: the bias tables are resized, the run works and gives finite outputs
-    with torch.no_grad():
-        out = ours(torch.randn(1, 3, 256, 320))
-    assert out["res5"].shape == (1, 176, 8, 10) and all(torch.isfinite(v).all() for v in out.values())
+    assert out["res5"].shape == (2, 176, 8, 10)
+
+
+def test_efficientformerv2_attention_layers_are_ours_and_keep_timm_names():
+    from timm.models import efficientformer_v2 as effv2
+
+    from universal_seg.modeling.backbone.efficientformerv2 import (ResizableAttention2d,
+                                                                   ResizableAttention2dDownsample)
+
+    ours = efficientformerv2("S0")
+    kinds = {n: type(m) for n, m in ours.model.named_modules()}
+    assert not any(issubclass(t, (effv2.Attention2d, effv2.Attention2dDownsample)) for t in kinds.values())
+    assert kinds["stages_3.downsample.attn"] is ResizableAttention2dDownsample
+    assert [n for n, t in kinds.items() if t is ResizableAttention2d] == [
+        "stages_2.blocks.4.token_mixer", "stages_2.blocks.5.token_mixer",
+        "stages_3.blocks.2.token_mixer", "stages_3.blocks.3.token_mixer"]
+    import timm
+
+    ref = timm.create_model("efficientformerv2_s0", features_only=True, pretrained=False)
+    assert [(k, v.shape) for k, v in ours.model.state_dict().items()] == \
+        [(k, v.shape) for k, v in ref.state_dict().items()]
+    assert [(k, v.shape) for k, v in ours.model.named_buffers()] == [(k, v.shape) for k, v in ref.named_buffers()]

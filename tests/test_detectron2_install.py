@@ -12,7 +12,6 @@ import importlib.util
 import re
 import subprocess
 import sys
-import time
 import types
 import uuid
 from pathlib import Path
@@ -347,11 +346,24 @@ def test_map_dataset_falls_back_to_another_index():
 
 
 @needs_d2
-def test_class_histogram():
-    from detectron2.data.build import print_instances_class_histogram
+def test_class_histogram(monkeypatch):
+    import detectron2.data.build as build
 
-    dicts = [{"annotations": [{"category_id": 0}, {"category_id": 1, "iscrowd": 0}]}]
-    print_instances_class_histogram(dicts, ["a", "b"])
+    logged = []
+    monkeypatch.setattr(build, "log_first_n", lambda level, message, **kwargs: logged.append(message))
+    dicts = [
+        {"annotations": [{"category_id": 0}, {"category_id": 1, "iscrowd": 0}, {"category_id": 0}]},
+        {"annotations": [{"category_id": 1, "iscrowd": 1}]},  # crowd: not counted
+        {"annotations": []},
+        {"annotations": [{"category_id": 2}, {"category_id": 0}]},
+    ]
+    build.print_instances_class_histogram(dicts, ["a", "b", "c"])
+    assert len(logged) == 1 and "among all 3 categories" in logged[0]
+    # the table's cells pair up as (category, #instances): hand count a 3, b 1, c 1, total 5
+    cells = [c.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", logged[0]).splitlines()[1:]
+             for c in line.strip().strip("|").split("|")]
+    pairs = {name: int(count) for name, count in zip(cells[::2], cells[1::2]) if count.strip().isdigit()}
+    assert pairs == {"a": 3, "b": 1, "c": 1, "total": 5}
 
 
 @pytest.fixture
@@ -481,12 +493,31 @@ def test_installed_distribution_metadata():
     assert (D2_DIR / "projects" / "deeplab" / "__init__.py").is_file()
 
 
+def _snapshot(folder: Path) -> dict:
+    """path -> (size, mtime_ns) of every file under ``folder`` (byte-code caches aside: any import may write them)."""
+    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts}
+
+
 @pytest.mark.skipif(not IS_OURS or inst.inspect_installed().kind != "ours",
                     reason="needs our current build installed (otherwise the script would install)")
-def test_rerun_is_a_fast_no_op():
-    start = time.monotonic()
-    result = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True, timeout=60)
-    elapsed = time.monotonic() - start
+def test_rerun_is_a_no_op(tmp_path, monkeypatch):
+    """A second run over our current build downloads nothing, runs no pip and changes no installed file."""
+    import importlib.metadata
+
+    dist_info = Path(importlib.metadata.distribution("detectron2")._path)
+    before = {**_snapshot(D2_DIR), **_snapshot(dist_info)}
+    cache = tmp_path / "cache"
+    # the command line, as users run it: succeeds, says so, and never creates the sdist cache
+    result = subprocess.run([sys.executable, str(SCRIPT), "--cache-dir", str(cache)], capture_output=True, text=True,
+                            timeout=60)
     assert result.returncode == 0, result.stderr
     assert "already installed" in result.stdout
-    assert elapsed < 2.0
+    assert not cache.exists()
+    # in-process with every subprocess call recorded: nothing is run (no pip download / install / uninstall)
+    calls = []
+    monkeypatch.setattr(inst.subprocess, "run", lambda *args, **kwargs: calls.append(args) or pytest.fail(
+        f"the no-op rerun ran a subprocess: {args}"))
+    assert inst.main(["--cache-dir", str(cache)]) == 0
+    assert calls == [] and not cache.exists()
+    assert {**_snapshot(D2_DIR), **_snapshot(dist_info)} == before

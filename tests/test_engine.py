@@ -113,8 +113,9 @@ def _distributed_worker(output_dir):
     cfg = tiny_cfg(output_dir, "SOLVER.MAX_ITER", "3", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.CHECKPOINT_PERIOD", "100")
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
-    trainer.train()
     model = trainer.model.module if hasattr(trainer.model, "module") else trainer.model
+    torch.save({k: v.clone() for k, v in model.state_dict().items()}, Path(output_dir) / f"init{comm.get_rank()}.pt")
+    trainer.train()
     torch.save(model.state_dict(), Path(output_dir) / f"rank{comm.get_rank()}.pt")
 
 
@@ -123,9 +124,83 @@ def test_two_cpu_processes_with_gloo_end_with_identical_weights(tmp_path):
     launch(_distributed_worker, 2, num_machines=1, machine_rank=0, dist_url="auto", args=(str(tmp_path),))
     w0 = torch.load(tmp_path / "rank0.pt", weights_only=True)
     w1 = torch.load(tmp_path / "rank1.pt", weights_only=True)
-    fresh = build_model(tiny_cfg()).state_dict()
-    assert w0.keys() == w1.keys()
+    init0 = torch.load(tmp_path / "init0.pt", weights_only=True)  # rank 0's own weights before its first step
+    assert w0.keys() == w1.keys() == init0.keys()
     for k in w0:
         assert torch.equal(w0[k], w1[k]), k
-    moved = [k for k in w0 if w0[k].is_floating_point() and not torch.equal(w0[k], fresh[k])]
-    assert len(moved) > len(w0) // 2  # training changed the weights (and both ranks identically)
+    floating = [k for k in w0 if w0[k].is_floating_point()]
+    moved = [k for k in floating if not torch.equal(w0[k], init0[k])]
+    assert len(moved) > len(floating) // 2  # training moved the weights from their start (and both ranks identically)
+
+
+@needs_mini
+def test_training_steps_lower_the_loss_on_a_fixed_batch():
+    """Four optimizer steps (the project's optimizer, no schedule) on one fixed mapped 64-pixel crop lower its total
+    loss by over 10% (about 35% when written); the seed is reset before every forward so the loss's random point
+    sampling is the same each time."""
+    from detectron2.data import DatasetCatalog
+
+    from universal_seg.data.mappers.base import build_mapper
+
+    cfg = tiny_cfg(None, "INPUT.IMAGE_SIZE", "64")
+    torch.manual_seed(0)
+    model = build_model(cfg).train()
+    batch = [build_mapper(cfg, True)(DatasetCatalog.get(cfg.DATASETS.TRAIN[0])[0])]
+    optimizer = build_optimizer(cfg, model)
+
+    def total_loss():
+        torch.manual_seed(0)
+        return sum(model(batch).values())
+
+    losses = []
+    for _ in range(4):
+        loss = total_loss()
+        losses.append(float(loss))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        final = float(total_loss())
+    assert all(math.isfinite(v) for v in losses) and final < 0.9 * losses[0], (losses, final)
+
+
+
+def _loader_mapper(loader):
+    """The mapper inside a detectron2 v0.6 training loader: AspectRatioGroupedDataset -> DataLoader ->
+    ToIterableDataset -> MapDataset (which holds the mapper wrapped in a PicklableWrapper)."""
+    from detectron2.data.common import MapDataset
+
+    node = loader
+    for _ in range(8):
+        if isinstance(node, MapDataset):
+            return node._map_func._obj
+        node = node.dataset if hasattr(node, "dataset") else getattr(node, "_dataset", None)
+    raise AssertionError(f"no MapDataset found in the loader {type(loader).__name__}")
+
+
+@needs_mini
+@pytest.mark.parametrize("mapper_name,dataset,expected", [
+    ("mask_former_panoptic", "mini_panoptic_train", "PanopticDatasetMapper"),
+    ("mask_former_instance", "mini_instance_train", "InstanceDatasetMapper"),
+    ("mask_former_semantic", "mini_sem_seg_train", "SemanticDatasetMapper"),
+    ("coco_panoptic_lsj", "mini_panoptic_train", "COCOPanopticLSJDatasetMapper"),
+    ("coco_instance_lsj", "mini_instance_train", "COCOInstanceLSJDatasetMapper"),
+])
+def test_train_loader_uses_the_mapper_build_mapper_chooses(mapper_name, dataset, expected):
+    """The trainer's loader holds a mapper of the class build_mapper (the one dispatch, covered by test_mappers)
+    gives for the config, with the same augmentations (building the loader maps no image)."""
+    from universal_seg.data import mappers
+    from universal_seg.data.mappers import build_mapper
+
+    cfg = tiny_cfg(None, "INPUT.DATASET_MAPPER_NAME", mapper_name, "DATASETS.TRAIN", f"('{dataset}',)",
+                   "SOLVER.IMS_PER_BATCH", "1")
+    mapper = _loader_mapper(Trainer.build_train_loader(cfg))
+    chosen = build_mapper(cfg, is_train=True)
+    assert type(mapper) is type(chosen) is getattr(mappers, expected)
+    assert repr(getattr(mapper, "augmentations", None)) == repr(getattr(chosen, "augmentations", None))
+
+
+def test_train_loader_rejects_an_unknown_mapper_name():
+    cfg = tiny_cfg(None, "INPUT.DATASET_MAPPER_NAME", "no_such_mapper")
+    with pytest.raises(KeyError, match="DATASET_MAPPER_NAME='no_such_mapper' is unknown"):
+        Trainer.build_train_loader(cfg)

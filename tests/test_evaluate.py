@@ -1,19 +1,15 @@
-"""tools/evaluate.py tasks: hand-computed cases, official libraries on perturbed ground truth, clear errors."""
+"""tools/evaluate.py tasks: hand-computed cases (mIoU, PQ, COCO AP), detectron2's SemSegEvaluator, clear errors."""
 import contextlib
 import io
 import json
 import os
-import shutil
 
 import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
 from detectron2.evaluation import SemSegEvaluator
-from panopticapi.evaluation import pq_compute
 from PIL import Image
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
 import universal_seg.data  # noqa: F401
 from universal_seg.evaluation.offline import (evaluate_instance, evaluate_panoptic, evaluate_pq_from_semantic,
@@ -82,32 +78,46 @@ def test_pq_of_mini_ground_truth_against_itself_is_100():
     assert m["PQ"] == m["PQ_th"] == m["PQ_st"] == pytest.approx(100.0)
 
 
-def _perturbed_prediction(tmp_path):
-    """Prediction = GT with one person segment given to background and one segment relabelled."""
-    gt = json.load(open(PAN_JSON))
-    pred_dir = tmp_path / "pan"
-    shutil.copytree(PAN_DIR, pred_dir)
-    ann = gt["annotations"][1]  # 2011_000006: background, 4 persons, ...
-    rgb = np.asarray(Image.open(pred_dir / ann["file_name"])).astype(np.int64)
-    ids = rgb[..., 0].astype(np.int64) + 256 * rgb[..., 1] + 65536 * rgb[..., 2]
-    ids[ids == 2] = 1  # person segment 2 merged into background
-    rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1).astype(np.uint8)
-    Image.fromarray(rgb).save(pred_dir / ann["file_name"])
-    ann["segments_info"] = [s for s in ann["segments_info"] if s["id"] != 2]
-    gt["annotations"][2]["segments_info"][1]["category_id"] = 7  # a bus labelled car
-    pred_json = tmp_path / "pred.json"
-    json.dump({"annotations": gt["annotations"]}, open(pred_json, "w"))
-    return str(pred_json), str(pred_dir)
+def _save_ids(folder, name, ids):
+    """Segment ids [H, W] -> COCO-panoptic RGB PNG (id = R + 256 G + 256^2 B)."""
+    ids = np.asarray(ids, np.int64)
+    _save(folder, name, np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1))
 
 
-def test_panoptic_matches_panopticapi_on_perturbed_prediction(tmp_path):
-    pred_json, pred_dir = _perturbed_prediction(tmp_path)
-    ours = evaluate_panoptic(PAN_JSON, PAN_DIR, pred_json, pred_dir)
-    with contextlib.redirect_stdout(io.StringIO()):
-        ref = pq_compute(PAN_JSON, pred_json, gt_folder=PAN_DIR, pred_folder=pred_dir)
-    assert ours["PQ"] == pytest.approx(100 * ref["All"]["pq"]) and ours["PQ"] < 100
-    assert ours["RQ_th"] == pytest.approx(100 * ref["Things"]["rq"])
-    assert ours["SQ_st"] == pytest.approx(100 * ref["Stuff"]["sq"])
+def test_panoptic_hand_computed(tmp_path):
+    """One 4x6 image, categories person (thing, id 1) and sky (stuff, id 2); segment ids S sky, A / B / C persons.
+
+        GT          prediction
+        S S S S S S   S S S S S S
+        S S S S S S   S S S S A A
+        A A A B B B   A A A S S C
+        A A A B B B   A A A C B B
+
+    sky: pred 12 px, GT 12, overlap 10 -> IoU 10/14 = 5/7, TP.          PQ = SQ = 5/7, RQ = 1
+    person: A pred 8, GT 6, overlap 6 -> IoU 3/4, TP; GT B matches neither pred B (2 px, IoU 2/6) nor C (2 px,
+    IoU 2/6): FN 1, FP 2.      PQ = 0.75 / (1 + 0.5 * 2 + 0.5 * 1) = 0.3, SQ = 0.75, RQ = 1 / 2.5 = 0.4
+    """
+    S, A, B, C = 1, 2, 3, 4
+    gt_ids = [[S] * 6, [S] * 6, [A, A, A, B, B, B], [A, A, A, B, B, B]]
+    pred_ids = [[S] * 6, [S, S, S, S, A, A], [A, A, A, S, S, C], [A, A, A, C, B, B]]
+    _save_ids(tmp_path / "gt", "x.png", gt_ids)
+    _save_ids(tmp_path / "pred", "x.png", pred_ids)
+    categories = [{"id": 1, "name": "person", "isthing": 1}, {"id": 2, "name": "sky", "isthing": 0}]
+
+    def segments(ids, areas=None):
+        return [{"id": i, "category_id": 2 if i == S else 1, "iscrowd": 0, **({"area": areas[i]} if areas else {})}
+                for i in ids]
+
+    gt = {"images": [{"id": 7, "file_name": "x.jpg", "height": 4, "width": 6}], "categories": categories,
+          "annotations": [{"image_id": 7, "file_name": "x.png", "segments_info": segments([S, A, B], {S: 12, A: 6, B: 6})}]}
+    pred = {"annotations": [{"image_id": 7, "file_name": "x.png", "segments_info": segments([S, A, B, C])}]}
+    json.dump(gt, open(tmp_path / "gt.json", "w"))
+    json.dump(pred, open(tmp_path / "pred.json", "w"))
+    m = evaluate_panoptic(str(tmp_path / "gt.json"), str(tmp_path / "gt"), str(tmp_path / "pred.json"),
+                          str(tmp_path / "pred"))
+    expected = {"PQ_th": 0.3, "SQ_th": 0.75, "RQ_th": 0.4, "PQ_st": 5 / 7, "SQ_st": 5 / 7, "RQ_st": 1.0,
+                "PQ": (0.3 + 5 / 7) / 2, "SQ": (0.75 + 5 / 7) / 2, "RQ": (0.4 + 1.0) / 2}
+    assert m == pytest.approx({k: 100 * v for k, v in expected.items()})
 
 
 def test_panoptic_errors(tmp_path):
@@ -144,26 +154,48 @@ def _gt_as_results(gt_json):
     return results
 
 
-def test_instance_perfect_and_perturbed_match_pycocotools(tmp_path):
+def test_instance_gt_as_prediction_is_100(tmp_path):
     gt_json = os.path.join(MINI, "instances_val.json")
-    results = _gt_as_results(gt_json)
     path = tmp_path / "r.json"
-    json.dump(results, open(path, "w"))
+    json.dump(_gt_as_results(gt_json), open(path, "w"))
     m = evaluate_instance(gt_json, str(path))
     assert m["segm"]["AP"] == pytest.approx(100.0) and m["bbox"]["AP"] == pytest.approx(100.0)
-    results[0]["category_id"] = 7
-    results[3]["score"] = 0.1
-    results[3]["bbox"] = [0, 0, 10, 10]
-    json.dump(results, open(path, "w"))
-    m = evaluate_instance(gt_json, str(path))
-    with contextlib.redirect_stdout(io.StringIO()):
-        gt = COCO(gt_json)
-        for iou_type in ("segm", "bbox"):
-            ev = COCOeval(gt, gt.loadRes(str(path)), iou_type)
-            ev.evaluate(), ev.accumulate(), ev.summarize()
-            assert m[iou_type]["AP"] == pytest.approx(100 * ev.stats[0])
-            assert m[iou_type]["AP50"] == pytest.approx(100 * ev.stats[1])
-    assert m["bbox"]["AP"] < 100
+
+
+def _rle(mask):
+    rle = mask_util.encode(np.asfortranarray(np.asarray(mask, np.uint8)))
+    rle["counts"] = rle["counts"].decode()
+    return rle
+
+
+def test_instance_hand_computed(tmp_path):
+    """One 10x10 image, one category, GT squares g1 (rows/cols 0-3) and g2 (rows/cols 6-9), 16 px each.
+
+    p1 (score 0.9) = g1: IoU 1 (mask and box). p2 (score 0.8): mask = g2's columns 6-7 plus row 6 of columns 8-9,
+    10 px, mask IoU 10/16 = 0.625; box [6, 6, 2.9, 4], box IoU 2.9 * 4 / 16 = 0.725.
+    At an IoU threshold p2 passes, both GT are found: AP_t = 1. Where it fails, recall stops at 1/2 with precision 1,
+    so of the 101 recall points 0, 0.01, ..., 1 the 51 up to 0.5 have precision 1 and the rest 0: AP_t = 51/101.
+    segm: p2 passes 0.50, 0.55, 0.60 (3 of 10 thresholds); bbox: 0.50 ... 0.70 (5 of 10).
+    """
+    g1, g2, p2 = np.zeros((3, 10, 10), np.uint8)
+    g1[0:4, 0:4] = 1
+    g2[6:10, 6:10] = 1
+    p2[6:10, 6:8] = 1
+    p2[6, 8:10] = 1
+    gt = {"images": [{"id": 1, "file_name": "a.jpg", "height": 10, "width": 10}],
+          "categories": [{"id": 3, "name": "thing"}],
+          "annotations": [{"id": i + 1, "image_id": 1, "category_id": 3, "iscrowd": 0, "area": 16.0, "bbox": box,
+                           "segmentation": _rle(m)}
+                          for i, (m, box) in enumerate([(g1, [0, 0, 4, 4]), (g2, [6, 6, 4, 4])])]}
+    results = [{"image_id": 1, "category_id": 3, "score": 0.9, "segmentation": _rle(g1), "bbox": [0, 0, 4, 4]},
+               {"image_id": 1, "category_id": 3, "score": 0.8, "segmentation": _rle(p2), "bbox": [6, 6, 2.9, 4]}]
+    json.dump(gt, open(tmp_path / "gt.json", "w"))
+    json.dump(results, open(tmp_path / "r.json", "w"))
+    m = evaluate_instance(str(tmp_path / "gt.json"), str(tmp_path / "r.json"))
+    for iou_type, passes in (("segm", 3), ("bbox", 5)):
+        assert m[iou_type]["AP"] == pytest.approx(100 * (passes + (10 - passes) * 51 / 101) / 10)
+        assert m[iou_type]["AP50"] == pytest.approx(100.0)
+        assert m[iou_type]["AP75"] == pytest.approx(100 * 51 / 101)
 
 
 def test_instance_errors(tmp_path):

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from conftest import make_ms_deform_attn_inputs
-from universal_seg.ops import MSDeformAttn, ms_deform_attn, ms_deform_attn_reference
+from universal_seg.ops import MSDeformAttn, ms_deform_attn, ms_deform_attn_reference, use_ms_deform_attn_op
 from universal_seg.ops import _extension
 from universal_seg.ops.ms_deform_attn_function import MSDeformAttnFunction
 
@@ -200,7 +200,7 @@ def test_module_state_dict_names_match_official_checkpoints():
     }
 
 
-def test_module_forward_compiled_equals_reference(monkeypatch):
+def test_module_forward_compiled_equals_reference():
     torch.manual_seed(0)
     m = MSDeformAttn(d_model=24, n_levels=2, n_heads=4, n_points=2).double()
     for p in m.parameters():  # move away from the init so offsets and weights are not trivial
@@ -212,8 +212,8 @@ def test_module_forward_compiled_equals_reference(monkeypatch):
     mask = torch.zeros(2, 39, dtype=torch.bool)
     mask[1, -5:] = True
     out = m(x, ref_pts, x, ss, lsi, mask)
-    monkeypatch.setattr("universal_seg.ops.ms_deform_attn_layer.ms_deform_attn", ms_deform_attn_reference)
-    expected = m(x, ref_pts, x, ss, lsi, mask)
+    with use_ms_deform_attn_op(ms_deform_attn_reference):
+        expected = m(x, ref_pts, x, ss, lsi, mask)
     assert out.shape == (2, 39, 24)
     torch.testing.assert_close(out, expected, rtol=0, atol=1e-10)
 

@@ -3,6 +3,7 @@ checkpoint names, paper parameter counts and GFLOPs, and one training / inferenc
 
 import pytest
 import torch
+import transformers
 from detectron2.modeling import build_model
 from torch import nn
 
@@ -23,7 +24,6 @@ def _features_logits(model, x):
 
 @pytest.fixture(scope="module")
 def hf_segformer():
-    transformers = pytest.importorskip("transformers")
     torch.manual_seed(0)
     config = transformers.SegformerConfig(num_labels=21)  # MiT-B0 sizes, decoder_hidden_size 256
     assert list(config.hidden_sizes) == [32, 64, 160, 256] and config.decoder_hidden_size == 256

@@ -1,5 +1,5 @@
-"""SETR (ViT-L/16 + Naive / PUP / MLA heads with auxiliary heads): parameter counts against the paper, the head
-layouts, and one training step plus (sliding-window) inference per config on CPU at a small input.
+"""SETR (ViT-L/16 + Naive / PUP / MLA heads with auxiliary heads): parameter counts against the paper (and the
+backbone's against its written-out count; exact totals are a separate regression pin), the head layouts, and one training step plus (sliding-window) inference per config on CPU at a small input.
 
 ViT-L is built once (random init) with the union of the configs' OUT_INDICES and shared by the three heads."""
 
@@ -15,19 +15,36 @@ from conftest import load_cfg
 CONFIGS = {name: f"configs/ade20k/semantic/setr_{name}_vit_l.yaml" for name in ("naive", "pup", "mla")}
 # SETR paper (Table 2, T-Large): parameters in millions. PUP is the "about 318M" model.
 PAPER_PARAMS_M = {"naive": 305.67, "pup": 318.31, "mla": 309.53}
-# what our modules give with 150 classes and a 384-pixel (24x24 + cls) position table
-EXPECTED_PARAMS = {"naive": 305_099_864, "pup": 316_832_344, "mla": 309_111_534}
-VIT_L_PARAMS = 303_688_704
+# regression pin: what our modules gave with 150 classes and a 384-pixel (24x24 + cls) position table
+REGRESSION_PIN_PARAMS = {"naive": 305_099_864, "pup": 316_832_344, "mla": 309_111_534}
+# ViT-L/16 written out (D 1024, 24 blocks, MLP 4096, 577 tokens, no final norm: SETR's heads norm their inputs)
+D, BLOCKS, MLP, TOKENS = 1024, 24, 4096, 24 * 24 + 1
+VIT_L_PARAMS = ((16 * 16 * 3 * D + D)                  # patch embedding conv
+                + D + TOKENS * D                       # cls token, position table
+                + BLOCKS * (2 * 2 * D                  # two LayerNorms
+                            + 3 * D * D + 3 * D        # qkv
+                            + D * D + D                # attention projection
+                            + D * MLP + MLP + MLP * D + D))  # MLP
+
+
+def _params(name):
+    with torch.device("meta"):  # full ViT-L config, no memory or init cost
+        model = PerPixelSegmentor(load_cfg(CONFIGS[name]))
+    return sum(p.numel() for p in model.parameters()), sum(p.numel() for p in model.backbone.parameters())
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_params_match_paper(name):
-    with torch.device("meta"):  # full ViT-L config, no memory or init cost
-        model = PerPixelSegmentor(load_cfg(CONFIGS[name]))
-    n = sum(p.numel() for p in model.parameters())
-    assert sum(p.numel() for p in model.backbone.parameters()) == VIT_L_PARAMS
-    assert n == EXPECTED_PARAMS[name]
-    assert n / 1e6 == pytest.approx(PAPER_PARAMS_M[name], rel=0.02)
+    """SETR paper Table 2 (T-Large), within 2%; the ViT-L backbone equals its written-out count exactly."""
+    total, backbone = _params(name)
+    assert backbone == VIT_L_PARAMS
+    assert total / 1e6 == pytest.approx(PAPER_PARAMS_M[name], rel=0.02)
+
+
+@pytest.mark.parametrize("name", list(CONFIGS))
+def test_regression_pin_params(name):
+    """Regression pin (our own earlier output, not an independent truth): the exact parameter count."""
+    assert _params(name)[0] == REGRESSION_PIN_PARAMS[name]
 
 
 def test_head_layouts():

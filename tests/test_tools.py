@@ -66,23 +66,91 @@ def test_export_torchscript_equals_eager_sem_seg(tmp_path, mini_weights):
     assert "PythonOp" not in str(traced.inlined_graph)
 
 
-def test_export_reference_switch_is_restored_and_equal():
-    from universal_seg.export import reference_ms_deform_attn
-    from universal_seg.ops import MSDeformAttn, ms_deform_attn_layer
+def _small_msdeform_case():
+    from universal_seg.ops import MSDeformAttn
 
-    original = ms_deform_attn_layer.ms_deform_attn
     torch.manual_seed(0)
     layer = MSDeformAttn(d_model=32, n_levels=2, n_heads=4, n_points=2).eval()
     shapes = torch.tensor([[8, 8], [4, 4]])
     starts = torch.tensor([0, 64])
     x = torch.randn(1, 80, 32)
     ref = torch.rand(1, 80, 2, 2)
-    compiled = layer(x, ref, x, shapes, starts)
-    with reference_ms_deform_attn():
-        assert ms_deform_attn_layer.ms_deform_attn is not original
-        reference = layer(x, ref, x, shapes, starts)
-    assert ms_deform_attn_layer.ms_deform_attn is original
+    return layer, (x, ref, x, shapes, starts)
+
+
+def test_export_reference_switch_is_restored_and_equal():
+    from universal_seg.export import reference_ms_deform_attn, traceable_ms_deform_attn
+    from universal_seg.ops import active_ms_deform_attn_op, ms_deform_attn
+
+    layer, args = _small_msdeform_case()
+    assert active_ms_deform_attn_op() is ms_deform_attn
+    with torch.no_grad():
+        compiled = layer(*args)
+        with reference_ms_deform_attn():
+            assert active_ms_deform_attn_op() is traceable_ms_deform_attn
+            reference = layer(*args)
+    assert active_ms_deform_attn_op() is ms_deform_attn
     torch.testing.assert_close(reference, compiled, atol=1e-5, rtol=1e-5)
+
+
+def test_export_reference_switch_does_not_leak_to_other_threads():
+    """While the main thread is inside the export context, a thread running a forward at the same time calls the
+    compiled op; the op each thread called is recorded by spies installed through use_ms_deform_attn_op (the
+    override applies to its own thread only, so the other thread installs its own spy the same way)."""
+    import threading
+
+    from universal_seg.export import reference_ms_deform_attn, traceable_ms_deform_attn
+    from universal_seg.ops import active_ms_deform_attn_op, ms_deform_attn, use_ms_deform_attn_op
+
+    layer, args = _small_msdeform_case()
+    calls = []  # (thread name, op)
+    lock = threading.Lock()
+
+    def spy(name, op):
+        def call(*op_args):
+            with lock:
+                calls.append((name, op))
+            return op(*op_args)
+        return call
+
+    inside = threading.Barrier(2, timeout=60)  # both threads are inside their contexts
+    done = threading.Barrier(2, timeout=60)  # both have run their forward
+    seen, errors = {}, []
+
+    def worker():
+        try:
+            inside.wait()
+            seen["worker"] = active_ms_deform_attn_op()
+            # the compiled op as this thread would call it, wrapped by a spy
+            with use_ms_deform_attn_op(spy("worker", active_ms_deform_attn_op())), torch.no_grad():
+                layer(*args)
+            done.wait()
+        except Exception as e:  # reported by the main thread
+            errors.append(e)
+            inside.abort()
+            done.abort()
+
+    thread = threading.Thread(target=worker, name="worker")
+    thread.start()
+    with reference_ms_deform_attn():
+        seen["main"] = active_ms_deform_attn_op()
+        with use_ms_deform_attn_op(spy("main", active_ms_deform_attn_op())), torch.no_grad():
+            inside.wait()
+            layer(*args)
+            done.wait()
+    thread.join(timeout=60)
+    assert not errors, errors
+    assert seen == {"main": traceable_ms_deform_attn, "worker": ms_deform_attn}
+    assert sorted(calls, key=lambda c: c[0]) == [("main", traceable_ms_deform_attn), ("worker", ms_deform_attn)]
+    assert active_ms_deform_attn_op() is ms_deform_attn
+
+
+def test_use_ms_deform_attn_op_rejects_non_callable():
+    from universal_seg.ops import use_ms_deform_attn_op
+
+    with pytest.raises(TypeError, match="callable"):
+        with use_ms_deform_attn_op("reference"):
+            pass
 
 
 def test_analyze_model_parameters_and_flops(capsys):

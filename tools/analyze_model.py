@@ -19,7 +19,6 @@ from collections import Counter
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 import torch  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from fvcore.nn import (ActivationCountAnalysis, FlopCountAnalysis, flop_count_table, parameter_count,  # noqa: E402
@@ -29,7 +28,7 @@ from torch import nn  # noqa: E402
 
 import universal_seg.data  # noqa: E402,F401  (dataset metadata)
 import universal_seg.modeling  # noqa: E402,F401  (registers the models)
-from universal_seg.config import add_universal_seg_config  # noqa: E402
+from universal_seg.config import load_config  # noqa: E402
 
 logger = logging.getLogger("universal_seg.analyze_model")
 MS_DEFORM_ATTN_OP = "prim::PythonOp.MSDeformAttnFunction"
@@ -92,12 +91,10 @@ def get_parser() -> argparse.ArgumentParser:
 
 def build(config_file: str, opts: list[str]) -> nn.Module:
     """The config's model on the CPU in eval mode (weights are irrelevant to the counts and are not loaded)."""
-    if not os.path.isfile(config_file):
-        sys.exit(f"--config-file {config_file!r} does not exist; pick one under configs/.")
-    cfg = get_cfg()
-    add_universal_seg_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", *opts])
+    try:
+        cfg = load_config(config_file, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", *opts])
+    except ValueError as err:
+        sys.exit(f"error: {err}")
     return build_model(cfg).eval()
 
 

@@ -25,7 +25,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 import torch  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.data import DatasetCatalog, build_detection_train_loader  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.structures import Instances  # noqa: E402
@@ -33,7 +32,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 
 import universal_seg.data  # noqa: E402,F401  (registers the datasets)
 import universal_seg.modeling  # noqa: E402,F401  (registers the models)
-from universal_seg.config import add_universal_seg_config  # noqa: E402
+from universal_seg.config import load_config  # noqa: E402
 from universal_seg.data.mappers import MAPPER_REGISTRY  # noqa: E402
 from universal_seg.engine.optimizer import build_optimizer  # noqa: E402
 
@@ -59,14 +58,11 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def build_cfg(args):
-    if not os.path.isfile(args.config_file):
-        sys.exit(f"--config-file {args.config_file!r} does not exist; pick one under configs/.")
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        sys.exit("--device cuda but no CUDA device is available: use --device cpu.")
-    cfg = get_cfg()
-    add_universal_seg_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", args.device, *args.opts])
+    try:
+        cfg = load_config(args.config_file, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", args.device, *args.opts],
+                          cpu_hint="use --device cpu")
+    except ValueError as err:
+        sys.exit(f"error: {err}")
     cfg.freeze()
     return cfg
 

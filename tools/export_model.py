@@ -19,13 +19,12 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 
 import torch  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
 import universal_seg.data  # noqa: E402,F401  (dataset metadata)
 import universal_seg.modeling  # noqa: E402,F401  (registers the models)
 from universal_seg.checkpoint import UniversalSegCheckpointer  # noqa: E402
-from universal_seg.config import add_universal_seg_config  # noqa: E402
+from universal_seg.config import load_config  # noqa: E402
 from universal_seg.export import SemanticSegmentationWrapper, trace_semantic  # noqa: E402
 
 
@@ -46,13 +45,10 @@ def get_parser() -> argparse.ArgumentParser:
 
 def build_cfg(config_file: str, opts: list[str]):
     """Config from the file and overrides, on the CPU unless MODEL.DEVICE is overridden."""
-    if not os.path.isfile(config_file):
-        sys.exit(f"--config-file {config_file!r} does not exist; pick one under configs/.")
-    cfg = get_cfg()
-    add_universal_seg_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.merge_from_list(opts)
+    try:
+        cfg = load_config(config_file, ["MODEL.DEVICE", "cpu", *opts])
+    except ValueError as err:
+        sys.exit(f"error: {err}")
     cfg.freeze()
     return cfg
 

@@ -28,7 +28,10 @@ from universal_seg.engine import Trainer, launch  # noqa: E402
 
 def setup(args):
     """Config from the file and the command-line overrides; logging and output directory."""
-    cfg = load_config(args.config_file, args.opts)
+    try:
+        cfg = load_config(args.config_file, args.opts)
+    except ValueError as err:
+        sys.exit(f"error: {err}")
     cfg.freeze()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="universal_seg")

@@ -71,6 +71,15 @@ class UniversalSegCheckpointer(DetectionCheckpointer):
 
 
 # ----------------------------------------------------------------------------------- checkpoint converters
+def unwrap_state_dict(ckpt: dict) -> dict:
+    """The state dict inside a training checkpoint ({"state_dict": ...} of mmseg, {"model": ...} of detectron2 /
+    DeiT), or ``ckpt`` itself when it is already one."""
+    for key in ("state_dict", "model"):
+        if key in ckpt and isinstance(ckpt[key], dict):
+            return ckpt[key]
+    return ckpt
+
+
 def load_weights_file(path: str, trust_pickle: bool = False) -> dict:
     """Tensors of a ``.pth`` / ``.pt`` / ``.bin`` (torch.load with weights_only=True unless ``trust_pickle``) or
     ``.safetensors`` file, for the converters in tools/."""

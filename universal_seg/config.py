@@ -94,20 +94,20 @@ def add_universal_seg_config(cfg) -> None:
 def load_config(config_file: str, opts=(), cpu_hint: str = "append `MODEL.DEVICE cpu` to the command line"):
     """detectron2's defaults + every universal_seg key + ``config_file`` + ``opts`` (KEY VALUE list); not frozen.
 
-    Exits with one sentence when the file is missing or the config asks for CUDA on a machine without it.
+    Raises ValueError (one sentence naming the fix) when the file is missing or the config asks for CUDA on a
+    machine without it; command-line tools turn it into a one-line exit.
     """
     import os
-    import sys
 
     import torch
     from detectron2.config import get_cfg
 
     if not os.path.isfile(config_file):
-        sys.exit(f"--config-file {config_file!r} does not exist; pick one under configs/.")
+        raise ValueError(f"--config-file {config_file!r} does not exist; pick one under configs/.")
     cfg = get_cfg()
     add_universal_seg_config(cfg)
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        sys.exit(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no CUDA device is available: {cpu_hint}.")
+        raise ValueError(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no CUDA device is available: {cpu_hint}.")
     return cfg

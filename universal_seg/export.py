@@ -6,8 +6,8 @@ semantic scores -> crop + bilinear to [1, K, H, W]. It reproduces the "sem_seg" 
 image of that size (no test-time resize).
 
 The compiled MSDeformAttn op is an autograd Function over a C++ extension, which tracing records as an opaque
-Python call that cannot be saved; :func:`reference_ms_deform_attn` switches the layers to the pure-PyTorch
-reference (``grid_sample``) for the duration of the export.
+Python call that cannot be saved; :func:`reference_ms_deform_attn` switches the layers of the calling thread to the
+pure-PyTorch reference (``grid_sample``) for the duration of the export (other threads keep the compiled op).
 """
 import contextlib
 
@@ -16,13 +16,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .modeling.postprocess import semantic_inference
-from .ops import ms_deform_attn_layer
+from .ops.ms_deform_attn_layer import use_ms_deform_attn_op
 from .ops.ms_deform_attn_function import opmath_dtype
 from .ops.ms_deform_attn_reference import ms_deform_attn_reference
 
 
-def _reference_op(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
-    """ms_deform_attn with the reference implementation (same dtype handling as the compiled path)."""
+def traceable_ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    """ms_deform_attn by the pure-PyTorch reference (same arguments, shapes and dtype handling as the compiled
+    op: value [N, S, M, D], ..., attention_weights [N, Lq, M, L, P] -> [N, Lq, M * D]); traceable."""
     op = opmath_dtype(value.dtype)
     return ms_deform_attn_reference(value, spatial_shapes.long(), level_start_index.long(),
                                     sampling_locations.to(op), attention_weights.to(op))
@@ -30,13 +31,9 @@ def _reference_op(value, spatial_shapes, level_start_index, sampling_locations, 
 
 @contextlib.contextmanager
 def reference_ms_deform_attn():
-    """Inside this context every MSDeformAttn layer runs the pure-PyTorch reference op (traceable)."""
-    original = ms_deform_attn_layer.ms_deform_attn
-    ms_deform_attn_layer.ms_deform_attn = _reference_op
-    try:
+    """Inside this context the MSDeformAttn layers run in the calling thread use :func:`traceable_ms_deform_attn`."""
+    with use_ms_deform_attn_op(traceable_ms_deform_attn):
         yield
-    finally:
-        ms_deform_attn_layer.ms_deform_attn = original
 
 
 def semantic_scores(outputs, size: tuple[int, int]) -> torch.Tensor:

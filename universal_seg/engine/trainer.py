@@ -80,13 +80,10 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        from ..data.mappers import MAPPER_REGISTRY
+        """detectron2's training loader over cfg.DATASETS.TRAIN with the mapper :func:`build_mapper` chooses."""
+        from ..data.mappers import build_mapper
 
-        name = cfg.INPUT.DATASET_MAPPER_NAME
-        if name not in MAPPER_REGISTRY:
-            raise KeyError(f"INPUT.DATASET_MAPPER_NAME={name!r} is not registered; "
-                           f"choose one of {sorted(k for k, _ in MAPPER_REGISTRY)}.")
-        return build_detection_train_loader(cfg, mapper=MAPPER_REGISTRY.get(name)(cfg, True))
+        return build_detection_train_loader(cfg, mapper=build_mapper(cfg, is_train=True))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

@@ -9,11 +9,10 @@ from .instance_evaluator import InstanceSegEvaluator
 _PANOPTIC_TYPES = ("coco_panoptic_seg", "ade20k_panoptic_seg", "mapillary_vistas_panoptic_seg")
 
 
-def _test_flag(cfg, name, default=True):
-    """cfg.MODEL.MASK_FORMER.TEST.<name> (which outputs the model produces) when defined, else ``default``."""
-    node = cfg.MODEL.get("MASK_FORMER", None)
-    node = node.get("TEST", None) if node is not None else None
-    return bool(node.get(name, default)) if node is not None else default
+def _test_flag(cfg, name):
+    """cfg.MODEL.MASK_FORMER.TEST.<name>: whether the model produces that output (added by add_universal_seg_config;
+    a config without it fails with AttributeError)."""
+    return bool(getattr(cfg.MODEL.MASK_FORMER.TEST, name))
 
 
 def _things_first(meta):
@@ -49,7 +48,7 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
 
     sem_seg -> SemSegEvaluator; coco -> COCOEvaluator(use_fast_impl=False) (InstanceSegEvaluator when thing ids
     are not 0..T-1); coco/ade20k/mapillary panoptic -> COCOPanopticEvaluator (+ SemSegEvaluator, + instance AP,
-    following cfg.MODEL.MASK_FORMER.TEST.{PANOPTIC,SEMANTIC,INSTANCE}_ON when defined); cityscapes_* -> the
+    following cfg.MODEL.MASK_FORMER.TEST.{PANOPTIC,SEMANTIC,INSTANCE}_ON); cityscapes_* -> the
     Cityscapes evaluators. Returns one evaluator or a DatasetEvaluators.
     """
     meta = MetadataCatalog.get(dataset_name)

@@ -2,14 +2,46 @@
 
 Parameter names (value_proj, sampling_offsets, attention_weights, output_proj) match the official
 Deformable-DETR / Mask2Former checkpoints.
+
+The layer calls :func:`ms_deform_attn` (compiled kernels) unless the caller's context chose another op with
+:func:`use_ms_deform_attn_op` (export tracing uses the pure-PyTorch reference that way). The choice is held in a
+``contextvars.ContextVar``, so it applies to the calling thread (or asyncio task) only, never to the process.
 """
+import contextlib
+import contextvars
 import math
+from typing import Callable, Iterator
 
 import torch
 from torch import nn
 
 from .linear import Linear, linear
 from .ms_deform_attn_function import ms_deform_attn
+
+# the op MSDeformAttn layers call in the current context; None = ms_deform_attn
+_OP_OVERRIDE: contextvars.ContextVar[Callable | None] = contextvars.ContextVar("universal_seg_ms_deform_attn_op",
+                                                                                default=None)
+
+
+@contextlib.contextmanager
+def use_ms_deform_attn_op(op: Callable) -> Iterator[None]:
+    """Inside this context, MSDeformAttn layers run in the calling thread / task call ``op`` instead of
+    :func:`ms_deform_attn` (same signature: value [N, S, M, D], spatial_shapes [L, 2], level_start_index [L],
+    sampling_locations [N, Lq, M, L, P, 2], attention_weights [N, Lq, M, L, P] -> [N, Lq, M * D]).
+    Other threads are not affected; contexts nest and the previous op is restored on exit."""
+    if not callable(op):
+        raise TypeError(f"use_ms_deform_attn_op needs a callable op, got {type(op).__name__}.")
+    token = _OP_OVERRIDE.set(op)
+    try:
+        yield
+    finally:
+        _OP_OVERRIDE.reset(token)
+
+
+def active_ms_deform_attn_op() -> Callable:
+    """The op MSDeformAttn layers call in the current context (:func:`ms_deform_attn` unless overridden)."""
+    op = _OP_OVERRIDE.get()
+    return ms_deform_attn if op is None else op
 
 
 def _softmax_last_dim(x: torch.Tensor) -> torch.Tensor:
@@ -114,5 +146,5 @@ class MSDeformAttn(nn.Module):
         else:
             raise ValueError(f"MSDeformAttn: reference_points must end in 2 or 4 coordinates, "
                              f"got {tuple(reference_points.shape)}.")
-        out = ms_deform_attn(value, input_spatial_shapes, input_level_start_index, locations, weights)
+        out = active_ms_deform_attn_op()(value, input_spatial_shapes, input_level_start_index, locations, weights)
         return self.output_proj(out)

@@ -13,8 +13,8 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 
 from ...ops import Linear
-from .common import (RES_NAMES, DropPath, FreezableBackbone, check_out_features, check_variant,
-                     init_transformer_weights, linear_drop_path_rates)
+from ...layers import DropPath, init_transformer_weights, linear_drop_path_rates
+from .common import RES_NAMES, FreezableBackbone, check_out_features, check_variant
 
 # Paper table (models.md): dims, depths; heads 1,2,5,8; sr 8,4,2,1; mlp ratio 4. paper_params_m = encoder only.
 MIT_VARIANTS = {

@@ -14,6 +14,8 @@ import re
 
 import torch
 
+from ...checkpoint import unwrap_state_dict
+
 # HF suffix (after "blocks.{j}." / "block.{i}.{j}.") -> NVlabs suffix; kv handled separately.
 _HF_BLOCK = {
     "layer_norm_1": "norm1", "layernorm_before": "norm1",
@@ -28,13 +30,6 @@ _HF_BLOCK = {
 }
 _HF_KEY = ("attention.self.key", "attention.k_proj")
 _HF_VALUE = ("attention.self.value", "attention.v_proj")
-
-
-def _unwrap(ckpt: dict) -> dict:
-    for key in ("state_dict", "model"):
-        if key in ckpt and isinstance(ckpt[key], dict):
-            return ckpt[key]
-    return ckpt
 
 
 def _is_hf(sd: dict) -> bool:
@@ -77,7 +72,7 @@ def _convert_hf(sd: dict) -> dict:
 def convert_mit_checkpoint(ckpt: dict) -> dict:
     """Any supported MiT / SegFormer checkpoint -> state dict with our (NVlabs) encoder names, e.g.
     ``block1.0.attn.kv.weight [2C, C]``; keys outside the encoder are dropped."""
-    sd = _unwrap(ckpt)
+    sd = unwrap_state_dict(ckpt)
     if _is_hf(sd):
         return _convert_hf(sd)
     if any(k.startswith("backbone.") for k in sd):

@@ -17,8 +17,8 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 
 from ...ops import Linear
-from .common import (RES_NAMES, DropPath, FreezableBackbone, check_out_features, init_transformer_weights,
-                     linear_drop_path_rates)
+from ...layers import DropPath, init_transformer_weights, linear_drop_path_rates, pad_to_multiple
+from .common import RES_NAMES, FreezableBackbone, check_out_features
 
 # name: (embed_dim, depths, num_heads, window_size, pretrain_img_size, params (M) of the ImageNet model, paper)
 SWIN_VARIANTS = {
@@ -208,9 +208,7 @@ class PatchEmbed(nn.Module):
         self.norm = nn.LayerNorm(embed_dim) if patch_norm else None
 
     def forward(self, x):
-        p = self.patch_size
-        x = F.pad(x, (0, (-x.shape[-1]) % p, 0, (-x.shape[-2]) % p))
-        x = self.proj(x)
+        x = self.proj(pad_to_multiple(x, self.patch_size))
         if self.norm is not None:
             x = self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
         return x

@@ -13,7 +13,8 @@ import timm
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 
-from .common import RES_NAMES, RES_STRIDES, FreezableBackbone, ceil_div, check_out_features, pad_to_multiple
+from ...layers import ceil_div, pad_to_multiple
+from .common import RES_NAMES, RES_STRIDES, FreezableBackbone, check_out_features
 
 
 def _level_map(reductions: list[int]) -> dict[str, int]:

@@ -24,7 +24,8 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 
 from ...ops import Linear
-from .common import RES_NAMES, DropPath, FreezableBackbone, LayerNorm2d, ceil_div, check_out_features, check_variant
+from ...layers import DropPath, LayerNorm2d, ceil_div, linear_drop_path_rates, pad_to_multiple
+from .common import RES_NAMES, FreezableBackbone, check_out_features, check_variant
 
 # name: embed_dim, depth, num_heads (patch 16, mlp ratio 4); paper_params_m = timm ImageNet model.
 VIT_VARIANTS = {
@@ -154,7 +155,7 @@ class VisionTransformer(FreezableBackbone):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
         n = pretrain_img_size // patch_size
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + n * n, embed_dim))
-        dpr = [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        dpr = linear_drop_path_rates(drop_path_rate, [depth])[0]
         self.blocks = nn.ModuleList([Block(embed_dim, num_heads, mlp_ratio, dpr[i]) for i in range(depth)])
         self.norm = nn.LayerNorm(embed_dim, eps=1e-6) if out_norm else None
         self.pyramid = None
@@ -191,7 +192,7 @@ class VisionTransformer(FreezableBackbone):
         """images [B, 3, H, W] -> {i: block i output [B, C, ceil(H/16), ceil(W/16)]} for i in out_indices
         (cls token removed; after ``norm`` if OUT_NORM)."""
         p = self.patch_size
-        x = F.pad(x, (0, (-x.shape[-1]) % p, 0, (-x.shape[-2]) % p))
+        x = pad_to_multiple(x, p)
         x = self.patch_embed(x)
         B, C, h, w = x.shape
         x = torch.cat([self.cls_token.expand(B, -1, -1), x.flatten(2).transpose(1, 2)], dim=1)

@@ -46,11 +46,10 @@ def add_cgrseg_config(cfg) -> None:
 
 def _rcm_settings(cfg) -> tuple[int, int]:
     """(context RCMs, band kernel) from MODEL.SEM_SEG_HEAD.CGRSEG when set, else from the EfficientFormerV2 variant."""
-    node = cfg.MODEL.SEM_SEG_HEAD.get("CGRSEG", None)
-    rcms, k = (node.CONTEXT_RCMS, node.BAND_KERNEL_SIZE) if node is not None else (0, 0)
+    rcms, k = cfg.MODEL.SEM_SEG_HEAD.CGRSEG.CONTEXT_RCMS, cfg.MODEL.SEM_SEG_HEAD.CGRSEG.BAND_KERNEL_SIZE
     if rcms and k:
         return rcms, k
-    variant = cfg.MODEL.get("EFFICIENTFORMERV2", CN()).get("VARIANT", None)
+    variant = cfg.MODEL.EFFICIENTFORMERV2.VARIANT
     if cfg.MODEL.BACKBONE.NAME != "EfficientFormerV2Backbone" or variant not in CGRSEG_BY_BACKBONE:
         raise ValueError(f"CGRSegHead takes its RCM count and band kernel from the EfficientFormerV2 variant "
                          f"({sorted(CGRSEG_BY_BACKBONE)} = CGRSeg T/B/L), but MODEL.BACKBONE.NAME="

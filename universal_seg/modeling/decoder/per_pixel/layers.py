@@ -16,10 +16,3 @@ class ConvNormAct(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.act(self.bn(self.conv(x)))
-
-
-class ChannelLayerNorm(nn.LayerNorm):
-    """LayerNorm over the channels of a feature map (the tokens' LayerNorm). [B, C, h, w] -> [B, C, h, w]."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)

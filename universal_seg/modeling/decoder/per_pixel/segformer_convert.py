@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 
+from ....checkpoint import unwrap_state_dict
 from ...backbone.mit_convert import convert_mit_checkpoint
 
 _NVLABS_HEAD = re.compile(r"(linear_c[1-4]\.proj|linear_fuse\.conv|linear_fuse\.bn|linear_pred)\.\w+$")
@@ -23,13 +24,6 @@ _HF_HEAD = [
     (re.compile(r"batch_norm\.(\w+)$"), lambda m: f"linear_fuse.bn.{m.group(1)}"),
     (re.compile(r"classifier\.(\w+)$"), lambda m: f"linear_pred.{m.group(1)}"),
 ]
-
-
-def _unwrap(ckpt: dict) -> dict:
-    for key in ("state_dict", "model"):
-        if key in ckpt and isinstance(ckpt[key], dict):
-            return ckpt[key]
-    return ckpt
 
 
 def convert_segformer_head(state_dict: dict) -> dict:
@@ -58,7 +52,7 @@ def convert_segformer_head(state_dict: dict) -> dict:
 def convert_segformer_checkpoint(ckpt: dict) -> dict:
     """An NVlabs / mmseg or HuggingFace SegFormer checkpoint (or a dict holding one under "state_dict" / "model")
     -> ``{"backbone.<MiT name>": ..., "sem_seg_head.<SegFormerHead name>": ...}`` for ``model.load_state_dict``."""
-    sd = _unwrap(ckpt)
+    sd = unwrap_state_dict(ckpt)
     head = convert_segformer_head(sd)
     if not head:
         raise KeyError("Not a full SegFormer checkpoint: no decode_head.* keys (an encoder-only MiT checkpoint "

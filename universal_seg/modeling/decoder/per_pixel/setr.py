@@ -11,9 +11,10 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from torch import nn
 
+from ....layers import LayerNorm2d
 from .base import DecodeHead, PerPixelHead
 from .build import PER_PIXEL_HEAD_REGISTRY
-from .layers import ChannelLayerNorm, ConvNormAct
+from .layers import ConvNormAct
 
 
 def _up(scale: int) -> nn.Module:
@@ -27,7 +28,7 @@ class UpHead(DecodeHead):
     def __init__(self, in_channels: int, channels: int, num_classes: int, num_convs: int, up_scale: int,
                  kernel_size: int, norm: str, dropout: float = 0.0):
         super().__init__()
-        self.norm = ChannelLayerNorm(in_channels, eps=1e-6)
+        self.norm = LayerNorm2d(in_channels, eps=1e-6)
         self.up_convs = nn.ModuleList([
             nn.Sequential(ConvNormAct(in_channels if i == 0 else channels, channels, kernel_size, norm), _up(up_scale))
             for i in range(num_convs)])
@@ -101,7 +102,7 @@ class MLANeck(nn.Module):
 
     def __init__(self, in_channels: list[int], channels: int, norm: str):
         super().__init__()
-        self.norm = nn.ModuleList([ChannelLayerNorm(c, eps=1e-6) for c in in_channels])
+        self.norm = nn.ModuleList([LayerNorm2d(c, eps=1e-6) for c in in_channels])
         self.proj_convs = nn.ModuleList([ConvNormAct(c, channels, 1, norm) for c in in_channels])
         self.conv_convs = nn.ModuleList([ConvNormAct(channels, channels, 3, norm) for _ in in_channels])
 

@@ -4,7 +4,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ...backbone.common import DropPath
+from ....layers import DropPath, linear_drop_path_rates
 from .interaction import build_interaction
 from .layers import FFN
 
@@ -47,7 +47,7 @@ class StructTokenStack(nn.Module):
             raise ValueError(f"MODEL.STRUCTTOKEN.NUM_BLOCKS must be >= 1, got {num_blocks}.")
         self.tokens = nn.Parameter(torch.zeros(1, num_tokens, *token_size))
         nn.init.trunc_normal_(self.tokens, std=0.02)
-        rates = [drop_path_rate * i / max(num_blocks - 1, 1) for i in range(num_blocks)]
+        rates = linear_drop_path_rates(drop_path_rate, [num_blocks])[0]
         self.blocks = nn.ModuleList(
             StructTokenBlock(interaction, num_tokens, channels, r, feature_ffn=last_features_used or i < num_blocks - 1)
             for i, r in enumerate(rates))

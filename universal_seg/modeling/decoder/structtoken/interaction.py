@@ -7,7 +7,7 @@ import math
 import torch
 from torch import nn
 
-from ...backbone.common import DropPath
+from ....layers import DropPath
 from .layers import ProjectionBlock
 
 INTERACTIONS = ("CSE", "SSE", "PWE")

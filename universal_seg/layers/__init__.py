@@ -1,0 +1,20 @@
+"""Blocks shared by more than one model family: norms, stochastic depth, padding, weight init.
+
+Family-specific layers stay in their family's module; anything a second family needs moves here, so no family
+imports another family's internals. The linear layer with oneDNN CPU products and MSDeformAttn live in
+:mod:`universal_seg.ops`.
+"""
+from .drop import DropPath, drop_path, linear_drop_path_rates
+from .norm import LayerNorm2d
+from .padding import ceil_div, pad_to_multiple
+from .weight_init import init_transformer_weights
+
+__all__ = [
+    "DropPath",
+    "LayerNorm2d",
+    "ceil_div",
+    "drop_path",
+    "init_transformer_weights",
+    "linear_drop_path_rates",
+    "pad_to_multiple",
+]

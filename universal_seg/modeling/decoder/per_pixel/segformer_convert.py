@@ -1,4 +1,4 @@
-"""Full SegFormer checkpoints (MiT encoder + All-MLP head) -> the state dict of a UniversalSegmentor with
+"""Full SegFormer checkpoints (MiT encoder + All-MLP head) -> the state dict of a PerPixelSegmentor with
 ``MiTBackbone`` + :class:`.segformer.SegFormerHead` (``backbone.*`` + ``sem_seg_head.*``).
 
 The encoder goes through :func:`universal_seg.modeling.backbone.mit_convert.convert_mit_checkpoint`; this file adds

@@ -29,8 +29,8 @@ from torch import nn
 
 import universal_seg.data  # noqa: F401
 import universal_seg.modeling  # noqa: F401
-from universal_seg.modeling.decoder.per_pixel import CGRSegHead
-from universal_seg.modeling.decoder.per_pixel.cgrseg_modules import (RCM, DynamicPrototypeGate,
+from universal_seg.modeling.heads import CGRSegHead
+from universal_seg.modeling.heads.cgrseg_modules import (RCM, DynamicPrototypeGate,
                                                                      RectangularSelfCalibrationAttention,
                                                                      class_prototypes, pyramid_pool)
 from universal_seg.modeling.meta_arch import PerPixelSegmentor

@@ -77,7 +77,7 @@ def test_same_state_dict_as_nn_linear():
 def test_decoder_multihead_attention_matches_torch(lk, with_mask):
     """The decoder's MultiheadAttention (oneDNN projections + SDPA) against nn.MultiheadAttention with the same state
     dict, in float64 (reference) and fp32 (ours), with a boolean mask that blocks some positions per query and head."""
-    from universal_seg.modeling.decoder.attention_layers import MultiheadAttention
+    from universal_seg.modeling.transformer_decoder.attention_layers import MultiheadAttention
 
     torch.manual_seed(0)
     B, Lq, C, H = 2, 150, 64, 8

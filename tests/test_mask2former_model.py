@@ -117,7 +117,7 @@ def test_pixel_decoder_outputs_and_reference_points():
 
 
 def test_mask_logits_any_layout_matches_einsum():
-    from universal_seg.modeling.decoder.mask2former import mask_logits
+    from universal_seg.modeling.transformer_decoder.mask2former import mask_logits
 
     torch.manual_seed(0)
     embed, features = torch.randn(2, 7, 16), torch.randn(2, 16, 12, 20)  # 240 pixels: the oneDNN path applies

@@ -12,7 +12,7 @@ from torch import nn
 
 import universal_seg.data  # noqa: F401
 import universal_seg.modeling  # noqa: F401
-from universal_seg.modeling.decoder.per_pixel import CGRSegHead, PerPixelHead, SegFormerHead
+from universal_seg.modeling.heads import CGRSegHead, PerPixelHead, SegFormerHead
 from universal_seg.modeling.meta_arch import PerPixelSegmentor, SegmentorBase, UniversalSegmentor
 from universal_seg.modeling.segmentation_head import SegmentationHead
 from conftest import ROOT, load_cfg

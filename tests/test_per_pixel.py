@@ -10,8 +10,8 @@ from torch import nn
 
 import universal_seg.data  # noqa: F401
 import universal_seg.modeling  # noqa: F401
-from universal_seg.modeling.decoder.per_pixel import PerPixelHead, per_pixel_ce_loss, slide_window_logits
-from universal_seg.modeling.decoder.per_pixel.inference import window_starts
+from universal_seg.modeling.heads import PerPixelHead, per_pixel_ce_loss, slide_window_logits
+from universal_seg.modeling.heads.inference import window_starts
 from universal_seg.modeling.meta_arch import PerPixelSegmentor
 from conftest import load_cfg
 from detectron2.config import get_cfg
@@ -210,7 +210,7 @@ def test_mini_config_trains_and_infers_with_slide_window():
 
 
 def test_class_probabilities_any_layout_equals_softmax():
-    from universal_seg.modeling.decoder.per_pixel import class_probabilities
+    from universal_seg.modeling.heads import class_probabilities
 
     torch.manual_seed(0)
     logits = torch.randn(1, 5, 6, 7) * 10

@@ -9,7 +9,7 @@ from torch import nn
 
 import universal_seg.data  # noqa: F401
 import universal_seg.modeling  # noqa: F401
-from universal_seg.modeling.decoder.per_pixel import convert_segformer_checkpoint
+from universal_seg.modeling.heads import convert_segformer_checkpoint
 from universal_seg.modeling.meta_arch import PerPixelSegmentor
 from conftest import load_cfg
 

@@ -13,9 +13,9 @@ from torch import nn
 
 import universal_seg.data  # noqa: F401
 import universal_seg.modeling  # noqa: F401
-from universal_seg.modeling.decoder.structtoken import (CrossSliceExtraction, SelfSliceExtraction, StructTokenHead,
+from universal_seg.modeling.transformer_decoder.structtoken import (CrossSliceExtraction, SelfSliceExtraction, StructTokenHead,
                                                         slice_attention)
-from universal_seg.modeling.decoder.structtoken.universal_decoder import masked_average
+from universal_seg.modeling.transformer_decoder.structtoken.universal_decoder import masked_average
 from universal_seg.modeling.meta_arch import PerPixelSegmentor, UniversalSegmentor
 from conftest import load_cfg
 

@@ -61,7 +61,7 @@ def add_maskformer_config(cfg) -> None:
 
 def add_per_pixel_config(cfg) -> None:
     """Keys of the per-pixel heads (SegFormer, SETR): MODEL.META_ARCHITECTURE "PerPixelSegmentor" runs the registered
-    per-pixel head MODEL.SEM_SEG_HEAD.NAME names (modeling/decoder/per_pixel). They reuse detectron2's MODEL.SEM_SEG_HEAD.{IN_FEATURES,
+    per-pixel head MODEL.SEM_SEG_HEAD.NAME names (modeling/heads). They reuse detectron2's MODEL.SEM_SEG_HEAD.{IN_FEATURES,
     NUM_CLASSES, IGNORE_VALUE, LOSS_WEIGHT (main CE weight), NORM (norm of the head's convs), CONVS_DIM (SegFormer's
     embedding dim E; SETR's decoder channels)}."""
     head = cfg.MODEL.SEM_SEG_HEAD
@@ -80,8 +80,8 @@ def add_universal_seg_config(cfg) -> None:
     """Adds every universal_seg key to a detectron2 config (call once, before merge_from_file)."""
     from .data.config import add_data_config
     from .modeling.backbone.config import add_backbone_config
-    from .modeling.decoder.per_pixel.cgrseg import add_cgrseg_config
-    from .modeling.decoder.structtoken.config import add_structtoken_config
+    from .modeling.heads.cgrseg import add_cgrseg_config
+    from .modeling.transformer_decoder.structtoken.config import add_structtoken_config
 
     add_maskformer_config(cfg)
     add_per_pixel_config(cfg)

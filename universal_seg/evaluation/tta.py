@@ -4,7 +4,7 @@ import torch
 from detectron2.data import transforms as T
 from torch import nn
 
-from ..modeling.decoder.per_pixel import class_probabilities
+from ..modeling.heads import class_probabilities
 
 
 class SemanticSegmentorWithTTA(nn.Module):

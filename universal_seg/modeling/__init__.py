@@ -4,7 +4,7 @@ meta-architectures (UniversalSegmentor: mask classification; PerPixelSegmentor: 
 Importing this package registers every part in detectron2's registries.
 """
 from . import backbone  # noqa: F401  (registers the backbones)
-from .decoder import TRANSFORMER_DECODER_REGISTRY, build_transformer_decoder
+from .transformer_decoder import TRANSFORMER_DECODER_REGISTRY, build_transformer_decoder
 from .meta_arch import PerPixelSegmentor, SegmentorBase, UniversalSegmentor
 from .pixel_decoder import PIXEL_DECODER_REGISTRY, build_pixel_decoder
 

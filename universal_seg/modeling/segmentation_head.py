@@ -6,7 +6,7 @@ those of the official Mask2Former checkpoints.
 import torch
 from torch import nn
 
-from .decoder import build_transformer_decoder
+from .transformer_decoder import build_transformer_decoder
 from .pixel_decoder import build_pixel_decoder
 
 

@@ -9,8 +9,8 @@ from detectron2.layers import ShapeSpec
 from torch import nn
 
 from ...pixel_decoder import build_pixel_decoder
-from ..per_pixel.base import PerPixelHead
-from ..per_pixel.build import PER_PIXEL_HEAD_REGISTRY
+from ...heads.base import PerPixelHead
+from ...heads.build import PER_PIXEL_HEAD_REGISTRY
 from .blocks import StructTokenStack
 from .layers import RefineBlock
 

@@ -11,7 +11,7 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from torch import nn
 
-from ....layers import LayerNorm2d
+from ...layers import LayerNorm2d
 from .base import DecodeHead, PerPixelHead
 from .build import PER_PIXEL_HEAD_REGISTRY
 from .layers import ConvNormAct

@@ -10,7 +10,7 @@ from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from torch import nn
 
-from ....ops import Linear
+from ...ops import Linear
 from .base import PerPixelHead
 from .build import PER_PIXEL_HEAD_REGISTRY
 from .layers import ConvNormAct

@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import re
 
-from ....checkpoint import unwrap_state_dict
-from ...backbone.mit_convert import convert_mit_checkpoint
+from ...checkpoint import unwrap_state_dict
+from ..backbone.mit_convert import convert_mit_checkpoint
 
 _NVLABS_HEAD = re.compile(r"(linear_c[1-4]\.proj|linear_fuse\.conv|linear_fuse\.bn|linear_pred)\.\w+$")
 _HF_HEAD = [

@@ -1,0 +1,91 @@
+"""The base of both meta-architectures: backbone -> sem_seg_head, detectron2's input and output formats
+(normalisation, padding, channels-last on the CPU, output resizing, train / inference dispatch)."""
+import torch
+import torch.nn.functional as F
+from detectron2.modeling import build_backbone
+from detectron2.structures import ImageList
+from torch import nn
+
+
+
+def resize_to_output(x: torch.Tensor, image_size: tuple[int, int], height: int, width: int) -> torch.Tensor:
+    """[C, H_pad, W_pad] -> crop the padding to image_size -> bilinear to (height, width) ([C, height, width]).
+
+    detectron2's sem_seg_postprocess, except that the resize is skipped when it would be the identity
+    (output size == image size: a scale-1 bilinear resize with align_corners=False returns its input).
+    """
+    x = x[:, : image_size[0], : image_size[1]]
+    if tuple(image_size) == (height, width):
+        return x
+    return F.interpolate(x[None], size=(height, width), mode="bilinear", align_corners=False)[0]
+
+
+class SegmentorBase(nn.Module):
+    """What both meta-architectures share: a backbone and a ``sem_seg_head``, input normalisation and padding,
+    output sizes.
+
+    Input: a list of detectron2 dicts, "image" [3, H, W] (uint8 or float, in the backbone's channel order), in
+    training also the targets the subclass reads, optionally "height" / "width" (the output size; default the
+    image's). ``forward`` normalises and pads the batch (:meth:`preprocess`), then calls :meth:`forward_train`
+    (dict of weighted losses) or :meth:`forward_inference` (one dict per image, every map at "height" x "width",
+    resized with :func:`resize_to_output`).
+
+    Args:
+        backbone: detectron2 Backbone (``output_shape()``, ``size_divisibility``).
+        sem_seg_head: the head, backbone features -> predictions (subclass-specific).
+        size_divisibility: pad images to a multiple of this; 0 or less: the backbone's ``size_divisibility``.
+        pixel_mean, pixel_std: per-channel normalisation, (C,) each.
+    """
+
+    def __init__(self, *, backbone: nn.Module, sem_seg_head: nn.Module, size_divisibility: int,
+                 pixel_mean: tuple[float, ...], pixel_std: tuple[float, ...]):
+        super().__init__()
+        self.backbone, self.sem_seg_head = backbone, sem_seg_head
+        self.size_divisibility = size_divisibility if size_divisibility > 0 else backbone.size_divisibility
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean).view(-1, 1, 1), persistent=False)
+        self.register_buffer("pixel_std", torch.tensor(pixel_std).view(-1, 1, 1), persistent=False)
+
+    @classmethod
+    def from_config(cls, cfg, backbone: nn.Module | None = None) -> dict:
+        """The shared arguments (the subclasses' from_config add their head and the rest); ``backbone``: an already
+        built backbone to use instead of building MODEL.BACKBONE (``Segmentor(cfg, backbone=...)``)."""
+        return {
+            "backbone": backbone if backbone is not None else build_backbone(cfg),
+            "size_divisibility": cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
+            "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
+            "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def preprocess(self, batched_inputs: list[dict]) -> ImageList:
+        """Normalises and pads the images: ImageList of [B, 3, H_pad, W_pad].
+
+        On the CPU the batch is channels-last: oneDNN's convolutions then run without reordering every input and
+        output, and the flattened feature maps the decoders read ([B, HW, C]) are views (measured on R50 at 512x512,
+        2 threads: backbone 15-25% faster, pixel decoder 10-25%). Values are the same; only strides differ.
+        """
+        images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
+        images = ImageList.from_tensors(images, self.size_divisibility)
+        if self.device.type == "cpu":
+            images.tensor = images.tensor.contiguous(memory_format=torch.channels_last)
+        return images
+
+    @staticmethod
+    def output_size(x: dict, image_size: tuple[int, int]) -> tuple[int, int]:
+        """(height, width) of the outputs for input dict ``x``: its "height" / "width", else the image's size."""
+        return x.get("height", image_size[0]), x.get("width", image_size[1])
+
+    def forward(self, batched_inputs: list[dict]):
+        images = self.preprocess(batched_inputs)
+        if self.training:
+            return self.forward_train(batched_inputs, images)
+        return self.forward_inference(batched_inputs, images)
+
+    def forward_train(self, batched_inputs: list[dict], images: ImageList) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def forward_inference(self, batched_inputs: list[dict], images: ImageList) -> list[dict]:
+        raise NotImplementedError

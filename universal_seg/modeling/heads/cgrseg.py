@@ -14,9 +14,10 @@ pyramid-context RCMs and RCA band kernel k (the same k for the context and the p
     B = EfficientFormerV2-S2, 256 channels, 6 RCMs, k 11
     L = EfficientFormerV2-L,  256 channels, 5 RCMs, k 9
 
-The config has no keys of its own for the RCM count and k: they follow MODEL.EFFICIENTFORMERV2.VARIANT through
-:data:`CGRSEG_BY_BACKBONE`, unless MODEL.SEM_SEG_HEAD.CGRSEG (added by :func:`add_cgrseg_config`) sets them.
+The RCM count and k are the head's own keys, MODEL.SEM_SEG_HEAD.CGRSEG.{CONTEXT_RCMS, BAND_KERNEL_SIZE} (added by
+:func:`add_cgrseg_config`); each configs/ade20k/semantic/cgrseg_*.yaml sets its variant's values.
 """
+
 import torch
 import torch.nn.functional as F
 from detectron2.config import CfgNode as CN
@@ -26,38 +27,21 @@ from torch import nn
 
 from .base import PerPixelHead
 from .build import PER_PIXEL_HEAD_REGISTRY
-from .cgrseg_modules import (RCM, ContextGuidedFusion, DepthwiseConvNormAct, DynamicPrototypeGate, class_prototypes,
-                             pyramid_pool)
-
-# EfficientFormerV2 variant -> the CGRSeg variant built on it (official configs): RCMs of the pyramid context, band k.
-CGRSEG_BY_BACKBONE = {
-    "S1": dict(name="T", channels=128, context_rcms=5, band_kernel_size=11),
-    "S2": dict(name="B", channels=256, context_rcms=6, band_kernel_size=11),
-    "L": dict(name="L", channels=256, context_rcms=5, band_kernel_size=9),
-}
+from .cgrseg_modules import (
+    RCM,
+    ContextGuidedFusion,
+    DepthwiseConvNormAct,
+    DynamicPrototypeGate,
+    class_prototypes,
+    pyramid_pool,
+)
 
 
 def add_cgrseg_config(cfg) -> None:
-    """MODEL.SEM_SEG_HEAD.CGRSEG keys (added by add_universal_seg_config); 0 = follow the backbone variant."""
+    """MODEL.SEM_SEG_HEAD.CGRSEG keys (added by add_universal_seg_config); defaults are CGRSeg-T's."""
     cfg.MODEL.SEM_SEG_HEAD.CGRSEG = CN()
-    cfg.MODEL.SEM_SEG_HEAD.CGRSEG.CONTEXT_RCMS = 0      # RCMs of the pyramid context (T 5, B 6, L 5)
-    cfg.MODEL.SEM_SEG_HEAD.CGRSEG.BAND_KERNEL_SIZE = 0  # RCA band kernel k (T/B 11, L 9)
-
-
-def _rcm_settings(cfg) -> tuple[int, int]:
-    """(context RCMs, band kernel) from MODEL.SEM_SEG_HEAD.CGRSEG when set, else from the EfficientFormerV2 variant."""
-    rcms, k = cfg.MODEL.SEM_SEG_HEAD.CGRSEG.CONTEXT_RCMS, cfg.MODEL.SEM_SEG_HEAD.CGRSEG.BAND_KERNEL_SIZE
-    if rcms and k:
-        return rcms, k
-    variant = cfg.MODEL.EFFICIENTFORMERV2.VARIANT
-    if cfg.MODEL.BACKBONE.NAME != "EfficientFormerV2Backbone" or variant not in CGRSEG_BY_BACKBONE:
-        raise ValueError(f"CGRSegHead takes its RCM count and band kernel from the EfficientFormerV2 variant "
-                         f"({sorted(CGRSEG_BY_BACKBONE)} = CGRSeg T/B/L), but MODEL.BACKBONE.NAME="
-                         f"{cfg.MODEL.BACKBONE.NAME!r}, MODEL.EFFICIENTFORMERV2.VARIANT={variant!r}; use one of "
-                         f"those or set MODEL.SEM_SEG_HEAD.CGRSEG.{{CONTEXT_RCMS, BAND_KERNEL_SIZE}} "
-                         f"(see add_cgrseg_config).")
-    v = CGRSEG_BY_BACKBONE[variant]
-    return rcms or v["context_rcms"], k or v["band_kernel_size"]
+    cfg.MODEL.SEM_SEG_HEAD.CGRSEG.CONTEXT_RCMS = 5  # RCMs of the pyramid context (T 5, B 6, L 5)
+    cfg.MODEL.SEM_SEG_HEAD.CGRSEG.BAND_KERNEL_SIZE = 11  # RCA band kernel k (T / B 11, L 9)
 
 
 @PER_PIXEL_HEAD_REGISTRY.register()
@@ -80,14 +64,26 @@ class CGRSegHead(PerPixelHead):
     inputs_example = "['res3', 'res4', 'res5']"
 
     @configurable
-    def __init__(self, input_shape: dict[str, ShapeSpec], *, num_classes: int, channels: int = 128,
-                 context_rcms: int = 5, band_kernel_size: int = 11, square_kernel_size: int = 3,
-                 mlp_ratio: float = 2.0, dropout: float = 0.1, norm: str = "BN", loss_weight: float = 1.0,
-                 ignore_label: int = 255):
+    def __init__(
+        self,
+        input_shape: dict[str, ShapeSpec],
+        *,
+        num_classes: int,
+        channels: int = 128,
+        context_rcms: int = 5,
+        band_kernel_size: int = 11,
+        square_kernel_size: int = 3,
+        mlp_ratio: float = 2.0,
+        dropout: float = 0.1,
+        norm: str = "BN",
+        loss_weight: float = 1.0,
+        ignore_label: int = 255,
+    ):
         super().__init__(num_classes=num_classes, loss_weight=loss_weight, ignore_label=ignore_label)
         self.init_inputs(input_shape)  # fine -> coarse
-        rcm = dict(band_kernel_size=band_kernel_size, square_kernel_size=square_kernel_size, mlp_ratio=mlp_ratio,
-                   norm=norm)
+        rcm = dict(
+            band_kernel_size=band_kernel_size, square_kernel_size=square_kernel_size, mlp_ratio=mlp_ratio, norm=norm
+        )
         self.trans = nn.Sequential(*[RCM(sum(self.in_channels), **rcm) for _ in range(context_rcms)])
         self.meta = nn.ModuleList([RCM(c, **rcm) for c in self.in_channels])
         self.SIM = nn.ModuleList([ContextGuidedFusion(c, channels, norm) for c in self.in_channels])
@@ -100,7 +96,13 @@ class CGRSegHead(PerPixelHead):
     def from_config(cls, cfg, input_shape: dict[str, ShapeSpec]) -> dict:
         head = cfg.MODEL.SEM_SEG_HEAD
         input_shape = cls.select_inputs(cfg, input_shape)
-        context_rcms, band_kernel_size = _rcm_settings(cfg)
+        c = head.CGRSEG
+        if c.CONTEXT_RCMS < 1 or c.BAND_KERNEL_SIZE < 1 or c.BAND_KERNEL_SIZE % 2 == 0:
+            raise ValueError(
+                f"MODEL.SEM_SEG_HEAD.CGRSEG.CONTEXT_RCMS={c.CONTEXT_RCMS} / BAND_KERNEL_SIZE={c.BAND_KERNEL_SIZE} "
+                f"are invalid: use at least 1 RCM and an odd band kernel (T 5 / 11, B 6 / 11, L 5 / 9)."
+            )
+        context_rcms, band_kernel_size = c.CONTEXT_RCMS, c.BAND_KERNEL_SIZE
         return {
             **cls.loss_config(cfg),
             "input_shape": input_shape,

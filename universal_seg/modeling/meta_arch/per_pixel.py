@@ -1,5 +1,6 @@
 """Per-pixel classification (SegFormer, SETR, CGRSeg, StructToken-semantic): CE losses, sliding-window
 inference."""
+
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
@@ -7,9 +8,15 @@ from detectron2.modeling import META_ARCH_REGISTRY
 from detectron2.structures import ImageList
 from torch import nn
 
-from ..heads import (PER_PIXEL_HEAD_REGISTRY, PerPixelHead, build_per_pixel_head, class_probabilities,
-                                 per_pixel_head_names, slide_window_logits)
-
+from ...layers import pad_to_multiple
+from ..heads import (
+    PER_PIXEL_HEAD_REGISTRY,
+    PerPixelHead,
+    build_per_pixel_head,
+    class_probabilities,
+    per_pixel_head_names,
+    slide_window_logits,
+)
 from .base import SegmentorBase, resize_to_output
 
 
@@ -27,31 +34,55 @@ class PerPixelSegmentor(SegmentorBase):
     """
 
     @configurable
-    def __init__(self, *, backbone: nn.Module, sem_seg_head: PerPixelHead, size_divisibility: int,
-                 pixel_mean: tuple[float, ...], pixel_std: tuple[float, ...],
-                 slide_window: tuple[tuple[int, int], tuple[int, int]] | None = None):
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        sem_seg_head: PerPixelHead,
+        size_divisibility: int,
+        pixel_mean: tuple[float, ...],
+        pixel_std: tuple[float, ...],
+        slide_window: tuple[tuple[int, int], tuple[int, int]] | None = None,
+    ):
         if not isinstance(sem_seg_head, PerPixelHead):
-            raise TypeError(f"PerPixelSegmentor needs a per-pixel head (a PerPixelHead subclass), got "
-                            f"{type(sem_seg_head).__name__}.")
-        super().__init__(backbone=backbone, sem_seg_head=sem_seg_head, size_divisibility=size_divisibility,
-                         pixel_mean=pixel_mean, pixel_std=pixel_std)
+            raise TypeError(
+                f"PerPixelSegmentor needs a per-pixel head (a PerPixelHead subclass), got "
+                f"{type(sem_seg_head).__name__}."
+            )
+        super().__init__(
+            backbone=backbone,
+            sem_seg_head=sem_seg_head,
+            size_divisibility=size_divisibility,
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+        )
         self.slide_window = slide_window
 
     @classmethod
     def from_config(cls, cfg, backbone: nn.Module | None = None) -> dict:
         head, test = cfg.MODEL.SEM_SEG_HEAD, cfg.MODEL.MASK_FORMER.TEST
         if head.NAME not in PER_PIXEL_HEAD_REGISTRY:
-            raise ValueError(f"MODEL.SEM_SEG_HEAD.NAME={head.NAME!r} is not registered as a per-pixel head, which the "
-                             f"PerPixelSegmentor meta-architecture needs: choose one of {per_pixel_head_names()}, or "
-                             f"set MODEL.META_ARCHITECTURE to 'UniversalSegmentor' for a mask-classification decoder.")
+            raise ValueError(
+                f"MODEL.SEM_SEG_HEAD.NAME={head.NAME!r} is not registered as a per-pixel head, which the "
+                f"PerPixelSegmentor meta-architecture needs: choose one of {per_pixel_head_names()}, or "
+                f"set MODEL.META_ARCHITECTURE to 'UniversalSegmentor' for a mask-classification decoder."
+            )
         if test.PANOPTIC_ON or test.INSTANCE_ON or not test.SEMANTIC_ON:
-            raise ValueError(f"{head.NAME} is a per-pixel head and predicts semantic segmentation only: set "
-                             "MODEL.MASK_FORMER.TEST.SEMANTIC_ON True and PANOPTIC_ON / INSTANCE_ON False.")
+            raise ValueError(
+                f"{head.NAME} is a per-pixel head and predicts semantic segmentation only: set "
+                "MODEL.MASK_FORMER.TEST.SEMANTIC_ON True and PANOPTIC_ON / INSTANCE_ON False."
+            )
         slide = head.SLIDE_WINDOW
-        if slide.ENABLED and (len(slide.CROP_SIZE) != 2 or len(slide.STRIDE) != 2 or min(slide.STRIDE) <= 0
-                              or any(s > c for s, c in zip(slide.STRIDE, slide.CROP_SIZE))):
-            raise ValueError(f"MODEL.SEM_SEG_HEAD.SLIDE_WINDOW needs CROP_SIZE and STRIDE as (h, w) with "
-                             f"0 < stride <= crop, got {list(slide.CROP_SIZE)} and {list(slide.STRIDE)}.")
+        if slide.ENABLED and (
+            len(slide.CROP_SIZE) != 2
+            or len(slide.STRIDE) != 2
+            or min(slide.STRIDE) <= 0
+            or any(s > c for s, c in zip(slide.STRIDE, slide.CROP_SIZE))
+        ):
+            raise ValueError(
+                f"MODEL.SEM_SEG_HEAD.SLIDE_WINDOW needs CROP_SIZE and STRIDE as (h, w) with "
+                f"0 < stride <= crop, got {list(slide.CROP_SIZE)} and {list(slide.STRIDE)}."
+            )
         args = super().from_config(cfg, backbone)
         return {
             **args,
@@ -84,7 +115,7 @@ class PerPixelSegmentor(SegmentorBase):
         size_divisibility for the network and the upsampled logits cropped back."""
         H, W = images.shape[-2:]
         d = self.size_divisibility
-        padded = F.pad(images, (0, (-W) % d, 0, (-H) % d)) if d > 1 else images
+        padded = pad_to_multiple(images, d) if d > 1 else images
         logits = self.sem_seg_head(self.backbone(padded))["sem_seg_logits"]
         logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)
         return logits[..., :H, :W]
@@ -96,8 +127,10 @@ class PerPixelSegmentor(SegmentorBase):
         targets = torch.full((len(batched_inputs), h_pad, w_pad), ignore_label, dtype=torch.long, device=self.device)
         for i, x in enumerate(batched_inputs):
             if "sem_seg" not in x:
-                raise ValueError("per-pixel heads train on 'sem_seg' ([H, W] class ids); use a semantic dataset "
-                                 "mapper (INPUT.DATASET_MAPPER_NAME: mask_former_semantic).")
+                raise ValueError(
+                    "per-pixel heads train on 'sem_seg' ([H, W] class ids); use a semantic dataset "
+                    "mapper (INPUT.DATASET_MAPPER_NAME: mask_former_semantic)."
+                )
             sem = x["sem_seg"]
             targets[i, : sem.shape[0], : sem.shape[1]] = sem.to(self.device).long()
         return targets

@@ -12,6 +12,7 @@ toolkit is found (nvcc on PATH or CUDA_HOME), even on a machine without a GPU. E
 Install for development (builds against the torch already installed, so no build isolation):
   pip install --no-build-isolation -e .
 """
+
 import glob
 import importlib.util
 import os
@@ -77,8 +78,9 @@ def find_cuda_home() -> Path | None:
 def nvcc_targets(cuda_home: Path) -> set[tuple[int, int]] | None:
     """(major, minor) of every real architecture the toolkit's nvcc can build, or None if it cannot say."""
     try:
-        text = subprocess.run([str(cuda_home / "bin" / "nvcc"), "--list-gpu-code"], capture_output=True, text=True,
-                              timeout=60, check=True).stdout
+        text = subprocess.run(
+            [str(cuda_home / "bin" / "nvcc"), "--list-gpu-code"], capture_output=True, text=True, timeout=60, check=True
+        ).stdout
     except (OSError, subprocess.SubprocessError):
         return None
     found = {(int(m[1][:-1]), int(m[1][-1])) for m in re.finditer(r"\bsm_(\d+)\b", text)}
@@ -104,8 +106,9 @@ def extension_modules():
         os.environ["CUDA_HOME"] = str(cuda_home)
         arch = _cuda_arch_module()
         try:
-            arch_list = arch.select_arch_list(os.environ.get("TORCH_CUDA_ARCH_LIST"), visible_gpu_capabilities(),
-                                              nvcc_targets(cuda_home))
+            arch_list = arch.select_arch_list(
+                os.environ.get("TORCH_CUDA_ARCH_LIST"), visible_gpu_capabilities(), nvcc_targets(cuda_home)
+            )
             targets = arch.format_targets(arch.parse_arch_list(arch_list))
         except ValueError as err:
             sys.exit(f"universal_seg: {err}")
@@ -115,27 +118,44 @@ def extension_modules():
     sources = [str(p.relative_to(ROOT)) for p in sorted(CSRC.glob("*.cpp")) + sorted(CSRC.glob("cpu/*.cpp"))]
     cxx_flags = ["-O3", "-fopenmp"]  # at::parallel_for is OpenMP pragmas inlined into our code
     if cuda_home is None:
-        print(f"universal_seg: building the CPU kernels only ({'disabled by UNIVERSAL_SEG_CUDA' if mode in ('0', 'false', 'no') else 'no CUDA toolkit found'})")
-        return [CppExtension("universal_seg._C", sources, extra_compile_args={"cxx": cxx_flags},
-                             extra_link_args=["-fopenmp"])]
-    print(f"universal_seg: building CPU + CUDA kernels with the toolkit at {cuda_home} "
-          f"for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}")
+        print(
+            "universal_seg: building the CPU kernels only "
+            f"({'disabled by UNIVERSAL_SEG_CUDA' if mode in ('0', 'false', 'no') else 'no CUDA toolkit found'})"
+        )
+        return [
+            CppExtension(
+                "universal_seg._C", sources, extra_compile_args={"cxx": cxx_flags}, extra_link_args=["-fopenmp"]
+            )
+        ]
+    print(
+        f"universal_seg: building CPU + CUDA kernels with the toolkit at {cuda_home} "
+        f"for TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']}"
+    )
     sources += [str(p.relative_to(ROOT)) for p in sorted(CSRC.glob("cuda/*.cu"))]
-    return [CUDAExtension(
-        "universal_seg._C", sources,
-        # the targets as one macro token (sm_75;sm_86;compute_90 with ';' -> '__'), reported by _C.cuda_targets()
-        define_macros=[("UNIVERSAL_SEG_WITH_CUDA", None), ("UNIVERSAL_SEG_CUDA_TARGETS", targets.replace(";", "__"))],
-        # --threads: nvcc compiles the architectures in parallel (the build time is mostly this one file)
-        extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo", "--threads=0"]},
-        extra_link_args=["-fopenmp"])]
+    return [
+        CUDAExtension(
+            "universal_seg._C",
+            sources,
+            # the targets as one macro token (sm_75;sm_86;compute_90 with ';' -> '__'), reported by _C.cuda_targets()
+            define_macros=[
+                ("UNIVERSAL_SEG_WITH_CUDA", None),
+                ("UNIVERSAL_SEG_CUDA_TARGETS", targets.replace(";", "__")),
+            ],
+            # --threads: nvcc compiles the architectures in parallel (the build time is mostly this one file)
+            extra_compile_args={"cxx": cxx_flags, "nvcc": ["-O3", "-lineinfo", "--threads=0"]},
+            extra_link_args=["-fopenmp"],
+        )
+    ]
 
 
 def main():
     try:
         import torch  # noqa: F401
     except ImportError:
-        sys.exit("universal_seg compiles against the installed torch: install torch first (bash scripts/setup.sh "
-                 "does), then `pip install --no-build-isolation -e .`; an isolated build environment has no torch.")
+        sys.exit(
+            "universal_seg compiles against the installed torch: install torch first (bash scripts/setup.sh "
+            "does), then `pip install --no-build-isolation -e .`; an isolated build environment has no torch."
+        )
     ext_modules = extension_modules()  # first: it sets CUDA_HOME before torch.utils.cpp_extension is imported
     from torch.utils.cpp_extension import BuildExtension
 

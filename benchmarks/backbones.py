@@ -8,19 +8,26 @@ Params count the backbone as built for Mask2Former (ViT includes its 256-channel
 "enc" is the encoder alone). Paper columns: the ImageNet classifier's params / GFLOPs at 224 where the paper
 reports those (ResNet, Swin, ViT, EfficientFormerV2 GMACs), the encoder params for MiT.
 """
+
 import argparse
 import time
 import warnings
 
 import torch
-
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
 
-from universal_seg.modeling.backbone import (EFFICIENTFORMERV2_VARIANTS, MIT_VARIANTS, RESNET_VARIANTS, SWIN_VARIANTS,
-                                             VIT_VARIANTS, add_backbone_config, set_mask2former_resnet,
-                                             set_swin_variant)
+from universal_seg.modeling.backbone import (
+    EFFICIENTFORMERV2_VARIANTS,
+    MIT_VARIANTS,
+    RESNET_VARIANTS,
+    SWIN_VARIANTS,
+    VIT_VARIANTS,
+    add_backbone_config,
+    set_mask2former_resnet,
+    set_swin_variant,
+)
 
 
 def _cfg():
@@ -56,6 +63,7 @@ def variants():
 def _sdpa_flops(inputs, outputs):
     """fvcore handle for aten::scaled_dot_product_attention: QK^T and AV matmuls (MACs)."""
     from fvcore.nn.jit_handles import get_shape
+
     q, k = get_shape(inputs[0]), get_shape(inputs[1])
     batch = 1
     for d in q[:-2]:
@@ -65,6 +73,7 @@ def _sdpa_flops(inputs, outputs):
 
 def gflops(model, size):
     from fvcore.nn import FlopCountAnalysis
+
     x = torch.zeros(1, 3, size, size)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -95,8 +104,10 @@ def main():
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     only = set(filter(None, args.only.split(",")))
-    print(f"{'backbone':24s} {'params M':>9s} {'enc M':>7s} {'paper M':>8s} {'GFLOPs@' + str(args.size):>12s} "
-          f"{'CPU ms':>8s}  paper note")
+    print(
+        f"{'backbone':24s} {'params M':>9s} {'enc M':>7s} {'paper M':>8s} {'GFLOPs@' + str(args.size):>12s} "
+        f"{'CPU ms':>8s}  paper note"
+    )
     for family, name, cfg, paper_m, note in variants():
         if only and family not in only:
             continue

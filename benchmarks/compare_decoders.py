@@ -10,6 +10,7 @@ it depends on the number of decoder layers) and the final prediction's loss alon
 from the last logged record (detectron2 logs each loss as the median over the preceding 20 iterations), and PQ /
 mask AP / mIoU on the mini validation set. ``--reuse`` reads finished runs in --output instead of training.
 """
+
 import argparse
 import json
 import os
@@ -46,8 +47,18 @@ def main() -> int:
     rows = []
     for config in args.configs:
         out = os.path.join(parent, os.path.splitext(os.path.basename(config))[0])
-        cmd = [sys.executable, os.path.join(ROOT, "tools/train_net.py"), "--config-file", config,
-               "SOLVER.MAX_ITER", str(args.iters), "SEED", str(args.seed), "OUTPUT_DIR", out]
+        cmd = [
+            sys.executable,
+            os.path.join(ROOT, "tools/train_net.py"),
+            "--config-file",
+            config,
+            "SOLVER.MAX_ITER",
+            str(args.iters),
+            "SEED",
+            str(args.seed),
+            "OUTPUT_DIR",
+            out,
+        ]
         if not args.reuse:
             print("running:", " ".join(cmd), flush=True)
             subprocess.run(cmd, cwd=ROOT, check=True, stdout=subprocess.DEVNULL)
@@ -57,8 +68,17 @@ def main() -> int:
         last = train[-1]
         final = last["loss_ce"] + last["loss_mask"] + last["loss_dice"]
         n_pred = sum(1 for k in last if k.startswith("loss_ce"))
-        rows.append((config, n_pred, last["total_loss"], final,
-                     evaluation.get("panoptic_seg/PQ"), evaluation.get("segm/AP"), evaluation.get("sem_seg/mIoU")))
+        rows.append(
+            (
+                config,
+                n_pred,
+                last["total_loss"],
+                final,
+                evaluation.get("panoptic_seg/PQ"),
+                evaluation.get("segm/AP"),
+                evaluation.get("sem_seg/mIoU"),
+            )
+        )
     print(f"\n{args.iters} iterations, seed {args.seed}; losses: the last logged record (median of 20 iterations)")
     print("| config | supervised predictions | total loss | final-prediction loss | PQ | mask AP | mIoU |")
     print("|---|---|---|---|---|---|---|")

@@ -41,6 +41,7 @@ is printed (flushed) and the JSON rewritten as soon as its case ends, so partial
 that would start after ``--time-budget`` seconds (default 225; a compile case needs 60 s of it left) are recorded
 as skipped.
 """
+
 import argparse
 import contextlib
 import gc
@@ -104,8 +105,10 @@ def inference_inputs(batch: int, size: tuple[int, int], seed: int = 0) -> list[d
     """detectron2 test-time dicts: image uint8 [3, H, W] (host memory, as a data loader gives it), height, width."""
     gen = torch.Generator().manual_seed(seed)
     h, w = size
-    return [{"image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen), "height": h, "width": w}
-            for _ in range(batch)]
+    return [
+        {"image": torch.randint(0, 256, (3, h, w), dtype=torch.uint8, generator=gen), "height": h, "width": w}
+        for _ in range(batch)
+    ]
 
 
 def synthetic_compact_panoptic(size: tuple[int, int], num_segments: int, rng: np.random.Generator) -> np.ndarray:
@@ -119,16 +122,17 @@ def synthetic_compact_panoptic(size: tuple[int, int], num_segments: int, rng: np
         bw = max(2, int(w * rng.uniform(0.03, 0.45)))
         y0, x0 = int(rng.integers(0, h - bh + 1)), int(rng.integers(0, w - bw + 1))
         if rng.random() < 0.5:
-            compact[y0:y0 + bh, x0:x0 + bw] = k
+            compact[y0 : y0 + bh, x0 : x0 + bw] = k
         else:
             cy, cx, ry, rx = y0 + bh / 2, x0 + bw / 2, bh / 2, bw / 2
-            blob = ((yy[y0:y0 + bh] - cy) / ry) ** 2 + ((xx[:, x0:x0 + bw] - cx) / rx) ** 2 <= 1.0
-            compact[y0:y0 + bh, x0:x0 + bw][blob] = k
+            blob = ((yy[y0 : y0 + bh] - cy) / ry) ** 2 + ((xx[:, x0 : x0 + bw] - cx) / rx) ** 2 <= 1.0
+            compact[y0 : y0 + bh, x0 : x0 + bw][blob] = k
     return compact
 
 
-def synthetic_lsj_batch(batch: int, size: tuple[int, int], num_classes: int, ignore_label: int = 255,
-                        seed: int = 0) -> list[dict]:
+def synthetic_lsj_batch(
+    batch: int, size: tuple[int, int], num_classes: int, ignore_label: int = 255, seed: int = 0
+) -> list[dict]:
     """Training dicts exactly as the ``coco_panoptic_lsj`` mapper returns them (universal_seg/data/mappers/
     lsj_panoptic.py): image uint8 [3, H, W], sem_seg long [H, W] (void -> ignore), instances with gt_classes long
     [n], gt_masks bool [n, H, W], gt_boxes; built with the mapper's own helpers from a synthetic panoptic map of
@@ -141,11 +145,17 @@ def synthetic_lsj_batch(batch: int, size: tuple[int, int], num_classes: int, ign
         compact = synthetic_compact_panoptic(size, n, rng)
         segments = [{"id": k + 1, "category_id": int(rng.integers(0, num_classes)), "iscrowd": 0} for k in range(n)]
         image = torch.from_numpy(rng.integers(0, 256, (3, h, w), dtype=np.uint8))
-        out.append({
-            "file_name": f"synthetic_{i}.jpg", "image_id": i, "height": h, "width": w, "image": image,
-            "sem_seg": torch.from_numpy(semantic_from_compact(compact, segments, ignore_label)),
-            "instances": instances_from_panoptic(compact, segments),
-        })
+        out.append(
+            {
+                "file_name": f"synthetic_{i}.jpg",
+                "image_id": i,
+                "height": h,
+                "width": w,
+                "image": image,
+                "sem_seg": torch.from_numpy(semantic_from_compact(compact, segments, ignore_label)),
+                "instances": instances_from_panoptic(compact, segments),
+            }
+        )
     return out
 
 
@@ -183,7 +193,7 @@ def reset_peak(device: str) -> None:
 
 def peak_mib(device: str):
     if torch.device(device).type == "cuda":
-        return round(torch.cuda.max_memory_allocated(device) / 2 ** 20, 1)
+        return round(torch.cuda.max_memory_allocated(device) / 2**20, 1)
     return None
 
 
@@ -227,20 +237,30 @@ class Suite:
     def write_json(self) -> None:
         if not self.args.json:
             return
-        payload = {"environment": self.env, "settings": self.settings(), "elapsed_s": round(self.elapsed(), 2),
-                   "cases": self.results}
+        payload = {
+            "environment": self.env,
+            "settings": self.settings(),
+            "elapsed_s": round(self.elapsed(), 2),
+            "cases": self.results,
+        }
         tmp = self.args.json + ".tmp"
         with open(tmp, "w") as f:
             json.dump(payload, f, indent=1)
         os.replace(tmp, self.args.json)
 
     def settings(self) -> dict:
-        return {"device": self.device, "dry_run": self.args.dry_run, "amp_dtype": dtype_name(self.amp_dtype),
-                "groups": self.groups, "time_budget_s": self.args.time_budget,
-                "compile_backend": self.args.compile_backend, "compile_mode": self.args.compile_mode,
-                "timing": "perf_counter around each iteration, synchronized before and after",
-                "train_step": "forward + sum(losses) + backward + optimizer step (project build_optimizer: AdamW, "
-                              "param groups, full-model grad clipping as configured); GradScaler with fp16 AMP"}
+        return {
+            "device": self.device,
+            "dry_run": self.args.dry_run,
+            "amp_dtype": dtype_name(self.amp_dtype),
+            "groups": self.groups,
+            "time_budget_s": self.args.time_budget,
+            "compile_backend": self.args.compile_backend,
+            "compile_mode": self.args.compile_mode,
+            "timing": "perf_counter around each iteration, synchronized before and after",
+            "train_step": "forward + sum(losses) + backward + optimizer step (project build_optimizer: AdamW, "
+            "param groups, full-model grad clipping as configured); GradScaler with fp16 AMP",
+        }
 
     def record(self, case: dict) -> None:
         self.results.append(case)
@@ -284,8 +304,13 @@ class Suite:
     # -------------------------------------------------------------------------------------------------- cases
     def fill_timings(self, case: dict, times: list[float], per: str) -> None:
         med = statistics.median(times)
-        case.update(median_s=med, min_s=min(times), max_s=max(times), times_s=[round(t, 6) for t in times],
-                    images_per_s=case["batch"] / med)
+        case.update(
+            median_s=med,
+            min_s=min(times),
+            max_s=max(times),
+            times_s=[round(t, 6) for t in times],
+            images_per_s=case["batch"] / med,
+        )
         if per == "it":
             case["it_per_s"] = 1.0 / med
         case["peak_mem_mib"] = peak_mib(self.device)
@@ -302,14 +327,16 @@ class Suite:
             out = step()
             case["outputs"] = sorted(out[0].keys())
             self.fill_timings(case, time_iterations(step, max(warmup - 1, 0), iters, self.device), "image")
+
         return fn
 
     def train_case(self, config_file: str, batch: int, size, amp_dtype, warmup: int, iters: int):
         def fn(case):
             free_memory(self.device)
             cfg = build_cfg(config_file, self.device)
-            data = synthetic_lsj_batch(batch, size, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
-                                       cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE)
+            data = synthetic_lsj_batch(
+                batch, size, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE
+            )
             case["segments_per_image"] = [len(x["instances"]) for x in data]
             model = build_model(cfg).train()
             optimizer = build_optimizer(cfg, model)
@@ -338,6 +365,7 @@ class Suite:
             case["loss_total"] = float(last["losses"].detach())
             case["num_loss_terms"] = len(last["loss_dict"])
             case["losses_finite"] = bool(all(torch.isfinite(v.detach()).item() for v in last["loss_dict"].values()))
+
         return fn
 
     def compile_case(self, batch: int, size, warmup: int, iters: int):
@@ -347,9 +375,11 @@ class Suite:
             inputs = inference_inputs(batch, size)
             torch._dynamo.reset()
             from torch._dynamo.utils import counters
+
             counters.clear()
-            compiled = torch.compile(predictor, backend=self.args.compile_backend, mode=self.args.compile_mode,
-                                     dynamic=False)
+            compiled = torch.compile(
+                predictor, backend=self.args.compile_backend, mode=self.args.compile_mode, dynamic=False
+            )
 
             def step():
                 with torch.no_grad(), autocast_ctx(self.device, self.amp_dtype):
@@ -374,6 +404,7 @@ class Suite:
             finally:
                 model.sem_seg_head.predictor = predictor
                 torch._dynamo.reset()
+
         return fn
 
     # --------------------------------------------------------------------------------------------------- run
@@ -399,47 +430,80 @@ class Suite:
                         self.run_case(base, self.train_case(self.m2f_config, batch, size, amp_dtype, warmup, iters))
             elif group == "compile":
                 for batch, warmup, iters in plan:
-                    base = self.base(group, self.m2f_config, "inference (compiled decoder)", batch, size,
-                                     self.amp_dtype, warmup, iters)
+                    base = self.base(
+                        group,
+                        self.m2f_config,
+                        "inference (compiled decoder)",
+                        batch,
+                        size,
+                        self.amp_dtype,
+                        warmup,
+                        iters,
+                    )
                     base["compiled_module"] = "sem_seg_head.predictor"
                     # a compilation cannot be cut short: start one only with a minute of the budget left
-                    self.run_case(base, self.compile_case(batch, size, warmup, iters),
-                                  reserve_s=0.0 if self.args.dry_run else 60.0)
+                    self.run_case(
+                        base,
+                        self.compile_case(batch, size, warmup, iters),
+                        reserve_s=0.0 if self.args.dry_run else 60.0,
+                    )
         self._models.clear()
         free_memory(self.device)
         print(f"total {self.elapsed():.1f} s", flush=True)
         self.write_json()
 
     def base(self, group, config_file, mode, batch, size, amp_dtype, warmup, iters) -> dict:
-        return {"group": group, "config": config_file, "mode": mode, "batch": batch, "size": list(size),
-                "dtype": dtype_name(amp_dtype), "warmup": warmup, "iters": iters}
+        return {
+            "group": group,
+            "config": config_file,
+            "mode": mode,
+            "batch": batch,
+            "size": list(size),
+            "dtype": dtype_name(amp_dtype),
+            "warmup": warmup,
+            "iters": iters,
+        }
 
 
 # ------------------------------------------------------------------------------------------------ reporting
 def environment(device: str) -> dict:
     from universal_seg.ops import cuda_kernels_compiled, load_extension
 
-    env = {"python": platform.python_version(), "torch": torch.__version__, "cuda": torch.version.cuda,
-           "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-           "device": device, "cpu_threads": torch.get_num_threads(),
-           "msdeformattn_extension": load_extension() is not None,
-           "msdeformattn_cuda_kernels": cuda_kernels_compiled(),
-           "tf32_matmul": torch.backends.cuda.matmul.allow_tf32, "tf32_cudnn": torch.backends.cudnn.allow_tf32,
-           "cudnn_benchmark": torch.backends.cudnn.benchmark}
+    env = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
+        "device": device,
+        "cpu_threads": torch.get_num_threads(),
+        "msdeformattn_extension": load_extension() is not None,
+        "msdeformattn_cuda_kernels": cuda_kernels_compiled(),
+        "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
+        "tf32_cudnn": torch.backends.cudnn.allow_tf32,
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,
+    }
     try:
         import detectron2
+
         env["detectron2"] = detectron2.__version__
     except Exception:  # noqa: BLE001
         env["detectron2"] = None
     if torch.device(device).type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        env.update(device_name=props.name, device_memory_mib=round(props.total_memory / 2 ** 20),
-                   capability=f"{props.major}.{props.minor}")
+        env.update(
+            device_name=props.name,
+            device_memory_mib=round(props.total_memory / 2**20),
+            capability=f"{props.major}.{props.minor}",
+        )
     else:
         env["device_name"] = _cpu_name()
     try:
-        env["git_commit"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                           text=True, timeout=5).stdout.strip() or None
+        env["git_commit"] = (
+            subprocess.run(
+                ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True, timeout=5
+            ).stdout.strip()
+            or None
+        )
     except Exception:  # noqa: BLE001
         env["git_commit"] = None
     return env
@@ -456,14 +520,18 @@ def _cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
-COLUMNS = f"{'group':<9} {'config':<22} {'batch':>5} {'size':>9} {'dtype':<9} {'median s':>9} {'min s':>8} " \
-          f"{'max s':>8} {'img/s':>8} {'it/s':>7} {'peak MiB':>9}  note"
+COLUMNS = (
+    f"{'group':<9} {'config':<22} {'batch':>5} {'size':>9} {'dtype':<9} {'median s':>9} {'min s':>8} "
+    f"{'max s':>8} {'img/s':>8} {'it/s':>7} {'peak MiB':>9}  note"
+)
 
 
 def header(env: dict, settings: dict) -> str:
-    lines = [f"device {env['device_name']} ({env['device']}), torch {env['torch']}, CUDA {env['cuda']}, "
-             f"detectron2 {env['detectron2']}, AMP = {settings['amp_dtype']}"
-             + (" [DRY RUN: CPU, tiny sizes]" if settings["dry_run"] else "")]
+    lines = [
+        f"device {env['device_name']} ({env['device']}), torch {env['torch']}, CUDA {env['cuda']}, "
+        f"detectron2 {env['detectron2']}, AMP = {settings['amp_dtype']}"
+        + (" [DRY RUN: CPU, tiny sizes]" if settings["dry_run"] else "")
+    ]
     if env["device"].startswith("cuda") and not env["msdeformattn_cuda_kernels"]:
         lines.append("WARNING: universal_seg._C has no CUDA kernels: MSDeformAttn runs its slow reference.")
     lines += [COLUMNS, "-" * len(COLUMNS)]
@@ -477,8 +545,9 @@ def _fmt(x, spec):
 
 
 def format_row(c: dict) -> str:
-    name = os.path.splitext(os.path.relpath(c["config"], "configs"))[0].replace("/semantic", "").replace(
-        "/panoptic", "")
+    name = (
+        os.path.splitext(os.path.relpath(c["config"], "configs"))[0].replace("/semantic", "").replace("/panoptic", "")
+    )
     size = "x".join(str(s) for s in c["size"])
     if c["status"] != "ok":
         note = c["status"] if c["status"] != "error" else f"error: {c['error'].splitlines()[0][:100]}"
@@ -489,9 +558,11 @@ def format_row(c: dict) -> str:
         if "loss_total" in c:
             note.append(f"loss {c['loss_total']:.2f}")
         note = "; ".join(note)
-    return (f"{c['group']:<9} {name:<22} {c['batch']:>5} {size:>9} {c['dtype']:<9} {_fmt(c.get('median_s'), '9.4f')} "
-            f"{_fmt(c.get('min_s'), '8.4f')} {_fmt(c.get('max_s'), '8.4f')} {_fmt(c.get('images_per_s'), '8.2f')} "
-            f"{_fmt(c.get('it_per_s'), '7.2f')} {_fmt(c.get('peak_mem_mib'), '9.0f')}  {note}")
+    return (
+        f"{c['group']:<9} {name:<22} {c['batch']:>5} {size:>9} {c['dtype']:<9} {_fmt(c.get('median_s'), '9.4f')} "
+        f"{_fmt(c.get('min_s'), '8.4f')} {_fmt(c.get('max_s'), '8.4f')} {_fmt(c.get('images_per_s'), '8.2f')} "
+        f"{_fmt(c.get('it_per_s'), '7.2f')} {_fmt(c.get('peak_mem_mib'), '9.0f')}  {note}"
+    )
 
 
 # ------------------------------------------------------------------------------------------------------ main
@@ -513,20 +584,32 @@ def main(argv=None):
     parser.add_argument("--cases", default="all", help=f"comma list of {', '.join(GROUPS)} (or 'all')")
     parser.add_argument("--compile", action="store_true", help="add the compile group to --cases")
     parser.add_argument("--json", default=None, help="write the results here (rewritten after every case)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="CPU, tiny sizes (128 px, batch 1 and 2, 1 warm-up + 1 timed iteration): checks the "
-                             "code paths only")
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="CPU, tiny sizes (128 px, batch 1 and 2, 1 warm-up + 1 timed iteration): checks the code paths only",
+    )
     parser.add_argument("--amp-dtype", choices=("fp16", "bf16"), default="fp16", help="autocast dtype on CUDA")
-    parser.add_argument("--m2f-config", default=None,
-                        help=f"Mask2Former config of the infer / train / compile groups (default {M2F_CONFIG}; "
-                             f"{M2F_DRY_CONFIG} in --dry-run)")
-    parser.add_argument("--compile-backend", default=None,
-                        help="torch.compile backend (default inductor; aot_eager in --dry-run, which checks "
-                             "tracing without the CPU C++ code generation)")
+    parser.add_argument(
+        "--m2f-config",
+        default=None,
+        help=f"Mask2Former config of the infer / train / compile groups (default {M2F_CONFIG}; "
+        f"{M2F_DRY_CONFIG} in --dry-run)",
+    )
+    parser.add_argument(
+        "--compile-backend",
+        default=None,
+        help="torch.compile backend (default inductor; aot_eager in --dry-run, which checks "
+        "tracing without the CPU C++ code generation)",
+    )
     parser.add_argument("--compile-mode", default=None, help="torch.compile mode (default: the default mode)")
-    parser.add_argument("--time-budget", type=float, default=None,
-                        help="cases that would start after this many seconds are recorded as skipped "
-                             "(default 225 on the GPU, none in --dry-run; 0 = none)")
+    parser.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        help="cases that would start after this many seconds are recorded as skipped "
+        "(default 225 on the GPU, none in --dry-run; 0 = none)",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     parser.add_argument("--verbose", action="store_true", help="print the traceback of failed cases")
     args = parser.parse_args(argv)

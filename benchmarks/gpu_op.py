@@ -15,6 +15,7 @@ Two byte counts are given, because the op is a gather whose traffic mostly hits 
     python benchmarks/gpu_op.py [--json out.json] [--repeats 10] [--batches 2 8] [--dtypes float32 float16 bfloat16]
     python benchmarks/gpu_op.py --dry-run     # CPU, small shapes: checks the code paths without a GPU
 """
+
 import argparse
 import json
 import os
@@ -42,8 +43,9 @@ def make_inputs(levels, batch, dtype, device, seed=0):
     S, L = int(areas.sum()), len(levels)
     refs = []
     for h, w in levels:
-        ys, xs = torch.meshgrid((torch.arange(h, device=device) + 0.5) / h, (torch.arange(w, device=device) + 0.5) / w,
-                                indexing="ij")
+        ys, xs = torch.meshgrid(
+            (torch.arange(h, device=device) + 0.5) / h, (torch.arange(w, device=device) + 0.5) / w, indexing="ij"
+        )
         refs.append(torch.stack([xs.flatten(), ys.flatten()], -1))
     ref = torch.cat(refs)[None, :, None, None, None, :]
     offsets = torch.randn(batch, S, HEADS, L, POINTS, 2, generator=gen, device=device) * 2.0
@@ -114,12 +116,17 @@ def run_case(levels, batch, dtype, device, repeats, warmup, peak, with_reference
     value, shapes, starts, loc, weights = make_inputs(levels, batch, dtype, device)
     grad_out = torch.randn(batch, value.shape[1], HEADS * CHANNELS, device=device).to(dtype)
     leaves = [t.detach().clone().requires_grad_() for t in (value, loc, weights)]
-    results = {"batch": batch, "dtype": str(dtype).replace("torch.", ""), "levels": [list(lv) for lv in levels],
-               "queries": value.shape[1]}
+    results = {
+        "batch": batch,
+        "dtype": str(dtype).replace("torch.", ""),
+        "levels": [list(lv) for lv in levels],
+        "queries": value.shape[1],
+    }
     impls = {"compiled": ms_deform_attn}
     if with_reference:
         impls["reference"] = ms_deform_attn_reference
     for name, fn in impls.items():
+
         def forward():
             with torch.no_grad():
                 fn(value, shapes, starts, loc, weights)
@@ -167,29 +174,41 @@ def main():
     if device == "cuda" and not torch.cuda.is_available():
         sys.exit("gpu_op.py: no CUDA device is visible; use --dry-run to check the script on the CPU.")
     peak = copy_bandwidth(device, repeats, warmup)
-    info = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "torch": torch.__version__,
-            "copy_bandwidth_GBps": peak / 1e9, "cases": []}
-    print(f"# MSDeformAttn on {info['device']}: Mask2Former shapes {levels}, 8 heads x 32 ch, 4 points; "
-          f"device copy bandwidth {peak / 1e9:.0f} GB/s (read + write)", flush=True)
-    print("| batch | dtype | fwd ms (min-max) | ref fwd ms | x | fwd+bwd ms | ref fwd+bwd ms | x | "
-          "BW fwd+bwd (gather / min bytes, of peak) |", flush=True)
+    info = {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "copy_bandwidth_GBps": peak / 1e9,
+        "cases": [],
+    }
+    print(
+        f"# MSDeformAttn on {info['device']}: Mask2Former shapes {levels}, 8 heads x 32 ch, 4 points; "
+        f"device copy bandwidth {peak / 1e9:.0f} GB/s (read + write)",
+        flush=True,
+    )
+    print(
+        "| batch | dtype | fwd ms (min-max) | ref fwd ms | x | fwd+bwd ms | ref fwd+bwd ms | x | "
+        "BW fwd+bwd (gather / min bytes, of peak) |",
+        flush=True,
+    )
     print("|---|---|---|---|---|---|---|---|---|", flush=True)
     for batch in args.batches:
         for name in args.dtypes:
             try:
-                r = run_case(levels, batch, getattr(torch, name), device, repeats, warmup, peak,
-                             not args.no_reference)
+                r = run_case(levels, batch, getattr(torch, name), device, repeats, warmup, peak, not args.no_reference)
             except Exception as err:  # report and go on: the suite prints what it can in one run
                 r = {"batch": batch, "dtype": name, "error": f"{type(err).__name__}: {err}"}
                 print(f"| {batch} | {name} | error: {r['error']} |", flush=True)
                 info["cases"].append(r)
                 continue
             info["cases"].append(r)
-            print(f"| {batch} | {name} | {fmt_time(r['compiled_fwd_s'])} | {fmt_time(r.get('reference_fwd_s', '-'))} "
-                  f"| {r.get('speedup_fwd', float('nan')):.1f} | {fmt_time(r['compiled_fwd_bwd_s'])} "
-                  f"| {fmt_time(r.get('reference_fwd_bwd_s', '-'))} | {r.get('speedup_fwd_bwd', float('nan')):.1f} "
-                  f"| {r.get('gather_bw_fwd_bwd_fraction', float('nan')):.0%} / "
-                  f"{r.get('min_bw_fwd_bwd_fraction', float('nan')):.0%} |", flush=True)
+            print(
+                f"| {batch} | {name} | {fmt_time(r['compiled_fwd_s'])} | {fmt_time(r.get('reference_fwd_s', '-'))} "
+                f"| {r.get('speedup_fwd', float('nan')):.1f} | {fmt_time(r['compiled_fwd_bwd_s'])} "
+                f"| {fmt_time(r.get('reference_fwd_bwd_s', '-'))} | {r.get('speedup_fwd_bwd', float('nan')):.1f} "
+                f"| {r.get('gather_bw_fwd_bwd_fraction', float('nan')):.0%} / "
+                f"{r.get('min_bw_fwd_bwd_fraction', float('nan')):.0%} |",
+                flush=True,
+            )
     if args.json:
         with open(args.json, "w") as f:
             json.dump(info, f, indent=1)

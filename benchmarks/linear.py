@@ -7,6 +7,7 @@ Shapes are those of the models: Mask2Former's pixel decoder at 512x512 (5376 tok
 key / value projections, ViT-B / ViT-L token MLPs at 512x512 (1024 tokens). Prints the median time of each path and
 their ratio, measured alternately in one run.
 """
+
 import argparse
 import statistics
 import time
@@ -44,11 +45,14 @@ def main():
     parser.add_argument("--backward", action="store_true", help="time forward + backward")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"{args.threads} threads, {'forward + backward' if args.backward else 'forward'}, fp32, torch {torch.__version__}")
+    print(
+        f"{args.threads} threads, {'forward + backward' if args.backward else 'forward'}, fp32, "
+        f"torch {torch.__version__}"
+    )
     print("| shape | rows x in -> out | F.linear (ms) | ops.linear (ms) | speed-up |\n|---|---|---|---|---|")
     for name, rows, k, n in SHAPES:
         x = torch.randn(rows, k, requires_grad=args.backward)
-        w = (torch.randn(n, k) / k ** 0.5).requires_grad_(args.backward)
+        w = (torch.randn(n, k) / k**0.5).requires_grad_(args.backward)
         b = torch.randn(n, requires_grad=args.backward)
 
         def run(fn):
@@ -57,6 +61,7 @@ def main():
                     y = fn(x, w, b)
                     if args.backward:
                         y.sum().backward()
+
             return call
 
         base, ours = run(F.linear), run(linear)

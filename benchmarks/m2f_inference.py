@@ -6,6 +6,7 @@
 Reports the median seconds per image over --runs timed runs after --warmup runs (untrained weights: the work
 per image does not depend on them, except for post-processing of kept segments).
 """
+
 import argparse
 import os
 import statistics
@@ -65,10 +66,12 @@ def main():
     if args.device == "cpu":  # the machine's state: shared VMs vary by tens of percent from minute to minute
         a = torch.randn(2048, 2048)
         gemm = min(_timed(lambda: torch.mm(a, a)) for _ in range(5))
-        print(f"machine check: fp32 2048^3 sgemm {2 * 2048 ** 3 / gemm / 1e9:.0f} GFLOP/s on {args.threads} threads")
-    print(f"{args.config_file} {h}x{w} batch {args.batch} on {args.device} ({args.threads} threads, "
-          f"amp={args.amp}): median {med:.3f} s per batch, {args.batch / med:.2f} images/s "
-          f"(runs: {', '.join(f'{t:.3f}' for t in times)})")
+        print(f"machine check: fp32 2048^3 sgemm {2 * 2048**3 / gemm / 1e9:.0f} GFLOP/s on {args.threads} threads")
+    print(
+        f"{args.config_file} {h}x{w} batch {args.batch} on {args.device} ({args.threads} threads, "
+        f"amp={args.amp}): median {med:.3f} s per batch, {args.batch / med:.2f} images/s "
+        f"(runs: {', '.join(f'{t:.3f}' for t in times)})"
+    )
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ papers' numbers, as one markdown table.
 Papers: models.md beside the reference facts (SegFormer table 1 / 2; CGRSeg; SETR about 318M for ViT-L heads;
 Mask2Former R50 44.1M). SegFormer-B5's 183.3 GFLOPs are at 640x640 (its ADE20K crop), not 512.
 """
+
 import argparse
 import glob
 import logging
@@ -27,24 +28,34 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.join(ROOT, "tools"))
 
 import torch  # noqa: E402
-from analyze_model import (MS_DEFORM_ATTN_OP, SDPA_OP, NetworkOnly, build, ms_deform_attn_flop_jit,  # noqa: E402
-                           sdpa_flop_jit)
+from analyze_model import MS_DEFORM_ATTN_OP, SDPA_OP, NetworkOnly, build, ms_deform_attn_flop_jit, sdpa_flop_jit  # noqa: E402
 from fvcore.nn import FlopCountAnalysis  # noqa: E402
 
 # config stem -> (params M, GFLOPs at 512 or None) from the papers (models.md)
 PAPER = {
-    "segformer_b0": (3.8, 8.4), "segformer_b1": (13.7, 15.9), "segformer_b2": (27.5, 62.4),
-    "segformer_b3": (47.3, 79.0), "segformer_b4": (64.1, 95.7), "segformer_b5": (84.7, None),
-    "cgrseg_t": (9.4, 4.0), "cgrseg_b": (18.1, 7.6), "cgrseg_l": (35.7, 14.9),
-    "setr_naive_vit_l": (318, None), "setr_pup_vit_l": (318, None), "setr_mla_vit_l": (318, None),
+    "segformer_b0": (3.8, 8.4),
+    "segformer_b1": (13.7, 15.9),
+    "segformer_b2": (27.5, 62.4),
+    "segformer_b3": (47.3, 79.0),
+    "segformer_b4": (64.1, 95.7),
+    "segformer_b5": (84.7, None),
+    "cgrseg_t": (9.4, 4.0),
+    "cgrseg_b": (18.1, 7.6),
+    "cgrseg_l": (35.7, 14.9),
+    "setr_naive_vit_l": (318, None),
+    "setr_pup_vit_l": (318, None),
+    "setr_mla_vit_l": (318, None),
     "m2f_r50": (44.1, None),
 }
 SKIP = ("Base-", "structtoken_base")
 
 
 def default_configs() -> list[str]:
-    ade = sorted(p for p in glob.glob(os.path.join(ROOT, "configs/ade20k/semantic/*.yaml"))
-                 if not os.path.basename(p).startswith(SKIP))
+    ade = sorted(
+        p
+        for p in glob.glob(os.path.join(ROOT, "configs/ade20k/semantic/*.yaml"))
+        if not os.path.basename(p).startswith(SKIP)
+    )
     coco = sorted(glob.glob(os.path.join(ROOT, "configs/coco/panoptic/*.yaml")))
     return [os.path.relpath(p, ROOT) for p in ade + coco if not os.path.basename(p).startswith(SKIP)]
 
@@ -52,7 +63,8 @@ def default_configs() -> list[str]:
 def gflops(model, size: int) -> tuple[float, float]:
     """(all ops, without matmul / bmm) in GFLOPs for one [1, 3, size, size] image."""
     analysis = FlopCountAnalysis(NetworkOnly(model).eval(), torch.zeros(1, 3, size, size)).set_op_handle(
-        MS_DEFORM_ATTN_OP, ms_deform_attn_flop_jit, SDPA_OP, sdpa_flop_jit)
+        MS_DEFORM_ATTN_OP, ms_deform_attn_flop_jit, SDPA_OP, sdpa_flop_jit
+    )
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
     with torch.no_grad():
         total = analysis.total()
@@ -89,8 +101,10 @@ def main() -> int:
     logging.disable(logging.WARNING)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"input {args.size}x{args.size}; CPU latency: median of {args.runs} after one warm-up, "
-          f"{args.threads} threads, {torch.__version__}\n")
+    print(
+        f"input {args.size}x{args.size}; CPU latency: median of {args.runs} after one warm-up, "
+        f"{args.threads} threads, {torch.__version__}\n"
+    )
     print("| config | params (M) | paper | GFLOPs | GFLOPs w/o matmul | paper | CPU latency (s) |")
     print("|---|---|---|---|---|---|---|")
     for config in args.configs or default_configs():
@@ -100,8 +114,11 @@ def main() -> int:
         params = sum(p.numel() for p in model.parameters()) / 1e6
         all_ops, no_matmul = gflops(model, args.size)
         seconds = None if args.no_latency else latency(model, args.size, args.runs)
-        print(f"| {config} | {params:.2f} | {fmt(paper_params)} | {all_ops:.1f} | {no_matmul:.1f} | "
-              f"{fmt(paper_flops)} | {fmt(seconds, 2)} |", flush=True)
+        print(
+            f"| {config} | {params:.2f} | {fmt(paper_params)} | {all_ops:.1f} | {no_matmul:.1f} | "
+            f"{fmt(paper_flops)} | {fmt(seconds, 2)} |",
+            flush=True,
+        )
         del model
     return 0
 

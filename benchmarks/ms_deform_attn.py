@@ -11,6 +11,7 @@ extra peak memory above the inputs, and the compiled / reference ratios. Usage:
 
     python benchmarks/ms_deform_attn.py [--device cpu|cuda|all] [--threads 2] [--repeats 5]
 """
+
 import argparse
 import json
 import os
@@ -105,15 +106,29 @@ def worker(impl, device, dtype_name, repeats, warmup, threads):
         if cuda:
             result[name + "_peak_mib"] = (torch.cuda.max_memory_allocated() - base_mem) / 2**20
     if not cuda:  # max RSS over the whole run (forward + backward) above the inputs
-        result["forward_backward_peak_mib"] = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base_mem) / 2**20
+        result["forward_backward_peak_mib"] = (
+            resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 - base_mem
+        ) / 2**20
     out = forward().double()
     result["checksum"] = [float(out.abs().sum()), float(out.abs().max())]
     print(json.dumps(result))
 
 
 def run_case(args, impl, device, dtype):
-    cmd = [sys.executable, __file__, "--worker", impl, device, dtype, "--repeats", str(args.repeats),
-           "--warmup", str(args.warmup), "--threads", str(args.threads)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--worker",
+        impl,
+        device,
+        dtype,
+        "--repeats",
+        str(args.repeats),
+        "--warmup",
+        str(args.warmup),
+        "--threads",
+        str(args.threads),
+    ]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
@@ -163,19 +178,26 @@ def main():
         else:
             print("(no CUDA device or no CUDA kernels: GPU cases skipped)")
     S = sum(h * w for h, w in LEVELS)
-    print(f"MSDeformAttn at Mask2Former shapes: batch {BATCH}, {HEADS} heads x {CHANNELS} ch, {POINTS} points, "
-          f"levels {LEVELS}, Lq = S = {S}; CPU threads {args.threads}; median of {args.repeats} after {args.warmup} warm-up")
+    print(
+        f"MSDeformAttn at Mask2Former shapes: batch {BATCH}, {HEADS} heads x {CHANNELS} ch, {POINTS} points, "
+        f"levels {LEVELS}, Lq = S = {S}; CPU threads {args.threads}; "
+        f"median of {args.repeats} after {args.warmup} warm-up"
+    )
     header = f"{'device':6} {'dtype':9} {'impl':10} {'fwd ms':>9} {'fwd+bwd ms':>11} {'peak MiB':>9}"
     for device, dtype in cases:
         res = {impl: run_case(args, impl, device, dtype) for impl in ("compiled", "reference")}
         print(header)
         for impl, r in res.items():
-            print(f"{device:6} {dtype:9} {impl:10} {r['forward_s'] * 1e3:9.1f} {r['forward_backward_s'] * 1e3:11.1f} "
-                  f"{r['forward_backward_peak_mib']:9.0f}")
+            print(
+                f"{device:6} {dtype:9} {impl:10} {r['forward_s'] * 1e3:9.1f} {r['forward_backward_s'] * 1e3:11.1f} "
+                f"{r['forward_backward_peak_mib']:9.0f}"
+            )
         c, r = res["compiled"], res["reference"]
-        print(f"  speed-up (reference / compiled): forward {r['forward_s'] / c['forward_s']:.2f}x, "
-              f"forward+backward {r['forward_backward_s'] / c['forward_backward_s']:.2f}x; "
-              f"peak memory ratio {r['forward_backward_peak_mib'] / max(c['forward_backward_peak_mib'], 1e-9):.2f}x")
+        print(
+            f"  speed-up (reference / compiled): forward {r['forward_s'] / c['forward_s']:.2f}x, "
+            f"forward+backward {r['forward_backward_s'] / c['forward_backward_s']:.2f}x; "
+            f"peak memory ratio {r['forward_backward_peak_mib'] / max(c['forward_backward_peak_mib'], 1e-9):.2f}x"
+        )
         print(f"  forward relative error of compiled {dtype} vs float64 reference: {accuracy(device, dtype):.2e}")
 
 

@@ -10,6 +10,7 @@ positive logits that overlap, ``--kept`` confident queries (about half of them s
 With ``--old``, each function runs old and new alternately (interleaved, after warm-up), the outputs of the two are
 checked to be equal, and the table gives median and min-max milliseconds per image.
 """
+
 import argparse
 import importlib.util
 import os
@@ -38,13 +39,14 @@ def make_inputs(queries: int, classes: int, kept: int, size: int, device: str, s
     """
     gen = torch.Generator().manual_seed(seed)
     low = size // 4
-    yy, xx = torch.meshgrid(torch.arange(low, dtype=torch.float32), torch.arange(low, dtype=torch.float32),
-                            indexing="ij")
+    yy, xx = torch.meshgrid(
+        torch.arange(low, dtype=torch.float32), torch.arange(low, dtype=torch.float32), indexing="ij"
+    )
     centres = torch.rand(queries, 2, generator=gen) * low
     dist = ((yy - centres[:, 0, None, None]) ** 2 + (xx - centres[:, 1, None, None]) ** 2).sqrt()  # [Q, low, low]
     confident = torch.randperm(queries, generator=gen)[:kept]
     cell_dist = dist[confident]
-    nearest_other = torch.stack([torch.cat([cell_dist[:i], cell_dist[i + 1:]]).amin(0) for i in range(kept)])
+    nearest_other = torch.stack([torch.cat([cell_dist[:i], cell_dist[i + 1 :]]).amin(0) for i in range(kept)])
     radii = (0.05 + 0.2 * torch.rand(queries, generator=gen)) * low
     logits = (radii[:, None, None] - dist) / 4  # blobs
     logits[confident] = (nearest_other - cell_dist) / 2  # cells: positive inside, negative outside
@@ -100,8 +102,10 @@ def main():
         "instance": lambda m: m.instance_inference(mask_cls, mask_pred, k, 100, True, thing_ids),
     }
     sync = torch.cuda.synchronize if mask_pred.is_cuda else (lambda: None)
-    print(f"device {args.device}, threads {args.threads}, Q={args.queries}, K={k}, {args.size}x{args.size}, "
-          f"{args.runs} interleaved runs after {args.warmup} warm-up")
+    print(
+        f"device {args.device}, threads {args.threads}, Q={args.queries}, K={k}, {args.size}x{args.size}, "
+        f"{args.runs} interleaved runs after {args.warmup} warm-up"
+    )
     print(f"{'function':10s} {'version':8s} {'median ms':>10s} {'min ms':>9s} {'max ms':>9s}")
     for name, call in calls.items():
         outputs = {v: call(m) for v, m in versions.items()}

@@ -1,4 +1,5 @@
 """Atomic-write helpers shared by the preparation scripts (write to a temporary file, then os.replace)."""
+
 import json
 import os
 import tempfile
@@ -9,8 +10,9 @@ from PIL import Image
 
 def _atomic(path, write):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-",
-                               suffix=os.path.splitext(path)[1])
+    fd, tmp = tempfile.mkstemp(
+        dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-", suffix=os.path.splitext(path)[1]
+    )
     os.close(fd)
     try:
         write(tmp)
@@ -24,6 +26,7 @@ def write_bytes(path, data):
     def write(tmp):
         with open(tmp, "wb") as f:
             f.write(data)
+
     _atomic(path, write)
 
 
@@ -31,6 +34,7 @@ def write_json(path, obj):
     def write(tmp):
         with open(tmp, "w") as f:
             json.dump(obj, f)
+
     _atomic(path, write)
 
 

@@ -20,6 +20,7 @@ Image ids are 1..N over the sorted image stems of a split, the same in both JSON
 annotations_detectron2/ (run datasets/prepare_ade20k_sem_seg.py). Restartable: a split whose two JSONs exist is
 skipped, existing panoptic PNGs are not rewritten; every file is written atomically (the JSONs last).
 """
+
 import argparse
 import glob
 import os
@@ -49,8 +50,11 @@ def tables():
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", default=os.getenv("DETECTRON2_DATASETS", "datasets"),
-                   help="datasets root holding ADEChallengeData2016/ (default: $DETECTRON2_DATASETS or ./datasets)")
+    p.add_argument(
+        "--root",
+        default=os.getenv("DETECTRON2_DATASETS", "datasets"),
+        help="datasets root holding ADEChallengeData2016/ (default: $DETECTRON2_DATASETS or ./datasets)",
+    )
     p.add_argument("--splits", nargs="+", default=list(SPLITS), choices=list(SPLITS), help="splits to convert")
     return p.parse_args(argv)
 
@@ -75,8 +79,10 @@ def instances_of(instance_rgb, stem):
         mask = ins == g
         classes = np.unique(cls[mask])
         if len(classes) != 1 or not 1 <= classes[0] <= 100:
-            raise ValueError(f"Instance {g} of '{stem}' has instance classes {classes.tolist()} (expected one in "
-                             "1-100); re-extract annotations_instance from the official release.")
+            raise ValueError(
+                f"Instance {g} of '{stem}' has instance classes {classes.tolist()} (expected one in "
+                "1-100); re-extract annotations_instance from the official release."
+            )
         out.append((int(classes[0]), mask))
     return out
 
@@ -89,8 +95,15 @@ def panoptic_of(semantic, instances):
 
     def add(mask, category):
         ids[mask] = len(segments) + 1
-        segments.append({"id": len(segments) + 1, "category_id": int(category), "iscrowd": 0,
-                         "area": int(mask.sum()), "bbox": bbox_of(mask)})
+        segments.append(
+            {
+                "id": len(segments) + 1,
+                "category_id": int(category),
+                "iscrowd": 0,
+                "area": int(mask.sum()),
+                "bbox": bbox_of(mask),
+            }
+        )
 
     for label in np.unique(semantic):
         if label != 0 and not categories[label - 1]["isthing"]:
@@ -113,8 +126,17 @@ def instance_annotations(instances, image_id, first_id):
     for k, (cls, mask) in enumerate(instances):
         rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
         rle["counts"] = rle["counts"].decode("ascii")
-        anns.append({"id": first_id + k, "image_id": image_id, "category_id": instance_table[cls - 1]["id"],
-                     "segmentation": rle, "area": int(mask.sum()), "bbox": bbox_of(mask), "iscrowd": 0})
+        anns.append(
+            {
+                "id": first_id + k,
+                "image_id": image_id,
+                "category_id": instance_table[cls - 1]["id"],
+                "segmentation": rle,
+                "area": int(mask.sum()),
+                "bbox": bbox_of(mask),
+                "iscrowd": 0,
+            }
+        )
     return anns
 
 
@@ -124,8 +146,9 @@ def convert_split(ade, split):
     ins_json = os.path.join(ade, f"ade20k_instance_{split}.json")
     if os.path.exists(pan_json) and os.path.exists(ins_json):
         return False
-    image_dir, sem_dir, ins_dir = (os.path.join(ade, d, folder) for d in ("images", "annotations",
-                                                                           "annotations_instance"))
+    image_dir, sem_dir, ins_dir = (
+        os.path.join(ade, d, folder) for d in ("images", "annotations", "annotations_instance")
+    )
     require_dir(image_dir, ADE_URL)
     require_dir(sem_dir, ADE_URL)
     require_dir(ins_dir, INSTANCE_URL)
@@ -144,8 +167,9 @@ def convert_split(ade, split):
         pan_anns.append({"image_id": image_id, "file_name": stem + ".png", "segments_info": segments})
         ins_anns += instance_annotations(instances, image_id, len(ins_anns) + 1)
     semantic_table, instance_table, _ = tables()
-    categories = [{"id": c["id"], "name": c["name"], "color": list(c["color"]), "isthing": c["isthing"]}
-                  for c in semantic_table]
+    categories = [
+        {"id": c["id"], "name": c["name"], "color": list(c["color"]), "isthing": c["isthing"]} for c in semantic_table
+    ]
     ins_categories = [{"id": c["id"], "name": c["name"]} for c in instance_table]
     write_json(ins_json, {"images": images, "annotations": ins_anns, "categories": ins_categories})
     write_json(pan_json, {"images": images, "annotations": pan_anns, "categories": categories})

@@ -8,6 +8,7 @@ Output: ROOT/ADEChallengeData2016/annotations_detectron2/{training,validation}/<
 Restartable: existing outputs are skipped; each file is written atomically. Needed by ade20k_sem_seg_* and
 ade20k_panoptic_* (its semantic root).
 """
+
 import argparse
 import glob
 import os
@@ -25,8 +26,11 @@ FOLDERS = ("training", "validation")
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", default=os.getenv("DETECTRON2_DATASETS", "datasets"),
-                   help="datasets root holding ADEChallengeData2016/ (default: $DETECTRON2_DATASETS or ./datasets)")
+    p.add_argument(
+        "--root",
+        default=os.getenv("DETECTRON2_DATASETS", "datasets"),
+        help="datasets root holding ADEChallengeData2016/ (default: $DETECTRON2_DATASETS or ./datasets)",
+    )
     return p.parse_args(argv)
 
 
@@ -39,8 +43,10 @@ def shift_labels(label):
 def convert_folder(ade, folder):
     src_dir = os.path.join(ade, "annotations", folder)
     if not os.path.isdir(src_dir):
-        raise FileNotFoundError(f"Missing '{src_dir}'; extract ADEChallengeData2016.zip "
-                                "(sceneparsing.csail.mit.edu) into the datasets root.")
+        raise FileNotFoundError(
+            f"Missing '{src_dir}'; extract ADEChallengeData2016.zip "
+            "(sceneparsing.csail.mit.edu) into the datasets root."
+        )
     done = 0
     for src in tqdm(sorted(glob.glob(os.path.join(src_dir, "*.png"))), desc=f"ade20k sem_seg ({folder})", unit="img"):
         out = os.path.join(ade, "annotations_detectron2", folder, os.path.basename(src))

@@ -12,6 +12,7 @@ Output (inside that folder):
 Restartable: existing label images are skipped and each is written atomically; a panoptic split is built in a
 temporary folder and moved into place, its JSON last, so a split whose JSON exists is complete and skipped.
 """
+
 import argparse
 import glob
 import os
@@ -28,11 +29,15 @@ PANOPTIC_SPLITS = ("train", "val")
 
 
 def parse_args(argv=None):
-    default = os.getenv("CITYSCAPES_DATASET") or os.path.join(os.getenv("DETECTRON2_DATASETS", "datasets"),
-                                                               "cityscapes")
+    default = os.getenv("CITYSCAPES_DATASET") or os.path.join(
+        os.getenv("DETECTRON2_DATASETS", "datasets"), "cityscapes"
+    )
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--cityscapes", default=default,
-                   help="the Cityscapes folder (default: $CITYSCAPES_DATASET, else $DETECTRON2_DATASETS/cityscapes)")
+    p.add_argument(
+        "--cityscapes",
+        default=default,
+        help="the Cityscapes folder (default: $CITYSCAPES_DATASET, else $DETECTRON2_DATASETS/cityscapes)",
+    )
     p.add_argument("--skip-panoptic", action="store_true", help="only make the trainId label images")
     return p.parse_args(argv)
 
@@ -50,8 +55,10 @@ def train_id_image(polygons_json):
 def make_train_ids(root):
     files = sorted(glob.glob(os.path.join(root, "gtFine", "*", "*", "*_gtFine_polygons.json")))
     if not files:
-        raise FileNotFoundError(f"No '{os.path.join(root, 'gtFine', '<split>', '<city>', '*_gtFine_polygons.json')}'"
-                                "; unzip gtFine_trainvaltest.zip there or pass --cityscapes / set $CITYSCAPES_DATASET.")
+        raise FileNotFoundError(
+            f"No '{os.path.join(root, 'gtFine', '<split>', '<city>', '*_gtFine_polygons.json')}'"
+            "; unzip gtFine_trainvaltest.zip there or pass --cityscapes / set $CITYSCAPES_DATASET."
+        )
     done = 0
     for f in tqdm(files, desc="cityscapes labelTrainIds", unit="img"):
         dst = f.replace("_polygons.json", "_labelTrainIds.png")
@@ -70,8 +77,9 @@ def make_panoptic(root, split):
     if os.path.exists(os.path.join(gt, name + ".json")):
         return False
     if not glob.glob(os.path.join(gt, split, "*", "*_instanceIds.png")):
-        raise FileNotFoundError(f"No '{os.path.join(gt, split, '<city>', '*_instanceIds.png')}'; unzip "
-                                "gtFine_trainvaltest.zip there.")
+        raise FileNotFoundError(
+            f"No '{os.path.join(gt, split, '<city>', '*_instanceIds.png')}'; unzip gtFine_trainvaltest.zip there."
+        )
     tmp = os.path.join(gt, f".tmp-{name}")
     shutil.rmtree(tmp, ignore_errors=True)
     os.makedirs(tmp)

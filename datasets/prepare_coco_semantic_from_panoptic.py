@@ -9,6 +9,7 @@ Output (under ROOT/coco):
 Every segment (crowd ones included) is painted with its category. Restartable: existing outputs are skipped;
 each file is written atomically. Needed by coco_2017_{train,val}_panoptic_with_sem_seg.
 """
+
 import argparse
 import json
 import os
@@ -27,16 +28,20 @@ SPLITS = ("train", "val")
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", default=os.getenv("DETECTRON2_DATASETS", "datasets"),
-                   help="datasets root holding coco/ (default: $DETECTRON2_DATASETS or ./datasets)")
+    p.add_argument(
+        "--root",
+        default=os.getenv("DETECTRON2_DATASETS", "datasets"),
+        help="datasets root holding coco/ (default: $DETECTRON2_DATASETS or ./datasets)",
+    )
     p.add_argument("--splits", nargs="+", default=list(SPLITS), choices=SPLITS, help="splits to convert")
     return p.parse_args(argv)
 
 
 def require(path, what):
     if not os.path.exists(path):
-        raise FileNotFoundError(f"Missing {what} '{path}'; download COCO 2017 panoptic annotations there "
-                                "(see datasets/README.md).")
+        raise FileNotFoundError(
+            f"Missing {what} '{path}'; download COCO 2017 panoptic annotations there (see datasets/README.md)."
+        )
 
 
 def semantic_of(panoptic_rgb, segments, contiguous):

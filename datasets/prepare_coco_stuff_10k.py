@@ -15,6 +15,7 @@ Output (under ROOT/coco/coco_stuff_10k):
                                                stuff ids 92-182); unlabeled and the 11 unused COCO ids -> 255
 Restartable: existing outputs are skipped; each file is written atomically.
 """
+
 import argparse
 import os
 import sys
@@ -32,8 +33,11 @@ SPLITS = ("train", "test")
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", default=os.getenv("DETECTRON2_DATASETS", "datasets"),
-                   help="datasets root holding coco/coco_stuff_10k/ (default: $DETECTRON2_DATASETS or ./datasets)")
+    p.add_argument(
+        "--root",
+        default=os.getenv("DETECTRON2_DATASETS", "datasets"),
+        help="datasets root holding coco/coco_stuff_10k/ (default: $DETECTRON2_DATASETS or ./datasets)",
+    )
     return p.parse_args(argv)
 
 
@@ -59,8 +63,9 @@ def read_labels(mat_path):
 def read_list(base, split):
     path = os.path.join(base, "imageLists", f"{split}.txt")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"Missing '{path}'; unpack the COCO-Stuff 10k release (cocostuff-10k-v1.1.zip) "
-                                f"into '{base}'.")
+        raise FileNotFoundError(
+            f"Missing '{path}'; unpack the COCO-Stuff 10k release (cocostuff-10k-v1.1.zip) into '{base}'."
+        )
     with open(path) as f:
         return [line.strip() for line in f if line.strip()]
 

@@ -11,6 +11,7 @@ Layout (train and val are the same 3 images; a smoke-test set):
                                                              5 street frames, labels 0 background, 1 car, 2 track
 Idempotent and restartable: finished files are skipped; each file is written atomically; a stamp marks completion.
 """
+
 import argparse
 import io
 import os
@@ -31,19 +32,66 @@ VERSION = "6.3.1"
 SDIST = f"labelme-{VERSION}.tar.gz"
 EX = f"labelme-{VERSION}/examples/"
 STAMP = ".complete-v1"
-VOC = ["background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
-       "diningtable", "dog", "horse", "motorbike", "person", "potted plant", "sheep", "sofa", "train", "tv/monitor"]
-VOC_COLORS = [(0, 0, 0), (128, 0, 0), (0, 128, 0), (128, 128, 0), (0, 0, 128), (128, 0, 128), (0, 128, 128),
-              (128, 128, 128), (64, 0, 0), (192, 0, 0), (64, 128, 0), (192, 128, 0), (64, 0, 128), (192, 0, 128),
-              (64, 128, 128), (192, 128, 128), (0, 64, 0), (128, 64, 0), (0, 192, 0), (128, 192, 0), (0, 64, 128)]
+VOC = [
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "potted plant",
+    "sheep",
+    "sofa",
+    "train",
+    "tv/monitor",
+]
+VOC_COLORS = [
+    (0, 0, 0),
+    (128, 0, 0),
+    (0, 128, 0),
+    (128, 128, 0),
+    (0, 0, 128),
+    (128, 0, 128),
+    (0, 128, 128),
+    (128, 128, 128),
+    (64, 0, 0),
+    (192, 0, 0),
+    (64, 128, 0),
+    (192, 128, 0),
+    (64, 0, 128),
+    (192, 0, 128),
+    (64, 128, 128),
+    (192, 128, 128),
+    (0, 64, 0),
+    (128, 64, 0),
+    (0, 192, 0),
+    (128, 192, 0),
+    (0, 64, 128),
+]
 
 
 def parse_args():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--root", default=os.getenv("DETECTRON2_DATASETS", os.path.join(REPO, "datasets")),
-                   help="datasets root; the output goes to ROOT/mini (default: $DETECTRON2_DATASETS or ./datasets)")
-    p.add_argument("--cache", default=os.path.join(REPO, ".cache", "labelme"),
-                   help="where the labelme sdist is (downloaded with pip when missing)")
+    p.add_argument(
+        "--root",
+        default=os.getenv("DETECTRON2_DATASETS", os.path.join(REPO, "datasets")),
+        help="datasets root; the output goes to ROOT/mini (default: $DETECTRON2_DATASETS or ./datasets)",
+    )
+    p.add_argument(
+        "--cache",
+        default=os.path.join(REPO, ".cache", "labelme"),
+        help="where the labelme sdist is (downloaded with pip when missing)",
+    )
     p.add_argument("--force", action="store_true", help="rebuild even when the completion stamp exists")
     return p.parse_args()
 
@@ -54,19 +102,36 @@ def fetch_sdist(cache):
         print(f"[prepare_mini] downloading {SDIST} into {cache}")
         # only labelme as an sdist (the wheel has no examples): ":all:" would also force pip to build labelme's
         # build dependencies from source, which takes many minutes without a pip cache
-        subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", "labelme",
-                        f"labelme=={VERSION}", "-d", cache], check=True)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                "labelme",
+                f"labelme=={VERSION}",
+                "-d",
+                cache,
+            ],
+            check=True,
+        )
     return path
 
 
 def read_members(sdist):
     """All example files we need, as {path under examples/: bytes}."""
-    wanted = ("instance_segmentation/data_dataset_voc/", "instance_segmentation/data_dataset_coco/annotations.json",
-              "video_annotation/data_dataset_voc/JPEGImages/", "video_annotation/data_dataset_voc/SegmentationClassPNG/")
+    wanted = (
+        "instance_segmentation/data_dataset_voc/",
+        "instance_segmentation/data_dataset_coco/annotations.json",
+        "video_annotation/data_dataset_voc/JPEGImages/",
+        "video_annotation/data_dataset_voc/SegmentationClassPNG/",
+    )
     out = {}
     with tarfile.open(sdist) as tar:
         for m in tar.getmembers():
-            rel = m.name[len(EX):] if m.name.startswith(EX) else None
+            rel = m.name[len(EX) :] if m.name.startswith(EX) else None
             if m.isfile() and rel and rel.startswith(wanted):
                 out[rel] = tar.extractfile(m).read()
     return out
@@ -87,9 +152,15 @@ def panoptic_of(cls, obj):
         ys, xs = np.nonzero(mask)
         sid = len(segments) + 1
         ids[mask] = sid
-        segments.append({"id": sid, "category_id": int(category), "iscrowd": 0, "area": int(mask.sum()),
-                         "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1),
-                                  int(ys.max() - ys.min() + 1)]})
+        segments.append(
+            {
+                "id": sid,
+                "category_id": int(category),
+                "iscrowd": 0,
+                "area": int(mask.sum()),
+                "bbox": [int(xs.min()), int(ys.min()), int(xs.max() - xs.min() + 1), int(ys.max() - ys.min() + 1)],
+            }
+        )
 
     background = (cls == 0) & (obj == 0)
     if background.any():
@@ -111,9 +182,11 @@ def build_still_images(files, out, stems, coco, bar):
         semantic = np.full(cls.shape, 255, np.uint8)
         for s in segments:
             semantic[ids == s["id"]] = s["category_id"]
-        for path, write in ((f"images/{stem}.jpg", lambda p: write_bytes(p, jpg)),
-                            (f"panoptic/{stem}.png", lambda p: write_png(p, id2rgb(ids))),
-                            (f"semantic/{stem}.png", lambda p: write_png(p, semantic))):
+        for path, write in (
+            (f"images/{stem}.jpg", lambda p: write_bytes(p, jpg)),
+            (f"panoptic/{stem}.png", lambda p: write_png(p, id2rgb(ids))),
+            (f"semantic/{stem}.png", lambda p: write_png(p, semantic)),
+        ):
             if not os.path.exists(os.path.join(out, path)):
                 write(os.path.join(out, path))
             bar.update(1)
@@ -137,8 +210,10 @@ def build_video(files, out, bar):
     for frame in frames:
         jpg = files[f"video_annotation/data_dataset_voc/JPEGImages/{frame}.jpg"]
         label = png_array(files[f"video_annotation/data_dataset_voc/SegmentationClassPNG/{frame}.png"]).astype(np.uint8)
-        for path, write in ((f"video/frames/{frame}.jpg", lambda p: write_bytes(p, jpg)),
-                            (f"video/labels/{frame}.png", lambda p: write_png(p, label))):
+        for path, write in (
+            (f"video/frames/{frame}.jpg", lambda p: write_bytes(p, jpg)),
+            (f"video/labels/{frame}.png", lambda p: write_png(p, label)),
+        ):
             if not os.path.exists(os.path.join(out, path)):
                 write(os.path.join(out, path))
             bar.update(1)
@@ -153,17 +228,23 @@ def main():
         return
     start = time.time()
     import json
+
     files = read_members(fetch_sdist(args.cache))
     coco = json.loads(files["instance_segmentation/data_dataset_coco/annotations.json"])
     stems = sorted(os.path.basename(p)[:-4] for p in files if "data_dataset_voc/JPEGImages/2011" in p)
     with tqdm(total=3 * len(stems) + 10, desc="mini dataset", unit="file") as bar:
         images, pan_annotations = build_still_images(files, out, stems, coco, bar)
         build_video(files, out, bar)
-    categories = [{"id": i, "name": n, "isthing": int(i > 0), "color": list(VOC_COLORS[i]), "supercategory": "voc"}
-                  for i, n in enumerate(VOC)]
+    categories = [
+        {"id": i, "name": n, "isthing": int(i > 0), "color": list(VOC_COLORS[i]), "supercategory": "voc"}
+        for i, n in enumerate(VOC)
+    ]
     panoptic = {"images": images, "annotations": pan_annotations, "categories": categories}
-    instances = {"images": images, "annotations": instance_annotations(coco, stems),
-                 "categories": [c for c in categories if c["isthing"]]}
+    instances = {
+        "images": images,
+        "annotations": instance_annotations(coco, stems),
+        "categories": [c for c in categories if c["isthing"]],
+    }
     for split in ("train", "val"):
         write_json(os.path.join(out, f"panoptic_{split}.json"), panoptic)
         write_json(os.path.join(out, f"instances_{split}.json"), instances)

@@ -13,6 +13,7 @@ panoptic segments carry no score. Video frames keep the input's size and frame r
 (MODEL.DEVICE cuda) one worker process per GPU predicts frames concurrently, results in frame order. The exit
 status is non-zero when any input could not be read or written.
 """
+
 import argparse
 import glob
 import logging
@@ -30,10 +31,10 @@ import torch  # noqa: E402
 import tqdm  # noqa: E402
 from detectron2.data.detection_utils import read_image  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
+from predictor import TASKS, AsyncPredictor, VisualizationDemo, enable_task, enabled_tasks  # noqa: E402
 
 import universal_seg.data  # noqa: E402,F401  (registers the datasets: metadata for drawing)
 import universal_seg.modeling  # noqa: E402,F401  (registers the models)
-from predictor import TASKS, AsyncPredictor, VisualizationDemo, enable_task, enabled_tasks  # noqa: E402
 from universal_seg.config import load_config  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -47,20 +48,30 @@ def error(message: str) -> None:
 
 
 def get_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
     parser.add_argument("--config-file", required=True, metavar="FILE", help="model config (under configs/)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--input", nargs="+", help="image files, globs ('imgs/*.jpg') or directories")
     source.add_argument("--video-input", help="a video file")
     source.add_argument("--webcam", action="store_true", help="camera 0")
-    parser.add_argument("--output", help="a directory, or a file for one image / one video; "
-                                         "without it the drawings are shown in a window")
-    parser.add_argument("--task", choices=TASKS, help="what to draw (default: the first enabled in the config "
-                                                      "among panoptic, instance, semantic)")
-    parser.add_argument("--confidence-threshold", type=float, default=None,
-                        help="minimum instance score drawn (default 0.5); for panoptic it replaces "
-                             "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD")
+    parser.add_argument(
+        "--output",
+        help="a directory, or a file for one image / one video; without it the drawings are shown in a window",
+    )
+    parser.add_argument(
+        "--task",
+        choices=TASKS,
+        help="what to draw (default: the first enabled in the config among panoptic, instance, semantic)",
+    )
+    parser.add_argument(
+        "--confidence-threshold",
+        type=float,
+        default=None,
+        help="minimum instance score drawn (default 0.5); for panoptic it replaces "
+        "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD",
+    )
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
     return parser
 
@@ -86,8 +97,9 @@ def expand_inputs(patterns: list[str]) -> list[str]:
     paths = []
     for pattern in patterns:
         if os.path.isdir(pattern):
-            found = sorted(os.path.join(pattern, f) for f in os.listdir(pattern)
-                           if f.lower().endswith(IMAGE_EXTENSIONS))
+            found = sorted(
+                os.path.join(pattern, f) for f in os.listdir(pattern) if f.lower().endswith(IMAGE_EXTENSIONS)
+            )
         elif glob.has_magic(pattern):
             found = sorted(glob.glob(os.path.expanduser(pattern)))
         else:
@@ -123,8 +135,9 @@ def run_images(demo: VisualizationDemo, paths: list[str], output: str | None) ->
         try:
             image = read_image(path, format="RGB")
         except Exception as err:  # noqa: BLE001 - any decoding failure: report it, go on with the rest
-            error(f"cannot read image {path!r} ({type(err).__name__}: {err}); check that it exists and is "
-                         f"an image file.")
+            error(
+                f"cannot read image {path!r} ({type(err).__name__}: {err}); check that it exists and is an image file."
+            )
             failed += 1
             continue
         t0 = time.perf_counter()
@@ -134,8 +147,7 @@ def run_images(demo: VisualizationDemo, paths: list[str], output: str | None) ->
         if output:
             target = output_path(output, path, len(paths) == 1)
             if not cv2.imwrite(target, drawing[:, :, ::-1]):
-                error(f"cannot write {target!r}; check the directory is writable and the extension is an "
-                             f"image format.")
+                error(f"cannot write {target!r}; check the directory is writable and the extension is an image format.")
                 failed += 1
         elif not show("image", drawing[:, :, ::-1]):
             break
@@ -170,8 +182,10 @@ def probe_codec(extension: str | None) -> tuple[str, str]:
             reader.release()
             if ok:
                 return fourcc, ext
-    sys.exit(f"no video codec works with this OpenCV build (tried {', '.join(c for c, _ in VIDEO_CODECS)}): "
-             "install an OpenCV with FFmpeg support, or write images with --input instead.")
+    sys.exit(
+        f"no video codec works with this OpenCV build (tried {', '.join(c for c, _ in VIDEO_CODECS)}): "
+        "install an OpenCV with FFmpeg support, or write images with --input instead."
+    )
 
 
 def open_writer(output: str, input_name: str, fps: float, size: tuple[int, int]) -> tuple[cv2.VideoWriter, str]:
@@ -254,8 +268,9 @@ def main(argv=None) -> int:
         if args.input:
             paths = expand_inputs(args.input)
             if len(paths) > 1 and args.output and os.path.splitext(args.output)[1] and not os.path.isdir(args.output):
-                sys.exit(f"--output {args.output!r} looks like a file but there are {len(paths)} inputs; "
-                         "give a directory.")
+                sys.exit(
+                    f"--output {args.output!r} looks like a file but there are {len(paths)} inputs; give a directory."
+                )
             return 1 if run_images(demo, paths, args.output) else 0
         if args.video_input and not os.path.isfile(args.video_input):
             error(f"--video-input {args.video_input!r} does not exist; check the path.")

@@ -3,6 +3,7 @@ predictor, and the drawing of panoptic / instance / semantic results with detect
 
 Images everywhere in this module are RGB uint8 arrays [H, W, 3]; the predictor converts to cfg.INPUT.FORMAT.
 """
+
 import multiprocessing as mp
 import queue
 from collections import deque
@@ -104,8 +105,10 @@ class AsyncPredictor:
         ctx = mp.get_context("spawn")  # CUDA and torch's thread pools do not survive fork
         self.task_queue = ctx.Queue(maxsize=2 * len(devices))
         self.result_queue = ctx.Queue()
-        self.workers = [ctx.Process(target=_prediction_worker, args=(cfg, d, self.task_queue, self.result_queue),
-                                    daemon=True) for d in devices]
+        self.workers = [
+            ctx.Process(target=_prediction_worker, args=(cfg, d, self.task_queue, self.result_queue), daemon=True)
+            for d in devices
+        ]
         for worker in self.workers:
             worker.start()
         self.put_index, self.get_index = 0, 0
@@ -143,8 +146,9 @@ class AsyncPredictor:
     def _check_workers(self) -> None:
         dead = [(d, w.exitcode) for d, w in zip(self.devices, self.workers) if not w.is_alive()]
         if dead:
-            raise RuntimeError(f"prediction worker(s) {dead} (device, exit code) stopped; their error is printed "
-                               "above.")
+            raise RuntimeError(
+                f"prediction worker(s) {dead} (device, exit code) stopped; their error is printed above."
+            )
 
     def __call__(self, image: np.ndarray) -> dict:
         self.put(image)
@@ -206,8 +210,10 @@ class VisualizationDemo:
         colours that stay stable across frames, or None for a still image. Returns RGB uint8 [H, W, 3]."""
         key = {"panoptic": "panoptic_seg", "instance": "instances", "semantic": "sem_seg"}[self.task]
         if key not in outputs:
-            raise KeyError(f"the model did not output {key!r}; enable MODEL.MASK_FORMER.TEST."
-                           f"{_TASK_KEYS[self.task]} (demo.py does it for --task {self.task}).")
+            raise KeyError(
+                f"the model did not output {key!r}; enable MODEL.MASK_FORMER.TEST."
+                f"{_TASK_KEYS[self.task]} (demo.py does it for --task {self.task})."
+            )
         if self.task == "panoptic":
             seg, info = outputs["panoptic_seg"]
             if visualizer is not None:
@@ -220,7 +226,8 @@ class VisualizationDemo:
                 vis = visualizer.draw_instance_predictions(image, instances)
             else:
                 vis = Visualizer(image, self.metadata, instance_mode=ColorMode.IMAGE).draw_instance_predictions(
-                    instances)
+                    instances
+                )
         else:
             labels = outputs["sem_seg"].argmax(dim=0).cpu()
             if visualizer is not None:

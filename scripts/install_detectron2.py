@@ -26,6 +26,7 @@ as is. This script
 All changes live in the installed files; nothing is monkeypatched at import time.
 Only the standard library is used. Importing this file has no side effects (tests load it).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -246,7 +247,7 @@ def __dir__():
     return sorted(list(globals()))
 '''
 
-SETUP_PY_TEMPLATE = '''\
+SETUP_PY_TEMPLATE = """\
 # Written by universal_seg's scripts/install_detectron2.py: a pure-Python build of detectron2 v0.6
 # (from the {sdist} sdist, patched), without the compiled extension of upstream's setup.py.
 import glob
@@ -275,7 +276,7 @@ setup(
     python_requires=">=3.8",
     zip_safe=False,
 )
-'''
+"""
 
 PYPROJECT_TOML = """\
 [build-system]
@@ -402,8 +403,19 @@ def download_sdist(cache_dir: Path) -> None:
     pip prepares the sdist's metadata even for a download, which runs its setup.py, which imports torch:
     --no-build-isolation lets that setup.py see the torch of this environment.
     """
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-           "--no-build-isolation", f"{SDIST_NAME}=={SDIST_VERSION}", "-d", str(cache_dir)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--no-build-isolation",
+        f"{SDIST_NAME}=={SDIST_VERSION}",
+        "-d",
+        str(cache_dir),
+    ]
     result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
         raise InstallError(
@@ -567,9 +579,7 @@ def verify_install() -> Path:
         raise InstallError(f"the installed detectron2 does not import:\n{output}")
     package_dir = Path(result.stdout.strip().splitlines()[-1]).parent
     if not (package_dir / MARKER_NAME).is_file():
-        raise InstallError(
-            f"installed, but `import detectron2` loads {package_dir}, which shadows it; remove that one"
-        )
+        raise InstallError(f"installed, but `import detectron2` loads {package_dir}, which shadows it; remove that one")
     return package_dir
 
 
@@ -612,8 +622,9 @@ def wheel_marker(wheel: Path) -> Optional[Dict[str, str]]:
 def wheel_is_current(wheel: Path) -> bool:
     """Whether the wheel was built from the expected sdist with the current patch set."""
     fields = wheel_marker(wheel)
-    return fields is not None and fields.get("sdist_sha256") == SDIST_SHA256 \
-        and fields.get("patch_set") == patch_set_id()
+    return (
+        fields is not None and fields.get("sdist_sha256") == SDIST_SHA256 and fields.get("patch_set") == patch_set_id()
+    )
 
 
 def build_wheel(cache_dir: Path, wheel_dir: Path, force: bool = False) -> Path:
@@ -648,13 +659,24 @@ def build_wheel(cache_dir: Path, wheel_dir: Path, force: bool = False) -> Path:
 def parse_args(argv: Optional[Sequence[str]]) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE_DIR,
-                        help=f"where the sdist is downloaded and reused (default: {DEFAULT_CACHE_DIR})")
-    parser.add_argument("--force", action="store_true",
-                        help="reinstall even if a detectron2 is installed (with --wheel-dir: rebuild the wheel)")
-    parser.add_argument("--wheel-dir", type=Path, default=None,
-                        help="build the patched detectron2 into a pure-Python wheel in this directory "
-                             "instead of installing it (the running environment is not changed)")
+    parser.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=DEFAULT_CACHE_DIR,
+        help=f"where the sdist is downloaded and reused (default: {DEFAULT_CACHE_DIR})",
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="reinstall even if a detectron2 is installed (with --wheel-dir: rebuild the wheel)",
+    )
+    parser.add_argument(
+        "--wheel-dir",
+        type=Path,
+        default=None,
+        help="build the patched detectron2 into a pure-Python wheel in this directory "
+        "instead of installing it (the running environment is not changed)",
+    )
     return parser.parse_args(argv)
 
 
@@ -664,8 +686,7 @@ def skip_reason(state: InstalledState) -> Optional[str]:
         return f"detectron2 {DIST_VERSION} already installed at {state.location} ({state.detail})"
     if state.kind == "foreign":
         return (
-            f"a working detectron2 not built by this script is at {state.location} ({state.detail}); "
-            "leaving it alone"
+            f"a working detectron2 not built by this script is at {state.location} ({state.detail}); leaving it alone"
         )
     return None
 

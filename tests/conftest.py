@@ -1,4 +1,5 @@
 """Shared pytest fixtures and helpers."""
+
 from pathlib import Path
 
 import pytest
@@ -15,8 +16,19 @@ def load_cfg(path, *opts):
     return load_config(str(ROOT / path), ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", *opts])
 
 
-def make_ms_deform_attn_inputs(N=2, M=3, D=5, shapes=((7, 9), (4, 5), (2, 3)), Lq=11, P=3, dtype=torch.float64,
-                               device="cpu", loc_range=(-0.2, 1.2), requires_grad=False, seed=0):
+def make_ms_deform_attn_inputs(
+    N=2,
+    M=3,
+    D=5,
+    shapes=((7, 9), (4, 5), (2, 3)),
+    Lq=11,
+    P=3,
+    dtype=torch.float64,
+    device="cpu",
+    loc_range=(-0.2, 1.2),
+    requires_grad=False,
+    seed=0,
+):
     """Random MSDeformAttn inputs: value [N, S, M, D], spatial_shapes [L, 2], level_start_index [L],
     sampling_locations [N, Lq, M, L, P, 2] uniform in loc_range (so some points lie at or beyond the borders),
     attention_weights [N, Lq, M, L, P] softmaxed over (L, P)."""

@@ -1,11 +1,11 @@
 """Every backbone builds from a config, runs forward + backward, returns what output_shape() declares at
 ceil(input / stride), honours FREEZE_AT and drop-path, rejects bad configs with one clear error, and feeds
 the MSDeformAttn pixel decoder."""
+
 import math
 
 import pytest
 import torch
-
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
@@ -54,11 +54,26 @@ def _effv2(cfg):
     cfg.MODEL.EFFICIENTFORMERV2.VARIANT = "S0"
 
 
-BACKBONES = {"resnet50": _resnet, "swin": _swin, "swin_ape": _swin_ape, "mit_b0": _mit, "vit_t": _vit,
-             "vit_t_single": _vit_single, "timm_resnet18": _timm, "effformerv2_s0": _effv2}
-CHANNELS = {"resnet50": [256, 512, 1024, 2048], "swin": [32, 64, 128, 256], "swin_ape": [32, 64, 128, 256],
-            "mit_b0": [32, 64, 160, 256], "vit_t": [64] * 4, "vit_t_single": [64] * 4,
-            "timm_resnet18": [64, 128, 256, 512], "effformerv2_s0": [32, 48, 96, 176]}
+BACKBONES = {
+    "resnet50": _resnet,
+    "swin": _swin,
+    "swin_ape": _swin_ape,
+    "mit_b0": _mit,
+    "vit_t": _vit,
+    "vit_t_single": _vit_single,
+    "timm_resnet18": _timm,
+    "effformerv2_s0": _effv2,
+}
+CHANNELS = {
+    "resnet50": [256, 512, 1024, 2048],
+    "swin": [32, 64, 128, 256],
+    "swin_ape": [32, 64, 128, 256],
+    "mit_b0": [32, 64, 160, 256],
+    "vit_t": [64] * 4,
+    "vit_t_single": [64] * 4,
+    "timm_resnet18": [64, 128, 256, 512],
+    "effformerv2_s0": [32, 48, 96, 176],
+}
 TRANSFORMERS = {"swin": "SWIN", "mit_b0": "MIT", "vit_t": "VIT", "effformerv2_s0": "EFFICIENTFORMERV2"}
 
 
@@ -115,16 +130,22 @@ def test_freeze_at(name):
         return  # detectron2's ResNet: frozen stages use FrozenBN and have no dropout; no eval-mode pinning
     # frozen parts stay in eval mode when the model trains
     model = build(name, freeze_at=2).train()
-    frozen = [m for m in model.modules() if m is not model and all(not p.requires_grad for p in m.parameters(recurse=False))
-              and any(True for _ in m.parameters(recurse=False))]
+    frozen = [
+        m
+        for m in model.modules()
+        if m is not model
+        and all(not p.requires_grad for p in m.parameters(recurse=False))
+        and any(True for _ in m.parameters(recurse=False))
+    ]
     assert frozen and not any(m.training for m in frozen)
 
 
 @pytest.mark.parametrize("name", list(TRANSFORMERS))
 def test_drop_path_rate_is_honoured(name):
     model = build(name, **{f"MODEL.{TRANSFORMERS[name]}.DROP_PATH_RATE": 0.5})
-    rates = [getattr(m, "rate", getattr(m, "drop_prob", None)) for m in model.modules()
-             if type(m).__name__ == "DropPath"]
+    rates = [
+        getattr(m, "rate", getattr(m, "drop_prob", None)) for m in model.modules() if type(m).__name__ == "DropPath"
+    ]
     assert rates and max(rates) == pytest.approx(0.5) and min(rates) < 0.5
     x = torch.randn(2, 3, 64, 96)
     torch.manual_seed(1)
@@ -157,26 +178,39 @@ def test_vit_without_pyramid_outputs_layers():
 
 def test_subset_of_out_features():
     for name in ["swin", "mit_b0", "vit_t", "timm_resnet18", "effformerv2_s0"]:
-        key = {"swin": "SWIN", "mit_b0": "MIT", "vit_t": "VIT", "timm_resnet18": "TIMM",
-               "effformerv2_s0": "EFFICIENTFORMERV2"}[name]
+        key = {
+            "swin": "SWIN",
+            "mit_b0": "MIT",
+            "vit_t": "VIT",
+            "timm_resnet18": "TIMM",
+            "effformerv2_s0": "EFFICIENTFORMERV2",
+        }[name]
         model = build(name, **{f"MODEL.{key}.OUT_FEATURES": ["res3", "res4"]})
         out = model(torch.randn(1, 3, 64, 64))
         assert list(out) == list(model.output_shape()) == ["res3", "res4"]
 
 
-@pytest.mark.parametrize("name,overrides,error,match", [
-    ("mit_b0", {"MODEL.MIT.VARIANT": "B9"}, KeyError, "MODEL.MIT.VARIANT='B9' is not a known variant"),
-    ("vit_t", {"MODEL.VIT.VARIANT": "H"}, KeyError, "MODEL.VIT.VARIANT='H' is not a known variant"),
-    ("effformerv2_s0", {"MODEL.EFFICIENTFORMERV2.VARIANT": "S9"}, KeyError, "VARIANT='S9'"),
-    ("swin", {"MODEL.SWIN.OUT_FEATURES": ["res2", "res6"]}, ValueError, "MODEL.SWIN.OUT_FEATURES"),
-    ("mit_b0", {"MODEL.MIT.OUT_FEATURES": []}, ValueError, "MODEL.MIT.OUT_FEATURES"),
-    ("vit_t", {"MODEL.VIT.OUT_INDICES": [3, 7, 11]}, ValueError, "1 or 4 entries"),
-    ("vit_t", {"MODEL.VIT.OUT_INDICES": [12]}, ValueError, "MODEL.VIT.OUT_INDICES"),
-    ("timm_resnet18", {"MODEL.TIMM.MODEL_NAME": "vit_tiny_patch16_224"}, ValueError, r"no feature level at stride \[4"),
-    ("timm_resnet18", {"MODEL.TIMM.MODEL_NAME": "no_such_net"}, KeyError, "not a timm model"),
-    ("resnet50", {"MODEL.RESNETS.DEPTH": 77}, KeyError, "MODEL.RESNETS.DEPTH=77"),
-    ("swin", {"MODEL.BACKBONE.FREEZE_AT": 7}, ValueError, "FREEZE_AT=7"),
-])
+@pytest.mark.parametrize(
+    "name,overrides,error,match",
+    [
+        ("mit_b0", {"MODEL.MIT.VARIANT": "B9"}, KeyError, "MODEL.MIT.VARIANT='B9' is not a known variant"),
+        ("vit_t", {"MODEL.VIT.VARIANT": "H"}, KeyError, "MODEL.VIT.VARIANT='H' is not a known variant"),
+        ("effformerv2_s0", {"MODEL.EFFICIENTFORMERV2.VARIANT": "S9"}, KeyError, "VARIANT='S9'"),
+        ("swin", {"MODEL.SWIN.OUT_FEATURES": ["res2", "res6"]}, ValueError, "MODEL.SWIN.OUT_FEATURES"),
+        ("mit_b0", {"MODEL.MIT.OUT_FEATURES": []}, ValueError, "MODEL.MIT.OUT_FEATURES"),
+        ("vit_t", {"MODEL.VIT.OUT_INDICES": [3, 7, 11]}, ValueError, "1 or 4 entries"),
+        ("vit_t", {"MODEL.VIT.OUT_INDICES": [12]}, ValueError, "MODEL.VIT.OUT_INDICES"),
+        (
+            "timm_resnet18",
+            {"MODEL.TIMM.MODEL_NAME": "vit_tiny_patch16_224"},
+            ValueError,
+            r"no feature level at stride \[4",
+        ),
+        ("timm_resnet18", {"MODEL.TIMM.MODEL_NAME": "no_such_net"}, KeyError, "not a timm model"),
+        ("resnet50", {"MODEL.RESNETS.DEPTH": 77}, KeyError, "MODEL.RESNETS.DEPTH=77"),
+        ("swin", {"MODEL.BACKBONE.FREEZE_AT": 7}, ValueError, "FREEZE_AT=7"),
+    ],
+)
 def test_bad_config_errors(name, overrides, error, match):
     with pytest.raises(error, match=match):
         build(name, **overrides)

@@ -1,5 +1,6 @@
 """Backbones against independent truth: torchvision ResNet, the official Mask2Former Swin key list,
 HuggingFace transformers SegFormer, timm ViT and timm EfficientFormerV2 (all randomly initialised)."""
+
 import pickle
 import sys
 from pathlib import Path
@@ -10,15 +11,21 @@ import torch
 import torch.nn as nn
 import torchvision
 import transformers
-
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.config import get_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
 
-from universal_seg.modeling.backbone import (MixVisionTransformer, SwinTransformer, add_backbone_config,
-                                             checkpoint_filter_vit, convert_mit_checkpoint, efficientformerv2,
-                                             set_mask2former_resnet, vit)
+from universal_seg.modeling.backbone import (
+    MixVisionTransformer,
+    SwinTransformer,
+    add_backbone_config,
+    checkpoint_filter_vit,
+    convert_mit_checkpoint,
+    efficientformerv2,
+    set_mask2former_resnet,
+    vit,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "tools"))
@@ -106,8 +113,15 @@ def test_swin_imagenet_converter_drops_head_and_loads(tmp_path):
     model = SwinTransformer(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 4, 8))
     # an official-style ImageNet checkpoint: no per-level norms, a final norm, a classifier, stored masks
     sd = {k: v for k, v in model.state_dict().items() if not k.startswith("norm")}
-    sd.update({"norm.weight": torch.ones(256), "norm.bias": torch.zeros(256), "head.weight": torch.zeros(10, 256),
-               "head.bias": torch.zeros(10), "layers.0.blocks.1.attn_mask": torch.zeros(64, 49, 49)})
+    sd.update(
+        {
+            "norm.weight": torch.ones(256),
+            "norm.bias": torch.zeros(256),
+            "head.weight": torch.zeros(10, 256),
+            "head.bias": torch.zeros(10),
+            "layers.0.blocks.1.attn_mask": torch.zeros(64, 49, 49),
+        }
+    )
     torch.save({"model": sd}, tmp_path / "swin.pth")
     obj = convert_file(str(tmp_path / "swin.pth"), str(tmp_path / "swin.pkl"))
     assert obj["matching_heuristics"] is True
@@ -152,8 +166,12 @@ def test_mit_converter_accepts_nvlabs_layouts():
     ours = MixVisionTransformer()
     sd = ours.state_dict()
     imagenet = dict(sd, **{"head.weight": torch.zeros(1000, 256), "head.bias": torch.zeros(1000)})
-    full = {"state_dict": {**{f"backbone.{k}": v for k, v in sd.items()},
-                           "decode_head.linear_pred.weight": torch.zeros(150, 256, 1, 1)}}
+    full = {
+        "state_dict": {
+            **{f"backbone.{k}": v for k, v in sd.items()},
+            "decode_head.linear_pred.weight": torch.zeros(150, 256, 1, 1),
+        }
+    }
     for ckpt in (imagenet, full):
         conv = convert_mit_checkpoint(ckpt)
         assert set(conv) == set(sd)
@@ -169,14 +187,21 @@ def test_mit_converter_accepts_hub_huggingface_names():
 
     new = _hf_segformer().state_dict()
     # invert transformers' hub->v5 renaming by hand-written inverse patterns
-    inverse = [(r"stages\.(\d+)\.patch_embeddings\.", r"encoder.patch_embeddings.\1."),
-               (r"stages\.(\d+)\.blocks\.", r"encoder.block.\1."), (r"stages\.(\d+)\.layer_norm", r"encoder.layer_norm.\1"),
-               ("attention.q_proj", "attention.self.query"), ("attention.k_proj", "attention.self.key"),
-               ("attention.v_proj", "attention.self.value"),
-               ("attention.sequence_reduction.sequence_reduction", "attention.self.sr"),
-               ("attention.sequence_reduction.layer_norm", "attention.self.layer_norm"),
-               ("attention.o_proj", "attention.output.dense"), ("mlp.fc1", "mlp.dense1"), ("mlp.fc2", "mlp.dense2"),
-               ("layernorm_before", "layer_norm_1"), ("layernorm_after", "layer_norm_2")]
+    inverse = [
+        (r"stages\.(\d+)\.patch_embeddings\.", r"encoder.patch_embeddings.\1."),
+        (r"stages\.(\d+)\.blocks\.", r"encoder.block.\1."),
+        (r"stages\.(\d+)\.layer_norm", r"encoder.layer_norm.\1"),
+        ("attention.q_proj", "attention.self.query"),
+        ("attention.k_proj", "attention.self.key"),
+        ("attention.v_proj", "attention.self.value"),
+        ("attention.sequence_reduction.sequence_reduction", "attention.self.sr"),
+        ("attention.sequence_reduction.layer_norm", "attention.self.layer_norm"),
+        ("attention.o_proj", "attention.output.dense"),
+        ("mlp.fc1", "mlp.dense1"),
+        ("mlp.fc2", "mlp.dense2"),
+        ("layernorm_before", "layer_norm_1"),
+        ("layernorm_after", "layer_norm_2"),
+    ]
     old = {}
     for k, v in new.items():
         for pat, rep in inverse:
@@ -189,8 +214,9 @@ def test_mit_converter_accepts_hub_huggingface_names():
 @pytest.fixture(scope="module")
 def timm_vit_tiny():
     torch.manual_seed(0)
-    return timm.create_model("vit_tiny_patch16_224", pretrained=False, dynamic_img_size=True,
-                             dynamic_img_pad=True).eval()
+    return timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, dynamic_img_size=True, dynamic_img_pad=True
+    ).eval()
 
 
 @pytest.mark.parametrize("hw", [(224, 224), (160, 288), (250, 333)])
@@ -264,19 +290,22 @@ def test_efficientformerv2_other_size_equals_timm_built_for_it():
 def test_efficientformerv2_attention_layers_are_ours_and_keep_timm_names():
     from timm.models import efficientformer_v2 as effv2
 
-    from universal_seg.modeling.backbone.efficientformerv2 import (ResizableAttention2d,
-                                                                   ResizableAttention2dDownsample)
+    from universal_seg.modeling.backbone.efficientformerv2 import ResizableAttention2d, ResizableAttention2dDownsample
 
     ours = efficientformerv2("S0")
     kinds = {n: type(m) for n, m in ours.model.named_modules()}
     assert not any(issubclass(t, (effv2.Attention2d, effv2.Attention2dDownsample)) for t in kinds.values())
     assert kinds["stages_3.downsample.attn"] is ResizableAttention2dDownsample
     assert [n for n, t in kinds.items() if t is ResizableAttention2d] == [
-        "stages_2.blocks.4.token_mixer", "stages_2.blocks.5.token_mixer",
-        "stages_3.blocks.2.token_mixer", "stages_3.blocks.3.token_mixer"]
+        "stages_2.blocks.4.token_mixer",
+        "stages_2.blocks.5.token_mixer",
+        "stages_3.blocks.2.token_mixer",
+        "stages_3.blocks.3.token_mixer",
+    ]
     import timm
 
     ref = timm.create_model("efficientformerv2_s0", features_only=True, pretrained=False)
-    assert [(k, v.shape) for k, v in ours.model.state_dict().items()] == \
-        [(k, v.shape) for k, v in ref.state_dict().items()]
+    assert [(k, v.shape) for k, v in ours.model.state_dict().items()] == [
+        (k, v.shape) for k, v in ref.state_dict().items()
+    ]
     assert [(k, v.shape) for k, v in ours.model.named_buffers()] == [(k, v.shape) for k, v in ref.named_buffers()]

@@ -4,9 +4,11 @@ a YAML under configs/ sets (through its _BASE_ chain) is read by some code.
 "Read" is decided from the source text, independently of the code paths that build models: every Python file of
 universal_seg/, tools/, demo/ and the installed detectron2 is tokenized (comments and docstrings drop out), and a key
 ``A.B.C`` counts as read when one file has ``C`` as an attribute read (``.C`` not followed by ``=``) or as the exact
-string ``"C"`` (not as a dict key: ``CN({"ENABLED": False})`` defines a key), and also names its parent node ``B`` the same way (so MODEL.SWIN.OUT_FEATURES is not vouched for by
+string ``"C"`` (not as a dict key: ``CN({"ENABLED": False})`` defines a key), and also names its parent node ``B`` the
+same way (so MODEL.SWIN.OUT_FEATURES is not vouched for by
 a file that only reads MODEL.RESNETS.OUT_FEATURES).
 """
+
 import functools
 import io
 import subprocess
@@ -34,8 +36,11 @@ def _names_read(path: Path) -> set[str]:
         tokens = list(tokenize.generate_tokens(io.StringIO(path.read_text(encoding="utf-8")).readline))
     except (tokenize.TokenError, SyntaxError, UnicodeDecodeError):
         return names
-    significant = [t for t in tokens if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT,
-                                                       tokenize.INDENT, tokenize.DEDENT)]
+    significant = [
+        t
+        for t in tokens
+        if t.type not in (tokenize.NL, tokenize.NEWLINE, tokenize.COMMENT, tokenize.INDENT, tokenize.DEDENT)
+    ]
     for i, tok in enumerate(significant):
         if tok.type == tokenize.NAME and i > 0 and significant[i - 1].string == ".":
             following = significant[i + 1].string if i + 1 < len(significant) else ""
@@ -93,18 +98,22 @@ def test_tool_turns_the_error_into_a_one_line_exit(tmp_path):
     cmd = [sys.executable, str(ROOT / "tools" / "analyze_model.py"), "--config-file", str(tmp_path / "nope.yaml")]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 1 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1] == f"error: --config-file {str(tmp_path / 'nope.yaml')!r} does not " \
-                                                   "exist; pick one under configs/."
+    assert (
+        proc.stderr.strip().splitlines()[-1] == f"error: --config-file {str(tmp_path / 'nope.yaml')!r} does not "
+        "exist; pick one under configs/."
+    )
 
 
 def test_reader_sees_attribute_reads_and_strings_but_not_writes(tmp_path):
     src = tmp_path / "m.py"
-    src.write_text('"""Docstring naming cfg.MODEL.DOC_ONLY."""\n'
-                   "cfg.MODEL.WRITTEN = 1  # cfg.MODEL.COMMENT_ONLY\n"
-                   "x = cfg.MODEL.READ\n"
-                   'y = getattr(node, "BY_NAME")\n'
-                   'z = CN({"DICT_KEY": False})\n'
-                   "if cfg.MODEL.COMPARED == 2:\n    pass\n")
+    src.write_text(
+        '"""Docstring naming cfg.MODEL.DOC_ONLY."""\n'
+        "cfg.MODEL.WRITTEN = 1  # cfg.MODEL.COMMENT_ONLY\n"
+        "x = cfg.MODEL.READ\n"
+        'y = getattr(node, "BY_NAME")\n'
+        'z = CN({"DICT_KEY": False})\n'
+        "if cfg.MODEL.COMPARED == 2:\n    pass\n"
+    )
     assert _names_read(src) == {"MODEL", "READ", "BY_NAME", "COMPARED"}
 
 

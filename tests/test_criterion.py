@@ -1,4 +1,5 @@
 """SetCriterion: loss names, hand-computed CE / BCE / dice, num_masks normalisation, zero-GT batches, AMP."""
+
 import math
 
 import pytest
@@ -38,6 +39,7 @@ def random_outputs(gen, batch=2, queries=4, num_classes=3, hw=(5, 6), aux=0, req
         logits = torch.randn(batch, queries, num_classes + 1, generator=gen)
         masks = torch.randn(batch, queries, *hw, generator=gen) * 2
         return {"pred_logits": logits.requires_grad_(requires_grad), "pred_masks": masks.requires_grad_(requires_grad)}
+
     outputs = one()
     if aux:
         outputs["aux_outputs"] = [one() for _ in range(aux)]
@@ -45,8 +47,10 @@ def random_outputs(gen, batch=2, queries=4, num_classes=3, hw=(5, 6), aux=0, req
 
 
 def random_targets(gen, sizes, num_classes=3, hw=(5, 6)):
-    return [{"labels": torch.randint(0, num_classes, (n,), generator=gen),
-             "masks": torch.rand(n, *hw, generator=gen) > 0.5} for n in sizes]
+    return [
+        {"labels": torch.randint(0, num_classes, (n,), generator=gen), "masks": torch.rand(n, *hw, generator=gen) > 0.5}
+        for n in sizes
+    ]
 
 
 def hand_point_losses(logits, target):
@@ -89,7 +93,7 @@ def test_cross_entropy_with_no_object_weight():
     logits = outputs["pred_logits"][0].tolist()
     classes, weights = [4, 2, 4], [0.1, 1.0, 0.1]  # no-object (index 4) for the unmatched queries
     nll = [-(row[c] - math.log(sum(math.exp(v) for v in row))) for row, c in zip(logits, classes)]
-    expected = sum(w * l for w, l in zip(weights, nll)) / sum(weights)
+    expected = sum(w * loss for w, loss in zip(weights, nll)) / sum(weights)
     assert loss.item() == pytest.approx(expected, rel=1e-5)
     weight = torch.tensor([1.0, 1.0, 1.0, 1.0, 0.1])
     reference = nn.functional.cross_entropy(outputs["pred_logits"][0], torch.tensor(classes), weight=weight)
@@ -119,8 +123,7 @@ def test_targets_at_a_finer_resolution():
     gen = torch.Generator().manual_seed(3)
     outputs = random_outputs(gen, batch=1, queries=2, hw=(4, 5))
     small = random_targets(gen, [2], hw=(4, 5))
-    big = [{"labels": small[0]["labels"],
-            "masks": small[0]["masks"].repeat_interleave(2, 1).repeat_interleave(2, 2)}]
+    big = [{"labels": small[0]["labels"], "masks": small[0]["masks"].repeat_interleave(2, 1).repeat_interleave(2, 2)}]
     criterion = at_pixel_centres(SetCriterion(3, FixedMatcher([([0, 1], [1, 0])]), {}), 4, 5)
     a, b = criterion(outputs, small), criterion(outputs, big)
     for key in ("loss_mask", "loss_dice"):
@@ -163,8 +166,9 @@ def test_count_masks_averages_over_workers(tmp_path):
 def test_importance_sampling_prefers_uncertain_points():
     """Points picked by uncertainty lie nearer the decision boundary than uniform ones."""
     torch.manual_seed(0)
-    criterion = SetCriterion(1, HungarianMatcher(), {}, num_points=200, oversample_ratio=3.0,
-                             importance_sample_ratio=0.75)
+    criterion = SetCriterion(
+        1, HungarianMatcher(), {}, num_points=200, oversample_ratio=3.0, importance_sample_ratio=0.75
+    )
     xs = torch.linspace(-8, 8, 32)
     logits = xs[None, None, None, :].expand(2, 1, 32, 32).contiguous()  # boundary at x = 0.5
     coords = criterion.sample_points(logits)
@@ -178,10 +182,16 @@ def test_fp32_losses_under_autocast():
     """bf16 outputs under autocast give fp32 losses equal to those of the same values in fp32."""
     gen = torch.Generator().manual_seed(5)
     outputs = random_outputs(gen, aux=1)
-    low = {"pred_logits": outputs["pred_logits"].bfloat16(), "pred_masks": outputs["pred_masks"].bfloat16(),
-           "aux_outputs": [{k: v.bfloat16() for k, v in outputs["aux_outputs"][0].items()}]}
-    high = {"pred_logits": low["pred_logits"].float(), "pred_masks": low["pred_masks"].float(),
-            "aux_outputs": [{k: v.float() for k, v in low["aux_outputs"][0].items()}]}
+    low = {
+        "pred_logits": outputs["pred_logits"].bfloat16(),
+        "pred_masks": outputs["pred_masks"].bfloat16(),
+        "aux_outputs": [{k: v.bfloat16() for k, v in outputs["aux_outputs"][0].items()}],
+    }
+    high = {
+        "pred_logits": low["pred_logits"].float(),
+        "pred_masks": low["pred_masks"].float(),
+        "aux_outputs": [{k: v.float() for k, v in low["aux_outputs"][0].items()}],
+    }
     targets = random_targets(gen, [2, 1])
     criterion = SetCriterion(3, HungarianMatcher(num_points=24), build_weight_dict(dec_layers=2), num_points=24)
     torch.manual_seed(0)
@@ -213,8 +223,11 @@ def test_cuda_matches_cpu_and_fp16_autocast_is_finite():
     targets = random_targets(gen, [2, 0])
     pairs = [([1, 3], [0, 1]), ([], [])]
     cpu = at_pixel_centres(SetCriterion(3, FixedMatcher(pairs), {}), 5, 6)(outputs, targets)
-    to_cuda = {"pred_logits": outputs["pred_logits"].cuda(), "pred_masks": outputs["pred_masks"].cuda(),
-               "aux_outputs": [{k: v.cuda() for k, v in outputs["aux_outputs"][0].items()}]}
+    to_cuda = {
+        "pred_logits": outputs["pred_logits"].cuda(),
+        "pred_masks": outputs["pred_masks"].cuda(),
+        "aux_outputs": [{k: v.cuda() for k, v in outputs["aux_outputs"][0].items()}],
+    }
     cuda_targets = [{k: v.cuda() for k, v in t.items()} for t in targets]
     criterion = SetCriterion(3, FixedMatcher(pairs), {})
     criterion.sample_points = lambda logits, p=pixel_centres(5, 6).cuda(): p[None].expand(logits.shape[0], -1, -1)
@@ -222,8 +235,11 @@ def test_cuda_matches_cpu_and_fp16_autocast_is_finite():
     for key in cpu:
         assert gpu[key].item() == pytest.approx(cpu[key].item(), rel=1e-4, abs=1e-6)
     full = SetCriterion(3, HungarianMatcher(num_points=64), build_weight_dict(dec_layers=2), num_points=64).cuda()
-    half = {"pred_logits": to_cuda["pred_logits"].half(), "pred_masks": to_cuda["pred_masks"].half(),
-            "aux_outputs": [{k: v.half() for k, v in to_cuda["aux_outputs"][0].items()}]}
+    half = {
+        "pred_logits": to_cuda["pred_logits"].half(),
+        "pred_masks": to_cuda["pred_masks"].half(),
+        "aux_outputs": [{k: v.half() for k, v in to_cuda["aux_outputs"][0].items()}],
+    }
     with torch.autocast(device_type="cuda", dtype=torch.float16):
         losses = full(half, cuda_targets)
     assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())

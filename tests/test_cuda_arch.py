@@ -1,5 +1,6 @@
 """Build-time selection of CUDA architectures and the run-time check of a device against the build (no GPU needed:
 the rules are CUDA's binary-compatibility rules, written out case by case)."""
+
 import pytest
 import torch
 
@@ -49,17 +50,20 @@ def test_parse_and_format_targets():
         parse_arch_list("8.6;sm86")
 
 
-@pytest.mark.parametrize("capability,expected", [
-    ((7, 5), "sm_75"),        # exact machine code
-    ((8, 6), "sm_86"),
-    ((8, 7), "sm_86"),        # same major, newer minor: 8.6 code runs
-    ((8, 0), "sm_80"),
-    ((9, 0), "sm_90"),
-    ((10, 0), "compute_90"),  # Blackwell: the 9.0 PTX, compiled by the driver
-    ((12, 0), "compute_90"),
-    ((7, 0), None),           # V100: 7.5 code does not run on 7.0, and no PTX is old enough
-    ((6, 1), None),
-])
+@pytest.mark.parametrize(
+    "capability,expected",
+    [
+        ((7, 5), "sm_75"),  # exact machine code
+        ((8, 6), "sm_86"),
+        ((8, 7), "sm_86"),  # same major, newer minor: 8.6 code runs
+        ((8, 0), "sm_80"),
+        ((9, 0), "sm_90"),
+        ((10, 0), "compute_90"),  # Blackwell: the 9.0 PTX, compiled by the driver
+        ((12, 0), "compute_90"),
+        ((7, 0), None),  # V100: 7.5 code does not run on 7.0, and no PTX is old enough
+        ((6, 1), None),
+    ],
+)
 def test_kernel_image_rules(capability, expected):
     built = parse_targets("sm_75;sm_80;sm_86;sm_89;sm_90;compute_90")
     assert kernel_image_for(capability, built) == expected

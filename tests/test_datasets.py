@@ -1,4 +1,5 @@
 """Registration (layout only, fake trees in a temp dir), clear missing-file errors, and the mini dataset."""
+
 import json
 import os
 import subprocess
@@ -60,16 +61,32 @@ def _panoptic_tree(root, pan_json, pan_dir, image_dir, sem_dir, category_id):
         _png(os.path.join(sem_dir, "img1.png"), np.zeros((3, 4)))
     os.makedirs(os.path.dirname(pan_json), exist_ok=True)
     with open(pan_json, "w") as f:
-        json.dump({"images": [{"id": 1, "file_name": "img1.jpg", "height": 3, "width": 4}],
-                   "annotations": [{"image_id": 1, "file_name": "img1.png",
-                                    "segments_info": [{"id": 5, "category_id": category_id, "iscrowd": 0}]}],
-                   "categories": []}, f)
+        json.dump(
+            {
+                "images": [{"id": 1, "file_name": "img1.jpg", "height": 3, "width": 4}],
+                "annotations": [
+                    {
+                        "image_id": 1,
+                        "file_name": "img1.png",
+                        "segments_info": [{"id": 5, "category_id": category_id, "iscrowd": 0}],
+                    }
+                ],
+                "categories": [],
+            },
+            f,
+        )
 
 
 def test_coco_panoptic_with_sem_seg_layout(fake_root):
     c = os.path.join(fake_root, "coco")
-    _panoptic_tree(fake_root, f"{c}/annotations/panoptic_val2017.json", f"{c}/panoptic_val2017", f"{c}/val2017",
-                   f"{c}/panoptic_semseg_val2017", category_id=1)
+    _panoptic_tree(
+        fake_root,
+        f"{c}/annotations/panoptic_val2017.json",
+        f"{c}/panoptic_val2017",
+        f"{c}/val2017",
+        f"{c}/panoptic_semseg_val2017",
+        category_id=1,
+    )
     register_all(fake_root)
     (rec,) = DatasetCatalog.get("coco_2017_val_panoptic_with_sem_seg")
     assert rec["segments_info"][0]["category_id"] == 0 and rec["segments_info"][0]["isthing"]
@@ -81,8 +98,9 @@ def test_coco_panoptic_with_sem_seg_layout(fake_root):
 
 def test_mapillary_layout(fake_root):
     v = os.path.join(fake_root, "mapillary_vistas", "validation")
-    _panoptic_tree(fake_root, f"{v}/panoptic/panoptic_2018.json", f"{v}/panoptic", f"{v}/images", f"{v}/labels",
-                   category_id=1)  # panoptic id 1 = label 0 "Bird" (a thing)
+    _panoptic_tree(
+        fake_root, f"{v}/panoptic/panoptic_2018.json", f"{v}/panoptic", f"{v}/images", f"{v}/labels", category_id=1
+    )  # panoptic id 1 = label 0 "Bird" (a thing)
     register_all(fake_root)
     assert DatasetCatalog.get("mapillary_vistas_sem_seg_val")[0]["sem_seg_file_name"].endswith("labels/img1.png")
     (rec,) = DatasetCatalog.get("mapillary_vistas_panoptic_val")
@@ -152,6 +170,11 @@ def test_mini_video_clip():
 
 
 def test_prepare_mini_is_a_quick_noop_when_built():
-    out = subprocess.run([sys.executable, os.path.join(REPO, "datasets", "prepare_mini.py")], capture_output=True,
-                         text=True, check=True, cwd=REPO)
+    out = subprocess.run(
+        [sys.executable, os.path.join(REPO, "datasets", "prepare_mini.py")],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO,
+    )
     assert "up to date" in out.stdout

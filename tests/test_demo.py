@@ -4,6 +4,7 @@ the mini video frames, with untrained weights and with a checkpoint trained for 
 Truth is independent of the demo: sizes and frame counts read back with OpenCV, pixel differences against the
 input, the exit status.
 """
+
 import glob
 import os
 import subprocess
@@ -20,14 +21,26 @@ FRAMES = sorted(glob.glob(os.path.join(ROOT, "datasets", "mini", "video", "frame
 CLIP_SIZE = (320, 180)  # (width, height) of the test clip: even sizes, as video codecs need
 CLIP_FPS = 6.0
 
-pytestmark = pytest.mark.skipif(not os.path.isfile(IMAGE) or len(FRAMES) < 3,
-                                reason="the mini dataset is missing: run python datasets/prepare_mini.py")
+pytestmark = pytest.mark.skipif(
+    not os.path.isfile(IMAGE) or len(FRAMES) < 3,
+    reason="the mini dataset is missing: run python datasets/prepare_mini.py",
+)
 
 
 def run_demo(*args: str, weights: str = "") -> subprocess.CompletedProcess:
     """Runs demo/demo.py on the CPU with the mini config and ``weights``; returns the completed process."""
-    cmd = [sys.executable, os.path.join(ROOT, "demo", "demo.py"), "--config-file", CONFIG, *args,
-           "--opts", "MODEL.WEIGHTS", weights, "MODEL.DEVICE", "cpu"]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "demo", "demo.py"),
+        "--config-file",
+        CONFIG,
+        *args,
+        "--opts",
+        "MODEL.WEIGHTS",
+        weights,
+        "MODEL.DEVICE",
+        "cpu",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
 
@@ -69,11 +82,32 @@ def clip(tmp_path_factory) -> str:
 def trained_weights(tmp_path_factory) -> str:
     """model_final.pth of the mini config trained for 40 iterations at 192 px, batch 1 (no evaluation)."""
     out = tmp_path_factory.mktemp("train")
-    cmd = [sys.executable, os.path.join(ROOT, "tools", "train_net.py"), "--config-file", CONFIG,
-           "SOLVER.MAX_ITER", "40", "INPUT.IMAGE_SIZE", "192", "SOLVER.IMS_PER_BATCH", "1",
-           "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "1024",
-           "DATALOADER.NUM_WORKERS", "0", "DATASETS.TEST", "()", "SOLVER.CHECKPOINT_PERIOD", "1000", "SEED", "0",
-           "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(out)]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "tools", "train_net.py"),
+        "--config-file",
+        CONFIG,
+        "SOLVER.MAX_ITER",
+        "40",
+        "INPUT.IMAGE_SIZE",
+        "192",
+        "SOLVER.IMS_PER_BATCH",
+        "1",
+        "MODEL.MASK_FORMER.TRAIN_NUM_POINTS",
+        "1024",
+        "DATALOADER.NUM_WORKERS",
+        "0",
+        "DATASETS.TEST",
+        "()",
+        "SOLVER.CHECKPOINT_PERIOD",
+        "1000",
+        "SEED",
+        "0",
+        "MODEL.DEVICE",
+        "cpu",
+        "OUTPUT_DIR",
+        str(out),
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=400)
     assert proc.returncode == 0, proc.stderr[-3000:]
     weights = out / "model_final.pth"
@@ -121,21 +155,40 @@ def test_trained_panoptic_image_and_instance_video(tmp_path, clip, trained_weigh
     """A checkpoint trained on the mini dataset: panoptic segments drawn on the photo (default task of the
     config), instances drawn on the clip's frames; the drawing is kept as output/demo_example_test.png."""
     out_dir = tmp_path / "images"
-    proc = run_demo("--input", IMAGE, "--output", str(out_dir), "--confidence-threshold", "0.3",
-                    weights=trained_weights)
+    proc = run_demo(
+        "--input", IMAGE, "--output", str(out_dir), "--confidence-threshold", "0.3", weights=trained_weights
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "task panoptic" in proc.stdout + proc.stderr
     check_image_output(str(out_dir / os.path.basename(IMAGE)), min_changed=0.01)
 
     out_video = str(tmp_path / "clip_vis.avi")
-    proc = run_demo("--video-input", clip, "--output", out_video, "--task", "instance", "--confidence-threshold",
-                    "0.0", weights=trained_weights)
+    proc = run_demo(
+        "--video-input",
+        clip,
+        "--output",
+        out_video,
+        "--task",
+        "instance",
+        "--confidence-threshold",
+        "0.0",
+        weights=trained_weights,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     check_video_output(out_video, clip)
 
     out_file = str(tmp_path / "none.png")
-    proc = run_demo("--input", IMAGE, "--output", out_file, "--task", "instance", "--confidence-threshold", "1.0",
-                    weights=trained_weights)
+    proc = run_demo(
+        "--input",
+        IMAGE,
+        "--output",
+        out_file,
+        "--task",
+        "instance",
+        "--confidence-threshold",
+        "1.0",
+        weights=trained_weights,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert changed_fraction(cv2.imread(out_file), cv2.imread(IMAGE), threshold=0) == 0.0
 
@@ -156,8 +209,14 @@ def test_unreadable_input_is_reported_and_the_rest_processed(tmp_path):
 
 
 def test_missing_config_file_is_one_clear_error(tmp_path):
-    cmd = [sys.executable, os.path.join(ROOT, "demo", "demo.py"), "--config-file", str(tmp_path / "nope.yaml"),
-           "--input", IMAGE]
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "demo", "demo.py"),
+        "--config-file",
+        str(tmp_path / "nope.yaml"),
+        "--input",
+        IMAGE,
+    ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode != 0
     assert "does not exist; pick one under configs/" in proc.stderr

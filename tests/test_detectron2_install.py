@@ -6,6 +6,7 @@ Pillow >= 10, Python 3.11 and torch 2 broke in v0.6 must work. Assertions about 
 pure-Python ``_C``, patched sources) are skipped when the detectron2 found is another one (e.g. upstream
 built from source).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -35,12 +36,11 @@ inst = load_script()
 D2_DIR = inst.find_package_dir()
 IS_OURS = D2_DIR is not None and (D2_DIR / inst.MARKER_NAME).is_file()
 
-needs_d2 = pytest.mark.skipif(
-    D2_DIR is None, reason="detectron2 is not installed (run scripts/install_detectron2.py)"
-)
+needs_d2 = pytest.mark.skipif(D2_DIR is None, reason="detectron2 is not installed (run scripts/install_detectron2.py)")
 ours_only = pytest.mark.skipif(
     not IS_OURS,
-    reason="detectron2 is not installed" if D2_DIR is None
+    reason="detectron2 is not installed"
+    if D2_DIR is None
     else "the detectron2 found is not universal_seg's build (e.g. upstream built from source)",
 )
 
@@ -64,8 +64,10 @@ def test_substitution_applies_exactly_once(tmp_path):
 
 def test_rows_apply_in_order_to_the_same_file(tmp_path):
     path = write(tmp_path, "a.py", "a = np.bool\nb = x.astype(np.bool)\n")
-    table = [inst.Substitution("a.py", "a = np.bool\n", "a = bool\n"),
-             inst.Substitution("a.py", "astype(np.bool)", "astype(bool)")]
+    table = [
+        inst.Substitution("a.py", "a = np.bool\n", "a = bool\n"),
+        inst.Substitution("a.py", "astype(np.bool)", "astype(bool)"),
+    ]
     inst.apply_substitutions(tmp_path, table)
     assert path.read_text(encoding="utf-8") == "a = bool\nb = x.astype(bool)\n"
 
@@ -94,8 +96,10 @@ def test_missing_file_fails(tmp_path):
 def test_one_bad_row_writes_nothing(tmp_path):
     good = write(tmp_path, "good.py", "Image.LINEAR\n")
     write(tmp_path, "bad.py", "nothing\n")
-    table = [inst.Substitution("good.py", "Image.LINEAR", "Image.BILINEAR"),
-             inst.Substitution("bad.py", "np.str", "str")]
+    table = [
+        inst.Substitution("good.py", "Image.LINEAR", "Image.BILINEAR"),
+        inst.Substitution("bad.py", "np.str", "str"),
+    ]
     with pytest.raises(inst.InstallError, match="bad.py"):
         inst.apply_substitutions(tmp_path, table)
     assert good.read_text(encoding="utf-8") == "Image.LINEAR\n"
@@ -234,11 +238,11 @@ def test_wheel_dir_builds_the_patched_tree_into_a_wheel(tmp_path):
 @needs_d2
 def test_import_detectron2_and_projects():
     import detectron2
+    import torch
     from detectron2.config import get_cfg
     from detectron2.projects.deeplab import add_deeplab_config
     from detectron2.projects.deeplab.lr_scheduler import WarmupPolyLR
     from detectron2.projects.point_rend.point_features import point_sample
-    import torch
 
     assert detectron2.__version__.startswith("0.6")
     cfg = get_cfg()
@@ -360,8 +364,11 @@ def test_class_histogram(monkeypatch):
     build.print_instances_class_histogram(dicts, ["a", "b", "c"])
     assert len(logged) == 1 and "among all 3 categories" in logged[0]
     # the table's cells pair up as (category, #instances): hand count a 3, b 1, c 1, total 5
-    cells = [c.strip() for line in re.sub(r"\x1b\[[0-9;]*m", "", logged[0]).splitlines()[1:]
-             for c in line.strip().strip("|").split("|")]
+    cells = [
+        c.strip()
+        for line in re.sub(r"\x1b\[[0-9;]*m", "", logged[0]).splitlines()[1:]
+        for c in line.strip().strip("|").split("|")
+    ]
     pairs = {name: int(count) for name, count in zip(cells[::2], cells[1::2]) if count.strip().isdigit()}
     assert pairs == {"a": 3, "b": 1, "c": 1, "total": 5}
 
@@ -370,8 +377,8 @@ def test_class_histogram(monkeypatch):
 def sem_seg_dataset(tmp_path):
     """A throwaway dataset of two 2x3 label images (255 = ignore), with its name."""
     import numpy as np
-    from PIL import Image
     from detectron2.data import DatasetCatalog, MetadataCatalog
+    from PIL import Image
 
     labels = {
         "img1": [[0, 0, 1], [1, 2, 255]],
@@ -447,8 +454,8 @@ def test_visualizer_draw_sem_seg(sem_seg_dataset):
 @needs_d2
 def test_resize_and_extent_transforms_on_pil_path():
     import numpy as np
-    from PIL import Image
     from detectron2.data.transforms import ExtentTransform, ResizeTransform
+    from PIL import Image
 
     image = np.full((4, 6, 3), 77, dtype=np.uint8)  # uint8 -> resized with PIL
     resized = ResizeTransform(4, 6, 8, 12, interp=Image.BILINEAR).apply_image(image)
@@ -465,8 +472,15 @@ def test_export_and_analysis_import_without_caffe2():
     assert hasattr(detectron2.export, "TracingAdapter")
 
 
-OLD_PATTERNS = [r"np\.bool\b", r"np\.int\b", r"np\.float\b", r"np\.str\b", r"Image\.LINEAR\b",
-                r"import pkg_resources", r"np\.array\(mask, copy=False\)"]
+OLD_PATTERNS = [
+    r"np\.bool\b",
+    r"np\.int\b",
+    r"np\.float\b",
+    r"np\.str\b",
+    r"Image\.LINEAR\b",
+    r"import pkg_resources",
+    r"np\.array\(mask, copy=False\)",
+]
 
 
 @ours_only
@@ -495,12 +509,17 @@ def test_installed_distribution_metadata():
 
 def _snapshot(folder: Path) -> dict:
     """path -> (size, mtime_ns) of every file under ``folder`` (byte-code caches aside: any import may write them)."""
-    return {str(p): (p.stat().st_size, p.stat().st_mtime_ns) for p in folder.rglob("*")
-            if p.is_file() and "__pycache__" not in p.parts}
+    return {
+        str(p): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in folder.rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
 
 
-@pytest.mark.skipif(not IS_OURS or inst.inspect_installed().kind != "ours",
-                    reason="needs our current build installed (otherwise the script would install)")
+@pytest.mark.skipif(
+    not IS_OURS or inst.inspect_installed().kind != "ours",
+    reason="needs our current build installed (otherwise the script would install)",
+)
 def test_rerun_is_a_no_op(tmp_path, monkeypatch):
     """A second run over our current build downloads nothing, runs no pip and changes no installed file."""
     import importlib.metadata
@@ -509,15 +528,19 @@ def test_rerun_is_a_no_op(tmp_path, monkeypatch):
     before = {**_snapshot(D2_DIR), **_snapshot(dist_info)}
     cache = tmp_path / "cache"
     # the command line, as users run it: succeeds, says so, and never creates the sdist cache
-    result = subprocess.run([sys.executable, str(SCRIPT), "--cache-dir", str(cache)], capture_output=True, text=True,
-                            timeout=60)
+    result = subprocess.run(
+        [sys.executable, str(SCRIPT), "--cache-dir", str(cache)], capture_output=True, text=True, timeout=60
+    )
     assert result.returncode == 0, result.stderr
     assert "already installed" in result.stdout
     assert not cache.exists()
     # in-process with every subprocess call recorded: nothing is run (no pip download / install / uninstall)
     calls = []
-    monkeypatch.setattr(inst.subprocess, "run", lambda *args, **kwargs: calls.append(args) or pytest.fail(
-        f"the no-op rerun ran a subprocess: {args}"))
+    monkeypatch.setattr(
+        inst.subprocess,
+        "run",
+        lambda *args, **kwargs: calls.append(args) or pytest.fail(f"the no-op rerun ran a subprocess: {args}"),
+    )
     assert inst.main(["--cache-dir", str(cache)]) == 0
     assert calls == [] and not cache.exists()
     assert {**_snapshot(D2_DIR), **_snapshot(dist_info)} == before

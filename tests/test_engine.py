@@ -1,4 +1,5 @@
 """Engine: optimizer parameter groups, full-model clipping, poly schedule, resume, 2-process (gloo) training."""
+
 import math
 from pathlib import Path
 
@@ -24,18 +25,48 @@ def tiny_cfg(output_dir=None, *opts):
     cfg = get_cfg()
     add_universal_seg_config(cfg)
     cfg.merge_from_file(str(ROOT / "configs/mini/panoptic/m2f_r18.yaml"))
-    cfg.merge_from_list(["INPUT.IMAGE_SIZE", "128", "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "6",
-                         "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "256", "MODEL.MASK_FORMER.DEC_LAYERS", "3",
-                         "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1", "DATALOADER.NUM_WORKERS", "0",
-                         "DATASETS.TEST", "()", "SOLVER.WARMUP_ITERS", "0", "SEED", "7", *opts])
+    cfg.merge_from_list(
+        [
+            "INPUT.IMAGE_SIZE",
+            "128",
+            "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES",
+            "6",
+            "MODEL.MASK_FORMER.TRAIN_NUM_POINTS",
+            "256",
+            "MODEL.MASK_FORMER.DEC_LAYERS",
+            "3",
+            "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS",
+            "1",
+            "DATALOADER.NUM_WORKERS",
+            "0",
+            "DATASETS.TEST",
+            "()",
+            "SOLVER.WARMUP_ITERS",
+            "0",
+            "SEED",
+            "7",
+            *opts,
+        ]
+    )
     if output_dir is not None:
         cfg.OUTPUT_DIR = str(output_dir)
     return cfg
 
 
 def test_param_groups_follow_the_recipe():
-    cfg = tiny_cfg(None, "SOLVER.BACKBONE_MULTIPLIER", "0.1", "SOLVER.WEIGHT_DECAY", "0.05",
-                   "SOLVER.WEIGHT_DECAY_NORM", "0.0", "SOLVER.WEIGHT_DECAY_EMBED", "0.0", "SOLVER.BASE_LR", "0.001")
+    cfg = tiny_cfg(
+        None,
+        "SOLVER.BACKBONE_MULTIPLIER",
+        "0.1",
+        "SOLVER.WEIGHT_DECAY",
+        "0.05",
+        "SOLVER.WEIGHT_DECAY_NORM",
+        "0.0",
+        "SOLVER.WEIGHT_DECAY_EMBED",
+        "0.0",
+        "SOLVER.BASE_LR",
+        "0.001",
+    )
     model = build_model(cfg)
     groups = {id(g["params"][0]): g for g in param_groups(cfg, model)}
     assert len(groups) == sum(1 for p in model.parameters() if p.requires_grad)
@@ -55,21 +86,39 @@ def test_param_groups_follow_the_recipe():
 
 
 def test_full_model_gradient_clipping_bounds_the_total_norm():
-    cfg = tiny_cfg(None, "SOLVER.CLIP_GRADIENTS.ENABLED", "True", "SOLVER.CLIP_GRADIENTS.CLIP_TYPE", "full_model",
-                   "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", "0.01", "SOLVER.BASE_LR", "0.0")
+    cfg = tiny_cfg(
+        None,
+        "SOLVER.CLIP_GRADIENTS.ENABLED",
+        "True",
+        "SOLVER.CLIP_GRADIENTS.CLIP_TYPE",
+        "full_model",
+        "SOLVER.CLIP_GRADIENTS.CLIP_VALUE",
+        "0.01",
+        "SOLVER.BASE_LR",
+        "0.0",
+    )
     model = nn.Sequential(nn.Linear(3, 4), nn.LayerNorm(4), nn.Linear(4, 2))
     opt = build_optimizer(cfg, model)
     for p in model.parameters():
         p.grad = torch.full_like(p, 0.5)
     norm_before = math.sqrt(sum(p.numel() for p in model.parameters()) * 0.25)
     opt.step()
-    norm_after = math.sqrt(sum(float((p.grad ** 2).sum()) for p in model.parameters()))
+    norm_after = math.sqrt(sum(float((p.grad**2).sum()) for p in model.parameters()))
     assert norm_before > 0.01 and norm_after == pytest.approx(0.01, rel=1e-5)
 
 
 def test_poly_schedule_matches_formula():
-    cfg = tiny_cfg(None, "SOLVER.LR_SCHEDULER_NAME", "WarmupPolyLR", "SOLVER.MAX_ITER", "100",
-                   "SOLVER.BASE_LR", "0.01", "SOLVER.POLY_LR_POWER", "0.9")
+    cfg = tiny_cfg(
+        None,
+        "SOLVER.LR_SCHEDULER_NAME",
+        "WarmupPolyLR",
+        "SOLVER.MAX_ITER",
+        "100",
+        "SOLVER.BASE_LR",
+        "0.01",
+        "SOLVER.POLY_LR_POWER",
+        "0.9",
+    )
     model = nn.Linear(2, 2)
     opt = build_optimizer(cfg, model)
     sched = Trainer.build_lr_scheduler(cfg, opt)
@@ -164,7 +213,6 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch():
     assert all(math.isfinite(v) for v in losses) and final < 0.9 * losses[0], (losses, final)
 
 
-
 def _loader_mapper(loader):
     """The mapper inside a detectron2 v0.6 training loader: AspectRatioGroupedDataset -> DataLoader ->
     ToIterableDataset -> MapDataset (which holds the mapper wrapped in a PicklableWrapper)."""
@@ -179,21 +227,25 @@ def _loader_mapper(loader):
 
 
 @needs_mini
-@pytest.mark.parametrize("mapper_name,dataset,expected", [
-    ("mask_former_panoptic", "mini_panoptic_train", "PanopticDatasetMapper"),
-    ("mask_former_instance", "mini_instance_train", "InstanceDatasetMapper"),
-    ("mask_former_semantic", "mini_sem_seg_train", "SemanticDatasetMapper"),
-    ("coco_panoptic_lsj", "mini_panoptic_train", "COCOPanopticLSJDatasetMapper"),
-    ("coco_instance_lsj", "mini_instance_train", "COCOInstanceLSJDatasetMapper"),
-])
+@pytest.mark.parametrize(
+    "mapper_name,dataset,expected",
+    [
+        ("mask_former_panoptic", "mini_panoptic_train", "PanopticDatasetMapper"),
+        ("mask_former_instance", "mini_instance_train", "InstanceDatasetMapper"),
+        ("mask_former_semantic", "mini_sem_seg_train", "SemanticDatasetMapper"),
+        ("coco_panoptic_lsj", "mini_panoptic_train", "COCOPanopticLSJDatasetMapper"),
+        ("coco_instance_lsj", "mini_instance_train", "COCOInstanceLSJDatasetMapper"),
+    ],
+)
 def test_train_loader_uses_the_mapper_build_mapper_chooses(mapper_name, dataset, expected):
     """The trainer's loader holds a mapper of the class build_mapper (the one dispatch, covered by test_mappers)
     gives for the config, with the same augmentations (building the loader maps no image)."""
     from universal_seg.data import mappers
     from universal_seg.data.mappers import build_mapper
 
-    cfg = tiny_cfg(None, "INPUT.DATASET_MAPPER_NAME", mapper_name, "DATASETS.TRAIN", f"('{dataset}',)",
-                   "SOLVER.IMS_PER_BATCH", "1")
+    cfg = tiny_cfg(
+        None, "INPUT.DATASET_MAPPER_NAME", mapper_name, "DATASETS.TRAIN", f"('{dataset}',)", "SOLVER.IMS_PER_BATCH", "1"
+    )
     mapper = _loader_mapper(Trainer.build_train_loader(cfg))
     chosen = build_mapper(cfg, is_train=True)
     assert type(mapper) is type(chosen) is getattr(mappers, expected)

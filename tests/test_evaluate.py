@@ -1,4 +1,5 @@
 """tools/evaluate.py tasks: hand-computed cases (mIoU, PQ, COCO AP), detectron2's SemSegEvaluator, clear errors."""
+
 import contextlib
 import io
 import json
@@ -12,8 +13,12 @@ from detectron2.evaluation import SemSegEvaluator
 from PIL import Image
 
 import universal_seg.data  # noqa: F401
-from universal_seg.evaluation.offline import (evaluate_instance, evaluate_panoptic, evaluate_pq_from_semantic,
-                                              evaluate_semantic)
+from universal_seg.evaluation.offline import (
+    evaluate_instance,
+    evaluate_panoptic,
+    evaluate_pq_from_semantic,
+    evaluate_semantic,
+)
 from universal_seg.evaluation.offline.errors import PredictionFileError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -105,18 +110,35 @@ def test_panoptic_hand_computed(tmp_path):
     categories = [{"id": 1, "name": "person", "isthing": 1}, {"id": 2, "name": "sky", "isthing": 0}]
 
     def segments(ids, areas=None):
-        return [{"id": i, "category_id": 2 if i == S else 1, "iscrowd": 0, **({"area": areas[i]} if areas else {})}
-                for i in ids]
+        return [
+            {"id": i, "category_id": 2 if i == S else 1, "iscrowd": 0, **({"area": areas[i]} if areas else {})}
+            for i in ids
+        ]
 
-    gt = {"images": [{"id": 7, "file_name": "x.jpg", "height": 4, "width": 6}], "categories": categories,
-          "annotations": [{"image_id": 7, "file_name": "x.png", "segments_info": segments([S, A, B], {S: 12, A: 6, B: 6})}]}
+    gt = {
+        "images": [{"id": 7, "file_name": "x.jpg", "height": 4, "width": 6}],
+        "categories": categories,
+        "annotations": [
+            {"image_id": 7, "file_name": "x.png", "segments_info": segments([S, A, B], {S: 12, A: 6, B: 6})}
+        ],
+    }
     pred = {"annotations": [{"image_id": 7, "file_name": "x.png", "segments_info": segments([S, A, B, C])}]}
     json.dump(gt, open(tmp_path / "gt.json", "w"))
     json.dump(pred, open(tmp_path / "pred.json", "w"))
-    m = evaluate_panoptic(str(tmp_path / "gt.json"), str(tmp_path / "gt"), str(tmp_path / "pred.json"),
-                          str(tmp_path / "pred"))
-    expected = {"PQ_th": 0.3, "SQ_th": 0.75, "RQ_th": 0.4, "PQ_st": 5 / 7, "SQ_st": 5 / 7, "RQ_st": 1.0,
-                "PQ": (0.3 + 5 / 7) / 2, "SQ": (0.75 + 5 / 7) / 2, "RQ": (0.4 + 1.0) / 2}
+    m = evaluate_panoptic(
+        str(tmp_path / "gt.json"), str(tmp_path / "gt"), str(tmp_path / "pred.json"), str(tmp_path / "pred")
+    )
+    expected = {
+        "PQ_th": 0.3,
+        "SQ_th": 0.75,
+        "RQ_th": 0.4,
+        "PQ_st": 5 / 7,
+        "SQ_st": 5 / 7,
+        "RQ_st": 1.0,
+        "PQ": (0.3 + 5 / 7) / 2,
+        "SQ": (0.75 + 5 / 7) / 2,
+        "RQ": (0.4 + 1.0) / 2,
+    }
     assert m == pytest.approx({k: 100 * v for k, v in expected.items()})
 
 
@@ -149,8 +171,15 @@ def _gt_as_results(gt_json):
         img = imgs[a["image_id"]]
         rle = mask_util.merge(mask_util.frPyObjects(a["segmentation"], img["height"], img["width"]))
         rle["counts"] = rle["counts"].decode()
-        results.append({"image_id": a["image_id"], "category_id": a["category_id"], "segmentation": rle,
-                        "bbox": a["bbox"], "score": 0.9})
+        results.append(
+            {
+                "image_id": a["image_id"],
+                "category_id": a["category_id"],
+                "segmentation": rle,
+                "bbox": a["bbox"],
+                "score": 0.9,
+            }
+        )
     return results
 
 
@@ -182,13 +211,26 @@ def test_instance_hand_computed(tmp_path):
     g2[6:10, 6:10] = 1
     p2[6:10, 6:8] = 1
     p2[6, 8:10] = 1
-    gt = {"images": [{"id": 1, "file_name": "a.jpg", "height": 10, "width": 10}],
-          "categories": [{"id": 3, "name": "thing"}],
-          "annotations": [{"id": i + 1, "image_id": 1, "category_id": 3, "iscrowd": 0, "area": 16.0, "bbox": box,
-                           "segmentation": _rle(m)}
-                          for i, (m, box) in enumerate([(g1, [0, 0, 4, 4]), (g2, [6, 6, 4, 4])])]}
-    results = [{"image_id": 1, "category_id": 3, "score": 0.9, "segmentation": _rle(g1), "bbox": [0, 0, 4, 4]},
-               {"image_id": 1, "category_id": 3, "score": 0.8, "segmentation": _rle(p2), "bbox": [6, 6, 2.9, 4]}]
+    gt = {
+        "images": [{"id": 1, "file_name": "a.jpg", "height": 10, "width": 10}],
+        "categories": [{"id": 3, "name": "thing"}],
+        "annotations": [
+            {
+                "id": i + 1,
+                "image_id": 1,
+                "category_id": 3,
+                "iscrowd": 0,
+                "area": 16.0,
+                "bbox": box,
+                "segmentation": _rle(m),
+            }
+            for i, (m, box) in enumerate([(g1, [0, 0, 4, 4]), (g2, [6, 6, 4, 4])])
+        ],
+    }
+    results = [
+        {"image_id": 1, "category_id": 3, "score": 0.9, "segmentation": _rle(g1), "bbox": [0, 0, 4, 4]},
+        {"image_id": 1, "category_id": 3, "score": 0.8, "segmentation": _rle(p2), "bbox": [6, 6, 2.9, 4]},
+    ]
     json.dump(gt, open(tmp_path / "gt.json", "w"))
     json.dump(results, open(tmp_path / "r.json", "w"))
     m = evaluate_instance(str(tmp_path / "gt.json"), str(tmp_path / "r.json"))
@@ -214,12 +256,21 @@ def test_instance_errors(tmp_path):
 def test_cli_semantic_and_error_exit(tmp_path):
     import subprocess
     import sys
+
     _save(tmp_path / "gt", "a.png", np.array([[0, 1]]))
     _save(tmp_path / "pred", "a.png", np.array([[0, 0]]))
-    cmd = [sys.executable, os.path.join(REPO, "tools", "evaluate.py"), "semantic", "--gt-folder", str(tmp_path / "gt"),
-           "--num-classes", "2"]
+    cmd = [
+        sys.executable,
+        os.path.join(REPO, "tools", "evaluate.py"),
+        "semantic",
+        "--gt-folder",
+        str(tmp_path / "gt"),
+        "--num-classes",
+        "2",
+    ]
     ok = subprocess.run(cmd + ["--pred-folder", str(tmp_path / "pred")], capture_output=True, text=True)
     assert ok.returncode == 0 and "pACC" in ok.stdout and "50.000" in ok.stdout
-    bad = subprocess.run(cmd + ["--pred-folder", str(tmp_path / "gt"), "--num-classes", "1"], capture_output=True,
-                         text=True)
+    bad = subprocess.run(
+        cmd + ["--pred-folder", str(tmp_path / "gt"), "--num-classes", "1"], capture_output=True, text=True
+    )
     assert bad.returncode == 2 and "unknown class ids" in bad.stderr

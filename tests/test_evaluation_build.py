@@ -1,5 +1,6 @@
 """build_evaluator picks the evaluators from a dataset's evaluator_type (and the TEST.*_ON flags);
 SemanticSegmentorWithTTA averages flipped-back multi-scale outputs."""
+
 import os
 
 import pytest
@@ -8,8 +9,13 @@ import torch.nn.functional as F
 from detectron2.config import get_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import (
-    CityscapesInstanceEvaluator, CityscapesSemSegEvaluator, COCOEvaluator, COCOPanopticEvaluator, DatasetEvaluators,
-    SemSegEvaluator)
+    CityscapesInstanceEvaluator,
+    CityscapesSemSegEvaluator,
+    COCOEvaluator,
+    COCOPanopticEvaluator,
+    DatasetEvaluators,
+    SemSegEvaluator,
+)
 from torch import nn
 
 import universal_seg.data  # noqa: F401
@@ -17,8 +23,10 @@ from universal_seg.config import add_universal_seg_config
 from universal_seg.evaluation import InstanceSegEvaluator, SemanticSegmentorWithTTA, build_evaluator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-needs_mini = pytest.mark.skipif(not os.path.exists(os.path.join(REPO, "datasets", "mini", ".complete-v1")),
-                                reason="datasets/mini not built (python datasets/prepare_mini.py)")
+needs_mini = pytest.mark.skipif(
+    not os.path.exists(os.path.join(REPO, "datasets", "mini", ".complete-v1")),
+    reason="datasets/mini not built (python datasets/prepare_mini.py)",
+)
 
 
 def _cfg(panoptic=True, semantic=True, instance=True):
@@ -43,9 +51,11 @@ def test_panoptic_with_sem_seg_all_outputs(tmp_path):
 @needs_mini
 def test_panoptic_flags_select_evaluators(tmp_path):
     assert _types(build_evaluator(_cfg(semantic=False, instance=False), "mini_panoptic_val_with_sem_seg")) == [
-        COCOPanopticEvaluator]
+        COCOPanopticEvaluator
+    ]
     assert _types(build_evaluator(_cfg(panoptic=False, instance=False), "mini_panoptic_val_with_sem_seg")) == [
-        SemSegEvaluator]
+        SemSegEvaluator
+    ]
     # without a semantic root, SEMANTIC_ON adds nothing
     assert _types(build_evaluator(_cfg(instance=False), "mini_panoptic_val")) == [COCOPanopticEvaluator]
     # a config without universal_seg's keys (add_universal_seg_config not called) fails loudly
@@ -73,9 +83,13 @@ def test_cityscapes_types():
     assert _types(build_evaluator(_cfg(), "cityscapes_fine_sem_seg_val")) == [CityscapesSemSegEvaluator]
     assert _types(build_evaluator(_cfg(), "cityscapes_fine_instance_seg_val")) == [CityscapesInstanceEvaluator]
     assert _types(build_evaluator(_cfg(), "cityscapes_fine_panoptic_val")) == [
-        CityscapesInstanceEvaluator, CityscapesSemSegEvaluator, COCOPanopticEvaluator]
+        CityscapesInstanceEvaluator,
+        CityscapesSemSegEvaluator,
+        COCOPanopticEvaluator,
+    ]
     assert _types(build_evaluator(_cfg(instance=False, semantic=False), "cityscapes_fine_panoptic_val")) == [
-        COCOPanopticEvaluator]
+        COCOPanopticEvaluator
+    ]
 
 
 def test_unknown_evaluator_type_names_the_fix():
@@ -133,7 +147,7 @@ def test_tta_output_at_requested_size_without_flip():
     tta = SemanticSegmentorWithTTA(_tta_cfg((8,), False), model, softmax=False)
     (out,) = tta([{"image": _half_bright_image(), "height": 2, "width": 4}])
     assert model.sizes == [(8, 16)]
-    torch.testing.assert_close(out["sem_seg"], torch.tensor([[[0, 0, .08, .08]] * 2, [[.08] * 4] * 2]))
+    torch.testing.assert_close(out["sem_seg"], torch.tensor([[[0, 0, 0.08, 0.08]] * 2, [[0.08] * 4] * 2]))
 
 
 def test_tta_softmax_then_average():

@@ -1,5 +1,6 @@
 """benchmarks/gpu_e2e.py on the CPU: the dry-run of its cheapest case group writes the expected JSON, its synthetic
 LSJ training batch has the mapper's format and trains Mask2Former with finite losses, and a training case runs."""
+
 import argparse
 import importlib.util
 import json
@@ -8,9 +9,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from detectron2.modeling import build_model
-
 from conftest import load_cfg
+from detectron2.modeling import build_model
 
 ROOT = Path(__file__).resolve().parents[1]
 MINI_M2F = "configs/mini/panoptic/m2f_r18.yaml"
@@ -48,8 +48,19 @@ def test_dry_run_perpixel_writes_json(e2e, tmp_path):
     got = [(Path(c["config"]).stem, c["batch"], c["dtype"]) for c in cases]
     assert got == [(cfg, b, d) for cfg in ("segformer_b0", "cgrseg_t") for b in (1, 2) for d in ("fp32", "amp-bf16")]
     for case in cases:
-        for key in ("group", "config", "batch", "size", "dtype", "median_s", "min_s", "max_s", "images_per_s",
-                    "peak_mem_mib", "status"):
+        for key in (
+            "group",
+            "config",
+            "batch",
+            "size",
+            "dtype",
+            "median_s",
+            "min_s",
+            "max_s",
+            "images_per_s",
+            "peak_mem_mib",
+            "status",
+        ):
             assert key in case, key
         assert case["group"] == "perpixel" and case["size"] == [128, 128]
         assert case["peak_mem_mib"] is None  # CUDA memory only
@@ -86,9 +97,19 @@ def test_synthetic_lsj_batch_has_the_mapper_format_and_trains_mask2former(e2e):
 
 
 def test_training_case_records_finite_timings_and_losses(e2e):
-    suite = e2e.Suite(argparse.Namespace(
-        dry_run=True, device="cpu", amp_dtype="fp16", m2f_config=MINI_M2F, json=None, time_budget=0.0,
-        compile_backend="aot_eager", compile_mode=None, verbose=False))
+    suite = e2e.Suite(
+        argparse.Namespace(
+            dry_run=True,
+            device="cpu",
+            amp_dtype="fp16",
+            m2f_config=MINI_M2F,
+            json=None,
+            time_budget=0.0,
+            compile_backend="aot_eager",
+            compile_mode=None,
+            verbose=False,
+        )
+    )
     suite.groups = ["train"]
     base = suite.base("train", MINI_M2F, "training", 1, (64, 64), None, 1, 2)
     suite.run_case(base, suite.train_case(MINI_M2F, 1, (64, 64), None, 1, 2))

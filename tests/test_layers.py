@@ -1,4 +1,5 @@
 """Shared blocks (universal_seg.layers) against written-out formulas and hand-computed cases."""
+
 import pytest
 import torch
 

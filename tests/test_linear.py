@@ -1,5 +1,6 @@
 """universal_seg.ops.linear (fp32 CPU products through oneDNN as a 1x1 convolution) against F.linear in float64, and
 the decoder's MultiheadAttention built on it against nn.MultiheadAttention."""
+
 import pytest
 import torch
 import torch.nn.functional as F

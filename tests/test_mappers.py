@@ -1,5 +1,6 @@
 """Mappers on the mini dataset: shapes, ignore padding, masks consistent with the augmented image, no lost
 annotations, robust image reading and the skip-on-unreadable contract with detectron2's MapDataset."""
+
 import copy
 
 import numpy as np
@@ -13,9 +14,16 @@ from PIL import Image
 
 import universal_seg.data  # noqa: F401
 from universal_seg.data import add_data_config
-from universal_seg.data.mappers import (COCOInstanceLSJDatasetMapper, COCOPanopticLSJDatasetMapper,
-                                        InstanceDatasetMapper, PanopticDatasetMapper, SemanticDatasetMapper,
-                                        UNREADABLE, build_mapper, read_rgb_image)
+from universal_seg.data.mappers import (
+    UNREADABLE,
+    COCOInstanceLSJDatasetMapper,
+    COCOPanopticLSJDatasetMapper,
+    InstanceDatasetMapper,
+    PanopticDatasetMapper,
+    SemanticDatasetMapper,
+    build_mapper,
+    read_rgb_image,
+)
 
 FLIP = [T.RandomFlip(prob=1.0)]
 
@@ -36,12 +44,17 @@ def _cfg(mapper, train):
     return cfg
 
 
-@pytest.mark.parametrize("name,dataset", [("mask_former_semantic", "mini_sem_seg_train"),
-                                          ("mask_former_panoptic", "mini_panoptic_train_with_sem_seg"),
-                                          ("mask_former_panoptic", "mini_panoptic_train"),
-                                          ("mask_former_instance", "mini_instance_train"),
-                                          ("coco_instance_lsj", "mini_instance_train"),
-                                          ("coco_panoptic_lsj", "mini_panoptic_train")])
+@pytest.mark.parametrize(
+    "name,dataset",
+    [
+        ("mask_former_semantic", "mini_sem_seg_train"),
+        ("mask_former_panoptic", "mini_panoptic_train_with_sem_seg"),
+        ("mask_former_panoptic", "mini_panoptic_train"),
+        ("mask_former_instance", "mini_instance_train"),
+        ("coco_instance_lsj", "mini_instance_train"),
+        ("coco_panoptic_lsj", "mini_panoptic_train"),
+    ],
+)
 def test_from_config_output_format(name, dataset):
     torch.manual_seed(0)
     np.random.seed(0)
@@ -106,8 +119,7 @@ def test_panoptic_keeps_every_segment_and_flips_masks():
 def test_panoptic_drops_crowd_segments_only():
     record = copy.deepcopy(DatasetCatalog.get("mini_panoptic_train")[0])
     record["segments_info"][1]["iscrowd"] = 1
-    out = PanopticDatasetMapper(augmentations=[], image_format="RGB", ignore_label=255,
-                                size_divisibility=-1)(record)
+    out = PanopticDatasetMapper(augmentations=[], image_format="RGB", ignore_label=255, size_divisibility=-1)(record)
     assert len(out["instances"]) == len(record["segments_info"]) - 1
     assert (out["sem_seg"] == record["segments_info"][1]["category_id"]).any()  # crowd pixels keep their class
 
@@ -117,8 +129,9 @@ def test_instance_mapper_keeps_all_annotations_and_flips():
     total = 0
     for record in records:
         plain = InstanceDatasetMapper(augmentations=[], image_format="RGB", size_divisibility=-1)(copy.deepcopy(record))
-        flipped = InstanceDatasetMapper(augmentations=FLIP, image_format="RGB",
-                                        size_divisibility=-1)(copy.deepcopy(record))
+        flipped = InstanceDatasetMapper(augmentations=FLIP, image_format="RGB", size_divisibility=-1)(
+            copy.deepcopy(record)
+        )
         assert plain["instances"].gt_classes.tolist() == [a["category_id"] for a in record["annotations"]]
         # polygon rasterisation of a flipped polygon may differ by boundary pixels only
         diff = (flipped["instances"].gt_masks ^ plain["instances"].gt_masks.flip(-1)).flatten(1).sum(1)
@@ -136,7 +149,8 @@ def test_lsj_scale_one_pads_with_void():
     assert (out["sem_seg"][173:] == 255).all() and (out["image"][:, 174:] == 128).all()
     assert len(out["instances"]) == 4 and not out["instances"].gt_masks[:, 174:].any()
     out = COCOInstanceLSJDatasetMapper(augmentations=augs, image_format="RGB", size_divisibility=-1)(
-        copy.deepcopy(DatasetCatalog.get("mini_instance_train")[0]))
+        copy.deepcopy(DatasetCatalog.get("mini_instance_train")[0])
+    )
     assert out["instances"].gt_masks.shape == (3, 256, 256)
 
 

@@ -1,4 +1,5 @@
 """Mask2Former model: official checkpoint compatibility, safe loading, decoder and pixel-decoder behaviour."""
+
 import os
 import pickle
 from pathlib import Path
@@ -6,13 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import load_cfg
 from detectron2.modeling import build_model
 
 import universal_seg.data  # noqa: F401
 import universal_seg.modeling  # noqa: F401
 from universal_seg.checkpoint import UniversalSegCheckpointer, UnsafeCheckpointError, load_pickle_safely
 from universal_seg.modeling.pixel_decoder.msdeform import DeformableEncoder
-from conftest import load_cfg
 
 ROOT = Path(__file__).resolve().parents[1]
 REFERENCE = ROOT / "tests" / "data"  # official checkpoint key lists (copied from shared/reference)
@@ -29,11 +30,14 @@ def reference_shapes(name):
     return shapes
 
 
-@pytest.mark.parametrize("config,reference", [
-    ("configs/coco/panoptic/m2f_r50.yaml", "mask2former_r50_coco_panoptic_state_dict.txt"),
-    ("configs/ade20k/semantic/m2f_r50.yaml", "mask2former_r50_ade20k_semantic_state_dict.txt"),
-    ("configs/coco/panoptic/m2f_swin_t.yaml", "mask2former_swin_tiny_coco_panoptic_state_dict.txt"),
-])
+@pytest.mark.parametrize(
+    "config,reference",
+    [
+        ("configs/coco/panoptic/m2f_r50.yaml", "mask2former_r50_coco_panoptic_state_dict.txt"),
+        ("configs/ade20k/semantic/m2f_r50.yaml", "mask2former_r50_ade20k_semantic_state_dict.txt"),
+        ("configs/coco/panoptic/m2f_swin_t.yaml", "mask2former_swin_tiny_coco_panoptic_state_dict.txt"),
+    ],
+)
 def test_state_dict_equals_official_checkpoint(config, reference):
     model = build_model(load_cfg(config))
     ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
@@ -55,8 +59,9 @@ def test_pkl_checkpoint_loads_with_no_missing_or_unexpected_keys(tmp_path):
     cfg = load_cfg("configs/coco/panoptic/m2f_r50.yaml")
     source, target = build_model(cfg), build_model(cfg)
     state = _official_like_pkl(source, tmp_path / "model.pkl")
-    result = UniversalSegCheckpointer(target)._load_model(UniversalSegCheckpointer(target)._load_file(
-        str(tmp_path / "model.pkl")))
+    result = UniversalSegCheckpointer(target)._load_model(
+        UniversalSegCheckpointer(target)._load_file(str(tmp_path / "model.pkl"))
+    )
     assert not result.missing_keys and not result.unexpected_keys
     for k, v in target.state_dict().items():
         np.testing.assert_array_equal(v.numpy(), state[k])
@@ -87,8 +92,13 @@ def test_malicious_pth_is_refused(tmp_path):
 def test_eval_fast_path_equals_full_computation():
     """In eval mode intermediate masks are computed on resized mask features (linearity of resizing); the result
     must equal the training-mode computation that resizes full-resolution masks."""
-    cfg = load_cfg("configs/coco/panoptic/m2f_r50.yaml", "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "7",
-                   "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "12")
+    cfg = load_cfg(
+        "configs/coco/panoptic/m2f_r50.yaml",
+        "MODEL.SEM_SEG_HEAD.NUM_CLASSES",
+        "7",
+        "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES",
+        "12",
+    )
     torch.manual_seed(0)
     model = build_model(cfg)
     head = model.sem_seg_head

@@ -1,4 +1,5 @@
 """HungarianMatcher: optimality against brute force, cost entries against a per-pair hand loop."""
+
 import itertools
 import math
 
@@ -21,8 +22,10 @@ def random_batch(gen, sizes, num_queries=4, num_classes=3, hw=(6, 7)):
         "pred_logits": torch.randn(B, num_queries, num_classes + 1, generator=gen),
         "pred_masks": torch.randn(B, num_queries, *hw, generator=gen) * 3,
     }
-    targets = [{"labels": torch.randint(0, num_classes, (n,), generator=gen),
-                "masks": torch.rand(n, *hw, generator=gen) > 0.5} for n in sizes]
+    targets = [
+        {"labels": torch.randint(0, num_classes, (n,), generator=gen), "masks": torch.rand(n, *hw, generator=gen) > 0.5}
+        for n in sizes
+    ]
     return outputs, targets
 
 
@@ -89,8 +92,9 @@ def test_assignment_is_optimal(monkeypatch, num_queries, sizes):
         m = min(num_queries, len(target["labels"]))
         assert rows.dtype == cols.dtype == torch.long and len(rows) == len(cols) == m
         assert len(set(rows.tolist())) == m and len(set(cols.tolist())) == m
-        cost = compute_cost_matrix(outputs["pred_logits"][b], outputs["pred_masks"][b], target["labels"],
-                                   target["masks"], points).double()
+        cost = compute_cost_matrix(
+            outputs["pred_logits"][b], outputs["pred_masks"][b], target["labels"], target["masks"], points
+        ).double()
         ours = cost[rows, cols].sum().item()
         assert ours == pytest.approx(brute_force_min(cost.tolist()), rel=1e-9, abs=1e-9)
 
@@ -104,8 +108,9 @@ def test_forward_uses_one_point_set_per_image_shared_by_predictions_and_targets(
     cost = matcher.cost_matrix(outputs["pred_logits"][0], outputs["pred_masks"][0], targets[0])
     torch.manual_seed(123)
     points = torch.rand(64, 2)
-    expected = compute_cost_matrix(outputs["pred_logits"][0], outputs["pred_masks"][0], targets[0]["labels"],
-                                   targets[0]["masks"], points)
+    expected = compute_cost_matrix(
+        outputs["pred_logits"][0], outputs["pred_masks"][0], targets[0]["labels"], targets[0]["masks"], points
+    )
     torch.testing.assert_close(cost, expected)
     torch.manual_seed(123)
     rows, cols = matcher(outputs, targets)[0]

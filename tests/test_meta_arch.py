@@ -1,11 +1,13 @@
 """The two meta-architectures and their shared parts: every config builds the meta-architecture its YAML names,
 configs whose heads do not fit it fail at build time naming the fix, both share SegmentorBase, and the per-pixel
 heads share PerPixelHead (inputs, classifier, aux policy)."""
+
 from pathlib import Path
 
 import pytest
 import torch
 import yaml
+from conftest import ROOT, load_cfg
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import META_ARCH_REGISTRY, build_model
 from torch import nn
@@ -15,7 +17,6 @@ import universal_seg.modeling  # noqa: F401
 from universal_seg.modeling.heads import CGRSegHead, PerPixelHead, SegFormerHead
 from universal_seg.modeling.meta_arch import PerPixelSegmentor, SegmentorBase, UniversalSegmentor
 from universal_seg.modeling.segmentation_head import SegmentationHead
-from conftest import ROOT, load_cfg
 
 CONFIGS = sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml"))
 SEGFORMER_MINI = "configs/mini/semantic/segformer_b0.yaml"
@@ -57,15 +58,21 @@ def test_both_meta_architectures_are_registered_on_one_base():
 
 
 def test_per_pixel_head_under_mask_classification_is_a_build_time_error():
-    with pytest.raises(ValueError, match=r"'SegFormerHead' is a per-pixel head.*set MODEL.META_ARCHITECTURE to "
-                                         r"'PerPixelSegmentor'\.$"):
+    with pytest.raises(
+        ValueError,
+        match=r"'SegFormerHead' is a per-pixel head.*set MODEL.META_ARCHITECTURE to "
+        r"'PerPixelSegmentor'\.$",
+    ):
         build_model(load_cfg(SEGFORMER_MINI, "MODEL.META_ARCHITECTURE", "UniversalSegmentor"))
 
 
 def test_mask_classification_config_under_per_pixel_is_a_build_time_error():
     # the Mask2Former configs leave MODEL.SEM_SEG_HEAD.NAME at detectron2's default, which is no per-pixel head
-    with pytest.raises(ValueError, match=r"'SemSegFPNHead' is not registered as a per-pixel head.*"
-                                         r"set MODEL.META_ARCHITECTURE to 'UniversalSegmentor'"):
+    with pytest.raises(
+        ValueError,
+        match=r"'SemSegFPNHead' is not registered as a per-pixel head.*"
+        r"set MODEL.META_ARCHITECTURE to 'UniversalSegmentor'",
+    ):
         build_model(load_cfg(M2F_MINI, "MODEL.META_ARCHITECTURE", "PerPixelSegmentor"))
 
 
@@ -74,8 +81,13 @@ def test_per_pixel_segmentor_refuses_another_head():
         size_divisibility = 1
 
     with pytest.raises(TypeError, match="PerPixelHead"):
-        PerPixelSegmentor(backbone=Backbone(), sem_seg_head=nn.Conv2d(3, 2, 1), size_divisibility=1,
-                          pixel_mean=(0.0, 0.0, 0.0), pixel_std=(1.0, 1.0, 1.0))
+        PerPixelSegmentor(
+            backbone=Backbone(),
+            sem_seg_head=nn.Conv2d(3, 2, 1),
+            size_divisibility=1,
+            pixel_mean=(0.0, 0.0, 0.0),
+            pixel_std=(1.0, 1.0, 1.0),
+        )
 
 
 # ------------------------------------------------------------------------------------ the shared per-pixel head

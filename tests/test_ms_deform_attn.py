@@ -1,4 +1,5 @@
 """MSDeformAttn op: compiled CPU (and, when present, CUDA) kernels against the grid_sample reference."""
+
 import os
 import shutil
 import warnings
@@ -6,10 +7,9 @@ import warnings
 import pytest
 import torch
 import torch.nn.functional as F
-
 from conftest import make_ms_deform_attn_inputs
-from universal_seg.ops import MSDeformAttn, ms_deform_attn, ms_deform_attn_reference, use_ms_deform_attn_op
-from universal_seg.ops import _extension
+
+from universal_seg.ops import MSDeformAttn, _extension, ms_deform_attn, ms_deform_attn_reference, use_ms_deform_attn_op
 from universal_seg.ops.ms_deform_attn_function import MSDeformAttnFunction
 
 # Shapes covering odd channel counts, 1-4 levels, Lq != S, single points and many points.
@@ -67,7 +67,10 @@ def test_backward_float64_equals_reference_autograd(cfg):
 def test_gradcheck_cpu_kernel(cfg):
     value, ss, lsi, loc, attn = make_ms_deform_attn_inputs(requires_grad=True, **cfg)
     _ext()
-    fn = lambda v, l, a: MSDeformAttnFunction.apply(v, ss, lsi, l, a)  # the compiled kernel, no fallback
+
+    def fn(v, loc, a):  # the compiled kernel, no fallback
+        return MSDeformAttnFunction.apply(v, ss, lsi, loc, a)
+
     assert torch.autograd.gradcheck(fn, (value, loc, attn), eps=1e-6, atol=1e-6, rtol=1e-5)
 
 
@@ -193,10 +196,14 @@ def test_module_state_dict_names_match_official_checkpoints():
     shapes = {k: tuple(v.shape) for k, v in m.state_dict().items()}
     # from the official Mask2Former R50 checkpoint (pixel_decoder.transformer.encoder.layers.N.self_attn.*)
     assert shapes == {
-        "sampling_offsets.weight": (192, 256), "sampling_offsets.bias": (192,),
-        "attention_weights.weight": (96, 256), "attention_weights.bias": (96,),
-        "value_proj.weight": (256, 256), "value_proj.bias": (256,),
-        "output_proj.weight": (256, 256), "output_proj.bias": (256,),
+        "sampling_offsets.weight": (192, 256),
+        "sampling_offsets.bias": (192,),
+        "attention_weights.weight": (96, 256),
+        "attention_weights.bias": (96,),
+        "value_proj.weight": (256, 256),
+        "value_proj.bias": (256,),
+        "output_proj.weight": (256, 256),
+        "output_proj.bias": (256,),
     }
 
 
@@ -280,7 +287,10 @@ def test_cuda_forward_backward_float64_equal_reference(cfg):
 @pytest.mark.parametrize("cfg", SHAPES[:3])
 def test_cuda_gradcheck(cfg):
     value, ss, lsi, loc, attn = _to(make_ms_deform_attn_inputs(**cfg), device="cuda")
-    fn = lambda v, l, a: MSDeformAttnFunction.apply(v, ss, lsi, l, a)
+
+    def fn(v, loc, a):
+        return MSDeformAttnFunction.apply(v, ss, lsi, loc, a)
+
     assert torch.autograd.gradcheck(fn, (value, loc, attn), eps=1e-6, atol=1e-6, rtol=1e-5)
 
 

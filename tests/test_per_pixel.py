@@ -1,10 +1,13 @@
 """PerPixelSegmentor and the per-pixel heads' shared losses: CE loss (with padding and auxiliary heads),
 sliding-window inference, meta-architecture / head selection and config errors. Dummy backbones / heads make every
 expected value computable by hand."""
+
 import math
 
 import pytest
 import torch
+from conftest import load_cfg
+from detectron2.config import get_cfg
 from detectron2.modeling import build_model
 from torch import nn
 
@@ -13,8 +16,6 @@ import universal_seg.modeling  # noqa: F401
 from universal_seg.modeling.heads import PerPixelHead, per_pixel_ce_loss, slide_window_logits
 from universal_seg.modeling.heads.inference import window_starts
 from universal_seg.modeling.meta_arch import PerPixelSegmentor
-from conftest import load_cfg
-from detectron2.config import get_cfg
 
 MINI = "configs/mini/semantic/segformer_b0.yaml"
 
@@ -55,8 +56,14 @@ class WindowMeanHead(PerPixelHead):
 
 
 def dummy_segmentor(head, slide_window=None, size_divisibility=1):
-    return PerPixelSegmentor(backbone=IdentityBackbone(), sem_seg_head=head, size_divisibility=size_divisibility,
-                             pixel_mean=(0.0, 0.0, 0.0), pixel_std=(1.0, 1.0, 1.0), slide_window=slide_window)
+    return PerPixelSegmentor(
+        backbone=IdentityBackbone(),
+        sem_seg_head=head,
+        size_divisibility=size_divisibility,
+        pixel_mean=(0.0, 0.0, 0.0),
+        pixel_std=(1.0, 1.0, 1.0),
+        slide_window=slide_window,
+    )
 
 
 def hand_ce(logits, target, ignore=255):
@@ -96,8 +103,10 @@ def test_ce_loss_upsamples_logits_bilinearly():
 def test_training_loss_ignores_padding_and_weights_aux():
     torch.manual_seed(0)
     model = dummy_segmentor(LinearHead(aux_weight=0.4, loss_weight=2.0), size_divisibility=4).train()
-    inputs = [{"image": torch.randint(0, 255, (3, 5, 6)).to(torch.uint8), "sem_seg": torch.randint(0, 4, (5, 6))},
-              {"image": torch.randint(0, 255, (3, 3, 7)).to(torch.uint8), "sem_seg": torch.randint(0, 4, (3, 7))}]
+    inputs = [
+        {"image": torch.randint(0, 255, (3, 5, 6)).to(torch.uint8), "sem_seg": torch.randint(0, 4, (5, 6))},
+        {"image": torch.randint(0, 255, (3, 3, 7)).to(torch.uint8), "sem_seg": torch.randint(0, 4, (3, 7))},
+    ]
     inputs[1]["sem_seg"][0, 0] = 255
     losses = model(inputs)
     assert set(losses) == {"loss_sem_seg", "loss_sem_seg_aux0"}
@@ -184,19 +193,34 @@ def test_meta_architecture_selects_the_path():
 
 def test_bad_slide_window_config_is_a_clear_error():
     with pytest.raises(ValueError, match="SLIDE_WINDOW"):
-        build_model(load_cfg(MINI, "MODEL.SEM_SEG_HEAD.SLIDE_WINDOW.ENABLED", "True",
-                             "MODEL.SEM_SEG_HEAD.SLIDE_WINDOW.STRIDE", "[600, 600]"))
+        build_model(
+            load_cfg(
+                MINI,
+                "MODEL.SEM_SEG_HEAD.SLIDE_WINDOW.ENABLED",
+                "True",
+                "MODEL.SEM_SEG_HEAD.SLIDE_WINDOW.STRIDE",
+                "[600, 600]",
+            )
+        )
 
 
 def test_mini_config_trains_and_infers_with_slide_window():
     torch.manual_seed(0)
-    cfg = load_cfg(MINI, "MODEL.SEM_SEG_HEAD.SLIDE_WINDOW.ENABLED", "True",
-                   "MODEL.SEM_SEG_HEAD.SLIDE_WINDOW.CROP_SIZE", "[64, 64]",
-                   "MODEL.SEM_SEG_HEAD.SLIDE_WINDOW.STRIDE", "[48, 48]")
+    cfg = load_cfg(
+        MINI,
+        "MODEL.SEM_SEG_HEAD.SLIDE_WINDOW.ENABLED",
+        "True",
+        "MODEL.SEM_SEG_HEAD.SLIDE_WINDOW.CROP_SIZE",
+        "[64, 64]",
+        "MODEL.SEM_SEG_HEAD.SLIDE_WINDOW.STRIDE",
+        "[48, 48]",
+    )
     assert cfg.DATASETS.TRAIN == ("mini_sem_seg_train",) and cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == 21
     model = build_model(cfg).train()
-    inputs = [{"image": torch.randint(0, 255, (3, 96, 128), dtype=torch.uint8),
-               "sem_seg": torch.randint(0, 21, (96, 128))} for _ in range(2)]
+    inputs = [
+        {"image": torch.randint(0, 255, (3, 96, 128), dtype=torch.uint8), "sem_seg": torch.randint(0, 21, (96, 128))}
+        for _ in range(2)
+    ]
     losses = model(inputs)
     loss = sum(losses.values())
     assert torch.isfinite(loss)

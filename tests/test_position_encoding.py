@@ -1,4 +1,5 @@
 """DETR's normalised sine position encoding against the formula written out per channel, with and without the cache."""
+
 import math
 
 import torch
@@ -35,5 +36,6 @@ def test_matches_formula_cached_and_masked():
     # padding: a mask over the right part normalises over the valid width only
     mask = torch.zeros(1, 4, 6, dtype=torch.bool)
     mask[:, :, 4:] = True
-    torch.testing.assert_close(pe(torch.zeros(1, 3, 4, 6), mask)[0, :, :, :4].double(), formula(4, 4, 8),
-                               rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(
+        pe(torch.zeros(1, 3, 4, 6), mask)[0, :, :, :4].double(), formula(4, 4, 8), rtol=1e-5, atol=1e-5
+    )

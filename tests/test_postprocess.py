@@ -1,10 +1,11 @@
 """Post-processing on hand-built inputs with known expected outputs."""
+
 import math
 
 import pytest
 import torch
-
 from detectron2.structures import BitMasks, Instances
+
 from universal_seg.modeling.postprocess import (
     instance_inference,
     masks_to_boxes,
@@ -29,7 +30,7 @@ def one_hot_row(num_classes, label, score):
 
 def rect_mask(hw, rows, cols, inside=IN, outside=OUT):
     mask = torch.full(hw, outside)
-    mask[rows[0]:rows[1], cols[0]:cols[1]] = inside
+    mask[rows[0] : rows[1], cols[0] : cols[1]] = inside
     return mask
 
 
@@ -108,8 +109,12 @@ def test_score_threshold_and_no_object():
 def test_stuff_of_one_class_merges_things_do_not():
     """Two stuff queries of class 2 -> one segment; two thing queries of class 0 -> two segments."""
     hw = (10, 12)
-    masks = [rect_mask(hw, (0, 5), (0, 10)), rect_mask(hw, (0, 5), (10, 12)), rect_mask(hw, (5, 10), (0, 10)),
-             rect_mask(hw, (5, 10), (10, 12))]
+    masks = [
+        rect_mask(hw, (0, 5), (0, 10)),
+        rect_mask(hw, (0, 5), (10, 12)),
+        rect_mask(hw, (5, 10), (0, 10)),
+        rect_mask(hw, (5, 10), (10, 12)),
+    ]
     rows = [one_hot_row(K, 2, 0.9), one_hot_row(K, 0, 0.9), one_hot_row(K, 2, 0.85), one_hot_row(K, 0, 0.95)]
     seg, info = panoptic_inference(class_logits(rows), torch.stack(masks), K, thing_ids=THINGS)
     expected = torch.zeros(hw, dtype=torch.int32)
@@ -117,8 +122,11 @@ def test_stuff_of_one_class_merges_things_do_not():
     expected[0:5, 10:12] = 2
     expected[5:10, 10:12] = 3
     assert torch.equal(seg, expected)
-    assert info == [{"id": 1, "category_id": 2, "isthing": False}, {"id": 2, "category_id": 0, "isthing": True},
-                    {"id": 3, "category_id": 0, "isthing": True}]
+    assert info == [
+        {"id": 1, "category_id": 2, "isthing": False},
+        {"id": 2, "category_id": 0, "isthing": True},
+        {"id": 3, "category_id": 0, "isthing": True},
+    ]
 
 
 def test_nothing_kept_gives_void():
@@ -138,9 +146,11 @@ def test_instance_boxes_scores_and_topk_order():
     assert isinstance(result, Instances) and result.image_size == hw and len(result) == 4
     # (query, class) pairs by decreasing class probability: (1,1) .7, (0,0) .6, (0,1) .3, (2,0) .2
     expected = [(1, 1, 0.7), (0, 0, 0.6), (0, 1, 0.3), (2, 0, 0.2)]
-    mask_score = {0: 1 / (1 + math.exp(-2.0)),
-                  1: (1 / (1 + math.exp(-1.0)) + 1 / (1 + math.exp(-3.0)) + 1 / (1 + math.exp(-0.5))) / 3,
-                  2: 0.0}
+    mask_score = {
+        0: 1 / (1 + math.exp(-2.0)),
+        1: (1 / (1 + math.exp(-1.0)) + 1 / (1 + math.exp(-3.0)) + 1 / (1 + math.exp(-0.5))) / 3,
+        2: 0.0,
+    }
     boxes = {0: [2, 1, 6, 4], 1: [0, 0, 8, 6], 2: [0, 0, 0, 0]}
     assert result.pred_classes.tolist() == [c for _, c, _ in expected]
     for i, (q, _, p) in enumerate(expected):
@@ -154,8 +164,7 @@ def test_instance_panoptic_on_keeps_only_things_and_topk_is_clamped():
     hw = (4, 4)
     masks = torch.stack([rect_mask(hw, (0, 2), (0, 2)), rect_mask(hw, (2, 4), (2, 4))])
     probs = [[0.5, 0.4, 0.1], [0.3, 0.6, 0.1]]  # K = 2; class 1 is stuff
-    result = instance_inference(class_logits(probs), masks, 2, test_topk_per_image=100, panoptic_on=True,
-                                thing_ids={0})
+    result = instance_inference(class_logits(probs), masks, 2, test_topk_per_image=100, panoptic_on=True, thing_ids={0})
     assert result.pred_classes.tolist() == [0, 0]
     assert result.pred_boxes.tensor.tolist() == [[0, 0, 2, 2], [2, 2, 4, 4]]
     with pytest.raises(ValueError, match="thing_ids"):
@@ -187,8 +196,9 @@ def test_positive_area_and_sigmoid_sum_across_blocks():
 
 
 # ------------------------------------------------------------------------------- panoptic: slow reference
-def _reference_panoptic_inference(mask_cls, mask_pred, num_classes, object_mask_threshold=0.8, overlap_threshold=0.8,
-                                  thing_ids=()):
+def _reference_panoptic_inference(
+    mask_cls, mask_pred, num_classes, object_mask_threshold=0.8, overlap_threshold=0.8, thing_ids=()
+):
     """REFERENCE ONLY (slow): the per-query loop that panoptic_inference used before it was vectorised, written
     out verbatim; the randomized tests below require the library function to give exactly its outputs."""
     import torch.nn.functional as F

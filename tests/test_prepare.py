@@ -1,5 +1,6 @@
 """The dataset preparation scripts (datasets/prepare_*.py) on tiny synthetic trees: hand-computed outputs, a second
 run skips finished files, an interrupted write leaves no partial file, and the registrations load the result."""
+
 import importlib.util
 import json
 import os
@@ -16,8 +17,13 @@ import universal_seg.data  # noqa: F401
 from universal_seg.data.datasets import register_all
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = ("prepare_coco_semantic_from_panoptic", "prepare_ade20k_sem_seg", "prepare_ade20k_pan_ins",
-           "prepare_cityscapes", "prepare_coco_stuff_10k")
+SCRIPTS = (
+    "prepare_coco_semantic_from_panoptic",
+    "prepare_ade20k_sem_seg",
+    "prepare_ade20k_pan_ins",
+    "prepare_cityscapes",
+    "prepare_coco_stuff_10k",
+)
 
 
 def _script(name):
@@ -62,6 +68,7 @@ class Interrupted(Exception):
 def _check_interrupt_then_rerun(monkeypatch, run, out_dir):
     """With every PNG save writing a few bytes and then failing (a process killed mid-write), run() adds no file
     under out_dir (no partial output, no temporary file); with saving restored, run() completes."""
+
     def broken_save(self, fp, *args, **kwargs):
         with open(fp, "wb") as f:
             f.write(b"\x89PNG partial")
@@ -84,8 +91,12 @@ def _check_second_run_skips(run, out_dir):
 
 @pytest.mark.parametrize("name", SCRIPTS)
 def test_help(name):
-    out = subprocess.run([sys.executable, os.path.join(REPO, "datasets", name + ".py"), "--help"],
-                         capture_output=True, text=True, timeout=60)
+    out = subprocess.run(
+        [sys.executable, os.path.join(REPO, "datasets", name + ".py"), "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0 and "usage:" in out.stdout and "Output" in out.stdout
 
 
@@ -100,9 +111,14 @@ def _coco_panoptic_tree(root):
         _jpg(os.path.join(coco, f"{split}2017", "000000000001.jpg"), 3, 2)
         os.makedirs(os.path.join(coco, "annotations"), exist_ok=True)
         with open(os.path.join(coco, "annotations", f"panoptic_{split}2017.json"), "w") as f:
-            json.dump({"images": [{"id": 1, "file_name": "000000000001.jpg", "height": 2, "width": 3}],
-                       "annotations": [{"image_id": 1, "file_name": "000000000001.png", "segments_info": segments}],
-                       "categories": []}, f)
+            json.dump(
+                {
+                    "images": [{"id": 1, "file_name": "000000000001.jpg", "height": 2, "width": 3}],
+                    "annotations": [{"image_id": 1, "file_name": "000000000001.png", "segments_info": segments}],
+                    "categories": [],
+                },
+                f,
+            )
     return coco
 
 
@@ -131,8 +147,14 @@ ADE_SEMANTIC = np.array([[1, 1, 3, 3], [1, 8, 8, 3], [13, 13, 0, 3], [13, 8, 0, 
 def _ade_tree(root, with_instances=True):
     ade = os.path.join(root, "ADEChallengeData2016")
     instance = np.zeros((4, 4, 3), np.uint8)
-    for (y, x), (cls, ins) in {(1, 1): (1, 1), (1, 2): (1, 1), (2, 0): (4, 2), (2, 1): (4, 2), (3, 0): (4, 2),
-                               (0, 3): (1, 3)}.items():
+    for (y, x), (cls, ins) in {
+        (1, 1): (1, 1),
+        (1, 2): (1, 1),
+        (2, 0): (4, 2),
+        (2, 1): (4, 2),
+        (3, 0): (4, 2),
+        (0, 3): (1, 3),
+    }.items():
         instance[y, x, :2] = cls, ins  # R: instance class (1 bed, 4 person), G: instance id
     for folder in ("training", "validation"):
         _jpg(os.path.join(ade, "images", folder, "ADE_x_00000001.jpg"))
@@ -176,25 +198,40 @@ def test_ade20k_pan_ins(root, monkeypatch):
         pan = json.load(f)
     assert pan["images"] == [{"id": 1, "file_name": "ADE_x_00000001.jpg", "height": 4, "width": 4}]
     segs = [(s["id"], s["category_id"], s["area"], s["bbox"]) for s in pan["annotations"][0]["segments_info"]]
-    assert segs == [(1, 1, 3, [0, 0, 2, 2]), (2, 3, 3, [2, 0, 2, 3]), (3, 8, 2, [1, 1, 2, 1]),
-                    (4, 13, 3, [0, 2, 2, 2]), (5, 8, 1, [3, 0, 1, 1])]
+    assert segs == [
+        (1, 1, 3, [0, 0, 2, 2]),
+        (2, 3, 3, [2, 0, 2, 3]),
+        (3, 8, 2, [1, 1, 2, 1]),
+        (4, 13, 3, [0, 2, 2, 2]),
+        (5, 8, 1, [3, 0, 1, 1]),
+    ]
     assert len(pan["categories"]) == 150 and sum(c["isthing"] for c in pan["categories"]) == 100
     with open(os.path.join(ade, "ade20k_instance_train.json")) as f:
         ins = json.load(f)
     assert [(a["id"], a["category_id"], a["area"], a["bbox"]) for a in ins["annotations"]] == [
-        (1, 8, 2, [1, 1, 2, 1]), (2, 13, 3, [0, 2, 2, 2]), (3, 8, 1, [3, 0, 1, 1])]  # ADE semantic ids
+        (1, 8, 2, [1, 1, 2, 1]),
+        (2, 13, 3, [0, 2, 2, 2]),
+        (3, 8, 1, [3, 0, 1, 1]),
+    ]  # ADE semantic ids
     assert len(ins["categories"]) == 100 and ins["categories"][3]["name"] == "person"
     _check_second_run_skips(lambda: script.main(["--root", root]), ade)
     _script("prepare_ade20k_sem_seg").main(["--root", root])
     register_all(root)
     (record,) = DatasetCatalog.get("ade20k_panoptic_train")
     assert [(s["category_id"], s["isthing"]) for s in record["segments_info"]] == [
-        (0, False), (2, False), (7, True), (12, True), (7, True)]
+        (0, False),
+        (2, False),
+        (7, True),
+        (12, True),
+        (7, True),
+    ]
     (record,) = DatasetCatalog.get("ade20k_instance_val")
     assert [a["category_id"] for a in record["annotations"]] == [0, 3, 0]
     from pycocotools import mask as mask_util
-    np.testing.assert_array_equal(mask_util.decode(record["annotations"][1]["segmentation"]),
-                                  (np.array(expected_ids) == 4).astype(np.uint8))
+
+    np.testing.assert_array_equal(
+        mask_util.decode(record["annotations"][1]["segmentation"]), (np.array(expected_ids) == 4).astype(np.uint8)
+    )
 
 
 def test_ade20k_pan_ins_missing_instances_names_path(root):
@@ -218,8 +255,9 @@ def test_coco_stuff_10k(root, monkeypatch):
     out_dir = os.path.join(base, "annotations_detectron2")
     _check_interrupt_then_rerun(monkeypatch, lambda: script.main(["--root", root]), out_dir)
     # unlabeled 0 -> 255, person 1 -> 0, banner 92 -> 80 (first stuff), wood 182 -> 170, unused 12 / 91 -> 255
-    np.testing.assert_array_equal(_read(os.path.join(out_dir, "train", "COCO_train2014_000000000077.png")),
-                                  [[255, 0, 80], [170, 255, 255]])
+    np.testing.assert_array_equal(
+        _read(os.path.join(out_dir, "train", "COCO_train2014_000000000077.png")), [[255, 0, 80], [170, 255, 255]]
+    )
     _check_second_run_skips(lambda: script.main(["--root", root]), base)
     register_all(root)
     (record,) = DatasetCatalog.get("coco_2017_test_stuff_10k_sem_seg")
@@ -230,9 +268,14 @@ def test_coco_stuff_10k(root, monkeypatch):
 # ---------------------------------------------------------------- Cityscapes
 def _cityscapes_tree(root):
     cs = os.path.join(root, "cityscapes")
-    polygons = {"imgHeight": 2, "imgWidth": 4, "objects": [
-        {"label": "road", "polygon": [[0, 0], [3, 0], [3, 1], [0, 1]]},
-        {"label": "sky", "polygon": [[2, 0], [3, 0], [3, 1], [2, 1]]}]}
+    polygons = {
+        "imgHeight": 2,
+        "imgWidth": 4,
+        "objects": [
+            {"label": "road", "polygon": [[0, 0], [3, 0], [3, 1], [0, 1]]},
+            {"label": "sky", "polygon": [[2, 0], [3, 0], [3, 1], [2, 1]]},
+        ],
+    }
     instance_ids = np.array([[7, 7, 23, 23], [26001, 26001, 23, 23]], np.uint16)  # road, sky, one car
     for split, city in (("train", "aachen"), ("val", "frankfurt")):
         stem = f"{city}_000000_000019"
@@ -261,11 +304,15 @@ def test_cityscapes(root, monkeypatch):
     # road (trainId 0) everywhere, then sky (trainId 10) drawn over columns 2-3
     np.testing.assert_array_equal(
         _read(os.path.join(cs, "gtFine", "val", "frankfurt", "frankfurt_000000_000019_gtFine_labelTrainIds.png")),
-        [[0, 0, 10, 10], [0, 0, 10, 10]])
+        [[0, 0, 10, 10], [0, 0, 10, 10]],
+    )
     with open(os.path.join(cs, "gtFine", "cityscapes_panoptic_val.json")) as f:
         pan = json.load(f)
     assert sorted((s["id"], s["category_id"], s["area"]) for s in pan["annotations"][0]["segments_info"]) == [
-        (7, 7, 2), (23, 23, 4), (26001, 26, 2)]
+        (7, 7, 2),
+        (23, 23, 4),
+        (26001, 26, 2),
+    ]
     _check_second_run_skips(lambda: script.main(["--cityscapes", cs]), cs)
     register_all(root)
     (record,) = DatasetCatalog.get("cityscapes_fine_sem_seg_train")

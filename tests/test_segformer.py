@@ -4,6 +4,7 @@ checkpoint names, paper parameter counts and GFLOPs, and one training / inferenc
 import pytest
 import torch
 import transformers
+from conftest import load_cfg
 from detectron2.modeling import build_model
 from torch import nn
 
@@ -11,7 +12,6 @@ import universal_seg.data  # noqa: F401
 import universal_seg.modeling  # noqa: F401
 from universal_seg.modeling.heads import convert_segformer_checkpoint
 from universal_seg.modeling.meta_arch import PerPixelSegmentor
-from conftest import load_cfg
 
 MINI = "configs/mini/semantic/segformer_b0.yaml"
 # paper Table 1: encoder + decoder parameters (M) with 150 ADE20K classes
@@ -72,7 +72,7 @@ def test_nvlabs_names_convert_to_ours():
     nvlabs = {}
     for k, v in ours.items():
         if k.startswith("sem_seg_head."):
-            nvlabs["decode_head." + k[len("sem_seg_head."):]] = v
+            nvlabs["decode_head." + k[len("sem_seg_head.") :]] = v
         else:
             nvlabs[k] = v
     assert "decode_head.linear_fuse.bn.running_var" in nvlabs and "backbone.block1.0.attn.kv.weight" in nvlabs
@@ -120,8 +120,13 @@ def test_ade20k_recipe():
     s = cfg.SOLVER
     assert (s.OPTIMIZER, s.BASE_LR, s.WEIGHT_DECAY) == ("ADAMW", 6e-4, 0.01)
     assert s.BASE_LR * s.BACKBONE_MULTIPLIER == pytest.approx(6e-5)  # encoder 6e-5, head x10
-    assert (s.LR_SCHEDULER_NAME, s.POLY_LR_POWER, s.WARMUP_ITERS, s.MAX_ITER, s.IMS_PER_BATCH) == \
-        ("WarmupPolyLR", 1.0, 1500, 160000, 16)
+    assert (s.LR_SCHEDULER_NAME, s.POLY_LR_POWER, s.WARMUP_ITERS, s.MAX_ITER, s.IMS_PER_BATCH) == (
+        "WarmupPolyLR",
+        1.0,
+        1500,
+        160000,
+        16,
+    )
     assert tuple(cfg.INPUT.CROP.SIZE) == (512, 512) and cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == 150
     assert cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM == 768 and cfg.MODEL.MIT.VARIANT == "B2"
 
@@ -129,8 +134,10 @@ def test_ade20k_recipe():
 def test_mini_b0_train_step_and_inference():
     torch.manual_seed(0)
     model = build_model(load_cfg(MINI)).train()
-    inputs = [{"image": torch.randint(0, 255, (3, 128, 128), dtype=torch.uint8),
-               "sem_seg": torch.randint(0, 21, (128, 128))} for _ in range(2)]
+    inputs = [
+        {"image": torch.randint(0, 255, (3, 128, 128), dtype=torch.uint8), "sem_seg": torch.randint(0, 21, (128, 128))}
+        for _ in range(2)
+    ]
     losses = model(inputs)
     assert set(losses) == {"loss_sem_seg"} and torch.isfinite(losses["loss_sem_seg"])
     losses["loss_sem_seg"].backward()

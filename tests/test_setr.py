@@ -1,16 +1,17 @@
 """SETR (ViT-L/16 + Naive / PUP / MLA heads with auxiliary heads): parameter counts against the paper (and the
-backbone's against its written-out count; exact totals are a separate regression pin), the head layouts, and one training step plus (sliding-window) inference per config on CPU at a small input.
+backbone's against its written-out count; exact totals are a separate regression pin), the head layouts, and one
+training step plus (sliding-window) inference per config on CPU at a small input.
 
 ViT-L is built once (random init) with the union of the configs' OUT_INDICES and shared by the three heads."""
 
 import pytest
 import torch
+from conftest import load_cfg
 from detectron2.modeling import build_backbone
 
 import universal_seg.data  # noqa: F401
 import universal_seg.modeling  # noqa: F401
 from universal_seg.modeling.meta_arch import PerPixelSegmentor
-from conftest import load_cfg
 
 CONFIGS = {name: f"configs/ade20k/semantic/setr_{name}_vit_l.yaml" for name in ("naive", "pup", "mla")}
 # SETR paper (Table 2, T-Large): parameters in millions. PUP is the "about 318M" model.
@@ -19,12 +20,23 @@ PAPER_PARAMS_M = {"naive": 305.67, "pup": 318.31, "mla": 309.53}
 REGRESSION_PIN_PARAMS = {"naive": 305_099_864, "pup": 316_832_344, "mla": 309_111_534}
 # ViT-L/16 written out (D 1024, 24 blocks, MLP 4096, 577 tokens, no final norm: SETR's heads norm their inputs)
 D, BLOCKS, MLP, TOKENS = 1024, 24, 4096, 24 * 24 + 1
-VIT_L_PARAMS = ((16 * 16 * 3 * D + D)                  # patch embedding conv
-                + D + TOKENS * D                       # cls token, position table
-                + BLOCKS * (2 * 2 * D                  # two LayerNorms
-                            + 3 * D * D + 3 * D        # qkv
-                            + D * D + D                # attention projection
-                            + D * MLP + MLP + MLP * D + D))  # MLP
+VIT_L_PARAMS = (
+    (16 * 16 * 3 * D + D)  # patch embedding conv
+    + D
+    + TOKENS * D  # cls token, position table
+    + BLOCKS
+    * (
+        2 * 2 * D  # two LayerNorms
+        + 3 * D * D
+        + 3 * D  # qkv
+        + D * D
+        + D  # attention projection
+        + D * MLP
+        + MLP
+        + MLP * D
+        + D
+    )
+)  # MLP
 
 
 def _params(name):
@@ -69,15 +81,23 @@ def vit_l():
 
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_train_step_and_slide_inference(vit_l, name):
-    cfg = load_cfg(CONFIGS[name], "MODEL.SEM_SEG_HEAD.NORM", "BN",
-                   "MODEL.SEM_SEG_HEAD.SLIDE_WINDOW.CROP_SIZE", "[32, 32]",
-                   "MODEL.SEM_SEG_HEAD.SLIDE_WINDOW.STRIDE", "[24, 24]")
+    cfg = load_cfg(
+        CONFIGS[name],
+        "MODEL.SEM_SEG_HEAD.NORM",
+        "BN",
+        "MODEL.SEM_SEG_HEAD.SLIDE_WINDOW.CROP_SIZE",
+        "[32, 32]",
+        "MODEL.SEM_SEG_HEAD.SLIDE_WINDOW.STRIDE",
+        "[24, 24]",
+    )
     torch.manual_seed(0)
     model = PerPixelSegmentor(cfg, backbone=vit_l).train()
     vit_l.zero_grad(set_to_none=True)
     vit_l.requires_grad_(name == "naive")  # one full ViT-L backward is enough (and the slow part on CPU)
-    inputs = [{"image": torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8),
-               "sem_seg": torch.randint(0, 150, (64, 64))} for _ in range(2)]
+    inputs = [
+        {"image": torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8), "sem_seg": torch.randint(0, 150, (64, 64))}
+        for _ in range(2)
+    ]
     losses = model(inputs)
     assert set(losses) == {"loss_sem_seg"} | {f"loss_sem_seg_aux{i}" for i in range(4 if name == "mla" else 3)}
     loss = sum(losses.values())

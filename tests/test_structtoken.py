@@ -1,11 +1,13 @@
 """StructToken: slice attention against a direct computation, the CSE / SSE / PWE wiring, parameter counts of the
 semantic ViT heads against the paper's block recipe counted by hand, and every variant x mode (semantic per-pixel
 head, universal mask-classification decoder) building, training one step and inferring on CPU at 128 x 128."""
+
 import math
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import load_cfg
 from detectron2.data import MetadataCatalog
 from detectron2.modeling import build_model
 from detectron2.structures import Instances
@@ -13,11 +15,14 @@ from torch import nn
 
 import universal_seg.data  # noqa: F401
 import universal_seg.modeling  # noqa: F401
-from universal_seg.modeling.transformer_decoder.structtoken import (CrossSliceExtraction, SelfSliceExtraction, StructTokenHead,
-                                                        slice_attention)
-from universal_seg.modeling.transformer_decoder.structtoken.universal_decoder import masked_average
 from universal_seg.modeling.meta_arch import PerPixelSegmentor, UniversalSegmentor
-from conftest import load_cfg
+from universal_seg.modeling.transformer_decoder.structtoken import (
+    CrossSliceExtraction,
+    SelfSliceExtraction,
+    StructTokenHead,
+    slice_attention,
+)
+from universal_seg.modeling.transformer_decoder.structtoken.universal_decoder import masked_average
 
 ROOT = Path(__file__).resolve().parents[1]
 SEMANTIC = "configs/mini/semantic/structtoken_pwe_vit_t.yaml"
@@ -104,15 +109,22 @@ def ffn(c):  # 1x1 c -> 4c, LN, 3x3 groups=c, LN, 1x1 4c -> c, LN
 
 def interaction(name, k, c):
     d = k + c
-    return {"CSE": 2 * projection(k) + 2 * projection(c), "SSE": 4 * projection(d),
-            "PWE": 2 * projection(d) + conv(d, d)}[name]
+    return {
+        "CSE": 2 * projection(k) + 2 * projection(c),
+        "SSE": 4 * projection(d),
+        "PWE": 2 * projection(d) + conv(d, d),
+    }[name]
 
 
 def expected_head_params(name, in_channels, channels, num_classes, token_hw, blocks=4):
     refine = 2 * (2 * num_classes + conv(num_classes, num_classes, 3))
-    return (conv(in_channels, channels) + num_classes * token_hw[0] * token_hw[1]
-            + blocks * (interaction(name, num_classes, channels) + ffn(num_classes)) + (blocks - 1) * ffn(channels)
-            + refine)  # the last block's features are never read, so it has no FFN on them
+    return (
+        conv(in_channels, channels)
+        + num_classes * token_hw[0] * token_hw[1]
+        + blocks * (interaction(name, num_classes, channels) + ffn(num_classes))
+        + (blocks - 1) * ffn(channels)
+        + refine
+    )  # the last block's features are never read, so it has no FFN on them
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
@@ -133,7 +145,7 @@ def _inputs(size=128, classes=(0, 7)):
     g = torch.Generator().manual_seed(0)
     image = torch.randint(0, 256, (3, size, size), dtype=torch.uint8, generator=g)
     sem = torch.full((size, size), classes[0], dtype=torch.long)
-    sem[size // 4: 3 * size // 4, size // 4: 3 * size // 4] = classes[1]
+    sem[size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = classes[1]
     sem[:4] = 255
     inst = Instances((size, size))
     inst.gt_classes = torch.tensor(classes)
@@ -166,10 +178,21 @@ def test_semantic_mode_trains_and_infers(variant):
 
 
 def test_semantic_head_on_pixel_decoder_features():
-    cfg = load_cfg(PANOPTIC, "MODEL.META_ARCHITECTURE", "PerPixelSegmentor", "MODEL.SEM_SEG_HEAD.NAME",
-                   "StructTokenHead", "MODEL.STRUCTTOKEN.FEATURE_SOURCE", "pixel_decoder",
-                   "MODEL.STRUCTTOKEN.INTERACTION", "CSE", "MODEL.MASK_FORMER.TEST.PANOPTIC_ON", "False",
-                   "MODEL.MASK_FORMER.TEST.INSTANCE_ON", "False")
+    cfg = load_cfg(
+        PANOPTIC,
+        "MODEL.META_ARCHITECTURE",
+        "PerPixelSegmentor",
+        "MODEL.SEM_SEG_HEAD.NAME",
+        "StructTokenHead",
+        "MODEL.STRUCTTOKEN.FEATURE_SOURCE",
+        "pixel_decoder",
+        "MODEL.STRUCTTOKEN.INTERACTION",
+        "CSE",
+        "MODEL.MASK_FORMER.TEST.PANOPTIC_ON",
+        "False",
+        "MODEL.MASK_FORMER.TEST.INSTANCE_ON",
+        "False",
+    )
     model = build_model(cfg)
     assert isinstance(model, PerPixelSegmentor) and model.sem_seg_head.pixel_decoder is not None
     _train_step(model, _inputs())
@@ -182,9 +205,17 @@ def test_semantic_head_on_pixel_decoder_features():
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_universal_mode_trains_and_infers_panoptic(variant):
     torch.manual_seed(0)
-    cfg = load_cfg(PANOPTIC, "MODEL.STRUCTTOKEN.INTERACTION", variant, "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "1024",
-                   "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD", "0.0", "MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD",
-                   "0.0")
+    cfg = load_cfg(
+        PANOPTIC,
+        "MODEL.STRUCTTOKEN.INTERACTION",
+        variant,
+        "MODEL.MASK_FORMER.TRAIN_NUM_POINTS",
+        "1024",
+        "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD",
+        "0.0",
+        "MODEL.MASK_FORMER.TEST.OVERLAP_THRESHOLD",
+        "0.0",
+    )
     model = build_model(cfg)
     assert isinstance(model, UniversalSegmentor)
     losses = _train_step(model, _inputs())

@@ -1,6 +1,7 @@
 """tools/export_model.py, tools/analyze_model.py, tools/benchmark.py and the demo's AsyncPredictor, on the CPU with
 the mini config (small inputs). Truth: the eager meta-architecture's own "sem_seg" output, parameter counts from
 the module, hand-computed FLOPs, input order and sizes."""
+
 import importlib.util
 import os
 import re
@@ -53,8 +54,24 @@ def test_export_torchscript_equals_eager_sem_seg(tmp_path, mini_weights):
     model, weights = mini_weights
     export_model = load_tool("export_model")
     out = str(tmp_path / "mini.ts")
-    assert export_model.main(["--config-file", CONFIG, "--format", "torchscript", "--output", out,
-                              "--size", "128", "160", "MODEL.WEIGHTS", weights]) == 0
+    assert (
+        export_model.main(
+            [
+                "--config-file",
+                CONFIG,
+                "--format",
+                "torchscript",
+                "--output",
+                out,
+                "--size",
+                "128",
+                "160",
+                "MODEL.WEIGHTS",
+                weights,
+            ]
+        )
+        == 0
+    )
     traced = torch.jit.load(out)
     image = torch.randint(0, 256, (3, 128, 160), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
@@ -111,6 +128,7 @@ def test_export_reference_switch_does_not_leak_to_other_threads():
             with lock:
                 calls.append((name, op))
             return op(*op_args)
+
         return call
 
     inside = threading.Barrier(2, timeout=60)  # both threads are inside their contexts
@@ -166,7 +184,8 @@ def test_analyze_model_parameters_and_flops(capsys):
     h = w = 128
     network = analyze.NetworkOnly(model.eval())
     flops = FlopCountAnalysis(network, torch.randn(1, 3, h, w)).set_op_handle(
-        analyze.MS_DEFORM_ATTN_OP, analyze.ms_deform_attn_flop_jit, analyze.SDPA_OP, analyze.sdpa_flop_jit)
+        analyze.MS_DEFORM_ATTN_OP, analyze.ms_deform_attn_flop_jit, analyze.SDPA_OP, analyze.sdpa_flop_jit
+    )
     flops.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
     by_op = flops.by_operator()
     # stem: 7x7 conv, 3 -> 64 channels, stride 2: one multiply-add per weight per output pixel, plus its affine
@@ -179,8 +198,12 @@ def test_analyze_model_parameters_and_flops(capsys):
     assert by_op["PythonOp.MSDeformAttnFunction"] == 3 * 5 * queries * 8 * 3 * 4 * 16
     assert by_op["scaled_dot_product_attention"] > 0
 
-    assert analyze.main(["--config-file", CONFIG, "--tasks", "flop", "activation", "--size", "128", "128",
-                         "--max-depth", "1"]) == 0
+    assert (
+        analyze.main(
+            ["--config-file", CONFIG, "--tasks", "flop", "activation", "--size", "128", "128", "--max-depth", "1"]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     gflops = float(re.search(r"total flops: ([0-9.]+) GFLOPs", printed).group(1))
     assert gflops == pytest.approx(flops.total() / 1e9, abs=1e-3)
@@ -191,11 +214,32 @@ def test_analyze_model_parameters_and_flops(capsys):
 def test_benchmark_reports_median_rate_and_memory(capsys, task, extra):
     benchmark = load_tool("benchmark")
     opts = ["INPUT.IMAGE_SIZE", "128"] if task == "train" else []
-    assert benchmark.main(["--config-file", CONFIG, "--task", task, "--size", "128", "128", "--warmup", "1",
-                           "--runs", "2", *extra, *opts]) == 0
+    assert (
+        benchmark.main(
+            [
+                "--config-file",
+                CONFIG,
+                "--task",
+                task,
+                "--size",
+                "128",
+                "128",
+                "--warmup",
+                "1",
+                "--runs",
+                "2",
+                *extra,
+                *opts,
+            ]
+        )
+        == 0
+    )
     line = capsys.readouterr().out.strip().splitlines()[-1]
-    match = re.search(r"median ([0-9.]+) s, ([0-9.]+) (images|iterations)/s; peak memory ([0-9]+) MiB "
-                      r"\(runs: ([0-9.]+), ([0-9.]+)\)", line)
+    match = re.search(
+        r"median ([0-9.]+) s, ([0-9.]+) (images|iterations)/s; peak memory ([0-9]+) MiB "
+        r"\(runs: ([0-9.]+), ([0-9.]+)\)",
+        line,
+    )
     assert match, line
     median, rate = float(match.group(1)), float(match.group(2))
     runs = [float(match.group(5)), float(match.group(6))]
@@ -206,8 +250,9 @@ def test_benchmark_reports_median_rate_and_memory(capsys, task, extra):
 
 def test_benchmark_amp_bf16_on_cpu(capsys):
     benchmark = load_tool("benchmark")
-    assert benchmark.main(["--config-file", CONFIG, "--size", "128", "128", "--warmup", "0", "--runs", "1",
-                           "--amp"]) == 0
+    assert (
+        benchmark.main(["--config-file", CONFIG, "--size", "128", "128", "--warmup", "0", "--runs", "1", "--amp"]) == 0
+    )
     assert "bf16 AMP" in capsys.readouterr().out
 
 
@@ -215,8 +260,17 @@ def test_async_predictor_returns_results_in_submission_order():
     """Two CPU worker processes; images of different sizes must come back in the order they were put."""
     sys.path.insert(0, os.path.join(ROOT, "demo"))  # kept while the workers start: they import "predictor"
     import predictor
-    cfg = mini_cfg("MODEL.MASK_FORMER.TEST.PANOPTIC_ON", "False", "MODEL.MASK_FORMER.TEST.INSTANCE_ON", "False",
-                   "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "200")
+
+    cfg = mini_cfg(
+        "MODEL.MASK_FORMER.TEST.PANOPTIC_ON",
+        "False",
+        "MODEL.MASK_FORMER.TEST.INSTANCE_ON",
+        "False",
+        "INPUT.MIN_SIZE_TEST",
+        "64",
+        "INPUT.MAX_SIZE_TEST",
+        "200",
+    )
     sizes = [(64, 96), (96, 64), (64, 128), (80, 80), (64, 72)]
     images = [np.random.default_rng(i).integers(0, 256, (h, w, 3), dtype=np.uint8) for i, (h, w) in enumerate(sizes)]
     async_predictor = predictor.AsyncPredictor(cfg, devices=["cpu", "cpu"])

@@ -2,7 +2,8 @@
 """Parameters, FLOPs, activations and structure of any universal_seg config's model.
 
     python tools/analyze_model.py --config-file configs/coco/panoptic/m2f_r50.yaml --tasks parameter flop
-    python tools/analyze_model.py --config-file ... --tasks flop activation --size 1024 1024 MODEL.SEM_SEG_HEAD.NUM_CLASSES 150
+    python tools/analyze_model.py --config-file ... --tasks flop activation --size 1024 1024 \
+        MODEL.SEM_SEG_HEAD.NUM_CLASSES 150
 
 FLOPs and activations are counted by fvcore on the backbone + sem_seg_head (the network proper, in eval mode)
 for one normalised image [1, 3, H, W] (default 512 x 512); post-processing is not counted. fvcore counts one
@@ -10,6 +11,7 @@ fused multiply-add as one flop. MSDeformAttn (a custom op) and scaled_dot_produc
 handles below; every other op fvcore
 has no handle for is listed with its number of calls (not counted). Trailing KEY VALUE pairs override the config.
 """
+
 import argparse
 import logging
 import os
@@ -21,8 +23,13 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__)))) 
 import torch  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
-from fvcore.nn import (ActivationCountAnalysis, FlopCountAnalysis, flop_count_table, parameter_count,  # noqa: E402
-                       parameter_count_table)
+from fvcore.nn import (  # noqa: E402
+    ActivationCountAnalysis,
+    FlopCountAnalysis,
+    flop_count_table,
+    parameter_count,
+    parameter_count_table,
+)
 from fvcore.nn.jit_handles import get_shape  # noqa: E402
 from torch import nn  # noqa: E402
 
@@ -80,10 +87,17 @@ class NetworkOnly(nn.Module):
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", required=True, metavar="FILE")
-    parser.add_argument("--tasks", nargs="+", choices=["parameter", "flop", "activation", "structure"],
-                        default=["parameter", "flop"])
-    parser.add_argument("--size", type=int, nargs=2, default=[512, 512], metavar=("H", "W"),
-                        help="input size for flop / activation counting")
+    parser.add_argument(
+        "--tasks", nargs="+", choices=["parameter", "flop", "activation", "structure"], default=["parameter", "flop"]
+    )
+    parser.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=[512, 512],
+        metavar=("H", "W"),
+        help="input size for flop / activation counting",
+    )
     parser.add_argument("--max-depth", type=int, default=3, help="module depth of the printed tables")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser
@@ -112,16 +126,20 @@ def count(kind: str, model: nn.Module, size: tuple[int, int], max_depth: int):
     network = NetworkOnly(model).eval()
     image = torch.randn(1, 3, *size)
     if kind == "flop":
-        analysis = FlopCountAnalysis(network, image).set_op_handle(MS_DEFORM_ATTN_OP, ms_deform_attn_flop_jit,
-                                                                   SDPA_OP, sdpa_flop_jit)
+        analysis = FlopCountAnalysis(network, image).set_op_handle(
+            MS_DEFORM_ATTN_OP, ms_deform_attn_flop_jit, SDPA_OP, sdpa_flop_jit
+        )
     else:
-        analysis = ActivationCountAnalysis(network, image).set_op_handle(MS_DEFORM_ATTN_OP,
-                                                                         ms_deform_attn_activation_jit)
+        analysis = ActivationCountAnalysis(network, image).set_op_handle(
+            MS_DEFORM_ATTN_OP, ms_deform_attn_activation_jit
+        )
     analysis.unsupported_ops_warnings(False).uncalled_modules_warnings(False).tracer_warnings("none")
     with torch.no_grad():
         total = analysis.total()
-    print(f"{kind} count per module (input [1, 3, {size[0]}, {size[1]}]):\n"
-          + flop_count_table(analysis, max_depth=max_depth, show_param_shapes=False))
+    print(
+        f"{kind} count per module (input [1, 3, {size[0]}, {size[1]}]):\n"
+        + flop_count_table(analysis, max_depth=max_depth, show_param_shapes=False)
+    )
     unit = "GFLOPs" if kind == "flop" else "M activations"
     scale = 1e9 if kind == "flop" else 1e6
     print(f"total {kind}s: {total / scale:.3f} {unit}")

@@ -13,6 +13,7 @@ config enables) on a random image of --size; training uses the config's mapper o
 when that dataset is on disk, else synthetic images of --size with two random instances each. Weights are not
 loaded (speed does not depend on them). Trailing KEY VALUE pairs override the config.
 """
+
 import argparse
 import itertools
 import logging
@@ -44,8 +45,14 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument("--task", choices=["inference", "train"], default="inference")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (overrides MODEL.DEVICE)")
-    parser.add_argument("--size", type=int, nargs=2, default=[512, 512], metavar=("H", "W"),
-                        help="image size (inference; synthetic training data)")
+    parser.add_argument(
+        "--size",
+        type=int,
+        nargs=2,
+        default=[512, 512],
+        metavar=("H", "W"),
+        help="image size (inference; synthetic training data)",
+    )
     parser.add_argument("--batch", type=int, default=1, help="images per iteration")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--runs", type=int, default=5)
@@ -59,8 +66,11 @@ def get_parser() -> argparse.ArgumentParser:
 
 def build_cfg(args):
     try:
-        cfg = load_config(args.config_file, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", args.device, *args.opts],
-                          cpu_hint="use --device cpu")
+        cfg = load_config(
+            args.config_file,
+            ["MODEL.WEIGHTS", "", "MODEL.DEVICE", args.device, *args.opts],
+            cpu_hint="use --device cpu",
+        )
     except ValueError as err:
         sys.exit(f"error: {err}")
     cfg.freeze()
@@ -114,7 +124,7 @@ def synthetic_batch(batch: int, height: int, width: int, num_classes: int, gener
         masks = torch.zeros((2, height, width), dtype=torch.bool)
         for m in masks:
             y0, x0 = (int(torch.randint(0, s // 2, (1,), generator=generator)) for s in (height, width))
-            m[y0: y0 + height // 3, x0: x0 + width // 3] = True
+            m[y0 : y0 + height // 3, x0 : x0 + width // 3] = True
         inst = Instances((height, width))
         inst.gt_classes = torch.randint(0, num_classes, (2,), generator=generator)
         inst.gt_masks = masks
@@ -129,8 +139,10 @@ def training_batches(cfg, args):
         try:
             DatasetCatalog.get(name)
         except (FileNotFoundError, KeyError) as err:
-            logger.warning(f"training dataset {name!r} unavailable ({str(err).splitlines()[0]}); "
-                           f"using synthetic {args.size[0]}x{args.size[1]} images.")
+            logger.warning(
+                f"training dataset {name!r} unavailable ({str(err).splitlines()[0]}); "
+                f"using synthetic {args.size[0]}x{args.size[1]} images."
+            )
         else:
             mapper = MAPPER_REGISTRY.get(cfg.INPUT.DATASET_MAPPER_NAME)(cfg, True)
             cfg = cfg.clone()
@@ -139,8 +151,7 @@ def training_batches(cfg, args):
             logger.info(f"training on {name} with mapper {cfg.INPUT.DATASET_MAPPER_NAME}")
             return iter(build_detection_train_loader(cfg, mapper=mapper))
     generator = torch.Generator().manual_seed(0)
-    batches = [synthetic_batch(args.batch, *args.size, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, generator)
-               for _ in range(2)]
+    batches = [synthetic_batch(args.batch, *args.size, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, generator) for _ in range(2)]
     return itertools.cycle(batches)
 
 
@@ -153,6 +164,7 @@ def bench_inference(cfg, args) -> list[float]:
     def step():
         with torch.no_grad(), autocast(args.device, args.amp):
             model(inputs)
+
     return timed(step, args.device, args.warmup, args.runs)
 
 
@@ -172,6 +184,7 @@ def bench_train(cfg, args) -> list[float]:
         scaler.scale(loss).backward()
         scaler.step(optimizer)
         scaler.update()
+
     return timed(step, args.device, args.warmup, args.runs)
 
 
@@ -188,10 +201,12 @@ def main(argv=None) -> int:
     unit = "images/s" if args.task == "inference" else "iterations/s"
     rate = (args.batch if args.task == "inference" else 1) / median
     precision = ("bf16" if args.device == "cpu" else "fp16") + " AMP" if args.amp else "fp32"
-    print(f"{args.config_file} {args.task} {args.size[0]}x{args.size[1]} batch {args.batch} on {args.device} "
-          f"({torch.get_num_threads()} threads, {precision}{', compiled' if args.compile else ''}): "
-          f"median {median:.3f} s, {rate:.3f} {unit}; peak memory {peak_memory_mib(args.device):.0f} MiB "
-          f"(runs: {', '.join(f'{t:.3f}' for t in times)})")
+    print(
+        f"{args.config_file} {args.task} {args.size[0]}x{args.size[1]} batch {args.batch} on {args.device} "
+        f"({torch.get_num_threads()} threads, {precision}{', compiled' if args.compile else ''}): "
+        f"median {median:.3f} s, {rate:.3f} {unit}; peak memory {peak_memory_mib(args.device):.0f} MiB "
+        f"(runs: {', '.join(f'{t:.3f}' for t in times)})"
+    )
     return 0
 
 

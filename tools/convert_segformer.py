@@ -7,6 +7,7 @@ transformers SegFormer .bin/.safetensors/.pth) to a detectron2 .pkl for MiTBackb
 
 Only encoder weights are written (NVlabs names, e.g. block1.0.attn.kv.weight); heads are dropped.
 """
+
 import sys
 from pathlib import Path
 

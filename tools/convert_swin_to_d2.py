@@ -6,6 +6,7 @@
 The classifier head, the final ImageNet norm and stored attention masks are dropped; the rest keeps the
 official names, which are SwinTransformerBackbone's (loaded with detectron2's matching heuristics).
 """
+
 import sys
 from pathlib import Path
 

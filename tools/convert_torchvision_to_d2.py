@@ -6,6 +6,7 @@
 The .pkl holds {"model": {d2 name: numpy array}, "__author__": "torchvision", "matching_heuristics": True};
 use it as MODEL.WEIGHTS with the ResNet settings of universal_seg.modeling.backbone.set_mask2former_resnet.
 """
+
 import sys
 from pathlib import Path
 

@@ -11,6 +11,7 @@ Examples:
   python tools/evaluate.py panoptic --gt-json G.json --gt-folder G/ --pred-json P.json --pred-folder P/
   python tools/evaluate.py semantic --gt-folder datasets/mini/semantic --pred-folder out/ --num-classes 21
 """
+
 import argparse
 import json
 import os
@@ -19,7 +20,11 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from universal_seg.evaluation.offline import (  # noqa: E402
-    evaluate_instance, evaluate_panoptic, evaluate_pq_from_semantic, evaluate_semantic)
+    evaluate_instance,
+    evaluate_panoptic,
+    evaluate_pq_from_semantic,
+    evaluate_semantic,
+)
 from universal_seg.evaluation.offline.errors import PredictionFileError  # noqa: E402
 
 
@@ -31,8 +36,10 @@ def build_parser():
     s.add_argument("--gt", required=True, help="COCO instance ground-truth JSON")
     s.add_argument("--pred", required=True, help="COCO results JSON (list of {image_id, category_id, score, ...})")
     s.add_argument("--iou-types", nargs="+", default=["segm", "bbox"], choices=["segm", "bbox"])
-    for name, helptext in (("panoptic", "PQ/SQ/RQ of panoptic predictions"),
-                           ("pq-from-semantic", "PQ of semantic predictions (one segment per class)")):
+    for name, helptext in (
+        ("panoptic", "PQ/SQ/RQ of panoptic predictions"),
+        ("pq-from-semantic", "PQ of semantic predictions (one segment per class)"),
+    ):
         s = sub.add_parser(name, help=helptext)
         s.add_argument("--gt-json", required=True)
         s.add_argument("--gt-folder", required=True)
@@ -55,8 +62,7 @@ def run(args):
     if args.task == "panoptic":
         return evaluate_panoptic(args.gt_json, args.gt_folder, args.pred_json, args.pred_folder)
     if args.task == "pq-from-semantic":
-        return evaluate_pq_from_semantic(args.gt_json, args.gt_folder, args.pred_folder,
-                                         ignore_label=args.ignore_label)
+        return evaluate_pq_from_semantic(args.gt_json, args.gt_folder, args.pred_folder, ignore_label=args.ignore_label)
     return evaluate_semantic(args.gt_folder, args.pred_folder, args.num_classes, args.ignore_label)
 
 

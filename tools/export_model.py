@@ -11,6 +11,7 @@ with the eager model's on the example input (the max difference is printed; --ch
 
 Trailing KEY VALUE pairs override the config.
 """
+
 import argparse
 import os
 import sys
@@ -31,14 +32,25 @@ from universal_seg.export import SemanticSegmentationWrapper, trace_semantic  # 
 def get_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", required=True, metavar="FILE")
-    parser.add_argument("--format", choices=["torchscript"], default="torchscript",
-                        help="torchscript (ONNX needs the onnx package, which this environment does not pin)")
+    parser.add_argument(
+        "--format",
+        choices=["torchscript"],
+        default="torchscript",
+        help="torchscript (ONNX needs the onnx package, which this environment does not pin)",
+    )
     parser.add_argument("--output", required=True, help="file to write, e.g. model.ts")
     parser.add_argument("--size", type=int, nargs=2, default=[512, 512], metavar=("H", "W"))
-    parser.add_argument("--normalized-input", action="store_true",
-                        help="the exported model takes (x - PIXEL_MEAN) / PIXEL_STD instead of raw pixels")
-    parser.add_argument("--check-tolerance", type=float, default=1e-3,
-                        help="fail when exported and eager scores differ by more than this")
+    parser.add_argument(
+        "--normalized-input",
+        action="store_true",
+        help="the exported model takes (x - PIXEL_MEAN) / PIXEL_STD instead of raw pixels",
+    )
+    parser.add_argument(
+        "--check-tolerance",
+        type=float,
+        default=1e-3,
+        help="fail when exported and eager scores differ by more than this",
+    )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser
 
@@ -68,15 +80,16 @@ def export(cfg, output: str, size: tuple[int, int], normalized_input: bool = Fal
     traced, example = trace_semantic(model, size[0], size[1], normalized_input)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     traced.save(output)
-    print(f"traced in {time.perf_counter() - start:.1f} s, saved {output} "
-          f"({os.path.getsize(output) / 2**20:.1f} MiB)")
+    print(f"traced in {time.perf_counter() - start:.1f} s, saved {output} ({os.path.getsize(output) / 2**20:.1f} MiB)")
     loaded = torch.jit.load(output, map_location=example.device)
     with torch.no_grad():
         exported = loaded(example)
         eager = SemanticSegmentationWrapper(model, normalized_input)(example)
     diff = (exported - eager).abs().max().item()
-    print(f"input [1, 3, {size[0]}, {size[1]}] -> scores {list(exported.shape)}; "
-          f"max |exported - eager (compiled op)| = {diff:.2e}")
+    print(
+        f"input [1, 3, {size[0]}, {size[1]}] -> scores {list(exported.shape)}; "
+        f"max |exported - eager (compiled op)| = {diff:.2e}"
+    )
     return diff
 
 
@@ -85,8 +98,11 @@ def main(argv=None) -> int:
     cfg = build_cfg(args.config_file, args.opts)
     diff = export(cfg, args.output, tuple(args.size), args.normalized_input)
     if diff > args.check_tolerance:
-        print(f"exported and eager outputs differ by {diff:.2e} > --check-tolerance {args.check_tolerance}; "
-              "the export is not faithful at this size.", file=sys.stderr)
+        print(
+            f"exported and eager outputs differ by {diff:.2e} > --check-tolerance {args.check_tolerance}; "
+            "the export is not faithful at this size.",
+            file=sys.stderr,
+        )
         return 1
     return 0
 

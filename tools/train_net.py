@@ -9,6 +9,7 @@
 Trailing KEY VALUE pairs override the config (detectron2's --opts). Without CUDA, --num-gpus N starts N CPU
 processes joined with the gloo backend.
 """
+
 import os
 import sys
 
@@ -55,5 +56,11 @@ def main(args):
 if __name__ == "__main__":
     args = default_argument_parser().parse_args()
     print("Command Line Args:", args)
-    launch(main, args.num_gpus, num_machines=args.num_machines, machine_rank=args.machine_rank,
-           dist_url=args.dist_url, args=(args,))
+    launch(
+        main,
+        args.num_gpus,
+        num_machines=args.num_machines,
+        machine_rank=args.machine_rank,
+        dist_url=args.dist_url,
+        args=(args,),
+    )

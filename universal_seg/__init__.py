@@ -2,4 +2,5 @@
 
 Subpackages: ``ops`` (compiled multi-scale deformable attention, CPU and CUDA).
 """
+
 __version__ = "0.1.0"

@@ -4,6 +4,7 @@
 that only reconstructs numpy arrays, dicts, lists, scalars and strings; ``.pth`` / ``.pt`` with
 ``torch.load(weights_only=True)``. Anything else in the file is refused with a clear error.
 """
+
 import pickle
 
 import torch
@@ -32,7 +33,8 @@ class _WeightsUnpickler(pickle.Unpickler):
             return super().find_class(module, name)
         raise UnsafeCheckpointError(
             f"refusing to load {module}.{name} from the checkpoint: a weights file holds only arrays, dicts, "
-            f"lists, numbers and strings; re-save it as a plain state dict if you trust its source.")
+            f"lists, numbers and strings; re-save it as a plain state dict if you trust its source."
+        )
 
 
 def load_pickle_safely(path: str) -> dict:
@@ -63,7 +65,8 @@ class UniversalSegCheckpointer(DetectionCheckpointer):
                 except pickle.UnpicklingError as err:
                     raise UnsafeCheckpointError(
                         f"refusing to load {filename}: it contains objects beyond tensors and containers "
-                        f"(torch.load(weights_only=True) said: {str(err).splitlines()[0]}).") from err
+                        f"(torch.load(weights_only=True) said: {str(err).splitlines()[0]})."
+                    ) from err
             if filename.endswith(".pyth"):
                 loaded = {"model": loaded["model_state"], "__author__": "pycls", "matching_heuristics": True}
             return loaded if "model" in loaded else {"model": loaded}
@@ -92,14 +95,18 @@ def load_weights_file(path: str, trust_pickle: bool = False) -> dict:
     except pickle.UnpicklingError as err:
         raise UnsafeCheckpointError(
             f"{path} holds Python objects besides tensors (e.g. a training config), so it was not unpickled; "
-            f"pass --trust-pickle if you trust its source.") from err
+            f"pass --trust-pickle if you trust its source."
+        ) from err
 
 
 def save_detectron2_pickle(state_dict: dict, path: str, author: str) -> dict:
     """Writes converted weights in detectron2's model-zoo format ({"model": name -> numpy array, "__author__",
     "matching_heuristics": True}) and returns that dict."""
-    obj = {"model": {k: torch.as_tensor(v).numpy() for k, v in state_dict.items()}, "__author__": author,
-           "matching_heuristics": True}
+    obj = {
+        "model": {k: torch.as_tensor(v).numpy() for k, v in state_dict.items()},
+        "__author__": author,
+        "matching_heuristics": True,
+    }
     with open(path, "wb") as f:
         pickle.dump(obj, f)
     return obj
@@ -112,8 +119,11 @@ def converter_main(description: str, convert_file, input_help: str, argv=None) -
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("input", help=input_help)
     parser.add_argument("output", help="detectron2 weights (.pkl)")
-    parser.add_argument("--trust-pickle", action="store_true",
-                        help="allow a .pth that holds Python objects besides tensors (runs code from the file)")
+    parser.add_argument(
+        "--trust-pickle",
+        action="store_true",
+        help="allow a .pth that holds Python objects besides tensors (runs code from the file)",
+    )
     args = parser.parse_args(argv)
     obj = convert_file(args.input, args.output, trust_pickle=args.trust_pickle)
     print(f"wrote {len(obj['model'])} tensors to {args.output}")

@@ -4,6 +4,7 @@ Key names follow the official Mask2Former code where one exists, so its users' c
 Part-specific keys live next to their part (backbones: modeling/backbone/config.py; data and evaluation:
 data/config.py) and are added here.
 """
+
 from detectron2.config import CfgNode as CN
 
 
@@ -61,19 +62,20 @@ def add_maskformer_config(cfg) -> None:
 
 def add_per_pixel_config(cfg) -> None:
     """Keys of the per-pixel heads (SegFormer, SETR): MODEL.META_ARCHITECTURE "PerPixelSegmentor" runs the registered
-    per-pixel head MODEL.SEM_SEG_HEAD.NAME names (modeling/heads). They reuse detectron2's MODEL.SEM_SEG_HEAD.{IN_FEATURES,
+    per-pixel head MODEL.SEM_SEG_HEAD.NAME names (modeling/heads). They reuse detectron2's
+    MODEL.SEM_SEG_HEAD.{IN_FEATURES,
     NUM_CLASSES, IGNORE_VALUE, LOSS_WEIGHT (main CE weight), NORM (norm of the head's convs), CONVS_DIM (SegFormer's
     embedding dim E; SETR's decoder channels)}."""
     head = cfg.MODEL.SEM_SEG_HEAD
-    head.DROPOUT = 0.1           # per-pixel heads: dropout (2d) before the classifier (SegFormer 0.1, SETR 0.0)
-    head.AUX_IN_FEATURES = []    # SETR Naive / PUP: backbone features with one auxiliary head each (layers 10/15/20)
-    head.AUX_LOSS_WEIGHT = 0.4   # weight of each auxiliary head's CE loss (SETR 0.4)
-    head.MLA_CHANNELS = 128      # SETR-MLA: channels of each level's up-sampling branch (concat = 4x this)
+    head.DROPOUT = 0.1  # per-pixel heads: dropout (2d) before the classifier (SegFormer 0.1, SETR 0.0)
+    head.AUX_IN_FEATURES = []  # SETR Naive / PUP: backbone features with one auxiliary head each (layers 10/15/20)
+    head.AUX_LOSS_WEIGHT = 0.4  # weight of each auxiliary head's CE loss (SETR 0.4)
+    head.MLA_CHANNELS = 128  # SETR-MLA: channels of each level's up-sampling branch (concat = 4x this)
     # sliding-window inference (mmseg's "slide" mode): logits averaged over overlapping crops of the test image
     head.SLIDE_WINDOW = CN()
     head.SLIDE_WINDOW.ENABLED = False
     head.SLIDE_WINDOW.CROP_SIZE = [512, 512]  # (h, w) of a window, clipped to the image
-    head.SLIDE_WINDOW.STRIDE = [341, 341]     # (h, w) step between windows
+    head.SLIDE_WINDOW.STRIDE = [341, 341]  # (h, w) step between windows
 
 
 def add_universal_seg_config(cfg) -> None:

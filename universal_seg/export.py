@@ -9,6 +9,7 @@ The compiled MSDeformAttn op is an autograd Function over a C++ extension, which
 Python call that cannot be saved; :func:`reference_ms_deform_attn` switches the layers of the calling thread to the
 pure-PyTorch reference (``grid_sample``) for the duration of the export (other threads keep the compiled op).
 """
+
 import contextlib
 
 import torch
@@ -16,8 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .modeling.postprocess import semantic_inference
-from .ops.ms_deform_attn_layer import use_ms_deform_attn_op
 from .ops.ms_deform_attn_function import opmath_dtype
+from .ops.ms_deform_attn_layer import use_ms_deform_attn_op
 from .ops.ms_deform_attn_reference import ms_deform_attn_reference
 
 
@@ -25,8 +26,9 @@ def traceable_ms_deform_attn(value, spatial_shapes, level_start_index, sampling_
     """ms_deform_attn by the pure-PyTorch reference (same arguments, shapes and dtype handling as the compiled
     op: value [N, S, M, D], ..., attention_weights [N, Lq, M, L, P] -> [N, Lq, M * D]); traceable."""
     op = opmath_dtype(value.dtype)
-    return ms_deform_attn_reference(value, spatial_shapes.long(), level_start_index.long(),
-                                    sampling_locations.to(op), attention_weights.to(op))
+    return ms_deform_attn_reference(
+        value, spatial_shapes.long(), level_start_index.long(), sampling_locations.to(op), attention_weights.to(op)
+    )
 
 
 @contextlib.contextmanager
@@ -51,9 +53,11 @@ def semantic_scores(outputs, size: tuple[int, int]) -> torch.Tensor:
     else:
         logits = outputs
     if not torch.is_tensor(logits) or logits.dim() != 4:
-        raise TypeError("the model's sem_seg_head returns neither mask-classification outputs (pred_logits, "
-                        "pred_masks) nor per-pixel logits [B, K, h, w]; it cannot be exported for semantic "
-                        "segmentation.")
+        raise TypeError(
+            "the model's sem_seg_head returns neither mask-classification outputs (pred_logits, "
+            "pred_masks) nor per-pixel logits [B, K, h, w]; it cannot be exported for semantic "
+            "segmentation."
+        )
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False).softmax(dim=1)
 
 
@@ -70,8 +74,10 @@ class SemanticSegmentationWrapper(nn.Module):
         super().__init__()
         for name in ("backbone", "sem_seg_head", "pixel_mean", "pixel_std"):
             if not hasattr(model, name):
-                raise TypeError(f"cannot export {type(model).__name__}: it has no {name!r}; export needs a "
-                                "backbone + sem_seg_head meta-architecture (UniversalSegmentor).")
+                raise TypeError(
+                    f"cannot export {type(model).__name__}: it has no {name!r}; export needs a "
+                    "backbone + sem_seg_head meta-architecture (UniversalSegmentor)."
+                )
         self.backbone, self.sem_seg_head = model.backbone, model.sem_seg_head
         self.register_buffer("pixel_mean", model.pixel_mean.detach().clone().view(1, -1, 1, 1), persistent=False)
         self.register_buffer("pixel_std", model.pixel_std.detach().clone().view(1, -1, 1, 1), persistent=False)

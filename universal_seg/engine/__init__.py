@@ -1,4 +1,5 @@
 """Training / evaluation engine: Trainer (optimizer, schedule, data, evaluators), CPU-capable launcher."""
+
 from .launch import launch
 from .optimizer import build_optimizer
 from .trainer import Trainer

@@ -4,6 +4,7 @@ detectron2 v0.6's ``launch`` asserts CUDA and uses NCCL. On a machine without CU
 ``num_gpus_per_machine`` CPU processes per machine instead, joined with the gloo backend, and sets up
 detectron2's local process group exactly as its launcher does, so ``detectron2.utils.comm`` works unchanged.
 """
+
 import logging
 from datetime import timedelta
 
@@ -17,8 +18,15 @@ from detectron2.utils import comm
 logger = logging.getLogger(__name__)
 
 
-def launch(main_func, num_gpus_per_machine: int, num_machines: int = 1, machine_rank: int = 0,
-           dist_url: str | None = None, args: tuple = (), timeout: timedelta = DEFAULT_TIMEOUT):
+def launch(
+    main_func,
+    num_gpus_per_machine: int,
+    num_machines: int = 1,
+    machine_rank: int = 0,
+    dist_url: str | None = None,
+    args: tuple = (),
+    timeout: timedelta = DEFAULT_TIMEOUT,
+):
     """Runs ``main_func(*args)`` in ``num_machines * num_gpus_per_machine`` processes (one per GPU, or per
     requested CPU worker when CUDA is unavailable); ``dist_url="auto"`` picks a free local port (one machine)."""
     if torch.cuda.is_available():
@@ -33,15 +41,20 @@ def launch(main_func, num_gpus_per_machine: int, num_machines: int = 1, machine_
     if dist_url is None:
         raise ValueError("multi-process launching needs --dist-url (e.g. tcp://HOST:PORT, or auto on one machine).")
     logger.info(f"no CUDA: launching {num_gpus_per_machine} CPU processes per machine with the gloo backend")
-    mp.start_processes(_cpu_worker, nprocs=num_gpus_per_machine,
-                       args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout),
-                       daemon=False, start_method="spawn")
+    mp.start_processes(
+        _cpu_worker,
+        nprocs=num_gpus_per_machine,
+        args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout),
+        daemon=False,
+        start_method="spawn",
+    )
 
 
 def _cpu_worker(local_rank, main_func, world_size, num_per_machine, machine_rank, dist_url, args, timeout):
     global_rank = machine_rank * num_per_machine + local_rank
-    dist.init_process_group(backend="gloo", init_method=dist_url, world_size=world_size, rank=global_rank,
-                            timeout=timeout)
+    dist.init_process_group(
+        backend="gloo", init_method=dist_url, world_size=world_size, rank=global_rank, timeout=timeout
+    )
     for machine in range(world_size // num_per_machine):
         group = dist.new_group(list(range(machine * num_per_machine, (machine + 1) * num_per_machine)))
         if machine == machine_rank:

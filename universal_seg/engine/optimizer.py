@@ -6,14 +6,20 @@
 - ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE: full_model`` clips the norm of all gradients together (the official recipe,
   0.01); "value" / "norm" use detectron2's per-parameter clipping.
 """
+
 import itertools
 
 import torch
 from detectron2.solver.build import maybe_add_gradient_clipping
 from torch import nn
 
-_NORM_TYPES = (nn.modules.batchnorm._BatchNorm, nn.GroupNorm, nn.LayerNorm, nn.LocalResponseNorm,
-               nn.modules.instancenorm._InstanceNorm)
+_NORM_TYPES = (
+    nn.modules.batchnorm._BatchNorm,
+    nn.GroupNorm,
+    nn.LayerNorm,
+    nn.LocalResponseNorm,
+    nn.modules.instancenorm._InstanceNorm,
+)
 _EMBEDDING_PARAM_NAMES = ("relative_position_bias_table", "absolute_pos_embed", "pos_embed", "cls_token")
 
 
@@ -65,4 +71,3 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     else:
         optimizer = maybe_add_gradient_clipping(cfg, cls)(param_groups(cfg, model), **kwargs)
     return optimizer
-

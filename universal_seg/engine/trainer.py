@@ -1,9 +1,11 @@
 """The Trainer: detectron2's DefaultTrainer with this project's model, optimizer, schedule, data and evaluators.
 
-Differences from DefaultTrainer: safe checkpoint loading; checkpoints include the optimizer state; DistributedDataParallel also for CPU processes (gloo);
+Differences from DefaultTrainer: safe checkpoint loading; checkpoints include the optimizer state;
+DistributedDataParallel also for CPU processes (gloo);
 AMP only where it can run (CUDA), with a warning otherwise; optimizer / LR schedule / mapper / evaluator choices
 from universal_seg's config keys.
 """
+
 import logging
 import weakref
 
@@ -27,8 +29,12 @@ def wrap_distributed(model: torch.nn.Module) -> torch.nn.Module:
     if comm.get_world_size() == 1:
         return model
     on_cuda = next(model.parameters()).is_cuda
-    return DistributedDataParallel(model, device_ids=[comm.get_local_rank()] if on_cuda else None,
-                                   broadcast_buffers=False, find_unused_parameters=False)
+    return DistributedDataParallel(
+        model,
+        device_ids=[comm.get_local_rank()] if on_cuda else None,
+        broadcast_buffers=False,
+        find_unused_parameters=False,
+    )
 
 
 class Trainer(DefaultTrainer):
@@ -43,8 +49,10 @@ class Trainer(DefaultTrainer):
         model = wrap_distributed(model)
         use_amp = cfg.SOLVER.AMP.ENABLED
         if use_amp and not torch.cuda.is_available():
-            logger.warning("SOLVER.AMP.ENABLED is set but CUDA is unavailable: training in fp32 "
-                           "(set SOLVER.AMP.ENABLED False to silence this).")
+            logger.warning(
+                "SOLVER.AMP.ENABLED is set but CUDA is unavailable: training in fp32 "
+                "(set SOLVER.AMP.ENABLED False to silence this)."
+            )
             use_amp = False
         self._trainer = (AMPTrainer if use_amp else SimpleTrainer)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
@@ -66,8 +74,9 @@ class Trainer(DefaultTrainer):
         if "_trainer" in state_dict:
             self._trainer.load_state_dict(state_dict["_trainer"])
         else:
-            logger.warning("the checkpoint has no optimizer state (saved by another trainer): resuming with a "
-                           "fresh optimizer.")
+            logger.warning(
+                "the checkpoint has no optimizer state (saved by another trainer): resuming with a fresh optimizer."
+            )
 
     @classmethod
     def build_optimizer(cls, cfg, model):

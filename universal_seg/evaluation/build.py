@@ -1,8 +1,14 @@
 """Inference-time evaluators chosen by a dataset's metadata ``evaluator_type``."""
+
 from detectron2.data import MetadataCatalog
 from detectron2.evaluation import (
-    CityscapesInstanceEvaluator, CityscapesSemSegEvaluator, COCOEvaluator, COCOPanopticEvaluator,
-    DatasetEvaluators, SemSegEvaluator)
+    CityscapesInstanceEvaluator,
+    CityscapesSemSegEvaluator,
+    COCOEvaluator,
+    COCOPanopticEvaluator,
+    DatasetEvaluators,
+    SemSegEvaluator,
+)
 
 from .instance_evaluator import InstanceSegEvaluator
 
@@ -63,9 +69,13 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
     elif etype is not None and etype.startswith("cityscapes"):
         evaluators = _cityscapes_evaluators(cfg, dataset_name, etype, output_folder)
     else:
-        raise NotImplementedError(f"Dataset '{dataset_name}' has evaluator_type={etype!r}, for which there is no "
-                                  "evaluator; set its metadata evaluator_type (see universal_seg/data/datasets).")
+        raise NotImplementedError(
+            f"Dataset '{dataset_name}' has evaluator_type={etype!r}, for which there is no "
+            "evaluator; set its metadata evaluator_type (see universal_seg/data/datasets)."
+        )
     if not evaluators:
-        raise ValueError(f"No evaluator enabled for '{dataset_name}'; enable one of "
-                         "cfg.MODEL.MASK_FORMER.TEST.{PANOPTIC,SEMANTIC,INSTANCE}_ON.")
+        raise ValueError(
+            f"No evaluator enabled for '{dataset_name}'; enable one of "
+            "cfg.MODEL.MASK_FORMER.TEST.{PANOPTIC,SEMANTIC,INSTANCE}_ON."
+        )
     return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)

@@ -1,4 +1,5 @@
 """COCOEvaluator for datasets whose thing classes live in a larger contiguous space (panoptic convention)."""
+
 from detectron2.data import MetadataCatalog
 from detectron2.data.catalog import Metadata
 from detectron2.evaluation import COCOEvaluator

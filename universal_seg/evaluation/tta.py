@@ -1,4 +1,5 @@
 """Semantic test-time augmentation: multi-scale + horizontal flip, averaging class probabilities."""
+
 import numpy as np
 import torch
 from detectron2.data import transforms as T

@@ -4,6 +4,7 @@ Family-specific layers stay in their family's module; anything a second family n
 imports another family's internals. The linear layer with oneDNN CPU products and MSDeformAttn live in
 :mod:`universal_seg.ops`.
 """
+
 from .drop import DropPath, drop_path, linear_drop_path_rates
 from .norm import LayerNorm2d
 from .padding import ceil_div, pad_to_multiple

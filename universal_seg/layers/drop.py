@@ -1,4 +1,5 @@
 """Stochastic depth (Huang et al. 2016): per-sample dropping of residual branches, and its per-block rates."""
+
 from __future__ import annotations
 
 from typing import Sequence
@@ -39,6 +40,6 @@ def linear_drop_path_rates(rate: float, depths: Sequence[int]) -> list[list[floa
     rates = [rate * i / max(total - 1, 1) for i in range(total)]
     out, start = [], 0
     for d in depths:
-        out.append(rates[start:start + d])
+        out.append(rates[start : start + d])
         start += d
     return out

@@ -1,4 +1,5 @@
 """Normalisation layers."""
+
 from torch import nn
 
 

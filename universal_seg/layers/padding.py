@@ -1,4 +1,5 @@
 """Padding to a multiple of a stride (bottom / right, as detectron2's ImageList does)."""
+
 import torch
 import torch.nn.functional as F
 

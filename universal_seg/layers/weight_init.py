@@ -1,4 +1,5 @@
 """Weight initialisation shared by the transformer backbones."""
+
 from torch import nn
 
 

@@ -12,25 +12,30 @@ prediction and for every auxiliary (intermediate-layer) prediction:
 Auxiliary keys carry a suffix ``_{i}``. The returned dict is UNWEIGHTED; ``self.weight_dict`` (see
 :func:`build_weight_dict`) holds the weights the meta-architecture multiplies by.
 """
+
 from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
-from torch import nn
-
 from detectron2.projects.point_rend.point_features import (
     get_uncertain_point_coords_with_randomness,
     point_sample,
 )
+from torch import nn
 
 __all__ = ["SetCriterion", "build_weight_dict", "sigmoid_bce_loss", "dice_loss", "count_masks"]
 
 Indices = List[Tuple[torch.Tensor, torch.Tensor]]
 
 
-def build_weight_dict(class_weight: float = 2.0, mask_weight: float = 5.0, dice_weight: float = 5.0,
-                      dec_layers: int = 10, deep_supervision: bool = True) -> Dict[str, float]:
+def build_weight_dict(
+    class_weight: float = 2.0,
+    mask_weight: float = 5.0,
+    dice_weight: float = 5.0,
+    dec_layers: int = 10,
+    deep_supervision: bool = True,
+) -> Dict[str, float]:
     """Loss weights, including the ``_{i}`` keys of the ``dec_layers - 1`` auxiliary predictions.
 
     ``dec_layers`` counts every prediction (Mask2Former's 10 = initial queries + 9 layers).
@@ -82,16 +87,26 @@ class SetCriterion(nn.Module):
 
     LOSS_NAMES = ("labels", "masks")
 
-    def __init__(self, num_classes: int, matcher: nn.Module, weight_dict: Dict[str, float], eos_coef: float = 0.1,
-                 losses: Sequence[str] = ("labels", "masks"), num_points: int = 12544,
-                 oversample_ratio: float = 3.0, importance_sample_ratio: float = 0.75):
+    def __init__(
+        self,
+        num_classes: int,
+        matcher: nn.Module,
+        weight_dict: Dict[str, float],
+        eos_coef: float = 0.1,
+        losses: Sequence[str] = ("labels", "masks"),
+        num_points: int = 12544,
+        oversample_ratio: float = 3.0,
+        importance_sample_ratio: float = 0.75,
+    ):
         super().__init__()
         unknown = [name for name in losses if name not in self.LOSS_NAMES]
         if unknown:
             raise ValueError(f"SetCriterion: unknown losses {unknown}; choose from {list(self.LOSS_NAMES)}.")
         if oversample_ratio < 1 or not 0 <= importance_sample_ratio <= 1:
-            raise ValueError("SetCriterion: need oversample_ratio >= 1 and 0 <= importance_sample_ratio <= 1, got "
-                             f"{oversample_ratio} and {importance_sample_ratio}.")
+            raise ValueError(
+                "SetCriterion: need oversample_ratio >= 1 and 0 <= importance_sample_ratio <= 1, got "
+                f"{oversample_ratio} and {importance_sample_ratio}."
+            )
         self.num_classes = num_classes
         self.matcher = matcher
         self.weight_dict = dict(weight_dict)
@@ -106,8 +121,13 @@ class SetCriterion(nn.Module):
         self.register_buffer("empty_weight", empty_weight)
 
     # ------------------------------------------------------------------ losses of one prediction set
-    def loss_labels(self, outputs: Dict[str, torch.Tensor], targets: List[Dict[str, torch.Tensor]],
-                    indices: Indices, num_masks: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def loss_labels(
+        self,
+        outputs: Dict[str, torch.Tensor],
+        targets: List[Dict[str, torch.Tensor]],
+        indices: Indices,
+        num_masks: torch.Tensor,
+    ) -> Dict[str, torch.Tensor]:
         """{"loss_ce"}: weighted mean CE of pred_logits [B, Q, K+1] against matched labels / no-object."""
         logits = outputs["pred_logits"].float()
         batch, num_queries = logits.shape[:2]
@@ -121,10 +141,16 @@ class SetCriterion(nn.Module):
         """[N, 1, H, W] mask logits -> [N, num_points, 2] importance-sampled (x, y) in [0, 1]^2 (no gradient)."""
         with torch.no_grad():
             return get_uncertain_point_coords_with_randomness(
-                mask_logits, _uncertainty, self.num_points, self.oversample_ratio, self.importance_sample_ratio)
+                mask_logits, _uncertainty, self.num_points, self.oversample_ratio, self.importance_sample_ratio
+            )
 
-    def loss_masks(self, outputs: Dict[str, torch.Tensor], targets: List[Dict[str, torch.Tensor]],
-                   indices: Indices, num_masks: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def loss_masks(
+        self,
+        outputs: Dict[str, torch.Tensor],
+        targets: List[Dict[str, torch.Tensor]],
+        indices: Indices,
+        num_masks: torch.Tensor,
+    ) -> Dict[str, torch.Tensor]:
         """{"loss_mask", "loss_dice"} of the matched pred_masks [B, Q, H, W], on sampled points, in fp32."""
         pred_masks = outputs["pred_masks"]
         batch_idx = torch.cat([torch.full_like(src, b) for b, (src, _) in enumerate(indices)]).to(pred_masks.device)
@@ -142,15 +168,14 @@ class SetCriterion(nn.Module):
         }
 
     @staticmethod
-    def _sample_targets(targets: List[Dict[str, torch.Tensor]], indices: Indices,
-                        coords: torch.Tensor) -> torch.Tensor:
+    def _sample_targets(targets: List[Dict[str, torch.Tensor]], indices: Indices, coords: torch.Tensor) -> torch.Tensor:
         """Matched GT masks sampled at coords [N, P, 2] -> [N, P]; each image's masks keep their own size."""
         chunks, start = [], 0
         for (_, tgt), target in zip(indices, targets):
             if tgt.numel() == 0:
                 continue
             masks = target["masks"][tgt.to(target["masks"].device)].to(coords.device, torch.float32)  # [n, H', W']
-            chunk = coords[start:start + len(tgt)]
+            chunk = coords[start : start + len(tgt)]
             chunks.append(point_sample(masks[:, None], chunk, align_corners=False)[:, 0])
             start += len(tgt)
         return torch.cat(chunks)
@@ -163,13 +188,16 @@ class SetCriterion(nn.Module):
         for i, t in enumerate(targets):
             labels = t["labels"]
             if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= self.num_classes):
-                raise ValueError(f"SetCriterion: image {i} has labels outside [0, {self.num_classes}); map the "
-                                 "dataset ids to contiguous ids (and drop ignored segments) in the data mapper.")
+                raise ValueError(
+                    f"SetCriterion: image {i} has labels outside [0, {self.num_classes}); map the "
+                    "dataset ids to contiguous ids (and drop ignored segments) in the data mapper."
+                )
             if len(t["masks"]) != len(labels):
                 raise ValueError(f"SetCriterion: image {i} has {len(labels)} labels but {len(t['masks'])} masks.")
 
-    def _losses_of(self, outputs: Dict[str, torch.Tensor], targets: List[Dict[str, torch.Tensor]],
-                   num_masks: torch.Tensor) -> Dict[str, torch.Tensor]:
+    def _losses_of(
+        self, outputs: Dict[str, torch.Tensor], targets: List[Dict[str, torch.Tensor]], num_masks: torch.Tensor
+    ) -> Dict[str, torch.Tensor]:
         indices = self.matcher(outputs, targets)
         losses = {}
         for name in self.losses:
@@ -199,6 +227,8 @@ class SetCriterion(nn.Module):
         return losses
 
     def extra_repr(self) -> str:
-        return (f"num_classes={self.num_classes}, eos_coef={self.eos_coef}, losses={self.losses}, "
-                f"num_points={self.num_points}, oversample_ratio={self.oversample_ratio}, "
-                f"importance_sample_ratio={self.importance_sample_ratio}")
+        return (
+            f"num_classes={self.num_classes}, eos_coef={self.eos_coef}, losses={self.losses}, "
+            f"num_points={self.num_points}, oversample_ratio={self.oversample_ratio}, "
+            f"importance_sample_ratio={self.importance_sample_ratio}"
+        )

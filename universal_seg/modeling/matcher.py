@@ -7,14 +7,14 @@ Cost of assigning query q to target t (one image):
 with BCE and Dice computed on ``num_points`` points drawn uniformly in [0, 1]^2 and shared by every prediction
 and every target of the image, so predictions and targets may have different resolutions.
 """
+
 from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
+from detectron2.projects.point_rend.point_features import point_sample
 from scipy.optimize import linear_sum_assignment
 from torch import nn
-
-from detectron2.projects.point_rend.point_features import point_sample
 
 __all__ = ["HungarianMatcher", "compute_cost_matrix", "pairwise_sigmoid_bce", "pairwise_dice"]
 
@@ -91,8 +91,9 @@ def _empty_indices() -> Tuple[torch.Tensor, torch.Tensor]:
 class HungarianMatcher(nn.Module):
     """One-to-one assignment of queries to targets minimising :func:`compute_cost_matrix` (per image)."""
 
-    def __init__(self, cost_class: float = 2.0, cost_mask: float = 5.0, cost_dice: float = 5.0,
-                 num_points: int = 12544):
+    def __init__(
+        self, cost_class: float = 2.0, cost_mask: float = 5.0, cost_dice: float = 5.0, num_points: int = 12544
+    ):
         super().__init__()
         if cost_class == 0 and cost_mask == 0 and cost_dice == 0:
             raise ValueError("HungarianMatcher: at least one of cost_class, cost_mask, cost_dice must be non-zero.")
@@ -107,17 +108,25 @@ class HungarianMatcher(nn.Module):
         """[num_points, 2] uniform random (x, y) in [0, 1]^2 (tests replace this to fix the points)."""
         return torch.rand(self.num_points, 2, device=device)
 
-    def cost_matrix(self, pred_logits: torch.Tensor, pred_masks: torch.Tensor,
-                    target: Dict[str, torch.Tensor]) -> torch.Tensor:
+    def cost_matrix(
+        self, pred_logits: torch.Tensor, pred_masks: torch.Tensor, target: Dict[str, torch.Tensor]
+    ) -> torch.Tensor:
         """[Q, T] cost for one image: pred_logits [Q, K+1], pred_masks [Q, H, W], target {"labels", "masks"}."""
         return compute_cost_matrix(
-            pred_logits, pred_masks, target["labels"], target["masks"], self.sample_points(pred_masks.device),
-            self.cost_class, self.cost_mask, self.cost_dice,
+            pred_logits,
+            pred_masks,
+            target["labels"],
+            target["masks"],
+            self.sample_points(pred_masks.device),
+            self.cost_class,
+            self.cost_mask,
+            self.cost_dice,
         )
 
     @torch.no_grad()
-    def forward(self, outputs: Dict[str, torch.Tensor],
-                targets: List[Dict[str, torch.Tensor]]) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    def forward(
+        self, outputs: Dict[str, torch.Tensor], targets: List[Dict[str, torch.Tensor]]
+    ) -> List[Tuple[torch.Tensor, torch.Tensor]]:
         """Match every image of the batch.
 
         Args:
@@ -139,11 +148,14 @@ class HungarianMatcher(nn.Module):
             if not torch.isfinite(cost).all():
                 raise FloatingPointError(
                     "HungarianMatcher: the matching cost has NaN/Inf entries; the model's outputs diverged "
-                    "(lower the learning rate or check the inputs).")
+                    "(lower the learning rate or check the inputs)."
+                )
             rows, cols = linear_sum_assignment(cost.numpy())
             indices.append((torch.as_tensor(rows, dtype=torch.long), torch.as_tensor(cols, dtype=torch.long)))
         return indices
 
     def extra_repr(self) -> str:
-        return (f"cost_class={self.cost_class}, cost_mask={self.cost_mask}, cost_dice={self.cost_dice}, "
-                f"num_points={self.num_points}")
+        return (
+            f"cost_class={self.cost_class}, cost_mask={self.cost_mask}, cost_dice={self.cost_dice}, "
+            f"num_points={self.num_points}"
+        )

@@ -1,4 +1,5 @@
 """Sine position encoding of DETR, used by the pixel decoder and the transformer decoder."""
+
 import functools
 import math
 
@@ -16,8 +17,9 @@ class PositionEmbeddingSine(nn.Module):
         scale: the range of normalised positions (2 * pi).
     """
 
-    def __init__(self, num_pos_feats: int = 64, temperature: float = 10000.0, normalize: bool = True,
-                 scale: float = 2 * math.pi):
+    def __init__(
+        self, num_pos_feats: int = 64, temperature: float = 10000.0, normalize: bool = True, scale: float = 2 * math.pi
+    ):
         super().__init__()
         self.num_pos_feats, self.temperature, self.normalize, self.scale = num_pos_feats, temperature, normalize, scale
 
@@ -31,13 +33,14 @@ class PositionEmbeddingSine(nn.Module):
         """
         B, _, H, W = x.shape
         if mask is None and not torch.jit.is_tracing():
-            return _cached_encoding(self.num_pos_feats, self.temperature, self.normalize, self.scale, H, W,
-                                    x.device, x.dtype).expand(B, -1, -1, -1)
+            return _cached_encoding(
+                self.num_pos_feats, self.temperature, self.normalize, self.scale, H, W, x.device, x.dtype
+            ).expand(B, -1, -1, -1)
         return self._encode(x, mask)
 
     def _encode(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         B, _, H, W = x.shape
-        not_mask = (torch.ones(B, H, W, device=x.device, dtype=torch.bool) if mask is None else ~mask)
+        not_mask = torch.ones(B, H, W, device=x.device, dtype=torch.bool) if mask is None else ~mask
         y_embed = not_mask.cumsum(1, dtype=torch.float32)
         x_embed = not_mask.cumsum(2, dtype=torch.float32)
         if self.normalize:

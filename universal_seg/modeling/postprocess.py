@@ -4,11 +4,11 @@ Inputs are the final layer's class logits ``mask_cls`` [Q, K+1] (index K = no-ob
 ``mask_pred`` [Q, H, W], already resized to the output resolution by the caller (see
 :func:`sem_seg_postprocess`). Outputs follow detectron2's conventions.
 """
+
 from typing import Dict, Iterable, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
-
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import Boxes, Instances
 
@@ -278,7 +278,8 @@ def instance_inference(
     if panoptic_on:
         things = set(int(c) for c in thing_ids)
         is_thing_class = torch.tensor([c in things for c in range(num_classes)], dtype=torch.bool).to(
-            labels.device, non_blocking=True)  # [K] lookup table, built on the host and sent without waiting
+            labels.device, non_blocking=True
+        )  # [K] lookup table, built on the host and sent without waiting
         pairs = is_thing_class[labels].nonzero().squeeze(1)  # kept pairs, in order (the one read-back: N)
         top_scores, labels, query_idx = top_scores[pairs], labels[pairs], query_idx[pairs]
     area, inside = _positive_area_and_sigmoid_sum(mask_pred.flatten(1))  # [Q] each

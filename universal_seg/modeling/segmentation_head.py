@@ -3,11 +3,12 @@
 It is a container (``sem_seg_head.pixel_decoder`` / ``sem_seg_head.predictor``) so that parameter names equal
 those of the official Mask2Former checkpoints.
 """
+
 import torch
 from torch import nn
 
-from .transformer_decoder import build_transformer_decoder
 from .pixel_decoder import build_pixel_decoder
+from .transformer_decoder import build_transformer_decoder
 
 
 class SegmentationHead(nn.Module):

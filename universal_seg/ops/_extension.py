@@ -1,4 +1,5 @@
 """Loading of the compiled extension ``universal_seg._C``, with one clear warning when it is unavailable."""
+
 import functools
 import warnings
 from types import ModuleType

@@ -8,6 +8,7 @@ Compatibility rules of CUDA binaries (the CUDA C++ programming guide, "binary co
   arch-specific targets (sm_90a) run on exactly that capability;
 - PTX built for compute_XY is compiled by the driver at load time for any GPU of capability >= X.Y.
 """
+
 from __future__ import annotations
 
 import re
@@ -48,7 +49,8 @@ def parse_arch_list(arch_list: str) -> list[tuple[str, int, int, str]]:
         if match is None:
             raise ValueError(
                 f"TORCH_CUDA_ARCH_LIST entry {entry!r} is not an architecture like 8.6, 9.0+PTX or 9.0a; "
-                f"fix the variable (e.g. TORCH_CUDA_ARCH_LIST=\"8.6;9.0+PTX\") and rebuild.")
+                f'fix the variable (e.g. TORCH_CUDA_ARCH_LIST="8.6;9.0+PTX") and rebuild.'
+            )
         major, minor, suffix, ptx = int(match[1]), int(match[2]), match[3], match[4]
         targets.append(("sm", major, minor, suffix))
         if ptx:
@@ -72,8 +74,9 @@ def parse_targets(text: str) -> list[tuple[str, int, int, str]]:
     return targets
 
 
-def select_arch_list(env_value: str | None, visible_capabilities: list[tuple[int, int]],
-                     supported: set[tuple[int, int]] | None) -> str:
+def select_arch_list(
+    env_value: str | None, visible_capabilities: list[tuple[int, int]], supported: set[tuple[int, int]] | None
+) -> str:
     """The TORCH_CUDA_ARCH_LIST to build with.
 
     Args:
@@ -98,7 +101,8 @@ def select_arch_list(env_value: str | None, visible_capabilities: list[tuple[int
             raise ValueError(
                 f"the visible GPU of compute capability {too_old[0][0]}.{too_old[0][1]} is older than every target "
                 f"this CUDA toolkit builds (oldest {oldest[0]}.{oldest[1]}): build with a toolkit that supports it "
-                f"(CUDA 12.x for 7.0) by setting CUDA_HOME.")
+                f"(CUDA 12.x for 7.0) by setting CUDA_HOME."
+            )
         kept = [a for a in wanted if a in supported]
         if any(a > newest for a in wanted) and newest not in kept:
             kept.append(newest)
@@ -112,8 +116,11 @@ def kernel_image_for(capability: tuple[int, int], targets: list[tuple[str, int, 
     """How a GPU of ``capability`` runs the built kernels: "sm_XY" (machine code), "compute_XY" (PTX compiled by
     the driver at first use) or None (no image can run there)."""
     major, minor = capability
-    sass = [(ma, mi, sfx) for kind, ma, mi, sfx in targets
-            if kind == "sm" and ma == major and (mi == minor if sfx else mi <= minor)]
+    sass = [
+        (ma, mi, sfx)
+        for kind, ma, mi, sfx in targets
+        if kind == "sm" and ma == major and (mi == minor if sfx else mi <= minor)
+    ]
     if sass:
         ma, mi, sfx = max(sass)
         return f"sm_{ma}{mi}{sfx}"
@@ -127,6 +134,8 @@ def kernel_image_for(capability: tuple[int, int], targets: list[tuple[str, int, 
 def unsupported_device_message(device_name: str, capability: tuple[int, int], built: str) -> str:
     """The one-sentence error for a GPU the build has no kernel image for."""
     cap = f"{capability[0]}.{capability[1]}"
-    return (f"universal_seg._C was built for CUDA targets {built.replace(';', ', ') or '(none)'}, none of which runs "
-            f"on {device_name} (compute capability {cap}): rebuild the op for it with "
-            f"`{REBUILD_COMMAND.format(cap=cap)}`.")
+    return (
+        f"universal_seg._C was built for CUDA targets {built.replace(';', ', ') or '(none)'}, none of which runs "
+        f"on {device_name} (compute capability {cap}): rebuild the op for it with "
+        f"`{REBUILD_COMMAND.format(cap=cap)}`."
+    )

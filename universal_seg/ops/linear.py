@@ -1,9 +1,8 @@
 """A drop-in ``nn.Linear`` whose fp32 CPU products run through oneDNN instead of the BLAS ``addmm``.
 
-On the CPU, PyTorch sends fp32 ``F.linear`` to MKL's sgemm, while convolutions go to oneDNN. On the AMD EPYC
-machines this project is tested on, MKL runs its AVX2 code (about 170 GFLOP/s on 2 cores for the pixel decoder's
-[5376, 256] x [256, 1024] product) and oneDNN its AVX-512 code (about 340-385 GFLOP/s for the same product):
-``python benchmarks/linear.py`` measures both side by side. A linear layer over M rows is exactly a 1x1
+On the CPU, PyTorch sends fp32 ``F.linear`` to MKL's sgemm, while convolutions go to oneDNN. On AMD EPYC
+machines MKL runs its AVX2 code and oneDNN its AVX-512 code; ``python benchmarks/linear.py`` measures both side by
+side (the README gives the numbers). A linear layer over M rows is exactly a 1x1
 convolution over a [1, K, M, 1] image, and a row-major [M, K] matrix already *is* that image in channels-last
 layout, so the convolution needs no copy in or out. The results are fp32 products with a different summation
 order (differences of a few ulp, as between any two BLAS libraries).
@@ -12,6 +11,7 @@ The oneDNN path is taken only where it is a plain fp32 CPU product of at least `
 tracing, scripting and export (those keep a standard ``linear`` op in their graphs); everything else calls
 ``F.linear``. Autograd works through both paths.
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -20,13 +20,23 @@ MIN_ROWS = 128  # below this, the call overheads of the two paths dominate and n
 
 
 def _onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    if (torch.jit.is_scripting() or torch.jit.is_tracing() or torch.compiler.is_compiling()
-            or torch.onnx.is_in_onnx_export()):
+    if (
+        torch.jit.is_scripting()
+        or torch.jit.is_tracing()
+        or torch.compiler.is_compiling()
+        or torch.onnx.is_in_onnx_export()
+    ):
         return False
-    return (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and x.dim() >= 2 and x.numel() >= MIN_ROWS * x.shape[-1] > 0
-            and torch.backends.mkldnn.is_available() and torch.backends.mkldnn.enabled
-            and not torch.is_autocast_enabled("cpu"))
+    return (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and x.dim() >= 2
+        and x.numel() >= MIN_ROWS * x.shape[-1] > 0
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+        and not torch.is_autocast_enabled("cpu")
+    )
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:

@@ -2,6 +2,7 @@
 and dispatch: compiled CUDA kernels for CUDA tensors, compiled CPU kernels for CPU tensors, and the pure-PyTorch
 reference only when the extension (or its CUDA part) is missing.
 """
+
 import torch
 from torch.autograd.function import once_differentiable
 
@@ -27,8 +28,9 @@ class MSDeformAttnFunction(torch.autograd.Function):
     def forward(ctx, value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
         ext = load_extension()
         ctx.save_for_backward(value, spatial_shapes, level_start_index, sampling_locations, attention_weights)
-        return ext.ms_deform_attn_forward(value, spatial_shapes, level_start_index, sampling_locations,
-                                          attention_weights)
+        return ext.ms_deform_attn_forward(
+            value, spatial_shapes, level_start_index, sampling_locations, attention_weights
+        )
 
     @staticmethod
     @once_differentiable
@@ -36,8 +38,13 @@ class MSDeformAttnFunction(torch.autograd.Function):
         ext = load_extension()
         value, spatial_shapes, level_start_index, sampling_locations, attention_weights = ctx.saved_tensors
         grad_value, grad_loc, grad_attn = ext.ms_deform_attn_backward(
-            value, spatial_shapes, level_start_index, sampling_locations, attention_weights,
-            grad_output.to(value.dtype).contiguous())
+            value,
+            spatial_shapes,
+            level_start_index,
+            sampling_locations,
+            attention_weights,
+            grad_output.to(value.dtype).contiguous(),
+        )
         return grad_value, None, None, grad_loc, grad_attn
 
 
@@ -49,23 +56,33 @@ def _validate_shapes(value, spatial_shapes, level_start_index, sampling_location
         raise ValueError(f"ms_deform_attn: value must be float64, float32, float16 or bfloat16, got {value.dtype}.")
     N, S, M, _ = value.shape
     if spatial_shapes.dim() != 2 or spatial_shapes.shape[1] != 2:
-        raise ValueError(f"ms_deform_attn: spatial_shapes must be [levels, 2] (H, W), got {tuple(spatial_shapes.shape)}.")
+        raise ValueError(
+            f"ms_deform_attn: spatial_shapes must be [levels, 2] (H, W), got {tuple(spatial_shapes.shape)}."
+        )
     L = spatial_shapes.shape[0]
     if spatial_shapes.is_floating_point() or level_start_index.is_floating_point():
         raise ValueError("ms_deform_attn: spatial_shapes and level_start_index must be integer tensors.")
-    if sampling_locations.dim() != 6 or sampling_locations.shape[-1] != 2 \
-            or tuple(sampling_locations.shape[:4:2]) != (N, M) or sampling_locations.shape[3] != L:
+    if (
+        sampling_locations.dim() != 6
+        or sampling_locations.shape[-1] != 2
+        or tuple(sampling_locations.shape[:4:2]) != (N, M)
+        or sampling_locations.shape[3] != L
+    ):
         raise ValueError(
             f"ms_deform_attn: sampling_locations must be [N={N}, Lq, heads={M}, levels={L}, points, 2], "
-            f"got {tuple(sampling_locations.shape)}.")
+            f"got {tuple(sampling_locations.shape)}."
+        )
     if tuple(attention_weights.shape) != tuple(sampling_locations.shape[:5]):
         raise ValueError(
             f"ms_deform_attn: attention_weights must be {tuple(sampling_locations.shape[:5])} "
-            f"(sampling_locations without its last dimension), got {tuple(attention_weights.shape)}.")
+            f"(sampling_locations without its last dimension), got {tuple(attention_weights.shape)}."
+        )
     devices = {t.device for t in (value, sampling_locations, attention_weights)}
     if len(devices) != 1:
-        raise ValueError(f"ms_deform_attn: value, sampling_locations and attention_weights must be on one device, "
-                         f"got {sorted(map(str, devices))}.")
+        raise ValueError(
+            f"ms_deform_attn: value, sampling_locations and attention_weights must be on one device, "
+            f"got {sorted(map(str, devices))}."
+        )
     for name, table in (("spatial_shapes", spatial_shapes), ("level_start_index", level_start_index)):
         if table.device != value.device and table.device.type != "cpu":
             raise ValueError(f"ms_deform_attn: {name} must be on the CPU or on {value.device}, got {table.device}.")
@@ -85,8 +102,8 @@ def _validate_level_table(spatial_shapes, level_start_index, S: int) -> None:
     expected = [sum(h * w for h, w in shapes[:i]) for i in range(len(shapes))]
     if starts != expected:
         raise ValueError(
-            f"ms_deform_attn: level_start_index {starts} does not match spatial_shapes {shapes} "
-            f"(expected {expected}).")
+            f"ms_deform_attn: level_start_index {starts} does not match spatial_shapes {shapes} (expected {expected})."
+        )
     total = sum(h * w for h, w in shapes)
     if total != S:
         raise ValueError(f"ms_deform_attn: spatial_shapes {shapes} cover {total} positions but value has S = {S}.")

@@ -7,6 +7,7 @@ The layer calls :func:`ms_deform_attn` (compiled kernels) unless the caller's co
 :func:`use_ms_deform_attn_op` (export tracing uses the pure-PyTorch reference that way). The choice is held in a
 ``contextvars.ContextVar``, so it applies to the calling thread (or asyncio task) only, never to the process.
 """
+
 import contextlib
 import contextvars
 import math
@@ -19,8 +20,9 @@ from .linear import Linear, linear
 from .ms_deform_attn_function import ms_deform_attn
 
 # the op MSDeformAttn layers call in the current context; None = ms_deform_attn
-_OP_OVERRIDE: contextvars.ContextVar[Callable | None] = contextvars.ContextVar("universal_seg_ms_deform_attn_op",
-                                                                                default=None)
+_OP_OVERRIDE: contextvars.ContextVar[Callable | None] = contextvars.ContextVar(
+    "universal_seg_ms_deform_attn_op", default=None
+)
 
 
 @contextlib.contextmanager
@@ -118,8 +120,10 @@ class MSDeformAttn(nn.Module):
         S = input_flatten.shape[1]
         M, L, P = self.n_heads, self.n_levels, self.n_points
         if C != self.d_model or input_flatten.shape[2] != self.d_model:
-            raise ValueError(f"MSDeformAttn: expected {self.d_model} channels, got query {tuple(query.shape)} "
-                             f"and input {tuple(input_flatten.shape)}.")
+            raise ValueError(
+                f"MSDeformAttn: expected {self.d_model} channels, got query {tuple(query.shape)} "
+                f"and input {tuple(input_flatten.shape)}."
+            )
         if input_spatial_shapes.shape[0] != L:
             raise ValueError(f"MSDeformAttn: built for {L} levels, got {input_spatial_shapes.shape[0]} spatial shapes.")
 
@@ -141,10 +145,13 @@ class MSDeformAttn(nn.Module):
             locations = (offsets.view(N, Lq, M, L * P * 2) + ref).view(N, Lq, M, L, P, 2)
         elif reference_points.shape[-1] == 4:
             offsets = self.sampling_offsets(query).view(N, Lq, M, L, P, 2)
-            locations = (reference_points[:, :, None, :, None, :2]
-                         + offsets / P * reference_points[:, :, None, :, None, 2:] * 0.5)
+            locations = (
+                reference_points[:, :, None, :, None, :2]
+                + offsets / P * reference_points[:, :, None, :, None, 2:] * 0.5
+            )
         else:
-            raise ValueError(f"MSDeformAttn: reference_points must end in 2 or 4 coordinates, "
-                             f"got {tuple(reference_points.shape)}.")
+            raise ValueError(
+                f"MSDeformAttn: reference_points must end in 2 or 4 coordinates, got {tuple(reference_points.shape)}."
+            )
         out = active_ms_deform_attn_op()(value, input_spatial_shapes, input_level_start_index, locations, weights)
         return self.output_proj(out)

@@ -3,6 +3,7 @@
 It is the textbook formulation (one ``grid_sample`` per level, then a weighted sum over levels and points),
 slow and memory hungry ([N*M, D, Lq, L*P] intermediate) but obviously correct and differentiable by autograd.
 """
+
 import torch
 import torch.nn.functional as F
 

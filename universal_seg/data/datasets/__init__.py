@@ -1,12 +1,13 @@
 """Dataset registration. Importing this module registers every dataset under $DETECTRON2_DATASETS (default
 ``./datasets``) without touching the disk; files are checked when a dataset is loaded (DatasetCatalog.get)."""
-from ._common import check_paths, dataset_root, register_checked
+
+from ._common import check_paths, dataset_root, register_checked  # noqa: F401  (public registration helpers)
 from .ade20k import register_all_ade20k
 from .cityscapes import register_all_cityscapes
 from .coco import register_all_coco
 from .mapillary import register_all_mapillary_vistas
 from .mini import register_all_mini
-from .panoptic_json import load_panoptic_json
+from .panoptic_json import load_panoptic_json  # noqa: F401  (public loader)
 
 
 def register_all(root=None):

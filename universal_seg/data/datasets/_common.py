@@ -1,4 +1,5 @@
 """Helpers shared by the registration modules: lazy existence checks and category-table metadata."""
+
 import functools
 import os
 

@@ -1,4 +1,5 @@
 """ADE20K registrations (ADEChallengeData2016): 150-class semantic, panoptic and 100-class instance."""
+
 import os
 
 from detectron2.data.datasets import load_coco_json, load_sem_seg
@@ -20,20 +21,40 @@ def register_all_ade20k(root):
     for split, folder in _SPLITS.items():
         images = os.path.join(root, "images", folder)
         labels = os.path.join(root, "annotations_detectron2", folder)
-        register_checked(f"ade20k_sem_seg_{split}",
-                         lambda i=images, g=labels: load_sem_seg(g, i, gt_ext="png", image_ext="jpg"),
-                         [images, labels], _SEM_SCRIPT, image_root=images, sem_seg_root=labels,
-                         evaluator_type="sem_seg", **sem_meta)
+        register_checked(
+            f"ade20k_sem_seg_{split}",
+            lambda i=images, g=labels: load_sem_seg(g, i, gt_ext="png", image_ext="jpg"),
+            [images, labels],
+            _SEM_SCRIPT,
+            image_root=images,
+            sem_seg_root=labels,
+            evaluator_type="sem_seg",
+            **sem_meta,
+        )
 
         pan_json = os.path.join(root, f"ade20k_panoptic_{split}.json")
         pan_dir = os.path.join(root, f"ade20k_panoptic_{split}")
         ins_json = os.path.join(root, f"ade20k_instance_{split}.json")
-        register_checked(f"ade20k_panoptic_{split}",
-                         lambda j=pan_json, i=images, p=pan_dir, s=labels: load_panoptic_json(j, i, p, s, pan_meta),
-                         [pan_json, pan_dir, images, labels], _PAN_SCRIPT, image_root=images, panoptic_root=pan_dir,
-                         panoptic_json=pan_json, sem_seg_root=labels, json_file=ins_json,
-                         evaluator_type="ade20k_panoptic_seg", **pan_meta)
-        register_checked(f"ade20k_instance_{split}",
-                         lambda j=ins_json, i=images, n=f"ade20k_instance_{split}": load_coco_json(j, i, n),
-                         [ins_json, images], _PAN_SCRIPT, image_root=images, json_file=ins_json,
-                         evaluator_type="coco", **ins_meta)
+        register_checked(
+            f"ade20k_panoptic_{split}",
+            lambda j=pan_json, i=images, p=pan_dir, s=labels: load_panoptic_json(j, i, p, s, pan_meta),
+            [pan_json, pan_dir, images, labels],
+            _PAN_SCRIPT,
+            image_root=images,
+            panoptic_root=pan_dir,
+            panoptic_json=pan_json,
+            sem_seg_root=labels,
+            json_file=ins_json,
+            evaluator_type="ade20k_panoptic_seg",
+            **pan_meta,
+        )
+        register_checked(
+            f"ade20k_instance_{split}",
+            lambda j=ins_json, i=images, n=f"ade20k_instance_{split}": load_coco_json(j, i, n),
+            [ins_json, images],
+            _PAN_SCRIPT,
+            image_root=images,
+            json_file=ins_json,
+            evaluator_type="coco",
+            **ins_meta,
+        )

@@ -4,6 +4,7 @@ Instance loading reads ``*_instanceIds.png`` (``from_json=False``), so it needs 
 ``*_labelTrainIds.png`` and panoptic ``gtFine/cityscapes_panoptic_{split}{,.json}`` (both made by
 ``datasets/prepare_cityscapes.py`` with cityscapesscripts).
 """
+
 import os
 
 from detectron2.data.datasets.builtin_meta import CITYSCAPES_CATEGORIES, _get_builtin_metadata
@@ -20,10 +21,14 @@ def _panoptic_meta():
     cats = CITYSCAPES_CATEGORIES
     names, colors = [c["name"] for c in cats], [c["color"] for c in cats]
     return dict(
-        thing_classes=names, thing_colors=colors, stuff_classes=names, stuff_colors=colors,
+        thing_classes=names,
+        thing_colors=colors,
+        stuff_classes=names,
+        stuff_colors=colors,
         thing_dataset_id_to_contiguous_id={c["id"]: c["trainId"] for c in cats if c["isthing"]},
         stuff_dataset_id_to_contiguous_id={c["id"]: c["trainId"] for c in cats if not c["isthing"]},
-        label_divisor=1000, ignore_label=255,
+        label_divisor=1000,
+        ignore_label=255,
     )
 
 
@@ -32,20 +37,42 @@ def register_all_cityscapes(root):
     for split in ("train", "val", "test"):
         images = os.path.join(root, "cityscapes/leftImg8bit", split)
         gt = os.path.join(root, "cityscapes/gtFine", split)
-        register_checked(f"cityscapes_fine_instance_seg_{split}",
-                         lambda x=images, y=gt: load_cityscapes_instances(x, y, from_json=False, to_polygons=False),
-                         [images, gt], _SCRIPT, image_dir=images, gt_dir=gt, evaluator_type="cityscapes_instance",
-                         **meta)
-        register_checked(f"cityscapes_fine_sem_seg_{split}", lambda x=images, y=gt: load_cityscapes_semantic(x, y),
-                         [images, gt], _SCRIPT, image_dir=images, gt_dir=gt, evaluator_type="cityscapes_sem_seg",
-                         ignore_label=255, **meta)
+        register_checked(
+            f"cityscapes_fine_instance_seg_{split}",
+            lambda x=images, y=gt: load_cityscapes_instances(x, y, from_json=False, to_polygons=False),
+            [images, gt],
+            _SCRIPT,
+            image_dir=images,
+            gt_dir=gt,
+            evaluator_type="cityscapes_instance",
+            **meta,
+        )
+        register_checked(
+            f"cityscapes_fine_sem_seg_{split}",
+            lambda x=images, y=gt: load_cityscapes_semantic(x, y),
+            [images, gt],
+            _SCRIPT,
+            image_dir=images,
+            gt_dir=gt,
+            evaluator_type="cityscapes_sem_seg",
+            ignore_label=255,
+            **meta,
+        )
     pan_meta = _panoptic_meta()
     for split in ("train", "val"):
         images = os.path.join(root, "cityscapes/leftImg8bit", split)
         pan_dir = os.path.join(root, f"cityscapes/gtFine/cityscapes_panoptic_{split}")
         pan_json = pan_dir + ".json"
         gt = os.path.join(root, "cityscapes/gtFine", split)
-        register_checked(f"cityscapes_fine_panoptic_{split}",
-                         lambda x=images, p=pan_dir, j=pan_json: load_cityscapes_panoptic(x, p, j, pan_meta),
-                         [images, pan_dir, pan_json], _SCRIPT, panoptic_root=pan_dir, image_root=images,
-                         panoptic_json=pan_json, gt_dir=gt, evaluator_type="cityscapes_panoptic_seg", **pan_meta)
+        register_checked(
+            f"cityscapes_fine_panoptic_{split}",
+            lambda x=images, p=pan_dir, j=pan_json: load_cityscapes_panoptic(x, p, j, pan_meta),
+            [images, pan_dir, pan_json],
+            _SCRIPT,
+            panoptic_root=pan_dir,
+            image_root=images,
+            panoptic_json=pan_json,
+            gt_dir=gt,
+            evaluator_type="cityscapes_panoptic_seg",
+            **pan_meta,
+        )

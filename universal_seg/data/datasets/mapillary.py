@@ -2,6 +2,7 @@
 
 Panoptic category ids in ``panoptic_2018.json`` are the semantic label value + 1.
 """
+
 import os
 
 from detectron2.data.datasets import load_sem_seg
@@ -11,7 +12,9 @@ from .categories.mapillary import MAPILLARY_VISTAS_CATEGORIES, MAPILLARY_VISTAS_
 from .panoptic_json import load_panoptic_json
 
 _SPLITS = {"train": "training", "val": "validation"}
-_DOWNLOAD = "download Mapillary Vistas v1.2 from mapillary.com/dataset/vistas into $DETECTRON2_DATASETS/mapillary_vistas"
+_DOWNLOAD = (
+    "download Mapillary Vistas v1.2 from mapillary.com/dataset/vistas into $DETECTRON2_DATASETS/mapillary_vistas"
+)
 
 
 def register_all_mapillary_vistas(root):
@@ -20,15 +23,28 @@ def register_all_mapillary_vistas(root):
     for split, folder in _SPLITS.items():
         base = os.path.join(root, "mapillary_vistas", folder)
         images, labels = os.path.join(base, "images"), os.path.join(base, "labels")
-        register_checked(f"mapillary_vistas_sem_seg_{split}",
-                         lambda i=images, g=labels: load_sem_seg(g, i, gt_ext="png", image_ext="jpg"),
-                         [images, labels], _DOWNLOAD, image_root=images, sem_seg_root=labels,
-                         evaluator_type="sem_seg", **sem_meta)
+        register_checked(
+            f"mapillary_vistas_sem_seg_{split}",
+            lambda i=images, g=labels: load_sem_seg(g, i, gt_ext="png", image_ext="jpg"),
+            [images, labels],
+            _DOWNLOAD,
+            image_root=images,
+            sem_seg_root=labels,
+            evaluator_type="sem_seg",
+            **sem_meta,
+        )
         pan_dir = os.path.join(base, "panoptic")
         pan_json = os.path.join(pan_dir, "panoptic_2018.json")
         pan_meta_split = dict(pan_meta, ignore_label=MAPILLARY_VISTAS_IGNORE_LABEL)
-        register_checked(f"mapillary_vistas_panoptic_{split}",
-                         lambda j=pan_json, i=images, p=pan_dir, s=labels: load_panoptic_json(j, i, p, s, pan_meta),
-                         [pan_json, images, labels], _DOWNLOAD, image_root=images, panoptic_root=pan_dir,
-                         panoptic_json=pan_json, sem_seg_root=labels,
-                         evaluator_type="mapillary_vistas_panoptic_seg", **pan_meta_split)
+        register_checked(
+            f"mapillary_vistas_panoptic_{split}",
+            lambda j=pan_json, i=images, p=pan_dir, s=labels: load_panoptic_json(j, i, p, s, pan_meta),
+            [pan_json, images, labels],
+            _DOWNLOAD,
+            image_root=images,
+            panoptic_root=pan_dir,
+            panoptic_json=pan_json,
+            sem_seg_root=labels,
+            evaluator_type="mapillary_vistas_panoptic_seg",
+            **pan_meta_split,
+        )

@@ -1,4 +1,5 @@
 """Loader for COCO-panoptic-format datasets (PNG + JSON), with optional semantic label PNGs."""
+
 import json
 import os
 

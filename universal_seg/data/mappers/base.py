@@ -1,4 +1,5 @@
 """Shared pieces of the training mappers: the registry, the common augmentation list and image reading."""
+
 import copy
 
 from detectron2.data import MetadataCatalog
@@ -14,9 +15,11 @@ MAPPER_REGISTRY.__doc__ = "Dataset mappers, selected by cfg.INPUT.DATASET_MAPPER
 
 def register_mapper(name):
     """Class decorator registering a mapper under the config name ``name``."""
+
     def deco(cls):
         MAPPER_REGISTRY._do_register(name, cls)
         return cls
+
     return deco
 
 
@@ -24,8 +27,9 @@ def build_mapper(cfg, is_train=True):
     """The mapper named by cfg.INPUT.DATASET_MAPPER_NAME, built from ``cfg``."""
     name = cfg.INPUT.DATASET_MAPPER_NAME
     if name not in MAPPER_REGISTRY:
-        raise KeyError(f"cfg.INPUT.DATASET_MAPPER_NAME='{name}' is unknown; use one of "
-                       f"{sorted(k for k, _ in MAPPER_REGISTRY)}.")
+        raise KeyError(
+            f"cfg.INPUT.DATASET_MAPPER_NAME='{name}' is unknown; use one of {sorted(k for k, _ in MAPPER_REGISTRY)}."
+        )
     return MAPPER_REGISTRY.get(name)(cfg, is_train)
 
 
@@ -43,8 +47,11 @@ def scale_crop_augmentations(cfg, is_train, ignore_label, category_crop=True):
     augs = [T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TRAIN, cfg.INPUT.MAX_SIZE_TRAIN, cfg.INPUT.MIN_SIZE_TRAIN_SAMPLING)]
     if cfg.INPUT.CROP.ENABLED:
         if category_crop:
-            augs.append(T.RandomCrop_CategoryAreaConstraint(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE,
-                                                            cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA, ignore_label))
+            augs.append(
+                T.RandomCrop_CategoryAreaConstraint(
+                    cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE, cfg.INPUT.CROP.SINGLE_CATEGORY_MAX_AREA, ignore_label
+                )
+            )
         else:
             augs.append(T.RandomCrop(cfg.INPUT.CROP.TYPE, cfg.INPUT.CROP.SIZE))
     if cfg.INPUT.COLOR_AUG_SSD:

@@ -1,4 +1,5 @@
 """Robust image and label reading for the mappers."""
+
 import logging
 
 import numpy as np
@@ -23,8 +24,9 @@ def read_rgb_image(path, fmt="RGB"):
     except Exception as e:  # noqa: BLE001 - any decoding failure means "skip this sample"
         UNREADABLE["count"] += 1
         UNREADABLE["paths"].append(path)
-        logger.warning("Skipping unreadable image %s (%s: %s); %d skipped so far.", path, type(e).__name__, e,
-                       UNREADABLE["count"])
+        logger.warning(
+            "Skipping unreadable image %s (%s: %s); %d skipped so far.", path, type(e).__name__, e, UNREADABLE["count"]
+        )
         return None
     return array[:, :, ::-1].copy() if fmt == "BGR" else array
 
@@ -56,5 +58,7 @@ def read_panoptic(path):
 def check_same_size(image, label, path):
     """Raise when a label's [H, W] differs from its image's, naming the file."""
     if image.shape[:2] != label.shape[:2]:
-        raise ValueError(f"Label '{path}' is {label.shape[:2]} but its image is {image.shape[:2]}; "
-                         "re-run the dataset's preparation script.")
+        raise ValueError(
+            f"Label '{path}' is {label.shape[:2]} but its image is {image.shape[:2]}; "
+            "re-run the dataset's preparation script."
+        )

@@ -1,11 +1,12 @@
 """Instance training mapper for COCO-format annotations (ADE20K instance, Cityscapes instance, mini)."""
+
 import pycocotools.mask as mask_util
 import torch
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 
-from .base import register_mapper, lsj_augmentations, scale_crop_augmentations, start
+from .base import lsj_augmentations, register_mapper, scale_crop_augmentations, start
 from .targets import divisible_size, image_to_tensor, make_instances, pad_to
 
 
@@ -20,8 +21,11 @@ def polygons_to_rle(obj, height, width):
 def annotations_to_targets(annotations, transforms, image_shape, original_shape):
     """Transform non-crowd annotations (polygons or RLE; rasterised at ``original_shape`` first) into Instances
     with gt_classes long [n], gt_masks bool [n, H, W] and gt_boxes; masks emptied by a crop are dropped."""
-    annos = [utils.transform_instance_annotations(polygons_to_rle(obj, *original_shape), transforms, image_shape)
-             for obj in annotations if obj.get("iscrowd", 0) == 0]
+    annos = [
+        utils.transform_instance_annotations(polygons_to_rle(obj, *original_shape), transforms, image_shape)
+        for obj in annotations
+        if obj.get("iscrowd", 0) == 0
+    ]
     if not annos:
         return make_instances(image_shape, [], [])
     inst = utils.annotations_to_instances(annos, image_shape, mask_format="bitmask")
@@ -49,8 +53,12 @@ class InstanceDatasetMapper:
     @classmethod
     def from_config(cls, cfg, is_train=True):
         augs = scale_crop_augmentations(cfg, is_train, ignore_label=255, category_crop=False)
-        return dict(is_train=is_train, augmentations=augs, image_format=cfg.INPUT.FORMAT,
-                    size_divisibility=cfg.INPUT.SIZE_DIVISIBILITY)
+        return dict(
+            is_train=is_train,
+            augmentations=augs,
+            image_format=cfg.INPUT.FORMAT,
+            size_divisibility=cfg.INPUT.SIZE_DIVISIBILITY,
+        )
 
     def __call__(self, dataset_dict):
         dataset_dict, image = start(dataset_dict, self.image_format)
@@ -60,8 +68,9 @@ class InstanceDatasetMapper:
         aug_input = T.AugInput(image)
         transforms = self.augmentations(aug_input)
         image = aug_input.image
-        instances = annotations_to_targets(dataset_dict.pop("annotations", []), transforms, image.shape[:2],
-                                           original_shape)
+        instances = annotations_to_targets(
+            dataset_dict.pop("annotations", []), transforms, image.shape[:2], original_shape
+        )
         size = divisible_size(image.shape, self.size_divisibility)
         image, _ = pad_to(image, [], size, [])
         dataset_dict["image"] = image_to_tensor(image)
@@ -87,5 +96,9 @@ class COCOInstanceLSJDatasetMapper(InstanceDatasetMapper):
 
     @classmethod
     def from_config(cls, cfg, is_train=True):
-        return dict(is_train=is_train, augmentations=lsj_augmentations(cfg, is_train), image_format=cfg.INPUT.FORMAT,
-                    size_divisibility=-1)
+        return dict(
+            is_train=is_train,
+            augmentations=lsj_augmentations(cfg, is_train),
+            image_format=cfg.INPUT.FORMAT,
+            size_divisibility=-1,
+        )

@@ -1,9 +1,10 @@
 """COCO panoptic training mapper with large-scale jitter (Mask2Former's COCOPanopticNewBaselineDatasetMapper)."""
+
 import torch
 from detectron2.config import configurable
 from detectron2.data import transforms as T
 
-from .base import register_mapper, lsj_augmentations, start
+from .base import lsj_augmentations, register_mapper, start
 from .panoptic import read_compact_panoptic, semantic_from_compact
 from .targets import image_to_tensor, instances_from_panoptic
 

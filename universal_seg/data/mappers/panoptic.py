@@ -1,4 +1,5 @@
 """Panoptic training mapper for ADE20K / Cityscapes / Mapillary-style data (COCO-panoptic PNG + segments_info)."""
+
 import numpy as np
 import torch
 from detectron2.data import transforms as T
@@ -17,7 +18,6 @@ def semantic_from_compact(compact, segments_info, ignore_label):
     return lut[compact.astype(np.int64)]
 
 
-
 def read_compact_panoptic(dataset_dict, image):
     """Pops ``segments_info`` and reads ``pan_seg_file_name`` as segment indices 1..n in that order (0 = void),
     checked to be the image's size. Returns (segments_info, compact [H, W])."""
@@ -26,9 +26,11 @@ def read_compact_panoptic(dataset_dict, image):
     check_same_size(image, compact, dataset_dict["pan_seg_file_name"])
     return segments, compact
 
+
 @register_mapper("mask_former_panoptic")
 class PanopticDatasetMapper(SemanticDatasetMapper):
-    """The semantic mapper's augmentations and padding (constructor and config shared), plus ``pan_seg_file_name``/``segments_info``: one instance per non-crowd segment
+    """The semantic mapper's augmentations and padding (constructor and config shared), plus
+    ``pan_seg_file_name``/``segments_info``: one instance per non-crowd segment
     (crowd segments are dropped from ``instances`` but keep their class in ``sem_seg``). Semantic labels come from
     ``sem_seg_file_name`` when present, else from the panoptic segments (void -> ignore).
 

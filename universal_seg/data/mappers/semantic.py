@@ -1,10 +1,11 @@
 """Semantic-segmentation training mapper (Mask2Former's MaskFormerSemanticDatasetMapper behaviour)."""
+
 import numpy as np
 import torch
 from detectron2.config import configurable
 from detectron2.data import transforms as T
 
-from .base import register_mapper, dataset_ignore_label, scale_crop_augmentations, start
+from .base import dataset_ignore_label, register_mapper, scale_crop_augmentations, start
 from .image_io import check_same_size, read_label
 from .targets import divisible_size, image_to_tensor, instances_from_semantic, pad_to
 
@@ -29,9 +30,13 @@ class SemanticDatasetMapper:
     @classmethod
     def from_config(cls, cfg, is_train=True):
         ignore = dataset_ignore_label(cfg)
-        return dict(is_train=is_train, augmentations=scale_crop_augmentations(cfg, is_train, ignore),
-                    image_format=cfg.INPUT.FORMAT, ignore_label=ignore,
-                    size_divisibility=cfg.INPUT.SIZE_DIVISIBILITY)
+        return dict(
+            is_train=is_train,
+            augmentations=scale_crop_augmentations(cfg, is_train, ignore),
+            image_format=cfg.INPUT.FORMAT,
+            ignore_label=ignore,
+            size_divisibility=cfg.INPUT.SIZE_DIVISIBILITY,
+        )
 
     def __call__(self, dataset_dict):
         dataset_dict, image = start(dataset_dict, self.image_format)

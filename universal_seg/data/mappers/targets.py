@@ -1,4 +1,5 @@
 """Training-target helpers shared by the mappers: padding and conversion of label maps to Instances."""
+
 import numpy as np
 import torch
 from detectron2.structures import BitMasks, Boxes, Instances
@@ -25,8 +26,10 @@ def pad_to(image, labels, size, ignore_values):
     if ph <= 0 and pw <= 0:
         return image, labels
     image = np.pad(image, ((0, ph), (0, pw), (0, 0)), constant_values=IMAGE_PAD_VALUE)
-    labels = [None if lab is None else np.pad(lab, ((0, ph), (0, pw)), constant_values=v)
-              for lab, v in zip(labels, ignore_values)]
+    labels = [
+        None if lab is None else np.pad(lab, ((0, ph), (0, pw)), constant_values=v)
+        for lab, v in zip(labels, ignore_values)
+    ]
     return image, labels
 
 

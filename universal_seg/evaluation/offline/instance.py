@@ -1,4 +1,5 @@
 """Instance evaluation of a COCO results JSON (segm and bbox AP) with pycocotools."""
+
 import contextlib
 import io
 import json
@@ -23,13 +24,17 @@ def load_results(pred_json, coco_gt):
         if r.get("image_id") not in images:
             raise PredictionFileError(f"'{pred_json}' has image_id {r.get('image_id')} not in the ground truth.")
         if r.get("category_id") not in cats:
-            raise PredictionFileError(f"'{pred_json}' has unknown category_id {r.get('category_id')}; use the "
-                                      "dataset's category ids, not contiguous ids.")
+            raise PredictionFileError(
+                f"'{pred_json}' has unknown category_id {r.get('category_id')}; use the "
+                "dataset's category ids, not contiguous ids."
+            )
         seg = r.get("segmentation")
         img = images[r["image_id"]]
         if isinstance(seg, dict) and list(seg.get("size", [])) != [img["height"], img["width"]]:
-            raise PredictionFileError(f"'{pred_json}': a mask of image {r['image_id']} has size {seg.get('size')} "
-                                      f"but the image is {[img['height'], img['width']]}.")
+            raise PredictionFileError(
+                f"'{pred_json}': a mask of image {r['image_id']} has size {seg.get('size')} "
+                f"but the image is {[img['height'], img['width']]}."
+            )
         if "bbox" not in r and isinstance(seg, dict):
             r["bbox"] = mask_util.toBbox(seg).tolist()
     return results

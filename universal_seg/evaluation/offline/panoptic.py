@@ -4,6 +4,7 @@
 pixels, stuff-style, whatever the class), and PQ is computed against the panoptic ground truth with panopticapi.
 Stuff PQ is thus directly comparable; thing PQ is penalised whenever an image has several instances of a class.
 """
+
 import contextlib
 import io
 import json
@@ -15,6 +16,7 @@ from panopticapi.evaluation import pq_compute
 from PIL import Image
 
 from .errors import PredictionFileError, check_ids
+
 
 def validate_panoptic(gt, pred, pred_folder):
     """Check image ids, category ids, PNG presence and sizes of a panoptic prediction against the ground truth."""
@@ -31,8 +33,10 @@ def validate_panoptic(gt, pred, pred_folder):
             raise PredictionFileError(f"Prediction PNG '{png}' of image {image_id} is missing.")
         with Image.open(png) as im:
             if image_id in sizes and (im.height, im.width) != sizes[image_id]:
-                raise PredictionFileError(f"Prediction PNG '{png}' is {(im.height, im.width)} but image {image_id} "
-                                          f"is {sizes[image_id]}.")
+                raise PredictionFileError(
+                    f"Prediction PNG '{png}' is {(im.height, im.width)} but image {image_id} is {sizes[image_id]}."
+                )
+
 
 def summarize(results):
     """panopticapi's result -> {"PQ", "SQ", "RQ", "PQ_th", ..., "PQ_st", ...} in %."""
@@ -41,6 +45,7 @@ def summarize(results):
         for metric in ("pq", "sq", "rq"):
             out[metric.upper() + suffix] = 100 * results[key][metric]
     return out
+
 
 def evaluate_panoptic(gt_json, gt_folder, pred_json, pred_folder):
     """PQ/SQ/RQ (all, things, stuff) of COCO-panoptic predictions (PNG + JSON) via panopticapi's pq_compute."""
@@ -52,6 +57,7 @@ def evaluate_panoptic(gt_json, gt_folder, pred_json, pred_folder):
     with contextlib.redirect_stdout(io.StringIO()):
         results = pq_compute(gt_json, pred_json, gt_folder=gt_folder, pred_folder=pred_folder)
     return summarize(results)
+
 
 def semantic_to_panoptic(label, label_to_category, ignore_label):
     """Label map [H, W] -> (segment ids [H, W], segments_info): one segment per class present, id = label + 1."""
@@ -65,6 +71,7 @@ def semantic_to_panoptic(label, label_to_category, ignore_label):
         ids[label == value] = value + 1
         segments.append({"id": int(value) + 1, "category_id": label_to_category[int(value)], "iscrowd": 0})
     return ids, segments
+
 
 def evaluate_pq_from_semantic(gt_json, gt_folder, pred_folder, label_to_category=None, ignore_label=255):
     """PQ of semantic label PNGs ``pred_folder/<stem>.png`` (stem of the GT PNG) against a panoptic ground truth.

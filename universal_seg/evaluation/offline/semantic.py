@@ -1,4 +1,5 @@
 """Semantic evaluation from label PNGs: mIoU, fwIoU, mACC, pACC with detectron2's SemSegEvaluator definitions."""
+
 import os
 
 import numpy as np
@@ -30,8 +31,12 @@ def semantic_metrics(conf, class_names=None):
     acc[valid] = tp[valid] / pos_gt[valid]
     iou[valid] = tp[valid] / (pos_gt + pos_pred - tp)[valid]
     weights = pos_gt / pos_gt.sum()
-    res = {"mIoU": 100 * iou[valid].sum() / iou_valid.sum(), "fwIoU": 100 * (iou[valid] * weights[valid]).sum(),
-           "mACC": 100 * acc[valid].sum() / valid.sum(), "pACC": 100 * tp.sum() / pos_gt.sum()}
+    res = {
+        "mIoU": 100 * iou[valid].sum() / iou_valid.sum(),
+        "fwIoU": 100 * (iou[valid] * weights[valid]).sum(),
+        "mACC": 100 * acc[valid].sum() / valid.sum(),
+        "pACC": 100 * tp.sum() / pos_gt.sum(),
+    }
     names = class_names or [str(i) for i in range(len(tp))]
     res.update({f"IoU-{n}": 100 * v for n, v in zip(names, iou)})
     res.update({f"ACC-{n}": 100 * v for n, v in zip(names, acc)})
@@ -47,11 +52,15 @@ def evaluate_semantic(gt_folder, pred_folder, num_classes, ignore_label=255, cla
         gt = np.asarray(Image.open(gt_path)).astype(np.int64)
         pred = np.asarray(Image.open(preds[key])).astype(np.int64)
         if pred.shape != gt.shape:
-            raise PredictionFileError(f"Prediction '{preds[key]}' is {pred.shape} but its ground truth is "
-                                      f"{gt.shape}; write predictions at the original image size.")
+            raise PredictionFileError(
+                f"Prediction '{preds[key]}' is {pred.shape} but its ground truth is "
+                f"{gt.shape}; write predictions at the original image size."
+            )
         bad = np.unique(pred[(pred < 0) | (pred >= num_classes)])
         if bad.size:
-            raise PredictionFileError(f"Prediction '{preds[key]}' has unknown class ids {bad[:5].tolist()}; "
-                                      f"values must be in [0, {num_classes}).")
+            raise PredictionFileError(
+                f"Prediction '{preds[key]}' has unknown class ids {bad[:5].tolist()}; "
+                f"values must be in [0, {num_classes})."
+            )
         conf += confusion_matrix(pred, gt, num_classes, ignore_label)
     return semantic_metrics(conf, class_names)

@@ -1,11 +1,11 @@
 """Shared pieces of the backbones: output-name and variant checks, stage freezing (blocks: universal_seg.layers)."""
+
 from __future__ import annotations
 
 from typing import Iterable, Sequence
 
-from torch import nn
-
 from detectron2.modeling import Backbone
+from torch import nn
 
 RES_NAMES = ("res2", "res3", "res4", "res5")
 RES_STRIDES = {"res2": 4, "res3": 8, "res4": 16, "res5": 32}
@@ -46,8 +46,10 @@ class FreezableBackbone(Backbone):
     def freeze(self, freeze_at: int) -> "FreezableBackbone":
         groups = self.freeze_groups()
         if not 0 <= freeze_at <= len(groups):
-            raise ValueError(f"MODEL.BACKBONE.FREEZE_AT={freeze_at} is invalid: use 0..{len(groups)} "
-                             f"(0 = train all, 1 = freeze the stem, {len(groups)} = freeze every stage).")
+            raise ValueError(
+                f"MODEL.BACKBONE.FREEZE_AT={freeze_at} is invalid: use 0..{len(groups)} "
+                f"(0 = train all, 1 = freeze the stem, {len(groups)} = freeze every stage)."
+            )
         for group in groups[:freeze_at]:
             for item in group:
                 if item is None:

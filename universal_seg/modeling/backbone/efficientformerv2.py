@@ -8,28 +8,48 @@ absolute offsets, [heads, r0*r1]) is resized bicubically to the input's grid whe
 layer was built for, so any input size works; on that grid the computation equals timm's. No module state
 changes during a forward.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
-from timm.models import efficientformer_v2 as effv2
-
 from detectron2.modeling import BACKBONE_REGISTRY
+from timm.models import efficientformer_v2 as effv2
+from torch import nn
 
 from .common import check_variant
 from .timm_backbone import TimmBackbone
 
 # variant: timm name, paper (EfficientFormerV2 Table) widths, depths, params (M), GMACs at 224.
 EFFICIENTFORMERV2_VARIANTS = {
-    "S0": dict(timm_name="efficientformerv2_s0", widths=(32, 48, 96, 176), depths=(2, 2, 6, 4),
-               paper_params_m=3.5, paper_gmacs_224=0.40),
-    "S1": dict(timm_name="efficientformerv2_s1", widths=(32, 48, 120, 224), depths=(3, 3, 9, 6),
-               paper_params_m=6.1, paper_gmacs_224=0.65),
-    "S2": dict(timm_name="efficientformerv2_s2", widths=(32, 64, 144, 288), depths=(4, 4, 12, 8),
-               paper_params_m=12.6, paper_gmacs_224=1.25),
-    "L": dict(timm_name="efficientformerv2_l", widths=(40, 80, 192, 384), depths=(5, 5, 15, 10),
-              paper_params_m=26.1, paper_gmacs_224=2.56),
+    "S0": dict(
+        timm_name="efficientformerv2_s0",
+        widths=(32, 48, 96, 176),
+        depths=(2, 2, 6, 4),
+        paper_params_m=3.5,
+        paper_gmacs_224=0.40,
+    ),
+    "S1": dict(
+        timm_name="efficientformerv2_s1",
+        widths=(32, 48, 120, 224),
+        depths=(3, 3, 9, 6),
+        paper_params_m=6.1,
+        paper_gmacs_224=0.65,
+    ),
+    "S2": dict(
+        timm_name="efficientformerv2_s2",
+        widths=(32, 64, 144, 288),
+        depths=(4, 4, 12, 8),
+        paper_params_m=12.6,
+        paper_gmacs_224=1.25,
+    ),
+    "L": dict(
+        timm_name="efficientformerv2_l",
+        widths=(40, 80, 192, 384),
+        depths=(5, 5, 15, 10),
+        paper_params_m=26.1,
+        paper_gmacs_224=2.56,
+    ),
 }
 
 
@@ -47,8 +67,9 @@ def relative_offset_index(grid: tuple[int, int], query_step: int, device=None) -
     return dy * w + dx
 
 
-def attention_bias(table: torch.Tensor, base: tuple[int, int], base_index: torch.Tensor, grid: tuple[int, int],
-                   query_step: int) -> torch.Tensor:
+def attention_bias(
+    table: torch.Tensor, base: tuple[int, int], base_index: torch.Tensor, grid: tuple[int, int], query_step: int
+) -> torch.Tensor:
     """Biases [heads, Nq, h * w] for a key ``grid`` = (h, w) from a learned ``table`` [heads, base0 * base1].
 
     ``base_index`` [Nq0, base0 * base1] is the layer's precomputed index for its own grid ``base``; on another
@@ -56,8 +77,9 @@ def attention_bias(table: torch.Tensor, base: tuple[int, int], base_index: torch
     """
     if tuple(grid) == tuple(base):
         return table[:, base_index]
-    resized = F.interpolate(table.reshape(1, -1, base[0], base[1]), size=tuple(grid), mode="bicubic",
-                            align_corners=False).reshape(table.shape[0], -1)
+    resized = F.interpolate(
+        table.reshape(1, -1, base[0], base[1]), size=tuple(grid), mode="bicubic", align_corners=False
+    ).reshape(table.shape[0], -1)
     return resized[:, relative_offset_index(grid, query_step, table.device)]
 
 
@@ -90,8 +112,9 @@ class ResizableAttention2d(nn.Module):
         v = self.v(x)  # [B, dh, h, w]
         v_local = self.v_local(v)
         v = v.reshape(B, self.num_heads, -1, n).transpose(2, 3)  # [B, heads, N, d]
-        attn = (q @ k) * self.scale + attention_bias(self.attention_biases, self.base_grid,
-                                                     self.attention_bias_idxs, (h, w), 1)
+        attn = (q @ k) * self.scale + attention_bias(
+            self.attention_biases, self.base_grid, self.attention_bias_idxs, (h, w), 1
+        )
         attn = self.talking_head2(self.talking_head1(attn).softmax(dim=-1))  # [B, heads, N, N]
         x = (attn @ v).transpose(2, 3).reshape(B, self.dh, h, w) + v_local
         if self.upsample is not None:
@@ -125,8 +148,9 @@ class ResizableAttention2dDownsample(nn.Module):
         v = self.v(x)
         v_local = self.v_local(v)  # [B, dh, h2, w2]
         v = v.reshape(B, self.num_heads, -1, H * W).transpose(2, 3)  # [B, heads, N, d]
-        attn = (q @ k) * self.scale + attention_bias(self.attention_biases, self.base_grid,
-                                                     self.attention_bias_idxs, (H, W), 2)
+        attn = (q @ k) * self.scale + attention_bias(
+            self.attention_biases, self.base_grid, self.attention_bias_idxs, (H, W), 2
+        )
         attn = attn.softmax(dim=-1)  # [B, heads, N2, N]
         x = (attn @ v).transpose(2, 3).reshape(B, self.dh, h2, w2) + v_local
         return self.proj(self.act(x))
@@ -134,8 +158,10 @@ class ResizableAttention2dDownsample(nn.Module):
 
 def make_resolution_agnostic(model: nn.Module) -> nn.Module:
     """Replace every timm EfficientFormerV2 attention layer in ``model`` by our resizable one (same names)."""
-    replacements = {effv2.Attention2d: ResizableAttention2d,
-                    effv2.Attention2dDownsample: ResizableAttention2dDownsample}
+    replacements = {
+        effv2.Attention2d: ResizableAttention2d,
+        effv2.Attention2dDownsample: ResizableAttention2dDownsample,
+    }
     for name, m in list(model.named_modules()):
         if type(m) in replacements:
             parent_name, _, child = name.rpartition(".")
@@ -161,6 +187,11 @@ def efficientformerv2(variant: str, **kwargs) -> EfficientFormerV2Features:
 def EfficientFormerV2Backbone(cfg, input_shape):
     """From MODEL.EFFICIENTFORMERV2.{VARIANT, PRETRAINED, DROP_PATH_RATE, OUT_FEATURES}, MODEL.BACKBONE.FREEZE_AT."""
     c = cfg.MODEL.EFFICIENTFORMERV2
-    return efficientformerv2(c.VARIANT, pretrained=c.PRETRAINED, out_features=c.OUT_FEATURES,
-                             in_chans=input_shape.channels, drop_path_rate=c.DROP_PATH_RATE,
-                             freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT)
+    return efficientformerv2(
+        c.VARIANT,
+        pretrained=c.PRETRAINED,
+        out_features=c.OUT_FEATURES,
+        in_chans=input_shape.channels,
+        drop_path_rate=c.DROP_PATH_RATE,
+        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
+    )

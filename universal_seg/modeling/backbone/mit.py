@@ -5,15 +5,15 @@ Module names equal the official NVlabs code (``patch_embed{1-4}``, ``block{1-4}`
 HuggingFace and full-SegFormer checkpoints go through :func:`.mit_convert.convert_mit_checkpoint`.
 Stage k output has spatial size ``ceil(H / 2^(k+1))`` (overlapping convs with padding k//2).
 """
-from __future__ import annotations
 
-from torch import nn
+from __future__ import annotations
 
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
+from torch import nn
 
-from ...ops import Linear
 from ...layers import DropPath, init_transformer_weights, linear_drop_path_rates
+from ...ops import Linear
 from .common import RES_NAMES, FreezableBackbone, check_out_features, check_variant
 
 # Paper table (models.md): dims, depths; heads 1,2,5,8; sr 8,4,2,1; mlp ratio 4. paper_params_m = encoder only.
@@ -128,9 +128,19 @@ class MixVisionTransformer(FreezableBackbone):
     Freezing groups: 0 = patch_embed1; k = block{k} + norm{k} (+ patch_embed{k+1}).
     """
 
-    def __init__(self, embed_dims=(32, 64, 160, 256), depths=(2, 2, 2, 2), num_heads=MIT_HEADS,
-                 sr_ratios=MIT_SR_RATIOS, mlp_ratio=4.0, in_chans=3, drop_path_rate=0.1, norm_eps=1e-6,
-                 out_features=RES_NAMES, freeze_at=0):
+    def __init__(
+        self,
+        embed_dims=(32, 64, 160, 256),
+        depths=(2, 2, 2, 2),
+        num_heads=MIT_HEADS,
+        sr_ratios=MIT_SR_RATIOS,
+        mlp_ratio=4.0,
+        in_chans=3,
+        drop_path_rate=0.1,
+        norm_eps=1e-6,
+        out_features=RES_NAMES,
+        freeze_at=0,
+    ):
         super().__init__()
         self._out_features = check_out_features(out_features, RES_NAMES, "MODEL.MIT.OUT_FEATURES")
         dpr = linear_drop_path_rates(drop_path_rate, depths)
@@ -139,11 +149,17 @@ class MixVisionTransformer(FreezableBackbone):
             cin = in_chans if i == 0 else embed_dims[i - 1]
             self.add_module(f"patch_embed{i + 1}", OverlapPatchEmbed(k, s, cin, embed_dims[i]))
         for i in range(4):
-            self.add_module(f"block{i + 1}", nn.ModuleList([
-                MiTBlock(embed_dims[i], num_heads[i], sr_ratios[i], mlp_ratio, dpr[i][j], norm_eps)
-                for j in range(depths[i])]))
+            self.add_module(
+                f"block{i + 1}",
+                nn.ModuleList(
+                    [
+                        MiTBlock(embed_dims[i], num_heads[i], sr_ratios[i], mlp_ratio, dpr[i][j], norm_eps)
+                        for j in range(depths[i])
+                    ]
+                ),
+            )
             self.add_module(f"norm{i + 1}", nn.LayerNorm(embed_dims[i], eps=norm_eps))
-        self._shapes = {n: ShapeSpec(channels=embed_dims[i], stride=4 * 2 ** i) for i, n in enumerate(RES_NAMES)}
+        self._shapes = {n: ShapeSpec(channels=embed_dims[i], stride=4 * 2**i) for i, n in enumerate(RES_NAMES)}
         self._last_stage = max(RES_NAMES.index(n) for n in self._out_features)
         self.apply(self._init_weights)
         self.freeze(freeze_at)
@@ -160,8 +176,9 @@ class MixVisionTransformer(FreezableBackbone):
     def freeze_groups(self):
         groups = [[self.patch_embed1]]
         for i in range(1, 5):
-            groups.append([getattr(self, f"block{i}"), getattr(self, f"norm{i}"),
-                           getattr(self, f"patch_embed{i + 1}", None)])
+            groups.append(
+                [getattr(self, f"block{i}"), getattr(self, f"norm{i}"), getattr(self, f"patch_embed{i + 1}", None)]
+            )
         return groups
 
     @property
@@ -190,5 +207,10 @@ def mit(variant: str, **kwargs) -> MixVisionTransformer:
 @BACKBONE_REGISTRY.register()
 def MiTBackbone(cfg, input_shape):
     """MiT from MODEL.MIT.{VARIANT, DROP_PATH_RATE, OUT_FEATURES} and MODEL.BACKBONE.FREEZE_AT."""
-    return mit(cfg.MODEL.MIT.VARIANT, in_chans=input_shape.channels, drop_path_rate=cfg.MODEL.MIT.DROP_PATH_RATE,
-               out_features=cfg.MODEL.MIT.OUT_FEATURES, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT)
+    return mit(
+        cfg.MODEL.MIT.VARIANT,
+        in_chans=input_shape.channels,
+        drop_path_rate=cfg.MODEL.MIT.DROP_PATH_RATE,
+        out_features=cfg.MODEL.MIT.OUT_FEATURES,
+        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
+    )

@@ -8,6 +8,7 @@ Accepted inputs (a state dict, or a checkpoint dict holding one under "state_dic
   (``[segformer.]stages.{i}.blocks.{j}.attention.q_proj/k_proj/v_proj``...); HF's separate key/value
   projections are concatenated into ``attn.kv`` ([2C, C], key first), decoder / classifier keys dropped.
 """
+
 from __future__ import annotations
 
 import re
@@ -18,15 +19,23 @@ from ...checkpoint import unwrap_state_dict
 
 # HF suffix (after "blocks.{j}." / "block.{i}.{j}.") -> NVlabs suffix; kv handled separately.
 _HF_BLOCK = {
-    "layer_norm_1": "norm1", "layernorm_before": "norm1",
-    "layer_norm_2": "norm2", "layernorm_after": "norm2",
-    "attention.self.query": "attn.q", "attention.q_proj": "attn.q",
-    "attention.output.dense": "attn.proj", "attention.o_proj": "attn.proj",
-    "attention.self.sr": "attn.sr", "attention.sequence_reduction.sequence_reduction": "attn.sr",
-    "attention.self.layer_norm": "attn.norm", "attention.sequence_reduction.layer_norm": "attn.norm",
-    "mlp.dense1": "mlp.fc1", "mlp.fc1": "mlp.fc1",
+    "layer_norm_1": "norm1",
+    "layernorm_before": "norm1",
+    "layer_norm_2": "norm2",
+    "layernorm_after": "norm2",
+    "attention.self.query": "attn.q",
+    "attention.q_proj": "attn.q",
+    "attention.output.dense": "attn.proj",
+    "attention.o_proj": "attn.proj",
+    "attention.self.sr": "attn.sr",
+    "attention.sequence_reduction.sequence_reduction": "attn.sr",
+    "attention.self.layer_norm": "attn.norm",
+    "attention.sequence_reduction.layer_norm": "attn.norm",
+    "mlp.dense1": "mlp.fc1",
+    "mlp.fc1": "mlp.fc1",
     "mlp.dwconv.dwconv": "mlp.dwconv.dwconv",
-    "mlp.dense2": "mlp.fc2", "mlp.fc2": "mlp.fc2",
+    "mlp.dense2": "mlp.fc2",
+    "mlp.fc2": "mlp.fc2",
 }
 _HF_KEY = ("attention.self.key", "attention.k_proj")
 _HF_VALUE = ("attention.self.value", "attention.v_proj")
@@ -39,8 +48,10 @@ def _is_hf(sd: dict) -> bool:
 def _convert_hf(sd: dict) -> dict:
     out, kv = {}, {}
     for k, v in sd.items():
-        k = k[len("segformer."):] if k.startswith("segformer.") else k
-        m = re.match(r"(?:encoder\.patch_embeddings\.(\d+)|stages\.(\d+)\.patch_embeddings)\.(proj|layer_norm)\.(\w+)$", k)
+        k = k[len("segformer.") :] if k.startswith("segformer.") else k
+        m = re.match(
+            r"(?:encoder\.patch_embeddings\.(\d+)|stages\.(\d+)\.patch_embeddings)\.(proj|layer_norm)\.(\w+)$", k
+        )
         if m:
             i = int(m.group(1) or m.group(2))
             out[f"patch_embed{i + 1}.{'proj' if m.group(3) == 'proj' else 'norm'}.{m.group(4)}"] = v
@@ -76,8 +87,10 @@ def convert_mit_checkpoint(ckpt: dict) -> dict:
     if _is_hf(sd):
         return _convert_hf(sd)
     if any(k.startswith("backbone.") for k in sd):
-        return {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+        return {k[len("backbone.") :]: v for k, v in sd.items() if k.startswith("backbone.")}
     if not any(k.startswith("patch_embed1.") for k in sd):
-        raise KeyError("Not a MiT / SegFormer checkpoint: found neither NVlabs (patch_embed1.*, backbone.*) "
-                       "nor HuggingFace (encoder.*, stages.*) encoder keys.")
+        raise KeyError(
+            "Not a MiT / SegFormer checkpoint: found neither NVlabs (patch_embed1.*, backbone.*) "
+            "nor HuggingFace (encoder.*, stages.*) encoder keys."
+        )
     return {k: v for k, v in sd.items() if not k.startswith("head.")}

@@ -4,6 +4,7 @@ detectron2) with torchvision-style stride in the 3x3 conv, FrozenBN, a basic ste
 :func:`set_mask2former_resnet` writes those settings into a config; :func:`convert_torchvision_resnet`
 maps torchvision ImageNet state dicts to detectron2's names (used by ``tools/convert_torchvision_to_d2.py``).
 """
+
 from __future__ import annotations
 
 import re
@@ -25,9 +26,9 @@ def set_mask2former_resnet(cfg, depth: int = 50):
     check_variant(depth, RESNET_VARIANTS, "MODEL.RESNETS.DEPTH")
     cfg.MODEL.BACKBONE.NAME = "ResNetBackbone"
     cfg.MODEL.RESNETS.DEPTH = depth
-    cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False          # torchvision (v1.5): stride in the 3x3 conv
+    cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False  # torchvision (v1.5): stride in the 3x3 conv
     cfg.MODEL.RESNETS.NORM = "FrozenBN"
-    cfg.MODEL.RESNETS.STEM_TYPE = "basic"            # key read by Mask2Former's configs; d2 v0.6 has one stem
+    cfg.MODEL.RESNETS.STEM_TYPE = "basic"  # key read by Mask2Former's configs; d2 v0.6 has one stem
     cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     cfg.MODEL.RESNETS.RES5_MULTI_GRID = [1, 1, 1]
     cfg.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]  # RGB, torchvision ImageNet statistics x 255
@@ -38,7 +39,8 @@ def set_mask2former_resnet(cfg, depth: int = 50):
 
 @BACKBONE_REGISTRY.register()
 def ResNetBackbone(cfg, input_shape):
-    """detectron2's ``build_resnet_backbone`` after checking MODEL.RESNETS.{DEPTH, STEM_TYPE} (FREEZE_AT honoured by d2)."""
+    """detectron2's ``build_resnet_backbone`` after checking MODEL.RESNETS.{DEPTH, STEM_TYPE} (FREEZE_AT honoured by
+    d2)."""
     check_variant(cfg.MODEL.RESNETS.DEPTH, {18: 0, 34: 0, **RESNET_VARIANTS}, "MODEL.RESNETS.DEPTH")
     if cfg.MODEL.RESNETS.STEM_TYPE != "basic":
         raise ValueError(f"MODEL.RESNETS.STEM_TYPE={cfg.MODEL.RESNETS.STEM_TYPE!r} is not supported; use 'basic'.")
@@ -56,9 +58,9 @@ def convert_torchvision_resnet(state_dict: dict) -> dict:
         if k.startswith("fc.") or k.endswith("num_batches_tracked"):
             continue
         if k.startswith("conv1."):
-            name = "stem.conv1." + k[len("conv1."):]
+            name = "stem.conv1." + k[len("conv1.") :]
         elif k.startswith("bn1."):
-            name = "stem.conv1.norm." + k[len("bn1."):]
+            name = "stem.conv1.norm." + k[len("bn1.") :]
         else:
             m = re.match(r"^layer(\d)\.(\d+)\.(.+)$", k)
             if not m:

@@ -6,30 +6,58 @@ those load directly; ImageNet Swin checkpoints go through :func:`convert_swin_ch
 Any input size works: patch embedding, windows and patch merging pad internally, so ``res{k}`` has
 spatial size ``ceil(H / stride)``.
 """
+
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
-from torch import nn
-
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
+from torch import nn
 
-from ...ops import Linear
 from ...layers import DropPath, init_transformer_weights, linear_drop_path_rates, pad_to_multiple
+from ...ops import Linear
 from .common import RES_NAMES, FreezableBackbone, check_out_features
 
 # name: (embed_dim, depths, num_heads, window_size, pretrain_img_size, params (M) of the ImageNet model, paper)
 SWIN_VARIANTS = {
-    "T": dict(embed_dim=96, depths=(2, 2, 6, 2), num_heads=(3, 6, 12, 24), window_size=7, pretrain_img_size=224,
-              paper_params_m=28, paper_gflops_224=4.5),
-    "S": dict(embed_dim=96, depths=(2, 2, 18, 2), num_heads=(3, 6, 12, 24), window_size=7, pretrain_img_size=224,
-              paper_params_m=50, paper_gflops_224=8.7),
-    "B": dict(embed_dim=128, depths=(2, 2, 18, 2), num_heads=(4, 8, 16, 32), window_size=12, pretrain_img_size=384,
-              paper_params_m=88, paper_gflops_224=15.4),
-    "L": dict(embed_dim=192, depths=(2, 2, 18, 2), num_heads=(6, 12, 24, 48), window_size=12, pretrain_img_size=384,
-              paper_params_m=197, paper_gflops_224=34.5),
+    "T": dict(
+        embed_dim=96,
+        depths=(2, 2, 6, 2),
+        num_heads=(3, 6, 12, 24),
+        window_size=7,
+        pretrain_img_size=224,
+        paper_params_m=28,
+        paper_gflops_224=4.5,
+    ),
+    "S": dict(
+        embed_dim=96,
+        depths=(2, 2, 18, 2),
+        num_heads=(3, 6, 12, 24),
+        window_size=7,
+        pretrain_img_size=224,
+        paper_params_m=50,
+        paper_gflops_224=8.7,
+    ),
+    "B": dict(
+        embed_dim=128,
+        depths=(2, 2, 18, 2),
+        num_heads=(4, 8, 16, 32),
+        window_size=12,
+        pretrain_img_size=384,
+        paper_params_m=88,
+        paper_gflops_224=15.4,
+    ),
+    "L": dict(
+        embed_dim=192,
+        depths=(2, 2, 18, 2),
+        num_heads=(6, 12, 24, 48),
+        window_size=12,
+        pretrain_img_size=384,
+        paper_params_m=197,
+        paper_gflops_224=34.5,
+    ),
 }
 
 
@@ -112,8 +140,19 @@ class WindowAttention(nn.Module):
 class SwinBlock(nn.Module):
     """(Shifted-)window attention block. forward: x [B, H*W, C], H, W, attn_mask -> [B, H*W, C]."""
 
-    def __init__(self, dim, num_heads, window_size=7, shift_size=0, mlp_ratio=4.0, qkv_bias=True, qk_scale=None,
-                 drop=0.0, attn_drop=0.0, drop_path=0.0):
+    def __init__(
+        self,
+        dim,
+        num_heads,
+        window_size=7,
+        shift_size=0,
+        mlp_ratio=4.0,
+        qkv_bias=True,
+        qk_scale=None,
+        drop=0.0,
+        attn_drop=0.0,
+        drop_path=0.0,
+    ):
         super().__init__()
         self.window_size, self.shift_size = window_size, shift_size
         self.norm1 = nn.LayerNorm(dim)
@@ -161,14 +200,41 @@ class SwinStage(nn.Module):
     """Blocks of one resolution + optional PatchMerging. forward: x [B, H*W, C], H, W ->
     (stage output [B, H*W, C], H, W, next input [B, H'*W', 2C], H', W')."""
 
-    def __init__(self, dim, depth, num_heads, window_size, mlp_ratio, qkv_bias, qk_scale, drop, attn_drop,
-                 drop_paths, downsample: bool, use_checkpoint: bool = False):
+    def __init__(
+        self,
+        dim,
+        depth,
+        num_heads,
+        window_size,
+        mlp_ratio,
+        qkv_bias,
+        qk_scale,
+        drop,
+        attn_drop,
+        drop_paths,
+        downsample: bool,
+        use_checkpoint: bool = False,
+    ):
         super().__init__()
         self.window_size, self.shift_size = window_size, window_size // 2
         self.use_checkpoint = use_checkpoint
-        self.blocks = nn.ModuleList([
-            SwinBlock(dim, num_heads, window_size, 0 if i % 2 == 0 else window_size // 2, mlp_ratio, qkv_bias,
-                      qk_scale, drop, attn_drop, drop_paths[i]) for i in range(depth)])
+        self.blocks = nn.ModuleList(
+            [
+                SwinBlock(
+                    dim,
+                    num_heads,
+                    window_size,
+                    0 if i % 2 == 0 else window_size // 2,
+                    mlp_ratio,
+                    qkv_bias,
+                    qk_scale,
+                    drop,
+                    attn_drop,
+                    drop_paths[i],
+                )
+                for i in range(depth)
+            ]
+        )
         self.downsample = PatchMerging(dim) if downsample else None
 
     def _attn_mask(self, H, W, device):
@@ -220,10 +286,27 @@ class SwinTransformer(FreezableBackbone):
     Freezing groups: 0 = patch_embed (+ absolute_pos_embed), k = layers[k-1] (with its patch merging) + norm{k-1}.
     """
 
-    def __init__(self, pretrain_img_size=224, patch_size=4, in_chans=3, embed_dim=96, depths=(2, 2, 6, 2),
-                 num_heads=(3, 6, 12, 24), window_size=7, mlp_ratio=4.0, qkv_bias=True, qk_scale=None,
-                 drop_rate=0.0, attn_drop_rate=0.0, drop_path_rate=0.2, ape=False, patch_norm=True,
-                 out_features=RES_NAMES, use_checkpoint=False, freeze_at=0):
+    def __init__(
+        self,
+        pretrain_img_size=224,
+        patch_size=4,
+        in_chans=3,
+        embed_dim=96,
+        depths=(2, 2, 6, 2),
+        num_heads=(3, 6, 12, 24),
+        window_size=7,
+        mlp_ratio=4.0,
+        qkv_bias=True,
+        qk_scale=None,
+        drop_rate=0.0,
+        attn_drop_rate=0.0,
+        drop_path_rate=0.2,
+        ape=False,
+        patch_norm=True,
+        out_features=RES_NAMES,
+        use_checkpoint=False,
+        freeze_at=0,
+    ):
         super().__init__()
         if len(depths) != 4 or len(num_heads) != 4:
             raise ValueError(f"MODEL.SWIN.DEPTHS={list(depths)} and NUM_HEADS={list(num_heads)} need 4 entries each.")
@@ -236,14 +319,30 @@ class SwinTransformer(FreezableBackbone):
             nn.init.trunc_normal_(self.absolute_pos_embed, std=0.02)
         self.pos_drop = nn.Dropout(drop_rate)
         dpr = linear_drop_path_rates(drop_path_rate, depths)
-        dims = [embed_dim * 2 ** i for i in range(4)]
-        self.layers = nn.ModuleList([
-            SwinStage(dims[i], depths[i], num_heads[i], window_size, mlp_ratio, qkv_bias, qk_scale, drop_rate,
-                      attn_drop_rate, dpr[i], downsample=i < 3, use_checkpoint=use_checkpoint) for i in range(4)])
+        dims = [embed_dim * 2**i for i in range(4)]
+        self.layers = nn.ModuleList(
+            [
+                SwinStage(
+                    dims[i],
+                    depths[i],
+                    num_heads[i],
+                    window_size,
+                    mlp_ratio,
+                    qkv_bias,
+                    qk_scale,
+                    drop_rate,
+                    attn_drop_rate,
+                    dpr[i],
+                    downsample=i < 3,
+                    use_checkpoint=use_checkpoint,
+                )
+                for i in range(4)
+            ]
+        )
         self.out_indices = [RES_NAMES.index(n) for n in self._out_features]
         for i in self.out_indices:
             self.add_module(f"norm{i}", nn.LayerNorm(dims[i]))
-        self._shapes = {n: ShapeSpec(channels=dims[i], stride=4 * 2 ** i) for i, n in enumerate(RES_NAMES)}
+        self._shapes = {n: ShapeSpec(channels=dims[i], stride=4 * 2**i) for i, n in enumerate(RES_NAMES)}
         self.apply(init_transformer_weights)
         self.freeze(freeze_at)
 
@@ -279,11 +378,25 @@ def SwinTransformerBackbone(cfg, input_shape):
     """Swin from MODEL.SWIN.* (official Mask2Former key names) and MODEL.BACKBONE.FREEZE_AT."""
     s = cfg.MODEL.SWIN
     return SwinTransformer(
-        pretrain_img_size=s.PRETRAIN_IMG_SIZE, patch_size=s.PATCH_SIZE, in_chans=input_shape.channels,
-        embed_dim=s.EMBED_DIM, depths=tuple(s.DEPTHS), num_heads=tuple(s.NUM_HEADS), window_size=s.WINDOW_SIZE,
-        mlp_ratio=s.MLP_RATIO, qkv_bias=s.QKV_BIAS, qk_scale=s.QK_SCALE, drop_rate=s.DROP_RATE,
-        attn_drop_rate=s.ATTN_DROP_RATE, drop_path_rate=s.DROP_PATH_RATE, ape=s.APE, patch_norm=s.PATCH_NORM,
-        out_features=s.OUT_FEATURES, use_checkpoint=s.USE_CHECKPOINT, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT)
+        pretrain_img_size=s.PRETRAIN_IMG_SIZE,
+        patch_size=s.PATCH_SIZE,
+        in_chans=input_shape.channels,
+        embed_dim=s.EMBED_DIM,
+        depths=tuple(s.DEPTHS),
+        num_heads=tuple(s.NUM_HEADS),
+        window_size=s.WINDOW_SIZE,
+        mlp_ratio=s.MLP_RATIO,
+        qkv_bias=s.QKV_BIAS,
+        qk_scale=s.QK_SCALE,
+        drop_rate=s.DROP_RATE,
+        attn_drop_rate=s.ATTN_DROP_RATE,
+        drop_path_rate=s.DROP_PATH_RATE,
+        ape=s.APE,
+        patch_norm=s.PATCH_NORM,
+        out_features=s.OUT_FEATURES,
+        use_checkpoint=s.USE_CHECKPOINT,
+        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
+    )
 
 
 def convert_swin_checkpoint(state_dict: dict) -> dict:

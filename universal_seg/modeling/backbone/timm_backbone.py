@@ -4,12 +4,12 @@ become res2..res5 (the last level of each reduction wins).
 Inputs are zero-padded at the bottom/right to a multiple of 32 and each output is cropped back to
 ``ceil(H / stride)``, so every model gives the same output sizes for any input size.
 """
+
 from __future__ import annotations
 
 import math
 
 import timm
-
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 
@@ -33,8 +33,17 @@ class TimmBackbone(FreezableBackbone):
     res{k+1}'s stage. Models whose feature wrapper cannot be split that way only accept FREEZE_AT 0 or 5.
     """
 
-    def __init__(self, model_name: str, pretrained: bool = False, out_features=RES_NAMES, in_chans: int = 3,
-                 drop_path_rate: float = 0.0, freeze_at: int = 0, config_key: str = "MODEL.TIMM", **model_kwargs):
+    def __init__(
+        self,
+        model_name: str,
+        pretrained: bool = False,
+        out_features=RES_NAMES,
+        in_chans: int = 3,
+        drop_path_rate: float = 0.0,
+        freeze_at: int = 0,
+        config_key: str = "MODEL.TIMM",
+        **model_kwargs,
+    ):
         super().__init__()
         self._out_features = check_out_features(out_features, RES_NAMES, f"{config_key}.OUT_FEATURES")
         if not timm.is_model(model_name):
@@ -46,14 +55,17 @@ class TimmBackbone(FreezableBackbone):
         levels = _level_map(model.feature_info.reduction())
         missing = [n for n in self._out_features if n not in levels]
         if missing:
-            raise ValueError(f"timm model {model_name!r} has no feature level at stride "
-                             f"{[RES_STRIDES[n] for n in missing]} (its reductions are "
-                             f"{model.feature_info.reduction()}); remove {missing} from {config_key}.OUT_FEATURES.")
+            raise ValueError(
+                f"timm model {model_name!r} has no feature level at stride "
+                f"{[RES_STRIDES[n] for n in missing]} (its reductions are "
+                f"{model.feature_info.reduction()}); remove {missing} from {config_key}.OUT_FEATURES."
+            )
         wanted = sorted(levels[n] for n in self._out_features)
         if wanted != list(range(len(model.feature_info.reduction()))):
             # rebuild with only the needed levels so no parameter goes unused
-            model = timm.create_model(model_name, out_indices=tuple(model.feature_info.out_indices[i] for i in wanted),
-                                      **kwargs)
+            model = timm.create_model(
+                model_name, out_indices=tuple(model.feature_info.out_indices[i] for i in wanted), **kwargs
+            )
             levels = _level_map(model.feature_info.reduction())
         self.model = model
         self.model_name = model_name
@@ -74,11 +86,11 @@ class TimmBackbone(FreezableBackbone):
             stage_ends.append(names.index(mod.replace(".", "_")) if mod.replace(".", "_") in names else None)
         groups = [[] for _ in range(5)]
         if all(e is not None for e in stage_ends) and stage_ends == sorted(stage_ends):
-            groups[0] = [m for _, m in children[:stage_ends[0]]]
+            groups[0] = [m for _, m in children[: stage_ends[0]]]
             prev = stage_ends[0]
             for k, end in enumerate(stage_ends):
                 start = prev if k == 0 else prev + 1
-                groups[k + 1] = [m for _, m in children[start:end + 1]]
+                groups[k + 1] = [m for _, m in children[start : end + 1]]
                 prev = end
             return groups
         self._unsplittable = True
@@ -88,8 +100,10 @@ class TimmBackbone(FreezableBackbone):
     def freeze(self, freeze_at: int):
         self.freeze_groups()  # finds out whether the stages can be separated (sets _unsplittable)
         if getattr(self, "_unsplittable", False) and freeze_at not in (0, 5):
-            raise ValueError(f"MODEL.BACKBONE.FREEZE_AT={freeze_at} is not supported for timm model "
-                             f"{self.model_name!r} (its stages cannot be separated); use 0 or 5.")
+            raise ValueError(
+                f"MODEL.BACKBONE.FREEZE_AT={freeze_at} is not supported for timm model "
+                f"{self.model_name!r} (its stages cannot be separated); use 0 or 5."
+            )
         return super().freeze(freeze_at)
 
     @property
@@ -102,7 +116,7 @@ class TimmBackbone(FreezableBackbone):
         out = {}
         for n, i in self._index.items():
             s = RES_STRIDES[n]
-            out[n] = feats[i][..., :ceil_div(H, s), :ceil_div(W, s)]
+            out[n] = feats[i][..., : ceil_div(H, s), : ceil_div(W, s)]
         return out
 
 
@@ -110,6 +124,11 @@ class TimmBackbone(FreezableBackbone):
 def build_timm_backbone(cfg, input_shape):
     """TimmBackbone from MODEL.TIMM.{MODEL_NAME, PRETRAINED, DROP_PATH_RATE, OUT_FEATURES}, MODEL.BACKBONE.FREEZE_AT."""
     c = cfg.MODEL.TIMM
-    return TimmBackbone(c.MODEL_NAME, pretrained=c.PRETRAINED, out_features=c.OUT_FEATURES,
-                        in_chans=input_shape.channels, drop_path_rate=c.DROP_PATH_RATE,
-                        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT)
+    return TimmBackbone(
+        c.MODEL_NAME,
+        pretrained=c.PRETRAINED,
+        out_features=c.OUT_FEATURES,
+        in_chans=input_shape.channels,
+        drop_path_rate=c.DROP_PATH_RATE,
+        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
+    )

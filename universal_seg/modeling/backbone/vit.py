@@ -11,6 +11,7 @@ Outputs: with the pyramid, ``res2..res5`` at strides 4/8/16/32 (PYRAMID_CHANNELS
 chosen (OUT_INDICES of length 1) every level comes from it (ViTDet); with four, level k comes from the k-th.
 Without the pyramid: ``layer{i}`` = block i's output [B, C, ceil(H/16), ceil(W/16)] for each chosen i.
 """
+
 from __future__ import annotations
 
 import math
@@ -18,13 +19,12 @@ import math
 import torch
 import torch.nn.functional as F
 import torch.utils.checkpoint as cp
-from torch import nn
-
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
+from torch import nn
 
-from ...ops import Linear
 from ...layers import DropPath, LayerNorm2d, ceil_div, linear_drop_path_rates, pad_to_multiple
+from ...ops import Linear
 from .common import RES_NAMES, FreezableBackbone, check_out_features, check_variant
 
 # name: embed_dim, depth, num_heads (patch 16, mlp ratio 4); paper_params_m = timm ImageNet model.
@@ -113,18 +113,29 @@ class SimpleFeaturePyramid(nn.Module):
         super().__init__()
         self.names = list(names)
         scales = {
-            "res2": lambda: nn.Sequential(nn.ConvTranspose2d(dim, dim // 2, 2, 2), LayerNorm2d(dim // 2, eps=1e-6),
-                                          nn.GELU(), nn.ConvTranspose2d(dim // 2, dim // 4, 2, 2)),
+            "res2": lambda: nn.Sequential(
+                nn.ConvTranspose2d(dim, dim // 2, 2, 2),
+                LayerNorm2d(dim // 2, eps=1e-6),
+                nn.GELU(),
+                nn.ConvTranspose2d(dim // 2, dim // 4, 2, 2),
+            ),
             "res3": lambda: nn.ConvTranspose2d(dim, dim // 2, 2, 2),
             "res4": lambda: nn.Identity(),
             "res5": lambda: nn.MaxPool2d(2, 2, ceil_mode=True),
         }
         in_dims = {"res2": dim // 4, "res3": dim // 2, "res4": dim, "res5": dim}
         self.scale = nn.ModuleDict({n: scales[n]() for n in self.names})
-        self.out = nn.ModuleDict({n: nn.Sequential(
-            nn.Conv2d(in_dims[n], out_channels, 1, bias=False), LayerNorm2d(out_channels, eps=1e-6),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), LayerNorm2d(out_channels, eps=1e-6))
-            for n in self.names})
+        self.out = nn.ModuleDict(
+            {
+                n: nn.Sequential(
+                    nn.Conv2d(in_dims[n], out_channels, 1, bias=False),
+                    LayerNorm2d(out_channels, eps=1e-6),
+                    nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+                    LayerNorm2d(out_channels, eps=1e-6),
+                )
+                for n in self.names
+            }
+        )
 
     def forward(self, feats: dict) -> dict:
         return {n: self.out[n](self.scale[n](feats[n])) for n in self.names}
@@ -137,18 +148,37 @@ class VisionTransformer(FreezableBackbone):
     4 = the last quarter, the final norm and the pyramid.
     """
 
-    def __init__(self, embed_dim=768, depth=12, num_heads=12, patch_size=16, in_chans=3, pretrain_img_size=224,
-                 mlp_ratio=4.0, drop_path_rate=0.1, out_indices=(-1,), feature_pyramid=True, pyramid_channels=256,
-                 out_features=RES_NAMES, out_norm=False, use_checkpoint=False, freeze_at=0):
+    def __init__(
+        self,
+        embed_dim=768,
+        depth=12,
+        num_heads=12,
+        patch_size=16,
+        in_chans=3,
+        pretrain_img_size=224,
+        mlp_ratio=4.0,
+        drop_path_rate=0.1,
+        out_indices=(-1,),
+        feature_pyramid=True,
+        pyramid_channels=256,
+        out_features=RES_NAMES,
+        out_norm=False,
+        use_checkpoint=False,
+        freeze_at=0,
+    ):
         super().__init__()
         self.patch_size = patch_size
         idx = [i + depth if i < 0 else i for i in out_indices]
         if not idx or any(not 0 <= i < depth for i in idx) or len(set(idx)) != len(idx):
-            raise ValueError(f"MODEL.VIT.OUT_INDICES={list(out_indices)} is invalid: give distinct block indices "
-                             f"in [-{depth}, {depth - 1}].")
+            raise ValueError(
+                f"MODEL.VIT.OUT_INDICES={list(out_indices)} is invalid: give distinct block indices "
+                f"in [-{depth}, {depth - 1}]."
+            )
         if feature_pyramid and len(idx) not in (1, 4):
-            raise ValueError(f"MODEL.VIT.OUT_INDICES={list(out_indices)} must have 1 or 4 entries with the "
-                             f"feature pyramid (one block for all levels, or one per level res2..res5).")
+            raise ValueError(
+                f"MODEL.VIT.OUT_INDICES={list(out_indices)} must have 1 or 4 entries with the "
+                f"feature pyramid (one block for all levels, or one per level res2..res5)."
+            )
         self.out_indices = idx
         self.use_checkpoint = use_checkpoint
         self.patch_embed = PatchEmbed(patch_size, in_chans, embed_dim)
@@ -162,7 +192,7 @@ class VisionTransformer(FreezableBackbone):
         if feature_pyramid:
             self._out_features = check_out_features(out_features, RES_NAMES, "MODEL.VIT.OUT_FEATURES")
             self.pyramid = SimpleFeaturePyramid(embed_dim, pyramid_channels, self._out_features)
-            self._shapes = {r: ShapeSpec(channels=pyramid_channels, stride=4 * 2 ** k) for k, r in enumerate(RES_NAMES)}
+            self._shapes = {r: ShapeSpec(channels=pyramid_channels, stride=4 * 2**k) for k, r in enumerate(RES_NAMES)}
         else:
             self._out_features = [f"layer{i}" for i in idx]
             self._shapes = {f"layer{i}": ShapeSpec(channels=embed_dim, stride=patch_size) for i in idx}
@@ -181,8 +211,13 @@ class VisionTransformer(FreezableBackbone):
     def freeze_groups(self):
         q = len(self.blocks) // 4
         b = list(self.blocks)
-        return [[self.patch_embed, self.cls_token, self.pos_embed], b[:q], b[q:2 * q], b[2 * q:3 * q],
-                b[3 * q:] + [self.norm, self.pyramid]]
+        return [
+            [self.patch_embed, self.cls_token, self.pos_embed],
+            b[:q],
+            b[q : 2 * q],
+            b[2 * q : 3 * q],
+            b[3 * q :] + [self.norm, self.pyramid],
+        ]
 
     @property
     def size_divisibility(self) -> int:
@@ -198,7 +233,7 @@ class VisionTransformer(FreezableBackbone):
         x = torch.cat([self.cls_token.expand(B, -1, -1), x.flatten(2).transpose(1, 2)], dim=1)
         x = x + resize_pos_embed(self.pos_embed, (h, w))
         outs = {}
-        for i, blk in enumerate(self.blocks[:max(self.out_indices) + 1]):
+        for i, blk in enumerate(self.blocks[: max(self.out_indices) + 1]):
             if self.use_checkpoint and x.requires_grad:
                 x = cp.checkpoint(blk, x, use_reentrant=False)
             else:
@@ -218,8 +253,10 @@ class VisionTransformer(FreezableBackbone):
             maps = maps * 4
         outs = self.pyramid({r: maps[k] for k, r in enumerate(RES_NAMES) if r in self._out_features})
         # the pyramid sees the map of the 16-padded image: crop to ceil(H / stride) like the other backbones
-        return {r: y[..., :ceil_div(H, self._shapes[r].stride), :ceil_div(W, self._shapes[r].stride)]
-                for r, y in outs.items()}
+        return {
+            r: y[..., : ceil_div(H, self._shapes[r].stride), : ceil_div(W, self._shapes[r].stride)]
+            for r, y in outs.items()
+        }
 
 
 def vit(variant: str, **kwargs) -> VisionTransformer:
@@ -232,10 +269,19 @@ def vit(variant: str, **kwargs) -> VisionTransformer:
 def ViTBackbone(cfg, input_shape):
     """ViT from MODEL.VIT.* and MODEL.BACKBONE.FREEZE_AT."""
     c = cfg.MODEL.VIT
-    return vit(c.VARIANT, in_chans=input_shape.channels, pretrain_img_size=c.PRETRAIN_IMG_SIZE,
-               drop_path_rate=c.DROP_PATH_RATE, out_indices=tuple(c.OUT_INDICES), feature_pyramid=c.FEATURE_PYRAMID,
-               pyramid_channels=c.PYRAMID_CHANNELS, out_features=c.OUT_FEATURES, out_norm=c.OUT_NORM,
-               use_checkpoint=c.USE_CHECKPOINT, freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT)
+    return vit(
+        c.VARIANT,
+        in_chans=input_shape.channels,
+        pretrain_img_size=c.PRETRAIN_IMG_SIZE,
+        drop_path_rate=c.DROP_PATH_RATE,
+        out_indices=tuple(c.OUT_INDICES),
+        feature_pyramid=c.FEATURE_PYRAMID,
+        pyramid_channels=c.PYRAMID_CHANNELS,
+        out_features=c.OUT_FEATURES,
+        out_norm=c.OUT_NORM,
+        use_checkpoint=c.USE_CHECKPOINT,
+        freeze_at=cfg.MODEL.BACKBONE.FREEZE_AT,
+    )
 
 
 def checkpoint_filter_vit(state_dict: dict, model: VisionTransformer | None = None) -> dict:

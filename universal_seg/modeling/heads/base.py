@@ -2,6 +2,7 @@
 (:class:`DecodeHead`), and for the registered heads (:class:`PerPixelHead`) the selection of their input features
 from MODEL.SEM_SEG_HEAD.IN_FEATURES / AUX_IN_FEATURES and the per-pixel cross-entropy losses.
 """
+
 from __future__ import annotations
 
 import torch
@@ -22,8 +23,9 @@ class DecodeHead(nn.Module):
 
     classifier_name = "conv_seg"
 
-    def build_classifier(self, channels: int, num_classes: int, dropout: float = 0.0,
-                         init_std: float | None = None) -> None:
+    def build_classifier(
+        self, channels: int, num_classes: int, dropout: float = 0.0, init_std: float | None = None
+    ) -> None:
         """``self.dropout`` (Dropout2d(dropout)) and the 1x1 conv C -> K; ``init_std``: normal(0, std) weights and
         zero bias (mmseg's init of ``conv_seg``) instead of PyTorch's default init."""
         self.dropout = nn.Dropout2d(dropout)
@@ -80,15 +82,19 @@ class PerPixelHead(DecodeHead):
     def check_num_inputs(cls, names) -> None:
         """One clear error when ``names`` are not ``num_inputs`` feature names."""
         if cls.num_inputs is not None and len(names) != cls.num_inputs:
-            raise ValueError(f"{cls.__name__} needs {cls.inputs_description}, got features {list(names)}; set "
-                             f"MODEL.SEM_SEG_HEAD.IN_FEATURES to {cls.inputs_example}.")
+            raise ValueError(
+                f"{cls.__name__} needs {cls.inputs_description}, got features {list(names)}; set "
+                f"MODEL.SEM_SEG_HEAD.IN_FEATURES to {cls.inputs_example}."
+            )
 
     @classmethod
     def check_aux_inputs(cls, cfg) -> None:
         """Heads without auxiliary heads on backbone features refuse a non-empty MODEL.SEM_SEG_HEAD.AUX_IN_FEATURES."""
         if cfg.MODEL.SEM_SEG_HEAD.AUX_IN_FEATURES and not cls.has_aux_inputs:
-            raise ValueError(f"{cls.__name__} has no auxiliary heads on backbone features{cls.aux_inputs_note}; "
-                             f"leave MODEL.SEM_SEG_HEAD.AUX_IN_FEATURES empty.")
+            raise ValueError(
+                f"{cls.__name__} has no auxiliary heads on backbone features{cls.aux_inputs_note}; "
+                f"leave MODEL.SEM_SEG_HEAD.AUX_IN_FEATURES empty."
+            )
 
     @classmethod
     def select_inputs(cls, cfg, input_shape: dict[str, ShapeSpec]) -> dict[str, ShapeSpec]:
@@ -98,8 +104,11 @@ class PerPixelHead(DecodeHead):
         cls.check_aux_inputs(cfg)
         cls.check_num_inputs(head.IN_FEATURES)
         if cls.has_aux_inputs:
-            return select_features(input_shape, list(head.IN_FEATURES) + list(head.AUX_IN_FEATURES),
-                                   "MODEL.SEM_SEG_HEAD.IN_FEATURES + AUX_IN_FEATURES")
+            return select_features(
+                input_shape,
+                list(head.IN_FEATURES) + list(head.AUX_IN_FEATURES),
+                "MODEL.SEM_SEG_HEAD.IN_FEATURES + AUX_IN_FEATURES",
+            )
         return select_features(input_shape, head.IN_FEATURES, "MODEL.SEM_SEG_HEAD.IN_FEATURES")
 
     @classmethod
@@ -124,8 +133,9 @@ class PerPixelHead(DecodeHead):
     def losses(self, outputs: dict, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """outputs of :meth:`forward` and targets [B, H, W] long (``ignore_label`` ignored) -> weighted losses
         {"loss_sem_seg", "loss_sem_seg_aux{i}"}; logits are bilinearly upsampled to [H, W] first."""
-        losses = {"loss_sem_seg": self.loss_weight
-                  * per_pixel_ce_loss(outputs["sem_seg_logits"], targets, self.ignore_label)}
+        losses = {
+            "loss_sem_seg": self.loss_weight * per_pixel_ce_loss(outputs["sem_seg_logits"], targets, self.ignore_label)
+        }
         for i, (logits, weight) in enumerate(outputs.get("aux_logits", [])):
             losses[f"loss_sem_seg_aux{i}"] = weight * per_pixel_ce_loss(logits, targets, self.ignore_label)
         return losses

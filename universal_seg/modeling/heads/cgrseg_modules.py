@@ -6,6 +6,7 @@ Module and parameter names follow the official code (github.com/nizhenliang/CGRS
 ``dpg_head.py``: ``token_mixer.dwconv_hw``, ``token_mixer.excite.{0,1,3}``, ``norm``, ``mlp.fc1`` / ``mlp.fc2``,
 ``gamma``, ``fuse1`` / ``fuse2``, ``conv_mask``, ``channel_mul_conv.{0,1,3}``) so that its weights map by prefix only.
 """
+
 import torch
 import torch.nn.functional as F
 from detectron2.layers import get_norm
@@ -23,11 +24,13 @@ class RectangularSelfCalibrationAttention(nn.Module):
     def __init__(self, channels: int, band_kernel_size: int = 11, square_kernel_size: int = 3, norm: str = "BN"):
         super().__init__()
         if band_kernel_size % 2 == 0 or square_kernel_size % 2 == 0:
-            raise ValueError(f"RCA kernels must be odd to keep the size, got band {band_kernel_size}, "
-                             f"square {square_kernel_size}.")
+            raise ValueError(
+                f"RCA kernels must be odd to keep the size, got band {band_kernel_size}, square {square_kernel_size}."
+            )
         k = band_kernel_size
-        self.dwconv_hw = nn.Conv2d(channels, channels, square_kernel_size, padding=square_kernel_size // 2,
-                                   groups=channels)
+        self.dwconv_hw = nn.Conv2d(
+            channels, channels, square_kernel_size, padding=square_kernel_size // 2, groups=channels
+        )
         self.excite = nn.Sequential(
             nn.Conv2d(channels, channels, (1, k), padding=(0, k // 2), groups=channels),
             get_norm(norm, channels),
@@ -66,8 +69,15 @@ class RCM(nn.Module):
     """Rectangular self-calibration module, a MetaNeXt block with RCA as token mixer.
     x [B, C, H, W] -> x + gamma * ConvMLP(norm(RCA(x))), [B, C, H, W]; gamma (layer scale) starts at 1e-6."""
 
-    def __init__(self, channels: int, band_kernel_size: int = 11, square_kernel_size: int = 3,
-                 mlp_ratio: float = 2.0, layer_scale_init: float = 1e-6, norm: str = "BN"):
+    def __init__(
+        self,
+        channels: int,
+        band_kernel_size: int = 11,
+        square_kernel_size: int = 3,
+        mlp_ratio: float = 2.0,
+        layer_scale_init: float = 1e-6,
+        norm: str = "BN",
+    ):
         super().__init__()
         self.token_mixer = RectangularSelfCalibrationAttention(channels, band_kernel_size, square_kernel_size, norm)
         self.norm = get_norm(norm, channels)
@@ -135,8 +145,7 @@ class ContextGuidedFusion(nn.Module):
         self.act = HSigmoid()
 
     def forward(self, local: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        gate = F.interpolate(self.act(self.fuse2(context)), size=local.shape[-2:], mode="bilinear",
-                             align_corners=False)
+        gate = F.interpolate(self.act(self.fuse2(context)), size=local.shape[-2:], mode="bilinear", align_corners=False)
         return self.fuse1(local) * gate
 
 
@@ -144,7 +153,7 @@ def class_prototypes(features: torch.Tensor, logits: torch.Tensor) -> torch.Tens
     """Soft class prototypes: features [B, C, H, W], coarse logits [B, K, H, W] -> [B, C, K, 1], the features
     averaged over space with weights softmax_{HW}(logits_k) for each class k (OCR's spatial gather, scale 1)."""
     b, c = features.shape[:2]
-    probs = F.softmax(logits.flatten(2), dim=2)                        # [B, K, HW]
+    probs = F.softmax(logits.flatten(2), dim=2)  # [B, K, HW]
     protos = torch.bmm(probs, features.reshape(b, c, -1).transpose(1, 2))  # [B, K, C]
     return protos.transpose(1, 2).unsqueeze(3)
 

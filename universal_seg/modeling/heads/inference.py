@@ -1,5 +1,6 @@
 """Per-pixel training loss and inference helpers: cross-entropy on upsampled logits, sliding-window logits, class
 probabilities."""
+
 from typing import Callable
 
 import torch
@@ -43,8 +44,12 @@ def window_starts(size: int, crop: int, stride: int) -> list[int]:
     return sorted({max(min(i * stride + crop, size) - crop, 0) for i in range(n)})
 
 
-def slide_window_logits(image: torch.Tensor, logits_fn: Callable[[torch.Tensor], torch.Tensor],
-                        crop_size: tuple[int, int], stride: tuple[int, int]) -> torch.Tensor:
+def slide_window_logits(
+    image: torch.Tensor,
+    logits_fn: Callable[[torch.Tensor], torch.Tensor],
+    crop_size: tuple[int, int],
+    stride: tuple[int, int],
+) -> torch.Tensor:
     """Logits of one image averaged over overlapping windows.
 
     image [C, H, W]; ``logits_fn`` maps a batch of windows [N, C, h, w] to logits [N, K, h, w] at the windows'
@@ -52,8 +57,11 @@ def slide_window_logits(image: torch.Tensor, logits_fn: Callable[[torch.Tensor],
     the mean over the windows covering it. Returns [K, H, W].
     """
     H, W = image.shape[-2:]
-    boxes = [(y, x, min(y + crop_size[0], H), min(x + crop_size[1], W))
-             for y in window_starts(H, crop_size[0], stride[0]) for x in window_starts(W, crop_size[1], stride[1])]
+    boxes = [
+        (y, x, min(y + crop_size[0], H), min(x + crop_size[1], W))
+        for y in window_starts(H, crop_size[0], stride[0])
+        for x in window_starts(W, crop_size[1], stride[1])
+    ]
     crops = torch.stack([image[:, y1:y2, x1:x2] for y1, x1, y2, x2 in boxes])  # all windows have the same size
     window_logits = logits_fn(crops)
     total = window_logits.new_zeros((window_logits.shape[1], H, W))

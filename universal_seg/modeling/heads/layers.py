@@ -1,4 +1,5 @@
 """Small building blocks shared by the per-pixel heads."""
+
 import torch
 from detectron2.layers import get_norm
 from torch import nn

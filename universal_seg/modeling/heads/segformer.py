@@ -4,6 +4,7 @@ Module names equal the official NVlabs / mmseg code (``linear_c{1-4}.proj``, ``l
 ``linear_pred``) so that, under ``sem_seg_head.``, official ``decode_head.*`` weights load after
 :func:`.segformer_convert.convert_segformer_checkpoint`.
 """
+
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
@@ -42,8 +43,17 @@ class SegFormerHead(PerPixelHead):
     classifier_name = "linear_pred"
 
     @configurable
-    def __init__(self, input_shape: dict[str, ShapeSpec], *, num_classes: int, embed_dim: int = 256,
-                 dropout: float = 0.1, norm: str = "BN", loss_weight: float = 1.0, ignore_label: int = 255):
+    def __init__(
+        self,
+        input_shape: dict[str, ShapeSpec],
+        *,
+        num_classes: int,
+        embed_dim: int = 256,
+        dropout: float = 0.1,
+        norm: str = "BN",
+        loss_weight: float = 1.0,
+        ignore_label: int = 255,
+    ):
         super().__init__(num_classes=num_classes, loss_weight=loss_weight, ignore_label=ignore_label)
         self.init_inputs(input_shape)  # fine -> coarse
         for i, name in enumerate(self.in_features):

@@ -9,6 +9,7 @@ the decode head:
   ``decode_head.linear_projections.{i}.proj`` (transformers>=5) -> ``linear_c{i+1}.proj``;
   ``linear_fuse`` -> ``linear_fuse.conv``; ``batch_norm`` -> ``linear_fuse.bn``; ``classifier`` -> ``linear_pred``.
 """
+
 from __future__ import annotations
 
 import re
@@ -18,8 +19,10 @@ from ..backbone.mit_convert import convert_mit_checkpoint
 
 _NVLABS_HEAD = re.compile(r"(linear_c[1-4]\.proj|linear_fuse\.conv|linear_fuse\.bn|linear_pred)\.\w+$")
 _HF_HEAD = [
-    (re.compile(r"(?:linear_c|linear_projections)\.(\d+)\.proj\.(\w+)$"),
-     lambda m: f"linear_c{int(m.group(1)) + 1}.proj.{m.group(2)}"),
+    (
+        re.compile(r"(?:linear_c|linear_projections)\.(\d+)\.proj\.(\w+)$"),
+        lambda m: f"linear_c{int(m.group(1)) + 1}.proj.{m.group(2)}",
+    ),
     (re.compile(r"linear_fuse\.(\w+)$"), lambda m: f"linear_fuse.conv.{m.group(1)}"),
     (re.compile(r"batch_norm\.(\w+)$"), lambda m: f"linear_fuse.bn.{m.group(1)}"),
     (re.compile(r"classifier\.(\w+)$"), lambda m: f"linear_pred.{m.group(1)}"),
@@ -33,7 +36,7 @@ def convert_segformer_head(state_dict: dict) -> dict:
     for k, v in state_dict.items():
         if not k.startswith("decode_head."):
             continue
-        name = k[len("decode_head."):]
+        name = k[len("decode_head.") :]
         if name.startswith("conv_seg."):  # mmseg's BaseDecodeHead classifier, unused by SegFormerHead
             continue
         if _NVLABS_HEAD.fullmatch(name):
@@ -55,8 +58,10 @@ def convert_segformer_checkpoint(ckpt: dict) -> dict:
     sd = unwrap_state_dict(ckpt)
     head = convert_segformer_head(sd)
     if not head:
-        raise KeyError("Not a full SegFormer checkpoint: no decode_head.* keys (an encoder-only MiT checkpoint "
-                       "loads into the backbone through convert_mit_checkpoint).")
+        raise KeyError(
+            "Not a full SegFormer checkpoint: no decode_head.* keys (an encoder-only MiT checkpoint "
+            "loads into the backbone through convert_mit_checkpoint)."
+        )
     out = {f"backbone.{k}": v for k, v in convert_mit_checkpoint(sd).items()}
     out.update({f"sem_seg_head.{k}": v for k, v in head.items()})
     return out

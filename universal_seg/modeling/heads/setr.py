@@ -6,6 +6,7 @@ The backbone is a plain ViT without the feature pyramid (MODEL.VIT.FEATURE_PYRAM
 ``conv_seg``; MLA: ``neck.norm`` / ``proj_convs`` / ``conv_convs``), with the main head under ``decode_head`` and
 the auxiliary ones under ``auxiliary_head.{i}``. Norms of the convs: MODEL.SEM_SEG_HEAD.NORM (BN / SyncBN).
 """
+
 import torch
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
@@ -25,13 +26,27 @@ class UpHead(DecodeHead):
     """LayerNorm(tokens) -> ``num_convs`` x [k x k conv + norm + ReLU, bilinear x``up_scale``] -> dropout -> 1x1
     classifier ``conv_seg``. [B, C_in, h, w] -> [B, K, h * up_scale^num_convs, w * up_scale^num_convs]."""
 
-    def __init__(self, in_channels: int, channels: int, num_classes: int, num_convs: int, up_scale: int,
-                 kernel_size: int, norm: str, dropout: float = 0.0):
+    def __init__(
+        self,
+        in_channels: int,
+        channels: int,
+        num_classes: int,
+        num_convs: int,
+        up_scale: int,
+        kernel_size: int,
+        norm: str,
+        dropout: float = 0.0,
+    ):
         super().__init__()
         self.norm = LayerNorm2d(in_channels, eps=1e-6)
-        self.up_convs = nn.ModuleList([
-            nn.Sequential(ConvNormAct(in_channels if i == 0 else channels, channels, kernel_size, norm), _up(up_scale))
-            for i in range(num_convs)])
+        self.up_convs = nn.ModuleList(
+            [
+                nn.Sequential(
+                    ConvNormAct(in_channels if i == 0 else channels, channels, kernel_size, norm), _up(up_scale)
+                )
+                for i in range(num_convs)
+            ]
+        )
         self.build_classifier(channels, num_classes, dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -53,28 +68,47 @@ class _SETRUpBase(PerPixelHead):
     has_aux_inputs = True
 
     @configurable
-    def __init__(self, input_shape: dict[str, ShapeSpec], *, in_feature: str, aux_in_features: list[str],
-                 num_classes: int, channels: int = 256, norm: str = "BN", dropout: float = 0.0,
-                 aux_loss_weight: float = 0.4, loss_weight: float = 1.0, ignore_label: int = 255):
+    def __init__(
+        self,
+        input_shape: dict[str, ShapeSpec],
+        *,
+        in_feature: str,
+        aux_in_features: list[str],
+        num_classes: int,
+        channels: int = 256,
+        norm: str = "BN",
+        dropout: float = 0.0,
+        aux_loss_weight: float = 0.4,
+        loss_weight: float = 1.0,
+        ignore_label: int = 255,
+    ):
         super().__init__(num_classes=num_classes, loss_weight=loss_weight, ignore_label=ignore_label)
         self.in_feature, self.aux_in_features, self.aux_loss_weight = in_feature, list(aux_in_features), aux_loss_weight
         self.decode_head = UpHead(input_shape[in_feature].channels, channels, num_classes, *self.MAIN, norm, dropout)
-        self.auxiliary_head = nn.ModuleList([
-            UpHead(input_shape[n].channels, channels, num_classes, *self.AUX, norm, dropout) for n in aux_in_features])
+        self.auxiliary_head = nn.ModuleList(
+            [UpHead(input_shape[n].channels, channels, num_classes, *self.AUX, norm, dropout) for n in aux_in_features]
+        )
 
     @classmethod
     def from_config(cls, cfg, input_shape: dict[str, ShapeSpec]) -> dict:
         head = cfg.MODEL.SEM_SEG_HEAD
-        return {**cls.loss_config(cfg), "input_shape": cls.select_inputs(cfg, input_shape),
-                "in_feature": head.IN_FEATURES[0], "aux_in_features": list(head.AUX_IN_FEATURES),
-                "channels": head.CONVS_DIM, "norm": head.NORM, "dropout": head.DROPOUT,
-                "aux_loss_weight": head.AUX_LOSS_WEIGHT}
+        return {
+            **cls.loss_config(cfg),
+            "input_shape": cls.select_inputs(cfg, input_shape),
+            "in_feature": head.IN_FEATURES[0],
+            "aux_in_features": list(head.AUX_IN_FEATURES),
+            "channels": head.CONVS_DIM,
+            "norm": head.NORM,
+            "dropout": head.DROPOUT,
+            "aux_loss_weight": head.AUX_LOSS_WEIGHT,
+        }
 
     def forward(self, features: dict[str, torch.Tensor]) -> dict:
         out = {"sem_seg_logits": self.decode_head(features[self.in_feature])}
         if self.training and len(self.auxiliary_head):
-            out["aux_logits"] = [(h(features[n]), self.aux_loss_weight)
-                                 for h, n in zip(self.auxiliary_head, self.aux_in_features)]
+            out["aux_logits"] = [
+                (h(features[n]), self.aux_loss_weight) for h, n in zip(self.auxiliary_head, self.aux_in_features)
+            ]
         return out
 
 
@@ -118,12 +152,18 @@ class MLADecoder(DecodeHead):
     """Per level 2 x [3x3 conv + norm + ReLU] D -> M -> M and a 4x bilinear up; concat (4M) -> dropout -> 1x1
     classifier ``conv_seg``. list of 4 [B, D, h, w] -> [B, K, 4h, 4w]."""
 
-    def __init__(self, channels: int, mla_channels: int, num_classes: int, num_levels: int, norm: str,
-                 dropout: float):
+    def __init__(self, channels: int, mla_channels: int, num_classes: int, num_levels: int, norm: str, dropout: float):
         super().__init__()
-        self.up_convs = nn.ModuleList([nn.Sequential(
-            ConvNormAct(channels, mla_channels, 3, norm), ConvNormAct(mla_channels, mla_channels, 3, norm), _up(4))
-            for _ in range(num_levels)])
+        self.up_convs = nn.ModuleList(
+            [
+                nn.Sequential(
+                    ConvNormAct(channels, mla_channels, 3, norm),
+                    ConvNormAct(mla_channels, mla_channels, 3, norm),
+                    _up(4),
+                )
+                for _ in range(num_levels)
+            ]
+        )
         self.build_classifier(num_levels * mla_channels, num_classes, dropout)
 
     def forward(self, xs: list[torch.Tensor]) -> torch.Tensor:
@@ -146,23 +186,40 @@ class SETRMLAHead(PerPixelHead):
     aux_inputs_note = " (its auxiliary heads sit on its four MLA levels; AUX_LOSS_WEIGHT 0 disables them)"
 
     @configurable
-    def __init__(self, input_shape: dict[str, ShapeSpec], *, num_classes: int, channels: int = 256,
-                 mla_channels: int = 128, norm: str = "BN", dropout: float = 0.0, aux_loss_weight: float = 0.4,
-                 loss_weight: float = 1.0, ignore_label: int = 255):
+    def __init__(
+        self,
+        input_shape: dict[str, ShapeSpec],
+        *,
+        num_classes: int,
+        channels: int = 256,
+        mla_channels: int = 128,
+        norm: str = "BN",
+        dropout: float = 0.0,
+        aux_loss_weight: float = 0.4,
+        loss_weight: float = 1.0,
+        ignore_label: int = 255,
+    ):
         super().__init__(num_classes=num_classes, loss_weight=loss_weight, ignore_label=ignore_label)
         self.init_inputs(input_shape, by_stride=False)
         self.aux_loss_weight = aux_loss_weight
         self.neck = MLANeck(self.in_channels, channels, norm)
         self.decode_head = MLADecoder(channels, mla_channels, num_classes, 4, norm, dropout)
-        self.auxiliary_head = nn.ModuleList([nn.Conv2d(channels, num_classes, 1) for _ in range(4)]
-                                            if aux_loss_weight > 0 else [])
+        self.auxiliary_head = nn.ModuleList(
+            [nn.Conv2d(channels, num_classes, 1) for _ in range(4)] if aux_loss_weight > 0 else []
+        )
 
     @classmethod
     def from_config(cls, cfg, input_shape: dict[str, ShapeSpec]) -> dict:
         head = cfg.MODEL.SEM_SEG_HEAD
-        return {**cls.loss_config(cfg), "input_shape": cls.select_inputs(cfg, input_shape),
-                "channels": head.CONVS_DIM, "mla_channels": head.MLA_CHANNELS, "norm": head.NORM,
-                "dropout": head.DROPOUT, "aux_loss_weight": head.AUX_LOSS_WEIGHT}
+        return {
+            **cls.loss_config(cfg),
+            "input_shape": cls.select_inputs(cfg, input_shape),
+            "channels": head.CONVS_DIM,
+            "mla_channels": head.MLA_CHANNELS,
+            "norm": head.NORM,
+            "dropout": head.DROPOUT,
+            "aux_loss_weight": head.AUX_LOSS_WEIGHT,
+        }
 
     def forward(self, features: dict[str, torch.Tensor]) -> dict:
         levels = self.neck(self.transform_inputs(features))

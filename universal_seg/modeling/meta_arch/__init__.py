@@ -10,6 +10,7 @@ and output formats):
 
 MODEL.META_ARCHITECTURE names one of them; each refuses at build time a config whose heads belong to the other.
 """
+
 from .base import SegmentorBase, resize_to_output
 from .mask_classification import UniversalSegmentor
 from .per_pixel import PerPixelSegmentor

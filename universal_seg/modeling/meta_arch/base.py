@@ -1,11 +1,11 @@
 """The base of both meta-architectures: backbone -> sem_seg_head, detectron2's input and output formats
 (normalisation, padding, channels-last on the CPU, output resizing, train / inference dispatch)."""
+
 import torch
 import torch.nn.functional as F
 from detectron2.modeling import build_backbone
 from detectron2.structures import ImageList
 from torch import nn
-
 
 
 def resize_to_output(x: torch.Tensor, image_size: tuple[int, int], height: int, width: int) -> torch.Tensor:
@@ -37,8 +37,15 @@ class SegmentorBase(nn.Module):
         pixel_mean, pixel_std: per-channel normalisation, (C,) each.
     """
 
-    def __init__(self, *, backbone: nn.Module, sem_seg_head: nn.Module, size_divisibility: int,
-                 pixel_mean: tuple[float, ...], pixel_std: tuple[float, ...]):
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        sem_seg_head: nn.Module,
+        size_divisibility: int,
+        pixel_mean: tuple[float, ...],
+        pixel_std: tuple[float, ...],
+    ):
         super().__init__()
         self.backbone, self.sem_seg_head = backbone, sem_seg_head
         self.size_divisibility = size_divisibility if size_divisibility > 0 else backbone.size_divisibility
@@ -64,8 +71,8 @@ class SegmentorBase(nn.Module):
         """Normalises and pads the images: ImageList of [B, 3, H_pad, W_pad].
 
         On the CPU the batch is channels-last: oneDNN's convolutions then run without reordering every input and
-        output, and the flattened feature maps the decoders read ([B, HW, C]) are views (measured on R50 at 512x512,
-        2 threads: backbone 15-25% faster, pixel decoder 10-25%). Values are the same; only strides differ.
+        output, and the flattened feature maps the decoders read ([B, HW, C]) are views (see the README's CPU speed
+        section). Values are the same; only strides differ.
         """
         images = [(x["image"].to(self.device) - self.pixel_mean) / self.pixel_std for x in batched_inputs]
         images = ImageList.from_tensors(images, self.size_divisibility)

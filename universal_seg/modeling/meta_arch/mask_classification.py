@@ -1,5 +1,6 @@
 """Mask classification (Mask2Former, StructToken-universal): queries, Hungarian matching, three-task
 post-processing."""
+
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
@@ -9,11 +10,10 @@ from detectron2.structures import ImageList, Instances
 from torch import nn
 
 from ..criterion import SetCriterion, build_weight_dict
-from ..heads import (PER_PIXEL_HEAD_REGISTRY)
+from ..heads import PER_PIXEL_HEAD_REGISTRY
 from ..matcher import HungarianMatcher
 from ..postprocess import instance_inference, panoptic_inference, semantic_inference
 from ..segmentation_head import SegmentationHead
-
 from .base import SegmentorBase, resize_to_output
 
 
@@ -31,19 +31,41 @@ class UniversalSegmentor(SegmentorBase):
     """
 
     @configurable
-    def __init__(self, *, backbone: nn.Module, sem_seg_head: nn.Module, criterion: nn.Module, num_queries: int,
-                 object_mask_threshold: float, overlap_threshold: float, metadata, size_divisibility: int,
-                 sem_seg_postprocess_before_inference: bool, pixel_mean: tuple[float, ...], pixel_std: tuple[float, ...],
-                 semantic_on: bool, panoptic_on: bool, instance_on: bool, test_topk_per_image: int,
-                 ignore_label: int = 255):
-        super().__init__(backbone=backbone, sem_seg_head=sem_seg_head, size_divisibility=size_divisibility,
-                         pixel_mean=pixel_mean, pixel_std=pixel_std)
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        sem_seg_head: nn.Module,
+        criterion: nn.Module,
+        num_queries: int,
+        object_mask_threshold: float,
+        overlap_threshold: float,
+        metadata,
+        size_divisibility: int,
+        sem_seg_postprocess_before_inference: bool,
+        pixel_mean: tuple[float, ...],
+        pixel_std: tuple[float, ...],
+        semantic_on: bool,
+        panoptic_on: bool,
+        instance_on: bool,
+        test_topk_per_image: int,
+        ignore_label: int = 255,
+    ):
+        super().__init__(
+            backbone=backbone,
+            sem_seg_head=sem_seg_head,
+            size_divisibility=size_divisibility,
+            pixel_mean=pixel_mean,
+            pixel_std=pixel_std,
+        )
         if not (semantic_on or panoptic_on or instance_on):
             raise ValueError("enable at least one of MODEL.MASK_FORMER.TEST.{SEMANTIC,INSTANCE,PANOPTIC}_ON.")
         if (panoptic_on or instance_on) and getattr(metadata, "thing_dataset_id_to_contiguous_id", None) is None:
-            raise ValueError("panoptic / instance inference needs the dataset's thing classes, but the metadata of "
-                             "DATASETS.TRAIN[0] has no thing_dataset_id_to_contiguous_id: register the dataset "
-                             "(import universal_seg.data) or turn MODEL.MASK_FORMER.TEST.{PANOPTIC,INSTANCE}_ON off.")
+            raise ValueError(
+                "panoptic / instance inference needs the dataset's thing classes, but the metadata of "
+                "DATASETS.TRAIN[0] has no thing_dataset_id_to_contiguous_id: register the dataset "
+                "(import universal_seg.data) or turn MODEL.MASK_FORMER.TEST.{PANOPTIC,INSTANCE}_ON off."
+            )
         self.criterion = criterion
         self.num_queries = num_queries
         self.object_mask_threshold, self.overlap_threshold = object_mask_threshold, overlap_threshold
@@ -57,30 +79,44 @@ class UniversalSegmentor(SegmentorBase):
     def from_config(cls, cfg, backbone: nn.Module | None = None) -> dict:
         name = cfg.MODEL.SEM_SEG_HEAD.NAME
         if name in PER_PIXEL_HEAD_REGISTRY:
-            raise ValueError(f"MODEL.SEM_SEG_HEAD.NAME={name!r} is a per-pixel head, which the mask-classification "
-                             f"meta-architecture UniversalSegmentor cannot run: set MODEL.META_ARCHITECTURE to "
-                             f"'PerPixelSegmentor'.")
+            raise ValueError(
+                f"MODEL.SEM_SEG_HEAD.NAME={name!r} is a per-pixel head, which the mask-classification "
+                f"meta-architecture UniversalSegmentor cannot run: set MODEL.META_ARCHITECTURE to "
+                f"'PerPixelSegmentor'."
+            )
         args = super().from_config(cfg, backbone)
         mf = cfg.MODEL.MASK_FORMER
-        matcher = HungarianMatcher(cost_class=mf.CLASS_WEIGHT, cost_mask=mf.MASK_WEIGHT, cost_dice=mf.DICE_WEIGHT,
-                                   num_points=mf.TRAIN_NUM_POINTS)
-        weight_dict = build_weight_dict(mf.CLASS_WEIGHT, mf.MASK_WEIGHT, mf.DICE_WEIGHT, mf.DEC_LAYERS,
-                                        mf.DEEP_SUPERVISION)
+        matcher = HungarianMatcher(
+            cost_class=mf.CLASS_WEIGHT,
+            cost_mask=mf.MASK_WEIGHT,
+            cost_dice=mf.DICE_WEIGHT,
+            num_points=mf.TRAIN_NUM_POINTS,
+        )
+        weight_dict = build_weight_dict(
+            mf.CLASS_WEIGHT, mf.MASK_WEIGHT, mf.DICE_WEIGHT, mf.DEC_LAYERS, mf.DEEP_SUPERVISION
+        )
         test = mf.TEST
         return {
             **args,
             "sem_seg_head": SegmentationHead.from_config(cfg, args["backbone"].output_shape()),
-            "criterion": SetCriterion(cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, matcher=matcher, weight_dict=weight_dict,
-                                      eos_coef=mf.NO_OBJECT_WEIGHT, losses=("labels", "masks"),
-                                      num_points=mf.TRAIN_NUM_POINTS, oversample_ratio=mf.OVERSAMPLE_RATIO,
-                                      importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO),
+            "criterion": SetCriterion(
+                cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
+                matcher=matcher,
+                weight_dict=weight_dict,
+                eos_coef=mf.NO_OBJECT_WEIGHT,
+                losses=("labels", "masks"),
+                num_points=mf.TRAIN_NUM_POINTS,
+                oversample_ratio=mf.OVERSAMPLE_RATIO,
+                importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO,
+            ),
             "num_queries": mf.NUM_OBJECT_QUERIES,
             "object_mask_threshold": test.OBJECT_MASK_THRESHOLD,
             "overlap_threshold": test.OVERLAP_THRESHOLD,
             "metadata": MetadataCatalog.get(cfg.DATASETS.TRAIN[0]) if cfg.DATASETS.TRAIN else None,
             # panoptic and instance results are built at output resolution, so masks are resized first
-            "sem_seg_postprocess_before_inference": (test.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE
-                                                     or test.PANOPTIC_ON or test.INSTANCE_ON),
+            "sem_seg_postprocess_before_inference": (
+                test.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE or test.PANOPTIC_ON or test.INSTANCE_ON
+            ),
             "semantic_on": test.SEMANTIC_ON,
             "instance_on": test.INSTANCE_ON,
             "panoptic_on": test.PANOPTIC_ON,
@@ -104,14 +140,17 @@ class UniversalSegmentor(SegmentorBase):
         if "instances" in x:
             return x["instances"]
         if "sem_seg" not in x:
-            raise ValueError("training inputs need 'instances' (gt_classes, gt_masks) or 'sem_seg'; check the "
-                             "dataset mapper (INPUT.DATASET_MAPPER_NAME).")
+            raise ValueError(
+                "training inputs need 'instances' (gt_classes, gt_masks) or 'sem_seg'; check the "
+                "dataset mapper (INPUT.DATASET_MAPPER_NAME)."
+            )
         sem = x["sem_seg"]
         classes = [c for c in torch.unique(sem).tolist() if c != self.ignore_label]
         inst = Instances(tuple(sem.shape))
         inst.gt_classes = torch.tensor(classes, dtype=torch.int64)
-        inst.gt_masks = torch.stack([sem == c for c in classes]) if classes else sem.new_zeros((0, *sem.shape),
-                                                                                              dtype=torch.bool)
+        inst.gt_masks = (
+            torch.stack([sem == c for c in classes]) if classes else sem.new_zeros((0, *sem.shape), dtype=torch.bool)
+        )
         return inst
 
     def prepare_targets(self, batched_inputs: list[dict], images: ImageList) -> list[dict]:
@@ -132,8 +171,9 @@ class UniversalSegmentor(SegmentorBase):
         """Decoder outputs -> per image {"sem_seg", "panoptic_seg", "instances"} (those enabled), at the output
         size; mask logits are upsampled to the padded image first."""
         mask_cls = outputs["pred_logits"]
-        mask_pred = F.interpolate(outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear",
-                                  align_corners=False)
+        mask_pred = F.interpolate(
+            outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear", align_corners=False
+        )
         thing_map = getattr(self.metadata, "thing_dataset_id_to_contiguous_id", None)
         thing_ids = set(thing_map.values()) if thing_map is not None else set()
         num_classes = mask_cls.shape[-1] - 1
@@ -149,10 +189,12 @@ class UniversalSegmentor(SegmentorBase):
                     sem = resize_to_output(sem, image_size, height, width)
                 out["sem_seg"] = sem
             if self.panoptic_on:
-                out["panoptic_seg"] = panoptic_inference(cls_i, mask_i, num_classes, self.object_mask_threshold,
-                                                         self.overlap_threshold, thing_ids)
+                out["panoptic_seg"] = panoptic_inference(
+                    cls_i, mask_i, num_classes, self.object_mask_threshold, self.overlap_threshold, thing_ids
+                )
             if self.instance_on:
-                out["instances"] = instance_inference(cls_i, mask_i, num_classes, self.test_topk_per_image,
-                                                      self.panoptic_on, thing_ids)
+                out["instances"] = instance_inference(
+                    cls_i, mask_i, num_classes, self.test_topk_per_image, self.panoptic_on, thing_ids
+                )
             results.append(out)
         return results

@@ -4,6 +4,7 @@ that adds res2 (Cheng et al. 2022, Sec. 4; Deformable DETR's encoder, Zhu et al.
 Parameter names follow the official Mask2Former checkpoints (``input_proj``, ``transformer.level_embed``,
 ``transformer.encoder.layers.N``, ``adapter_1``, ``layer_1``, ``mask_features``).
 """
+
 import math
 
 import fvcore.nn.weight_init as weight_init
@@ -21,8 +22,15 @@ from .build import PIXEL_DECODER_REGISTRY
 class DeformableEncoderLayer(nn.Module):
     """Post-norm encoder layer: x = LN(x + MSDeformAttn(x + pos)); x = LN(x + FFN(x)). Tokens are [B, S, C]."""
 
-    def __init__(self, d_model: int = 256, d_ffn: int = 1024, dropout: float = 0.0, n_levels: int = 3,
-                 n_heads: int = 8, n_points: int = 4):
+    def __init__(
+        self,
+        d_model: int = 256,
+        d_ffn: int = 1024,
+        dropout: float = 0.0,
+        n_levels: int = 3,
+        n_heads: int = 8,
+        n_points: int = 4,
+    ):
         super().__init__()
         self.self_attn = MSDeformAttn(d_model, n_levels, n_heads, n_points)
         self.dropout1 = nn.Dropout(dropout)
@@ -65,7 +73,8 @@ class DeformableEncoder(nn.Module):
         super().__init__()
         self.level_embed = nn.Parameter(torch.empty(n_levels, d_model))
         self.encoder = _LayerStack(
-            [DeformableEncoderLayer(d_model, d_ffn, dropout, n_levels, n_heads, n_points) for _ in range(num_layers)])
+            [DeformableEncoderLayer(d_model, d_ffn, dropout, n_levels, n_heads, n_points) for _ in range(num_layers)]
+        )
         for p in self.parameters():
             if p.dim() > 1:
                 nn.init.xavier_uniform_(p)
@@ -79,8 +88,11 @@ class DeformableEncoder(nn.Module):
         """Pixel centres of every level, normalised to [0, 1]: [B, S, L, 2] as (x, y)."""
         points = []
         for h, w in spatial_shapes:
-            ys, xs = torch.meshgrid((torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h,
-                                    (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w, indexing="ij")
+            ys, xs = torch.meshgrid(
+                (torch.arange(h, device=device, dtype=torch.float32) + 0.5) / h,
+                (torch.arange(w, device=device, dtype=torch.float32) + 0.5) / w,
+                indexing="ij",
+            )
             points.append(torch.stack((xs.reshape(-1), ys.reshape(-1)), -1))
         points = torch.cat(points, 0)[None, :, None, :].expand(batch, -1, len(spatial_shapes), -1)
         return points
@@ -89,8 +101,9 @@ class DeformableEncoder(nn.Module):
         """srcs, pos_embeds: per level [B, C, H_l, W_l]. Returns (memory [B, S, C], shapes [(H_l, W_l)])."""
         shapes = [tuple(s.shape[-2:]) for s in srcs]
         src_flat = torch.cat([s.flatten(2).transpose(1, 2) for s in srcs], 1)
-        pos_flat = torch.cat([p.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1)
-                              for lvl, p in enumerate(pos_embeds)], 1)
+        pos_flat = torch.cat(
+            [p.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1) for lvl, p in enumerate(pos_embeds)], 1
+        )
         device = src_flat.device
         # the level table stays on the CPU: the op checks it there and copies it to the GPU without a sync
         spatial_shapes = torch.as_tensor(shapes, dtype=torch.long)
@@ -111,15 +124,29 @@ class MSDeformAttnPixelDecoder(nn.Module):
     """
 
     @configurable
-    def __init__(self, input_shape: dict[str, ShapeSpec], *, transformer_in_features: list[str], conv_dim: int,
-                 mask_dim: int, norm: str = "GN", transformer_dropout: float = 0.0, transformer_nheads: int = 8,
-                 transformer_dim_feedforward: int = 1024, transformer_enc_layers: int = 6, n_points: int = 4,
-                 common_stride: int = 4, num_feature_levels: int = 3):
+    def __init__(
+        self,
+        input_shape: dict[str, ShapeSpec],
+        *,
+        transformer_in_features: list[str],
+        conv_dim: int,
+        mask_dim: int,
+        norm: str = "GN",
+        transformer_dropout: float = 0.0,
+        transformer_nheads: int = 8,
+        transformer_dim_feedforward: int = 1024,
+        transformer_enc_layers: int = 6,
+        n_points: int = 4,
+        common_stride: int = 4,
+        num_feature_levels: int = 3,
+    ):
         super().__init__()
         missing = [f for f in transformer_in_features if f not in input_shape]
         if missing:
-            raise ValueError(f"MSDeformAttnPixelDecoder needs backbone features {missing}, but the backbone gives "
-                             f"{sorted(input_shape)}; set MODEL.SEM_SEG_HEAD.IN_FEATURES / the backbone's OUT_FEATURES.")
+            raise ValueError(
+                f"MSDeformAttnPixelDecoder needs backbone features {missing}, but the backbone gives "
+                f"{sorted(input_shape)}; set MODEL.SEM_SEG_HEAD.IN_FEATURES / the backbone's OUT_FEATURES."
+            )
         shapes = sorted(input_shape.items(), key=lambda kv: kv[1].stride)
         self.in_features = [k for k, _ in shapes]  # fine to coarse
         trans = sorted(((k, v) for k, v in shapes if k in transformer_in_features), key=lambda kv: kv[1].stride)
@@ -134,8 +161,15 @@ class MSDeformAttnPixelDecoder(nn.Module):
             nn.init.xavier_uniform_(proj[0].weight, gain=1)
             nn.init.constant_(proj[0].bias, 0)
             self.input_proj.append(proj)
-        self.transformer = DeformableEncoder(conv_dim, transformer_nheads, transformer_enc_layers,
-                                             transformer_dim_feedforward, transformer_dropout, len(trans), n_points)
+        self.transformer = DeformableEncoder(
+            conv_dim,
+            transformer_nheads,
+            transformer_enc_layers,
+            transformer_dim_feedforward,
+            transformer_dropout,
+            len(trans),
+            n_points,
+        )
         self.pe_layer = PositionEmbeddingSine(conv_dim // 2, normalize=True)
         self.mask_dim = mask_dim
         self.mask_features = Conv2d(conv_dim, mask_dim, kernel_size=1)
@@ -148,8 +182,15 @@ class MSDeformAttnPixelDecoder(nn.Module):
         use_bias = norm == ""
         for idx, (_, spec) in enumerate(reversed(shapes[: self.num_fpn_levels])):
             lateral = Conv2d(spec.channels, conv_dim, kernel_size=1, bias=use_bias, norm=get_norm(norm, conv_dim))
-            output = Conv2d(conv_dim, conv_dim, kernel_size=3, padding=1, bias=use_bias,
-                            norm=get_norm(norm, conv_dim), activation=F.relu)
+            output = Conv2d(
+                conv_dim,
+                conv_dim,
+                kernel_size=3,
+                padding=1,
+                bias=use_bias,
+                norm=get_norm(norm, conv_dim),
+                activation=F.relu,
+            )
             weight_init.c2_xavier_fill(lateral)
             weight_init.c2_xavier_fill(output)
             self.add_module(f"adapter_{idx + 1}", lateral)

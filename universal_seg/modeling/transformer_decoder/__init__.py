@@ -1,5 +1,6 @@
 """Transformer decoders: multi-scale features + mask features -> per-query classes and masks (Mask2Former,
 StructToken-universal). Per-pixel heads live in universal_seg.modeling.heads."""
+
 from .build import TRANSFORMER_DECODER_REGISTRY, build_transformer_decoder
 from .mask2former import MultiScaleMaskedTransformerDecoder
 from .structtoken import StructTokenDecoder, StructTokenHead  # noqa: F401  (registers both)

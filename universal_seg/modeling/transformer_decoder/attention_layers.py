@@ -2,6 +2,7 @@
 
 Each supports post-norm (the official default) and pre-norm; parameter names follow the official checkpoints.
 """
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -31,8 +32,9 @@ class MultiheadAttention(nn.Module):
     def __init__(self, embed_dim: int, num_heads: int, dropout: float = 0.0):
         super().__init__()
         if embed_dim % num_heads:
-            raise ValueError(f"MultiheadAttention: embed_dim ({embed_dim}) must be divisible by num_heads "
-                             f"({num_heads}).")
+            raise ValueError(
+                f"MultiheadAttention: embed_dim ({embed_dim}) must be divisible by num_heads ({num_heads})."
+            )
         self.embed_dim, self.num_heads, self.dropout = embed_dim, num_heads, dropout
         self.in_proj_weight = nn.Parameter(torch.empty(3 * embed_dim, embed_dim))
         self.in_proj_bias = nn.Parameter(torch.zeros(3 * embed_dim))
@@ -40,8 +42,9 @@ class MultiheadAttention(nn.Module):
         nn.init.xavier_uniform_(self.in_proj_weight)
         nn.init.zeros_(self.out_proj.bias)
 
-    def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
-                attn_mask: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(
+        self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor, attn_mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """query [B, Lq, C], key / value [B, Lk, C]; attn_mask bool [B * heads, Lq, Lk] (True = blocked) or None.
         Returns [B, Lq, C]."""
         B, Lq, C = query.shape
@@ -52,8 +55,9 @@ class MultiheadAttention(nn.Module):
         k = linear(key, w_k, b_k).view(B, Lk, H, C // H).transpose(1, 2)
         v = linear(value, w_v, b_v).view(B, Lk, H, C // H).transpose(1, 2)
         allowed = None if attn_mask is None else ~attn_mask.view(B, H, Lq, Lk)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed,
-                                             dropout_p=self.dropout if self.training else 0.0)
+        out = F.scaled_dot_product_attention(
+            q, k, v, attn_mask=allowed, dropout_p=self.dropout if self.training else 0.0
+        )
         return self.out_proj(out.transpose(1, 2).reshape(B, Lq, C))
 
 

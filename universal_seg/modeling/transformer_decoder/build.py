@@ -1,4 +1,5 @@
 """Registry of decoders, selected by MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME."""
+
 from detectron2.utils.registry import Registry
 
 TRANSFORMER_DECODER_REGISTRY = Registry("TRANSFORMER_DECODER")
@@ -13,6 +14,8 @@ def build_transformer_decoder(cfg, in_channels: int, mask_classification: bool =
     """The decoder named by MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME."""
     name = cfg.MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME
     if name not in TRANSFORMER_DECODER_REGISTRY:
-        raise KeyError(f"MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME={name!r} is not registered; "
-                       f"choose one of {sorted(k for k, _ in TRANSFORMER_DECODER_REGISTRY)}.")
+        raise KeyError(
+            f"MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME={name!r} is not registered; "
+            f"choose one of {sorted(k for k, _ in TRANSFORMER_DECODER_REGISTRY)}."
+        )
     return TRANSFORMER_DECODER_REGISTRY.get(name)(cfg, in_channels, mask_classification)

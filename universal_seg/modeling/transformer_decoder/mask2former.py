@@ -5,6 +5,7 @@ with masked cross-attention -> self-attention -> FFN. Predictions (classes over 
 mask_features) come after the initial queries and after every layer (deep supervision); each prediction's
 mask, resized to the next level and thresholded at 0.5, is the next layer's attention mask.
 """
+
 import torch
 import torch.nn.functional as F
 from detectron2.config import configurable
@@ -42,23 +43,41 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     """
 
     @configurable
-    def __init__(self, in_channels: int, mask_classification: bool = True, *, num_classes: int, hidden_dim: int,
-                 num_queries: int, nheads: int, dim_feedforward: int, dec_layers: int, pre_norm: bool, mask_dim: int,
-                 enforce_input_project: bool = False, num_feature_levels: int = 3):
+    def __init__(
+        self,
+        in_channels: int,
+        mask_classification: bool = True,
+        *,
+        num_classes: int,
+        hidden_dim: int,
+        num_queries: int,
+        nheads: int,
+        dim_feedforward: int,
+        dec_layers: int,
+        pre_norm: bool,
+        mask_dim: int,
+        enforce_input_project: bool = False,
+        num_feature_levels: int = 3,
+    ):
         super().__init__()
         if not mask_classification:
-            raise ValueError("MultiScaleMaskedTransformerDecoder predicts masks with classes; "
-                             "use a per-pixel decoder for semantic-only logits.")
+            raise ValueError(
+                "MultiScaleMaskedTransformerDecoder predicts masks with classes; "
+                "use a per-pixel decoder for semantic-only logits."
+            )
         self.mask_classification = mask_classification
         self.num_heads, self.num_layers, self.num_queries = nheads, dec_layers, num_queries
         self.num_feature_levels = num_feature_levels
         self.pe_layer = PositionEmbeddingSine(hidden_dim // 2, normalize=True)
         self.transformer_self_attention_layers = nn.ModuleList(
-            SelfAttentionLayer(hidden_dim, nheads, 0.0, pre_norm) for _ in range(dec_layers))
+            SelfAttentionLayer(hidden_dim, nheads, 0.0, pre_norm) for _ in range(dec_layers)
+        )
         self.transformer_cross_attention_layers = nn.ModuleList(
-            CrossAttentionLayer(hidden_dim, nheads, 0.0, pre_norm) for _ in range(dec_layers))
+            CrossAttentionLayer(hidden_dim, nheads, 0.0, pre_norm) for _ in range(dec_layers)
+        )
         self.transformer_ffn_layers = nn.ModuleList(
-            FFNLayer(hidden_dim, dim_feedforward, 0.0, pre_norm) for _ in range(dec_layers))
+            FFNLayer(hidden_dim, dim_feedforward, 0.0, pre_norm) for _ in range(dec_layers)
+        )
         self.decoder_norm = nn.LayerNorm(hidden_dim)
         self.query_feat = nn.Embedding(num_queries, hidden_dim)
         self.query_embed = nn.Embedding(num_queries, hidden_dim)
@@ -79,8 +98,10 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
     def from_config(cls, cfg, in_channels, mask_classification):
         mf = cfg.MODEL.MASK_FORMER
         if mf.DEC_LAYERS < 1:
-            raise ValueError(f"MODEL.MASK_FORMER.DEC_LAYERS must be >= 1 (it counts the learnable-query "
-                             f"prediction), got {mf.DEC_LAYERS}.")
+            raise ValueError(
+                f"MODEL.MASK_FORMER.DEC_LAYERS must be >= 1 (it counts the learnable-query "
+                f"prediction), got {mf.DEC_LAYERS}."
+            )
         return {
             "in_channels": in_channels,
             "mask_classification": mask_classification,
@@ -109,14 +130,19 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         src, pos = [], []
         for lvl, feat in enumerate(x):
             pos.append(self.pe_layer(feat).flatten(2).transpose(1, 2))  # [B, hw, C]
-            src.append((self.input_proj[lvl](feat).flatten(2) + self.level_embed.weight[lvl][None, :, None]).transpose(1, 2))
+            src.append(
+                (self.input_proj[lvl](feat).flatten(2) + self.level_embed.weight[lvl][None, :, None]).transpose(1, 2)
+            )
         query_pos = self.query_embed.weight.unsqueeze(0).expand(B, -1, -1)
         output = self.query_feat.weight.unsqueeze(0).expand(B, -1, -1)
 
         # In eval mode only the last prediction is returned, so intermediate masks are needed only for attention
         # masks: resizing is linear, hence resize(embed . F) == embed . resize(F), computed on the small maps.
-        lowres = None if self.training else [
-            F.interpolate(mask_features, size=s, mode="bilinear", align_corners=False) for s in sizes]
+        lowres = (
+            None
+            if self.training
+            else [F.interpolate(mask_features, size=s, mode="bilinear", align_corners=False) for s in sizes]
+        )
         classes, masks = [], []
         cls_, mask_, attn_mask = self._predict(output, mask_features, sizes[0], lowres, 0, final=self.num_layers == 0)
         classes.append(cls_)
@@ -127,8 +153,9 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             output = self.transformer_self_attention_layers[i](output, query_pos)
             output = self.transformer_ffn_layers[i](output)
             nxt = (i + 1) % self.num_feature_levels
-            cls_, mask_, attn_mask = self._predict(output, mask_features, sizes[nxt], lowres, nxt,
-                                                   final=i == self.num_layers - 1)
+            cls_, mask_, attn_mask = self._predict(
+                output, mask_features, sizes[nxt], lowres, nxt, final=i == self.num_layers - 1
+            )
             classes.append(cls_)
             masks.append(mask_)
         aux = [{"pred_logits": c, "pred_masks": m} for c, m in zip(classes[:-1], masks[:-1])] if self.training else []

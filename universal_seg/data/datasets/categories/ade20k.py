@@ -3,6 +3,7 @@
 ``id`` is the 1-based label value of ADEChallengeData2016/annotations (0 = "other", ignored);
 ``isthing`` marks the 100 classes of the ADE20K instance track. Colours are the usual ADE20K palette.
 """
+
 from detectron2.data.datasets.builtin_meta import ADE20K_SEM_SEG_CATEGORIES
 
 # fmt: off

@@ -3,6 +3,7 @@
 The panoptic table is detectron2's ``COCO_CATEGORIES`` (ids, names, colours, isthing). COCO-Stuff adds the
 91 original stuff classes (ids 92-182); their colours are derived deterministically from their ids.
 """
+
 from detectron2.data.datasets.builtin_meta import COCO_CATEGORIES
 
 COCO_PANOPTIC_CATEGORIES = [dict(c) for c in COCO_CATEGORIES]

@@ -5,6 +5,7 @@
 with supercategories such as ``object--vehicle--on-rails``): "On Rails" is stuff there (isthing 0). Checked against
 that table, not against the dataset's own panoptic_2018.json, which is not in this repository.
 """
+
 # fmt: off
 _TABLE = [
     ("Bird", (165, 42, 42), 1), ("Ground Animal", (0, 192, 0), 1), ("Curb", (196, 196, 196), 0),

@@ -5,6 +5,7 @@ and the 20 VOC object classes are things. Panoptic category ids equal the VOC la
 Instance: the 20 things, with COCO category ids 1-20 (labelme's own ids) and contiguous ids 0-19.
 Video clip: background, car, track (labelme's video example; label values 0-2).
 """
+
 # fmt: off
 VOC_CLASS_NAMES = [
     "background", "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",

@@ -6,13 +6,30 @@ MODEL.SEM_SEG_HEAD.NAME "StructTokenHead" under MODEL.META_ARCHITECTURE "PerPixe
 matching; MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME "StructTokenDecoder" under "UniversalSegmentor").
 Keys: MODEL.STRUCTTOKEN (:func:`add_structtoken_config`).
 """
+
 from .blocks import StructTokenBlock, StructTokenStack
 from .config import add_structtoken_config
-from .interaction import (INTERACTIONS, CrossSliceExtraction, PointWiseExtraction, SelfSliceExtraction,
-                          build_interaction, slice_attention)
+from .interaction import (
+    INTERACTIONS,
+    CrossSliceExtraction,
+    PointWiseExtraction,
+    SelfSliceExtraction,
+    build_interaction,
+    slice_attention,
+)
 from .semantic_head import StructTokenHead
 from .universal_decoder import StructTokenDecoder
 
-__all__ = ["INTERACTIONS", "CrossSliceExtraction", "PointWiseExtraction", "SelfSliceExtraction", "StructTokenBlock",
-           "StructTokenDecoder", "StructTokenHead", "StructTokenStack", "add_structtoken_config", "build_interaction",
-           "slice_attention"]
+__all__ = [
+    "INTERACTIONS",
+    "CrossSliceExtraction",
+    "PointWiseExtraction",
+    "SelfSliceExtraction",
+    "StructTokenBlock",
+    "StructTokenDecoder",
+    "StructTokenHead",
+    "StructTokenStack",
+    "add_structtoken_config",
+    "build_interaction",
+    "slice_attention",
+]

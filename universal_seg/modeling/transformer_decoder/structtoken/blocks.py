@@ -1,5 +1,6 @@
 """Learnable structure-token maps and the stack of StructToken blocks shared by the semantic head and the
 universal decoder."""
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -17,8 +18,15 @@ class StructTokenBlock(nn.Module):
     unused parameter set, which distributed training rejects).
     """
 
-    def __init__(self, interaction: str, num_tokens: int, channels: int, drop_path: float = 0.0,
-                 ffn_ratio: int = 4, feature_ffn: bool = True):
+    def __init__(
+        self,
+        interaction: str,
+        num_tokens: int,
+        channels: int,
+        drop_path: float = 0.0,
+        ffn_ratio: int = 4,
+        feature_ffn: bool = True,
+    ):
         super().__init__()
         self.interaction = build_interaction(interaction, num_tokens, channels, drop_path)
         self.ffn_tokens = FFN(num_tokens, ffn_ratio)
@@ -40,8 +48,16 @@ class StructTokenStack(nn.Module):
     ``last_features_used`` False: the caller reads only the last block's tokens, so that block has no FFN on F.
     """
 
-    def __init__(self, interaction: str, num_tokens: int, channels: int, token_size: tuple[int, int],
-                 num_blocks: int = 4, drop_path_rate: float = 0.1, last_features_used: bool = True):
+    def __init__(
+        self,
+        interaction: str,
+        num_tokens: int,
+        channels: int,
+        token_size: tuple[int, int],
+        num_blocks: int = 4,
+        drop_path_rate: float = 0.1,
+        last_features_used: bool = True,
+    ):
         super().__init__()
         if num_blocks < 1:
             raise ValueError(f"MODEL.STRUCTTOKEN.NUM_BLOCKS must be >= 1, got {num_blocks}.")
@@ -50,7 +66,8 @@ class StructTokenStack(nn.Module):
         rates = linear_drop_path_rates(drop_path_rate, [num_blocks])[0]
         self.blocks = nn.ModuleList(
             StructTokenBlock(interaction, num_tokens, channels, r, feature_ffn=last_features_used or i < num_blocks - 1)
-            for i, r in enumerate(rates))
+            for i, r in enumerate(rates)
+        )
 
     def token_maps(self, f: torch.Tensor) -> torch.Tensor:
         """The token maps at f's size, expanded over the batch: [B, T, h, w]."""

@@ -1,4 +1,5 @@
 """MODEL.STRUCTTOKEN.*: the keys of StructToken's semantic head and universal decoder, with their defaults."""
+
 from detectron2.config import CfgNode as CN
 
 
@@ -8,10 +9,10 @@ def add_structtoken_config(cfg) -> None:
     HIDDEN_DIM (C), DEC_LAYERS (= NUM_BLOCKS + 1 predictions)} and Mask2Former's matcher / criterion keys."""
     cfg.MODEL.STRUCTTOKEN = CN()
     st = cfg.MODEL.STRUCTTOKEN
-    st.INTERACTION = "PWE"          # CSE (cross-slice), SSE (self-slice) or PWE (point-wise)
+    st.INTERACTION = "PWE"  # CSE (cross-slice), SSE (self-slice) or PWE (point-wise)
     st.NUM_BLOCKS = 4
-    st.DROP_PATH_RATE = 0.1         # drop-path rates rise linearly from 0 (first block) to this (last block)
-    st.TOKEN_SIZE = [32, 32]        # (h, w) of the learnable token maps: crop / 16 (resized bicubically at run time)
+    st.DROP_PATH_RATE = 0.1  # drop-path rates rise linearly from 0 (first block) to this (last block)
+    st.TOKEN_SIZE = [32, 32]  # (h, w) of the learnable token maps: crop / 16 (resized bicubically at run time)
     # semantic head (StructTokenHead) input: "backbone" = MODEL.SEM_SEG_HEAD.IN_FEATURES[0] (e.g. a ViT "layer11",
     # stride 16, as in the paper); "pixel_decoder" = mask_features (stride 4) of the pixel decoder named by
     # MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME, which the head then builds and owns (multi-scale backbones)

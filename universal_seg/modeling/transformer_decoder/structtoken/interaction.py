@@ -2,6 +2,7 @@
 
 Each module's forward takes ``(s, f)`` and returns the updated ``(s, f)`` with unchanged shapes.
 """
+
 import math
 
 import torch
@@ -52,7 +53,7 @@ class _Concat(nn.Module):
     def forward(self, s: torch.Tensor, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.cat([s, f], dim=1)
         x = x + self.drop_path(self.branch(x))
-        return x[:, : self.num_tokens], x[:, self.num_tokens:]
+        return x[:, : self.num_tokens], x[:, self.num_tokens :]
 
 
 class SelfSliceExtraction(_Concat):

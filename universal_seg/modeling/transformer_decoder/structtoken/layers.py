@@ -2,6 +2,7 @@
 
 Every block maps ``[B, C, h, w] -> [B, C', h, w]``; LayerNorms normalise the channels of each pixel.
 """
+
 import torch
 from torch import nn
 
@@ -16,9 +17,15 @@ class ProjectionBlock(nn.Module):
         super().__init__()
         c = out_channels or in_channels
         self.layers = nn.Sequential(
-            nn.Conv2d(in_channels, c, 1), LayerNorm2d(c), nn.GELU(),
-            nn.Conv2d(c, c, 3, padding=1, groups=c), LayerNorm2d(c), nn.GELU(),
-            nn.Conv2d(c, c, 1), LayerNorm2d(c))
+            nn.Conv2d(in_channels, c, 1),
+            LayerNorm2d(c),
+            nn.GELU(),
+            nn.Conv2d(c, c, 3, padding=1, groups=c),
+            LayerNorm2d(c),
+            nn.GELU(),
+            nn.Conv2d(c, c, 1),
+            LayerNorm2d(c),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
@@ -32,9 +39,15 @@ class FFN(nn.Module):
         super().__init__()
         hidden = ratio * channels
         self.layers = nn.Sequential(
-            nn.Conv2d(channels, hidden, 1), LayerNorm2d(hidden), nn.GELU(),
-            nn.Conv2d(hidden, hidden, 3, padding=1, groups=channels), LayerNorm2d(hidden), nn.GELU(),
-            nn.Conv2d(hidden, channels, 1), LayerNorm2d(channels))
+            nn.Conv2d(channels, hidden, 1),
+            LayerNorm2d(hidden),
+            nn.GELU(),
+            nn.Conv2d(hidden, hidden, 3, padding=1, groups=channels),
+            LayerNorm2d(hidden),
+            nn.GELU(),
+            nn.Conv2d(hidden, channels, 1),
+            LayerNorm2d(channels),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.layers(x)
@@ -47,8 +60,13 @@ class RefineBlock(nn.Module):
     def __init__(self, channels: int):
         super().__init__()
         self.layers = nn.Sequential(
-            LayerNorm2d(channels), nn.GELU(), nn.Conv2d(channels, channels, 3, padding=1),
-            LayerNorm2d(channels), nn.GELU(), nn.Conv2d(channels, channels, 3, padding=1))
+            LayerNorm2d(channels),
+            nn.GELU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+            LayerNorm2d(channels),
+            nn.GELU(),
+            nn.Conv2d(channels, channels, 3, padding=1),
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.layers(x)

@@ -3,14 +3,15 @@
 features -> 1x1 conv to C channels -> K token maps + NUM_BLOCKS StructToken blocks -> refinement block ->
 per-class logits at the features' resolution (upsampled and trained with per-pixel CE by PerPixelHead.losses).
 """
+
 import torch
 from detectron2.config import configurable
 from detectron2.layers import ShapeSpec
 from torch import nn
 
-from ...pixel_decoder import build_pixel_decoder
 from ...heads.base import PerPixelHead
 from ...heads.build import PER_PIXEL_HEAD_REGISTRY
+from ...pixel_decoder import build_pixel_decoder
 from .blocks import StructTokenStack
 from .layers import RefineBlock
 
@@ -40,31 +41,50 @@ class StructTokenHead(PerPixelHead):
     inputs_example = "one name, e.g. ['layer11']"
 
     @configurable
-    def __init__(self, *, in_channels: int, num_classes: int, channels: int, interaction: str,
-                 token_size: tuple[int, int], num_blocks: int = 4, drop_path_rate: float = 0.1,
-                 in_feature: str = "", pixel_decoder: nn.Module | None = None, loss_weight: float = 1.0,
-                 ignore_label: int = 255):
+    def __init__(
+        self,
+        *,
+        in_channels: int,
+        num_classes: int,
+        channels: int,
+        interaction: str,
+        token_size: tuple[int, int],
+        num_blocks: int = 4,
+        drop_path_rate: float = 0.1,
+        in_feature: str = "",
+        pixel_decoder: nn.Module | None = None,
+        loss_weight: float = 1.0,
+        ignore_label: int = 255,
+    ):
         super().__init__(num_classes=num_classes, loss_weight=loss_weight, ignore_label=ignore_label)
         self.in_feature = in_feature
         self.pixel_decoder = pixel_decoder
         self.input_proj = nn.Conv2d(in_channels, channels, 1)
-        self.stack = StructTokenStack(interaction, num_classes, channels, tuple(token_size), num_blocks,
-                                      drop_path_rate, last_features_used=False)
+        self.stack = StructTokenStack(
+            interaction, num_classes, channels, tuple(token_size), num_blocks, drop_path_rate, last_features_used=False
+        )
         self.refine = RefineBlock(num_classes)
 
     @classmethod
     def from_config(cls, cfg, input_shape: dict[str, ShapeSpec]) -> dict:
         head, st = cfg.MODEL.SEM_SEG_HEAD, cfg.MODEL.STRUCTTOKEN
         cls.check_aux_inputs(cfg)
-        args = {**cls.loss_config(cfg), "channels": head.CONVS_DIM, "interaction": st.INTERACTION,
-                "token_size": tuple(st.TOKEN_SIZE), "num_blocks": st.NUM_BLOCKS, "drop_path_rate": st.DROP_PATH_RATE}
+        args = {
+            **cls.loss_config(cfg),
+            "channels": head.CONVS_DIM,
+            "interaction": st.INTERACTION,
+            "token_size": tuple(st.TOKEN_SIZE),
+            "num_blocks": st.NUM_BLOCKS,
+            "drop_path_rate": st.DROP_PATH_RATE,
+        }
         if st.FEATURE_SOURCE == "backbone":
             shape = cls.select_inputs(cfg, input_shape)
             return {**args, "in_channels": shape[head.IN_FEATURES[0]].channels, "in_feature": head.IN_FEATURES[0]}
         if st.FEATURE_SOURCE == "pixel_decoder":
             return {**args, "in_channels": head.MASK_DIM, "pixel_decoder": build_pixel_decoder(cfg, input_shape)}
-        raise ValueError(f"MODEL.STRUCTTOKEN.FEATURE_SOURCE={st.FEATURE_SOURCE!r} is unknown; choose one of "
-                         f"{list(FEATURE_SOURCES)}.")
+        raise ValueError(
+            f"MODEL.STRUCTTOKEN.FEATURE_SOURCE={st.FEATURE_SOURCE!r} is unknown; choose one of {list(FEATURE_SOURCES)}."
+        )
 
     def forward(self, features: dict[str, torch.Tensor]) -> dict:
         x = features[self.in_feature] if self.pixel_decoder is None else self.pixel_decoder(features)[0]

@@ -4,6 +4,7 @@ N structure tokens (not tied to classes) interact with the pixel decoder's mask 
 mask logit map, and a class head reads each token's map-weighted average of the features. Trained with
 Mask2Former's Hungarian matcher and criterion, so semantic, instance and panoptic inference are the shared ones.
 """
+
 import torch
 from detectron2.config import configurable
 from torch import nn
@@ -39,18 +40,32 @@ class StructTokenDecoder(nn.Module):
     """
 
     @configurable
-    def __init__(self, in_channels: int, mask_classification: bool = True, *, num_classes: int, num_queries: int,
-                 hidden_dim: int, mask_dim: int, interaction: str, token_size: tuple[int, int], num_blocks: int = 4,
-                 drop_path_rate: float = 0.1):
+    def __init__(
+        self,
+        in_channels: int,
+        mask_classification: bool = True,
+        *,
+        num_classes: int,
+        num_queries: int,
+        hidden_dim: int,
+        mask_dim: int,
+        interaction: str,
+        token_size: tuple[int, int],
+        num_blocks: int = 4,
+        drop_path_rate: float = 0.1,
+    ):
         super().__init__()
         if not mask_classification:
-            raise ValueError("StructTokenDecoder predicts masks with classes; for semantic-only logits use the "
-                             "per-pixel StructTokenHead (MODEL.META_ARCHITECTURE: PerPixelSegmentor, "
-                             "MODEL.SEM_SEG_HEAD.NAME: StructTokenHead).")
+            raise ValueError(
+                "StructTokenDecoder predicts masks with classes; for semantic-only logits use the "
+                "per-pixel StructTokenHead (MODEL.META_ARCHITECTURE: PerPixelSegmentor, "
+                "MODEL.SEM_SEG_HEAD.NAME: StructTokenHead)."
+            )
         self.num_queries = num_queries
         self.input_proj = nn.Conv2d(mask_dim, hidden_dim, 1)
-        self.stack = StructTokenStack(interaction, num_queries, hidden_dim, tuple(token_size), num_blocks,
-                                      drop_path_rate)
+        self.stack = StructTokenStack(
+            interaction, num_queries, hidden_dim, tuple(token_size), num_blocks, drop_path_rate
+        )
         self.refine = RefineBlock(num_queries)
         self.class_norm = nn.LayerNorm(hidden_dim)
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
@@ -59,9 +74,11 @@ class StructTokenDecoder(nn.Module):
     def from_config(cls, cfg, in_channels, mask_classification):
         mf, st = cfg.MODEL.MASK_FORMER, cfg.MODEL.STRUCTTOKEN
         if mf.DEEP_SUPERVISION and mf.DEC_LAYERS != st.NUM_BLOCKS + 1:
-            raise ValueError(f"StructTokenDecoder makes MODEL.STRUCTTOKEN.NUM_BLOCKS + 1 = {st.NUM_BLOCKS + 1} "
-                             f"predictions (one per block and the refined one), so set MODEL.MASK_FORMER.DEC_LAYERS "
-                             f"to {st.NUM_BLOCKS + 1} (got {mf.DEC_LAYERS}).")
+            raise ValueError(
+                f"StructTokenDecoder makes MODEL.STRUCTTOKEN.NUM_BLOCKS + 1 = {st.NUM_BLOCKS + 1} "
+                f"predictions (one per block and the refined one), so set MODEL.MASK_FORMER.DEC_LAYERS "
+                f"to {st.NUM_BLOCKS + 1} (got {mf.DEC_LAYERS})."
+            )
         return {
             "in_channels": in_channels,
             "mask_classification": mask_classification,

@@ -234,7 +234,7 @@ int64_t num_blocks(const Dims& d, int T) {
 // become template arguments.
 // kMaxVector: the widest vector (elements) a kernel uses. The backward stops at 4: for fp16 / bf16 that is an
 // 8-byte load and twice the threads per item of a 16-byte one, which pays where each thread also issues the
-// value-gradient atomics (measured on an H200: fp16 / bf16 backward no faster than fp32 with 8 elements).
+// value-gradient atomics (benchmarks/gpu_op.py; the README's GPU section has the numbers).
 struct ForwardArgs {
   static constexpr int kMaxVector = 8;
   const at::Tensor &value, &shapes, &starts, &loc, &attn, &out;

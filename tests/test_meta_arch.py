@@ -66,6 +66,13 @@ def test_per_pixel_head_under_mask_classification_is_a_build_time_error():
         build_model(load_cfg(SEGFORMER_MINI, "MODEL.META_ARCHITECTURE", "UniversalSegmentor"))
 
 
+def test_unknown_head_name_under_mask_classification_is_a_build_time_error():
+    with pytest.raises(ValueError, match=r"NAME='MaskFormerHeda' is not a head UniversalSegmentor knows"):
+        build_model(load_cfg(M2F_MINI, "MODEL.SEM_SEG_HEAD.NAME", "MaskFormerHeda"))
+    model = build_model(load_cfg(M2F_MINI, "MODEL.SEM_SEG_HEAD.NAME", "MaskFormerHead"))  # the official configs' name
+    assert isinstance(model, UniversalSegmentor)
+
+
 def test_mask_classification_config_under_per_pixel_is_a_build_time_error():
     # the Mask2Former configs leave MODEL.SEM_SEG_HEAD.NAME at detectron2's default, which is no per-pixel head
     with pytest.raises(

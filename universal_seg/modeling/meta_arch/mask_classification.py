@@ -16,6 +16,10 @@ from ..postprocess import instance_inference, panoptic_inference, semantic_infer
 from ..segmentation_head import SegmentationHead
 from .base import SegmentorBase, resize_to_output
 
+# MODEL.SEM_SEG_HEAD.NAME values a mask-classification config may carry: detectron2's default (which no
+# Mask2Former config changes) and the name the official Mask2Former configs give this head.
+MASK_CLASSIFICATION_HEAD_ALIASES = ("MaskFormerHead", "SemSegFPNHead")
+
 
 @META_ARCH_REGISTRY.register()
 class UniversalSegmentor(SegmentorBase):
@@ -83,6 +87,12 @@ class UniversalSegmentor(SegmentorBase):
                 f"MODEL.SEM_SEG_HEAD.NAME={name!r} is a per-pixel head, which the mask-classification "
                 f"meta-architecture UniversalSegmentor cannot run: set MODEL.META_ARCHITECTURE to "
                 f"'PerPixelSegmentor'."
+            )
+        if name not in MASK_CLASSIFICATION_HEAD_ALIASES:
+            raise ValueError(
+                f"MODEL.SEM_SEG_HEAD.NAME={name!r} is not a head UniversalSegmentor knows: it builds its head from "
+                f"MODEL.SEM_SEG_HEAD.PIXEL_DECODER_NAME and MODEL.MASK_FORMER.TRANSFORMER_DECODER_NAME, so leave NAME "
+                f"at one of {sorted(MASK_CLASSIFICATION_HEAD_ALIASES)}."
             )
         args = super().from_config(cfg, backbone)
         mf = cfg.MODEL.MASK_FORMER

@@ -240,8 +240,12 @@ struct ForwardArgs {
   const at::Tensor &value, &shapes, &starts, &loc, &attn, &out;
 };
 
+#ifndef UNIVERSAL_SEG_BWD_MAX_VECTOR  // build-time override for measurements (NVCC_APPEND_FLAGS=-D...)
+#define UNIVERSAL_SEG_BWD_MAX_VECTOR 4
+#endif
+
 struct BackwardArgs {
-  static constexpr int kMaxVector = 4;
+  static constexpr int kMaxVector = UNIVERSAL_SEG_BWD_MAX_VECTOR;
   const at::Tensor &value, &shapes, &starts, &loc, &attn, &grad_out, &grad_value, &grad_loc, &grad_attn;
 };
 

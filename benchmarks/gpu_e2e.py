@@ -59,12 +59,11 @@ sys.path.insert(0, ROOT)
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
 import universal_seg.data  # noqa: E402,F401  (dataset metadata: thing classes)
 import universal_seg.modeling  # noqa: E402,F401
-from universal_seg.config import add_universal_seg_config  # noqa: E402
+from universal_seg.config import load_config  # noqa: E402
 from universal_seg.data.mappers.panoptic import semantic_from_compact  # noqa: E402
 from universal_seg.data.mappers.targets import instances_from_panoptic  # noqa: E402
 from universal_seg.engine.optimizer import build_optimizer  # noqa: E402
@@ -94,11 +93,7 @@ SEGMENTS_PER_IMAGE = (15, 30)
 
 # --------------------------------------------------------------------------------------------------- inputs
 def build_cfg(config_file: str, device: str, opts=()):
-    cfg = get_cfg()
-    add_universal_seg_config(cfg)
-    cfg.merge_from_file(os.path.join(ROOT, config_file))
-    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", device, *opts])
-    return cfg
+    return load_config(os.path.join(ROOT, config_file), ["MODEL.WEIGHTS", "", "MODEL.DEVICE", device, *opts])
 
 
 def inference_inputs(batch: int, size: tuple[int, int], seed: int = 0) -> list[dict]:

@@ -16,12 +16,11 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import torch  # noqa: E402
-from detectron2.config import get_cfg  # noqa: E402
 from detectron2.modeling import build_model  # noqa: E402
 
 import universal_seg.data  # noqa: E402,F401  (dataset metadata: thing classes)
 import universal_seg.modeling  # noqa: E402,F401
-from universal_seg.config import add_universal_seg_config  # noqa: E402
+from universal_seg.config import load_config  # noqa: E402
 
 
 def _timed(fn) -> float:
@@ -42,10 +41,7 @@ def main():
     parser.add_argument("--warmup", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    cfg = get_cfg()
-    add_universal_seg_config(cfg)
-    cfg.merge_from_file(args.config_file)
-    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", args.device])
+    cfg = load_config(args.config_file, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", args.device])
     model = build_model(cfg).eval()
     h, w = (args.size * 2)[:2]
     image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8)

@@ -2,11 +2,12 @@
 // convention: see ../ms_deform_attn.h.
 //
 // Work split: one "item" is one (n, query, head). A group of T threads (T a power of two <= 32, a slice of one
-// warp) handles one item; each thread owns V consecutive channels of the head (one 16-byte vector: float4,
-// 8 x bf16 / fp16, ...) and, when D > T * V, the chunks T * V apart. V and T are chosen per call from the channel
-// count and the dtype (`choose_layout`): for Mask2Former's D = 32, bf16 uses 4 threads x 8 channels per item and
-// fp32 8 threads x 4 channels, so every load and store of value, output and grad_output is a vector access. A D
-// that is not a multiple of the vector width takes the scalar layout (V = 1, one warp per item).
+// warp) handles one item; each thread owns V consecutive channels of the head (one vector: float4, 8 x bf16 / fp16
+// in the forward, 4 in the backward, ...) and, when D > T * V, the chunks T * V apart. V and T are chosen per call
+// from the channel count and the dtype (`launch_layout`): for Mask2Former's D = 32, the bf16 forward uses 4 threads
+// x 8 channels per item and fp32 8 threads x 4 channels, so every load and store of value, output and grad_output
+// is a vector access. A D that is not a multiple of the vector width, or a misaligned tensor, takes the scalar
+// layout (V = 1, one warp per item).
 //
 // Sums run in the opmath type (fp32 for fp16 / bf16 / fp32, fp64 for fp64). Backward: the location and weight
 // gradients of a sample are per-thread partial sums over its channels, reduced over the group with warp shuffles
@@ -28,6 +29,7 @@
 #include <c10/macros/Macros.h>
 #include <cuda.h>
 
+#include <algorithm>
 #include <climits>
 #include <type_traits>
 
@@ -204,23 +206,6 @@ Dims dims_of(const at::Tensor& value, const at::Tensor& sampling_loc) {
           sampling_loc.size(1), sampling_loc.size(3), sampling_loc.size(4)};
 }
 
-// The vector width V (elements) and group size T of one call: V is the dtype's 16-byte vector (8 x fp16 / bf16,
-// 4 x fp32, 2 x fp64) when it divides D and every base pointer is aligned to it, with T = the power of two
-// >= D / V (at most one warp); otherwise the scalar layout, V = 1 with one warp per item. Two widths per dtype
-// keep the number of compiled kernels (and the build time for many architectures) small.
-struct Layout {
-  int V, T;
-};
-
-Layout choose_layout(const Dims& d, int V, int64_t element_size, std::initializer_list<const void*> pointers) {
-  bool vectorised = d.D % V == 0;
-  for (const void* ptr : pointers) vectorised = vectorised && reinterpret_cast<uintptr_t>(ptr) % (V * element_size) == 0;
-  if (!vectorised) return {1, kWarpSize};
-  int T = 1;
-  while (T < d.D / V && T < kWarpSize) T *= 2;
-  return {V, T};
-}
-
 int64_t num_blocks(const Dims& d, int T) {
   const int64_t threads = d.N * d.Lq * d.M * T;
   const int64_t blocks = (threads + kThreadsPerBlock - 1) / kThreadsPerBlock;
@@ -230,8 +215,7 @@ int64_t num_blocks(const Dims& d, int T) {
   return blocks;
 }
 
-// Kernel launches for a layout chosen at run time: V (1 or the dtype's 16-byte width) and T (1, 2, ..., 32)
-// become template arguments.
+// Kernel launches for a layout chosen at run time (see launch_layout): V and T become template arguments.
 // kMaxVector: the widest vector (elements) a kernel uses. The backward stops at 4: for fp16 / bf16 that is an
 // 8-byte load and twice the threads per item of a 16-byte one, which pays where each thread also issues the
 // value-gradient atomics (benchmarks/gpu_op.py; the README's GPU section has the numbers).
@@ -281,21 +265,24 @@ void launch_t(const Args& a, const Dims& d, int T, cudaStream_t stream) {
   }
 }
 
+// Launches the kernel for one call's layout: V = the widest vector of the dtype allowed by Args::kMaxVector (at most
+// 16 bytes) when it divides D and every base pointer in `pointers` is aligned to it, with a group of T = the power
+// of two >= D / V threads (at most one warp); otherwise the scalar layout, V = 1 with one warp per item. Two widths
+// per dtype keep the number of compiled kernels (and the build time for many architectures) small.
 template <typename scalar_t, typename Args>
-constexpr int vector_width() {
-  return static_cast<int>(16 / sizeof(scalar_t)) < Args::kMaxVector ? static_cast<int>(16 / sizeof(scalar_t))
-                                                                     : Args::kMaxVector;
-}
-
-template <typename scalar_t, typename Args>
-void launch_layout(const Args& a, const Dims& d, const Layout& layout, cudaStream_t stream) {
-  constexpr int kV = vector_width<scalar_t, Args>();
-  if (layout.V == 1) {
+void launch_layout(const Args& a, const Dims& d, std::initializer_list<const void*> pointers, cudaStream_t stream) {
+  constexpr int kV = std::min<int>(16 / sizeof(scalar_t), Args::kMaxVector);
+  bool vectorised = d.D % kV == 0;
+  for (const void* ptr : pointers) {
+    vectorised = vectorised && reinterpret_cast<uintptr_t>(ptr) % (kV * sizeof(scalar_t)) == 0;
+  }
+  if (!vectorised) {
     launch<scalar_t, 1, kWarpSize>(a, d, num_blocks(d, kWarpSize), stream);
     return;
   }
-  TORCH_CHECK(layout.V == kV, "ms_deform_attn: internal error, no kernel for vector width ", layout.V);
-  launch_t<scalar_t, kV>(a, d, layout.T, stream);
+  int T = 1;
+  while (T < d.D / kV && T < kWarpSize) T *= 2;
+  launch_t<scalar_t, kV>(a, d, T, stream);
 }
 
 }  // namespace
@@ -311,10 +298,8 @@ at::Tensor ms_deform_attn_forward_cuda(const at::Tensor& value, const at::Tensor
   if (out.numel() == 0) return out;
   const auto stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_forward_cuda", [&] {
-    const Layout layout = choose_layout(d, vector_width<scalar_t, ForwardArgs>(), sizeof(scalar_t),
-                                        {value.data_ptr(), out.data_ptr()});
     launch_layout<scalar_t>(ForwardArgs{value, spatial_shapes, level_start_index, sampling_loc, attn_weight, out}, d,
-                            layout, stream);
+                            {value.data_ptr(), out.data_ptr()}, stream);
   });
   return out;
 }
@@ -341,11 +326,9 @@ std::vector<at::Tensor> ms_deform_attn_backward_cuda(const at::Tensor& value, co
     const auto stream = c10::cuda::getCurrentCUDAStream();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cuda", [&] {
       // grad_value_acc is a fresh (256-byte aligned) buffer addressed with value's offsets: V fits it too
-      const Layout layout = choose_layout(d, vector_width<scalar_t, BackwardArgs>(), sizeof(scalar_t),
-                                          {value.data_ptr(), grad_output.data_ptr()});
       launch_layout<scalar_t>(BackwardArgs{value, spatial_shapes, level_start_index, sampling_loc, attn_weight,
                                            grad_output, grad_value_acc, grad_loc, grad_attn},
-                              d, layout, stream);
+                              d, {value.data_ptr(), grad_output.data_ptr()}, stream);
     });
   }
   return {grad_value_acc.to(value.scalar_type()), grad_loc, grad_attn};

@@ -31,7 +31,7 @@ import torch  # noqa: E402
 import tqdm  # noqa: E402
 from detectron2.data.detection_utils import read_image  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
-from predictor import TASKS, AsyncPredictor, VisualizationDemo, enable_task, enabled_tasks  # noqa: E402
+from predictor import TASKS, AsyncPredictor, VisualizationDemo, enable_output_task, output_tasks  # noqa: E402
 
 import universal_seg.data  # noqa: E402,F401  (registers the datasets: metadata for drawing)
 import universal_seg.modeling  # noqa: E402,F401  (registers the models)
@@ -82,9 +82,9 @@ def setup_cfg(args):
         cfg = load_config(args.config_file, args.opts, cpu_hint="add `--opts MODEL.DEVICE cpu`")
     except ValueError as err:
         sys.exit(f"error: {err}")
-    enabled = enabled_tasks(cfg)
+    enabled = output_tasks(cfg)
     args.task = args.task or (enabled[0] if enabled else "semantic")
-    enable_task(cfg, args.task)
+    enable_output_task(cfg, args.task)
     if args.task == "panoptic" and args.confidence_threshold is not None:
         cfg.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD = args.confidence_threshold
     cfg.freeze()

@@ -20,19 +20,9 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 import universal_seg.data  # noqa: F401  (registers the datasets: metadata, also in worker processes)
 import universal_seg.modeling  # noqa: F401  (registers the models, also in worker processes)
 from universal_seg.checkpoint import UniversalSegCheckpointer
+from universal_seg.modeling.meta_arch import TASKS, enable_output_task, output_tasks
 
-TASKS = ("panoptic", "instance", "semantic")  # preference order when --task is not given
-_TASK_KEYS = {"panoptic": "PANOPTIC_ON", "instance": "INSTANCE_ON", "semantic": "SEMANTIC_ON"}
-
-
-def enabled_tasks(cfg) -> list[str]:
-    """The tasks the config's model outputs, in preference order (panoptic > instance > semantic)."""
-    return [t for t in TASKS if cfg.MODEL.MASK_FORMER.TEST[_TASK_KEYS[t]]]
-
-
-def enable_task(cfg, task: str) -> None:
-    """Turns the model's output for ``task`` on in ``cfg`` (unfrozen), leaving the other tasks as they are."""
-    cfg.MODEL.MASK_FORMER.TEST[_TASK_KEYS[task]] = True
+__all__ = ["TASKS", "AsyncPredictor", "Predictor", "VisualizationDemo", "enable_output_task", "output_tasks"]
 
 
 class Predictor:
@@ -211,8 +201,8 @@ class VisualizationDemo:
         key = {"panoptic": "panoptic_seg", "instance": "instances", "semantic": "sem_seg"}[self.task]
         if key not in outputs:
             raise KeyError(
-                f"the model did not output {key!r}; enable MODEL.MASK_FORMER.TEST."
-                f"{_TASK_KEYS[self.task]} (demo.py does it for --task {self.task})."
+                f"the model did not output {key!r}; enable its {self.task} output with "
+                f"universal_seg.modeling.meta_arch.enable_output_task (demo.py does it for --task {self.task})."
             )
         if self.task == "panoptic":
             seg, info = outputs["panoptic_seg"]

@@ -59,7 +59,7 @@ def test_panoptic_flags_select_evaluators(tmp_path):
     # without a semantic root, SEMANTIC_ON adds nothing
     assert _types(build_evaluator(_cfg(instance=False), "mini_panoptic_val")) == [COCOPanopticEvaluator]
     # a config without universal_seg's keys (add_universal_seg_config not called) fails loudly
-    with pytest.raises(AttributeError, match="MASK_FORMER"):
+    with pytest.raises(ValueError, match="META_ARCHITECTURE"):
         build_evaluator(get_cfg(), "mini_panoptic_val_with_sem_seg", str(tmp_path))
     with pytest.raises(ValueError, match="No evaluator enabled"):
         build_evaluator(_cfg(False, False, False), "mini_panoptic_val_with_sem_seg")

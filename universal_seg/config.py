@@ -10,6 +10,7 @@ from detectron2.config import CfgNode as CN
 
 def add_maskformer_config(cfg) -> None:
     """Meta-architecture, pixel decoder, transformer decoder, criterion, inference and solver keys."""
+    cfg.MODEL.META_ARCHITECTURE = "UniversalSegmentor"  # or "PerPixelSegmentor"; detectron2's default is an R-CNN
     cfg.MODEL.MASK_FORMER = CN()
     mf = cfg.MODEL.MASK_FORMER
     # loss weights (Mask2Former: class 2.0, mask BCE 5.0, dice 5.0; no-object class weight 0.1)

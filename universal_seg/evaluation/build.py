@@ -10,15 +10,19 @@ from detectron2.evaluation import (
     SemSegEvaluator,
 )
 
+from ..modeling.meta_arch import output_tasks
 from .instance_evaluator import InstanceSegEvaluator
 
 _PANOPTIC_TYPES = ("coco_panoptic_seg", "ade20k_panoptic_seg", "mapillary_vistas_panoptic_seg")
 
 
+_FLAG_TASKS = {"PANOPTIC_ON": "panoptic", "INSTANCE_ON": "instance", "SEMANTIC_ON": "semantic"}
+
+
 def _test_flag(cfg, name):
-    """cfg.MODEL.MASK_FORMER.TEST.<name>: whether the model produces that output (added by add_universal_seg_config;
-    a config without it fails with AttributeError)."""
-    return bool(getattr(cfg.MODEL.MASK_FORMER.TEST, name))
+    """Whether the config's model outputs the task of ``name`` (PANOPTIC_ON / INSTANCE_ON / SEMANTIC_ON), as its
+    meta-architecture reports it (:func:`universal_seg.modeling.meta_arch.output_tasks`)."""
+    return _FLAG_TASKS[name] in output_tasks(cfg)
 
 
 def _things_first(meta):
@@ -54,7 +58,7 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
 
     sem_seg -> SemSegEvaluator; coco -> COCOEvaluator(use_fast_impl=False) (InstanceSegEvaluator when thing ids
     are not 0..T-1); coco/ade20k/mapillary panoptic -> COCOPanopticEvaluator (+ SemSegEvaluator, + instance AP,
-    following cfg.MODEL.MASK_FORMER.TEST.{PANOPTIC,SEMANTIC,INSTANCE}_ON); cityscapes_* -> the
+    following the tasks the model outputs, meta_arch.output_tasks); cityscapes_* -> the
     Cityscapes evaluators. Returns one evaluator or a DatasetEvaluators.
     """
     meta = MetadataCatalog.get(dataset_name)

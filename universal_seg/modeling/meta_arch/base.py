@@ -20,6 +20,9 @@ def resize_to_output(x: torch.Tensor, image_size: tuple[int, int], height: int, 
     return F.interpolate(x[None], size=(height, width), mode="bilinear", align_corners=False)[0]
 
 
+TASKS = ("panoptic", "instance", "semantic")  # preference order
+
+
 class SegmentorBase(nn.Module):
     """What both meta-architectures share: a backbone and a ``sem_seg_head``, input normalisation and padding,
     output sizes.
@@ -62,6 +65,18 @@ class SegmentorBase(nn.Module):
             "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
             "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
         }
+
+    @classmethod
+    def output_tasks(cls, cfg) -> tuple[str, ...]:
+        """The tasks a model built from ``cfg`` outputs, a subset of TASKS in that order (panoptic > instance >
+        semantic). Each meta-architecture reads its own keys; evaluation, the demo and the tools ask here."""
+        raise NotImplementedError
+
+    @classmethod
+    def enable_output_task(cls, cfg, task: str) -> None:
+        """Turns the model's output for ``task`` on in ``cfg`` (unfrozen), or raises ValueError when this
+        meta-architecture cannot output it."""
+        raise NotImplementedError
 
     @property
     def device(self) -> torch.device:

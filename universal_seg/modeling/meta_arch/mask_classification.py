@@ -14,7 +14,7 @@ from ..heads import PER_PIXEL_HEAD_REGISTRY
 from ..matcher import HungarianMatcher
 from ..postprocess import instance_inference, panoptic_inference, semantic_inference
 from ..segmentation_head import SegmentationHead
-from .base import SegmentorBase, resize_to_output
+from .base import TASKS, SegmentorBase, resize_to_output
 
 # MODEL.SEM_SEG_HEAD.NAME values a mask-classification config may carry: detectron2's default (which no
 # Mask2Former config changes) and the name the official Mask2Former configs give this head.
@@ -78,6 +78,17 @@ class UniversalSegmentor(SegmentorBase):
         self.semantic_on, self.panoptic_on, self.instance_on = semantic_on, panoptic_on, instance_on
         self.test_topk_per_image = test_topk_per_image
         self.ignore_label = ignore_label
+
+    _TASK_KEYS = {"panoptic": "PANOPTIC_ON", "instance": "INSTANCE_ON", "semantic": "SEMANTIC_ON"}
+
+    @classmethod
+    def output_tasks(cls, cfg) -> tuple[str, ...]:
+        """MODEL.MASK_FORMER.TEST.{PANOPTIC,INSTANCE,SEMANTIC}_ON."""
+        return tuple(t for t in TASKS if cfg.MODEL.MASK_FORMER.TEST[cls._TASK_KEYS[t]])
+
+    @classmethod
+    def enable_output_task(cls, cfg, task: str) -> None:
+        cfg.MODEL.MASK_FORMER.TEST[cls._TASK_KEYS[task]] = True
 
     @classmethod
     def from_config(cls, cfg, backbone: nn.Module | None = None) -> dict:

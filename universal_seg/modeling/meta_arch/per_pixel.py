@@ -59,6 +59,19 @@ class PerPixelSegmentor(SegmentorBase):
         self.slide_window = slide_window
 
     @classmethod
+    def output_tasks(cls, cfg) -> tuple[str, ...]:
+        """Per-pixel heads predict semantic segmentation only."""
+        return ("semantic",)
+
+    @classmethod
+    def enable_output_task(cls, cfg, task: str) -> None:
+        if task != "semantic":
+            raise ValueError(
+                f"{cfg.MODEL.SEM_SEG_HEAD.NAME} is a per-pixel head and predicts semantic segmentation only, not "
+                f"{task}; use a mask-classification config (MODEL.META_ARCHITECTURE 'UniversalSegmentor') for {task}."
+            )
+
+    @classmethod
     def from_config(cls, cfg, backbone: nn.Module | None = None) -> dict:
         head, test = cfg.MODEL.SEM_SEG_HEAD, cfg.MODEL.MASK_FORMER.TEST
         if head.NAME not in PER_PIXEL_HEAD_REGISTRY:

@@ -1,4 +1,5 @@
-"""Blocks shared by more than one model family: norms, stochastic depth, padding, weight init.
+"""Blocks shared by more than one model family: norms, stochastic depth, the transformer MLP, padding, weight
+init (timm's public blocks where they are identical: ``DropPath``, ``drop_path``, ``LayerNorm2d``).
 
 Family-specific layers stay in their family's module; anything a second family needs moves here, so no family
 imports another family's internals. The linear layer with oneDNN CPU products and MSDeformAttn live in
@@ -6,6 +7,7 @@ imports another family's internals. The linear layer with oneDNN CPU products an
 """
 
 from .drop import DropPath, drop_path, linear_drop_path_rates
+from .mlp import Mlp
 from .norm import LayerNorm2d
 from .padding import ceil_div, pad_to_multiple
 from .weight_init import init_transformer_weights
@@ -13,6 +15,7 @@ from .weight_init import init_transformer_weights
 __all__ = [
     "DropPath",
     "LayerNorm2d",
+    "Mlp",
     "ceil_div",
     "drop_path",
     "init_transformer_weights",

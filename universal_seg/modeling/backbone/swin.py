@@ -16,7 +16,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from torch import nn
 
-from ...layers import DropPath, init_transformer_weights, linear_drop_path_rates, pad_to_multiple
+from ...layers import DropPath, Mlp, init_transformer_weights, linear_drop_path_rates, pad_to_multiple
 from ...ops import Linear
 from .common import RES_NAMES, FreezableBackbone, check_out_features, check_variant
 
@@ -75,18 +75,6 @@ def window_reverse(windows: torch.Tensor, ws: int, H: int, W: int) -> torch.Tens
     C = windows.shape[-1]
     x = windows.view(-1, H // ws, W // ws, ws, ws, C).permute(0, 1, 3, 2, 4, 5)
     return x.reshape(-1, H, W, C)
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
-        super().__init__()
-        self.fc1 = Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = Linear(hidden, dim)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x):
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
 class WindowAttention(nn.Module):

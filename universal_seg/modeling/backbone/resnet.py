@@ -13,6 +13,7 @@ import re
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
+from ...layers import fold_frozen_batchnorm
 from .common import check_variant
 
 # depth: paper params (M) of the ImageNet classifier, GFLOPs at 224 (He et al. 2016, multiply-adds)
@@ -27,11 +28,12 @@ RESNET_VARIANTS = {
 @BACKBONE_REGISTRY.register()
 def ResNetBackbone(cfg, input_shape):
     """detectron2's ``build_resnet_backbone`` after checking MODEL.RESNETS.{DEPTH, STEM_TYPE} (FREEZE_AT honoured by
-    d2)."""
+    d2), with every conv + FrozenBN run as one convolution (:func:`universal_seg.layers.fold_frozen_batchnorm`:
+    the same function and state-dict keys, one pass over each feature map fewer)."""
     check_variant(cfg.MODEL.RESNETS.DEPTH, RESNET_VARIANTS, "MODEL.RESNETS.DEPTH")
     if cfg.MODEL.RESNETS.STEM_TYPE != "basic":
         raise ValueError(f"MODEL.RESNETS.STEM_TYPE={cfg.MODEL.RESNETS.STEM_TYPE!r} is not supported; use 'basic'.")
-    return build_resnet_backbone(cfg, input_shape)
+    return fold_frozen_batchnorm(build_resnet_backbone(cfg, input_shape))
 
 
 _BLOCK = [(r"^bn(\d)\.", r"conv\1.norm."), (r"^downsample\.0\.", "shortcut."), (r"^downsample\.1\.", "shortcut.norm.")]

@@ -18,6 +18,7 @@ from detectron2.evaluation import (
 from ..modeling.meta_arch import output_tasks
 from .instance_evaluator import InstanceSegEvaluator
 
+
 class PanopticEvaluator(COCOPanopticEvaluator):
     """detectron2's COCOPanopticEvaluator that can leave images out (``exclude``): their ground truth is dropped
     from the file panopticapi reads, which otherwise fails on an image without a prediction."""

@@ -156,6 +156,7 @@ def test_tta_softmax_then_average():
             s = float(inputs[0]["image"].shape[-2])
             return [{"sem_seg": torch.tensor([s, 1.0]).log()[:, None, None].expand(2, 4, 8)}]
 
-    (out,) = SemanticSegmentorWithTTA(_tta_cfg((4, 8), True), LogitModel())([{"image": _half_bright_image()}])
+    tta = SemanticSegmentorWithTTA(_tta_cfg((4, 8), True), LogitModel(), softmax=True)
+    (out,) = tta([{"image": _half_bright_image()}])
     torch.testing.assert_close(out["sem_seg"][0], torch.full((4, 8), (4 / 5 + 8 / 9) / 2))
     torch.testing.assert_close(out["sem_seg"].sum(0), torch.ones(4, 8))

@@ -24,6 +24,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 from torch import nn
 
@@ -559,3 +560,261 @@ def test_demo_zero_frame_video_leaves_no_output_and_no_written_to(tmp_path, demo
     captured = capsys.readouterr()
     assert "written to" not in captured.out and "no frame could be read" in captured.err
     assert not out_dir.exists() or not any(out_dir.iterdir())
+
+
+# ------------------------------------------------------------------------------------------------ training data
+TINY = [
+    "INPUT.IMAGE_SIZE",
+    "64",
+    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES",
+    "6",
+    "MODEL.MASK_FORMER.TRAIN_NUM_POINTS",
+    "256",
+    "MODEL.MASK_FORMER.DEC_LAYERS",
+    "3",
+    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS",
+    "1",
+    "DATALOADER.NUM_WORKERS",
+    "0",
+    "DATASETS.TEST",
+    "()",
+    "SOLVER.WARMUP_ITERS",
+    "0",
+    "SEED",
+    "7",
+]
+
+
+def _tiny_cfg(output_dir, *opts):
+    """The mini Mask2Former config shrunk to about a second per iteration on 2 cores."""
+    cfg = load_config(str(ROOT / "configs/mini/panoptic/m2f_r18.yaml"), [*TINY, *opts])
+    cfg.OUTPUT_DIR = str(output_dir)
+    return cfg
+
+
+@pytest.fixture
+def register_variant():
+    """register(name, source, edit): a dataset whose dicts are ``edit(i, dict)`` of ``source``'s, same metadata."""
+    import copy
+
+    names = []
+
+    def register(name, source, edit):
+        dicts = [edit(i, dict(d)) for i, d in enumerate(DatasetCatalog.get(source))]
+        DatasetCatalog.register(name, lambda: copy.deepcopy(dicts))
+        fields = {k: v for k, v in MetadataCatalog.get(source).as_dict().items() if k != "name"}
+        MetadataCatalog.get(name).set(**fields)
+        names.append(name)
+        return dicts
+
+    yield register
+    for name in names:
+        DatasetCatalog.remove(name)
+        MetadataCatalog.remove(name)
+
+
+def _truncated_copy(tmp_path):
+    source = sorted((MINI / "images").glob("*.jpg"))[0]
+    bad = tmp_path / "truncated.jpg"
+    bad.write_bytes(source.read_bytes()[:300])
+    return str(bad)
+
+
+@needs_mini
+def test_missing_training_files_are_an_error_before_training(tmp_path, register_variant):
+    """Before: with 2 of 3 images deleted, training ran on the one left and exited 0 (with all 3 deleted:
+    "Sample larger than population"). Now building the loader fails, listing the missing files."""
+    from universal_seg.data.loader import MissingDataError
+    from universal_seg.engine import Trainer
+
+    register_variant(
+        "faults_two_missing", "mini_panoptic_train", lambda i, d: {**d, "file_name": f"/gone/{i}.jpg"} if i else d
+    )
+    register_variant("faults_all_missing", "mini_panoptic_train", lambda i, d: {**d, "file_name": f"/gone/{i}.jpg"})
+    with pytest.raises(MissingDataError, match=r"^2 file\(s\) .* do not exist: /gone/1.jpg, /gone/2.jpg; restore"):
+        Trainer.build_train_loader(_tiny_cfg(tmp_path, "DATASETS.TRAIN", "('faults_two_missing',)"))
+    with pytest.raises(MissingDataError, match=r"^3 file\(s\)"):
+        Trainer.build_train_loader(_tiny_cfg(tmp_path, "DATASETS.TRAIN", "('faults_all_missing',)"))
+
+
+@needs_mini
+def test_unregistered_dataset_name_is_named(tmp_path):
+    from universal_seg.engine import Trainer
+
+    with pytest.raises(ValueError, match="DATASETS.TRAIN names 'mini_panoptc_train'.*did you mean mini_panoptic_train"):
+        Trainer.build_train_loader(_tiny_cfg(tmp_path, "DATASETS.TRAIN", "('mini_panoptc_train',)"))
+
+
+@needs_mini
+def test_unreadable_training_files_are_skipped_counted_across_workers_and_limited(tmp_path, register_variant):
+    """Before: unreadable images were skipped without limit, counted per worker process and never summarised.
+    Now (2 loader workers) each skipped file is counted once, every batch is full, and more than
+    DATALOADER.MAX_UNREADABLE_FRACTION of unreadable files stops training with a one-line error."""
+    from universal_seg.data.loader import UnreadableDataError
+    from universal_seg.engine import Trainer
+
+    bad = _truncated_copy(tmp_path)
+    register_variant("faults_unreadable", "mini_panoptic_train", lambda i, d: {**d, "file_name": bad} if i == 0 else d)
+    opts = ["DATASETS.TRAIN", "('faults_unreadable',)", "SOLVER.IMS_PER_BATCH", "2", "DATALOADER.NUM_WORKERS", "2"]
+    loader = Trainer.build_train_loader(_tiny_cfg(tmp_path, *opts, "DATALOADER.MAX_UNREADABLE_FRACTION", "0.5"))
+    it = iter(loader)
+    batches = [next(it) for _ in range(6)]
+    assert all(len(b) == 2 and all(d["file_name"] != bad for d in b) for b in batches)
+    # truth: the stream's own index plan, independent of the workers; each planned read of image 0 was replaced
+    planned = [indices for _, indices in zip(range(6), loader.dataset.batch_indices())]
+    assert list(loader.unreadable) == [bad]
+    assert loader.skipped_samples == sum(indices.count(0) for _, indices in planned) > 0
+    assert loader.summary().startswith(f"unreadable training files: 1 of 3 skipped ({loader.skipped_samples} failed")
+
+    strict = Trainer.build_train_loader(_tiny_cfg(tmp_path, *opts))  # default: at most 1%
+    with pytest.raises(UnreadableDataError, match=f"1 of 3 training files are unreadable .*MAX_UNREADABLE.*{bad}"):
+        it = iter(strict)
+        for _ in range(6):
+            next(it)
+
+
+@needs_mini
+def test_unreadable_count_reaches_metrics_json_and_the_final_summary(tmp_path, register_variant):
+    from universal_seg.engine import Trainer
+
+    bad = _truncated_copy(tmp_path)
+    register_variant("faults_metrics", "mini_panoptic_train", lambda i, d: {**d, "file_name": bad} if i == 1 else d)
+    cfg = _tiny_cfg(
+        tmp_path / "out",
+        *["DATASETS.TRAIN", "('faults_metrics',)", "SOLVER.IMS_PER_BATCH", "3", "DATALOADER.ASPECT_RATIO_GROUPING"],
+        *["False", "SOLVER.MAX_ITER", "1", "DATALOADER.MAX_UNREADABLE_FRACTION", "0.5"],
+    )
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=False)
+    with _Records("universal_seg.engine.trainer") as log:
+        trainer.train()
+    records = [json.loads(line) for line in (tmp_path / "out" / "metrics.json").read_text().splitlines()]
+    assert records[-1]["data/unreadable_files"] == 1
+    assert any(m.startswith("unreadable training files: 1 of 3 skipped") and bad in m for m in log.messages)
+
+
+@needs_mini
+def test_evaluation_counts_a_corrupt_validation_image_instead_of_crashing(tmp_path, register_variant):
+    """Before: detectron2's DatasetMapper raised on the corrupt image after training had finished (exit 1, metrics
+    lost). Now the image is skipped and counted, and the metrics equal those of the readable images alone."""
+    from universal_seg.engine import Trainer
+
+    bad = _truncated_copy(tmp_path)
+    source = "mini_panoptic_val_with_sem_seg"
+    dicts = register_variant("faults_val", source, lambda i, d: {**d, "file_name": bad} if i == 0 else d)
+    skipped_id = dicts[0]["image_id"]
+    register_variant("faults_val_readable", source, lambda i, d: d)
+    DatasetCatalog.remove("faults_val_readable")
+    DatasetCatalog.register("faults_val_readable", lambda: [dict(d) for d in dicts[1:]])
+    # the ground truth the panoptic evaluator reads, without the skipped image (what a 2-image dataset would have)
+    gt = json.loads(Path(MetadataCatalog.get(source).panoptic_json).read_text())
+    gt["annotations"] = [a for a in gt["annotations"] if a["image_id"] != skipped_id]
+    gt["images"] = [i for i in gt["images"] if i["id"] != skipped_id]
+    (tmp_path / "gt.json").write_text(json.dumps(gt))
+    fields = {k: v for k, v in MetadataCatalog.get(source).as_dict().items() if k not in ("name", "panoptic_json")}
+    MetadataCatalog.remove("faults_val_readable")
+    MetadataCatalog.get("faults_val_readable").set(panoptic_json=str(tmp_path / "gt.json"), **fields)
+
+    cfg = _tiny_cfg(tmp_path, "DATASETS.TEST", "('faults_val', 'faults_val_readable')")
+    torch.manual_seed(0)
+    model = Trainer.build_model(cfg).eval()
+    with _Records("universal_seg.engine.trainer") as log:
+        results = Trainer.test(cfg, model)
+    with_bad, readable = results["faults_val"], results["faults_val_readable"]
+    assert with_bad["data"] == {"images": 3.0, "unreadable_images": 1.0}
+    assert readable["data"] == {"images": 2.0, "unreadable_images": 0.0}
+    for task in ("panoptic_seg", "sem_seg"):
+        assert with_bad[task] == pytest.approx(readable[task], nan_ok=True), task
+    assert any("1 of 3 images were unreadable" in m and bad in m for m in log.messages)
+
+
+# ------------------------------------------------------------------------------------------------ exact resume
+RESUME_SCRIPT = """
+import json, os, signal, sys
+import torch
+from detectron2.engine import HookBase
+from detectron2.utils.env import seed_all_rng
+sys.path.insert(0, os.path.join(sys.argv[1], "tests"))
+import universal_seg.data, universal_seg.modeling
+from universal_seg.config import load_config
+from universal_seg.engine import Trainer
+
+torch.set_num_threads(2)
+cfg = load_config(os.path.join(sys.argv[1], "configs/mini/panoptic/m2f_r18.yaml"), json.loads(sys.argv[2]))
+cfg.OUTPUT_DIR = sys.argv[3]
+kill_after = int(sys.argv[4])
+
+
+class KillAfter(HookBase):
+    def after_step(self):  # runs after the checkpointer hook: the checkpoint of this iteration is on disk
+        if self.trainer.iter == kill_after:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+
+seed_all_rng(7)
+trainer = Trainer(cfg)
+trainer.register_hooks([KillAfter()])
+trainer.resume_or_load(resume=False)
+trainer.train()
+"""
+
+
+@needs_mini
+def test_killed_training_resumes_to_the_same_weights(tmp_path):
+    """kill -9 after iteration 1 of 4, then --resume: the weights at iteration 4 equal an uninterrupted run's to
+    1e-6 (CPU, fixed seed, 1 loader worker). Before, the data order and augmentation randomness restarted from the
+    seed, so the resumed run saw other batches. Also: SOLVER.CHECKPOINT_MAX_TO_KEEP, and a changed BASE_LR is
+    applied on resume with a warning (before: the checkpoint's scheduler silently won), a changed OPTIMIZER
+    refused."""
+    from detectron2.utils.env import seed_all_rng
+
+    from universal_seg.engine import Trainer
+
+    opts = [*TINY, "DATALOADER.NUM_WORKERS", "1", "SOLVER.IMS_PER_BATCH", "1", "SOLVER.MAX_ITER", "4"]
+    opts += ["SOLVER.CHECKPOINT_PERIOD", "1", "SOLVER.STEPS", "(2,)", "SOLVER.CHECKPOINT_MAX_TO_KEEP", "2"]
+
+    def cfg_for(output, *extra):
+        cfg = load_config(str(ROOT / "configs/mini/panoptic/m2f_r18.yaml"), [*opts, *extra])
+        cfg.OUTPUT_DIR = str(output)
+        return cfg
+
+    seed_all_rng(7)
+    uninterrupted = Trainer(cfg_for(tmp_path / "a"))
+    uninterrupted.resume_or_load(resume=False)
+    uninterrupted.train()
+    expected = {k: v.clone() for k, v in uninterrupted.model.state_dict().items()}
+    assert sorted(p.name for p in (tmp_path / "a").glob("*.pth")) == [
+        "model_0000002.pth",
+        "model_0000003.pth",
+        "model_final.pth",
+    ]
+
+    proc = subprocess.run(
+        [sys.executable, "-c", RESUME_SCRIPT, str(ROOT), json.dumps(opts), str(tmp_path / "b"), "1"],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-3000:]
+    assert (tmp_path / "b" / "last_checkpoint").read_text() == "model_0000001.pth"
+    shutil.copytree(tmp_path / "b", tmp_path / "c")
+
+    resumed = Trainer(cfg_for(tmp_path / "b"))
+    resumed.resume_or_load(resume=True)
+    assert resumed.start_iter == 2
+    resumed.train()
+    got = resumed.model.state_dict()
+    moved = [k for k in expected if expected[k].is_floating_point() and not torch.equal(expected[k], got[k])]
+    for key in moved:
+        torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-6, msg=key)
+
+    changed = Trainer(cfg_for(tmp_path / "c", "SOLVER.BASE_LR", "0.003"))
+    with _Records("universal_seg.engine.trainer") as log:
+        changed.resume_or_load(resume=True)
+    assert any("SOLVER.BASE_LR: 0.0003 -> 0.003" in m for m in log.messages), log.messages
+    # iteration 2 is at STEPS (2,): the new base rate times GAMMA 0.1, in every parameter group
+    assert [g["lr"] for g in changed.optimizer.param_groups] == pytest.approx(
+        [0.003 * 0.1] * len(changed.optimizer.param_groups)
+    )
+    with pytest.raises(ValueError, match="SOLVER.OPTIMIZER is 'SGD' but the checkpoint was trained with 'ADAMW'"):
+        Trainer(cfg_for(tmp_path / "c", "SOLVER.OPTIMIZER", "SGD")).resume_or_load(resume=True)

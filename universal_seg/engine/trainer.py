@@ -23,7 +23,7 @@ import yaml
 from detectron2.data import DatasetCatalog, build_detection_test_loader, get_detection_dataset_dicts
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, hooks
 from detectron2.engine.train_loop import TrainerBase
-from detectron2.evaluation import inference_on_dataset, print_csv_format
+from detectron2.evaluation import DatasetEvaluator, inference_on_dataset, print_csv_format
 from detectron2.projects.deeplab import build_lr_scheduler as build_deeplab_lr_scheduler
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -313,12 +313,14 @@ class Trainer(DefaultTrainer):
         from ..evaluation.build import exclude_images
 
         check_dataset_names(cfg)
+        if isinstance(evaluators, DatasetEvaluator):
+            evaluators = [evaluators]
         results = OrderedDict()
         for idx, name in enumerate(cfg.DATASETS.TEST):
             loader = cls.build_test_loader(cfg, name)
             evaluator = evaluators[idx] if evaluators is not None else cls.build_evaluator(cfg, name)
             res = inference_on_dataset(model, _Excluding(loader, evaluator, exclude_images), evaluator)
-            unreadable = getattr(loader, "unreadable", [])
+            unreadable = [u for part in comm.all_gather(getattr(loader, "unreadable", [])) for u in part]
             if unreadable:
                 logger.warning(
                     f"evaluation of {name}: {len(unreadable)} of {len(loader)} images were unreadable and are not "

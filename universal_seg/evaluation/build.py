@@ -14,6 +14,7 @@ from detectron2.evaluation import (
     DatasetEvaluators,
     SemSegEvaluator,
 )
+from detectron2.utils import comm
 
 from ..modeling.meta_arch import output_tasks
 from .instance_evaluator import InstanceSegEvaluator
@@ -32,13 +33,15 @@ class PanopticEvaluator(COCOPanopticEvaluator):
         self.excluded.update(image_ids)
 
     def evaluate(self):
-        if not self.excluded:
+        # every process calls evaluate (it gathers the predictions): gather the exclusions the same way
+        excluded = set().union(*comm.all_gather(self.excluded)) if comm.get_world_size() > 1 else self.excluded
+        if not excluded or not comm.is_main_process():
             return super().evaluate()
         original = self._metadata
         with open(original.panoptic_json) as f:
             gt = json.load(f)
-        gt["annotations"] = [a for a in gt["annotations"] if a["image_id"] not in self.excluded]
-        gt["images"] = [i for i in gt["images"] if i["id"] not in self.excluded]
+        gt["annotations"] = [a for a in gt["annotations"] if a["image_id"] not in excluded]
+        gt["images"] = [i for i in gt["images"] if i["id"] not in excluded]
         with tempfile.TemporaryDirectory(prefix="panoptic_gt") as tmp:
             path = os.path.join(tmp, os.path.basename(original.panoptic_json))
             with open(path, "w") as f:

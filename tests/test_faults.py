@@ -818,3 +818,30 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path):
     )
     with pytest.raises(ValueError, match="SOLVER.OPTIMIZER is 'SGD' but the checkpoint was trained with 'ADAMW'"):
         Trainer(cfg_for(tmp_path / "c", "SOLVER.OPTIMIZER", "SGD")).resume_or_load(resume=True)
+
+
+@needs_mini
+def test_train_net_with_deleted_images_stops_before_training(tmp_path):
+    """The issue's reproduction: 2 of the 3 mini images deleted. Before, tools/train_net.py trained on the one left
+    and exited 0; now it exits non-zero before training with one line listing the missing files."""
+    root = tmp_path / "datasets"
+    shutil.copytree(MINI, root / "mini", ignore=shutil.ignore_patterns("video"))
+    images = sorted((root / "mini" / "images").glob("*.jpg"))
+    for image in images[:2]:
+        image.unlink()
+    cmd = [sys.executable, str(ROOT / "tools" / "train_net.py"), "--config-file"]
+    cmd += [
+        str(ROOT / "configs/mini/panoptic/m2f_r18.yaml"),
+        "SOLVER.MAX_ITER",
+        "1",
+        "OUTPUT_DIR",
+        str(tmp_path / "out"),
+    ]
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, env={**os.environ, "DETECTRON2_DATASETS": str(root)}, timeout=600
+    )
+    assert proc.returncode != 0
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "2 file(s) listed by dataset(s) mini_panoptic_train do not exist" in errors[0]
+    assert all(str(image) in errors[0] for image in images[:2]) and "Traceback" not in proc.stderr
+    assert "Starting training" not in proc.stdout + proc.stderr

@@ -355,6 +355,23 @@ def test_training_evaluation_and_demo_read_the_same_pixels(tmp_path):
         np.testing.assert_array_equal(start({"file_name": str(path)}, "BGR")[1], expected[..., ::-1])
 
 
+def test_evaluation_mapper_draws_no_random_numbers(tmp_path):
+    """Evaluation during training (TEST.EVAL_PERIOD) ran after a checkpoint was saved; detectron2's test-time resize
+    drew from numpy's generator, so a run resumed from that checkpoint diverged. The evaluation mapper is now
+    deterministic; its output size is ResizeShortestEdge's (short edge 32, long edge capped at 40)."""
+    from universal_seg.data.mappers.inference import InferenceDatasetMapper
+
+    cfg = load_config(str(ROOT / "configs/mini/semantic/segformer_b0.yaml"), ["INPUT.MIN_SIZE_TEST", "32"])
+    cfg.INPUT.MAX_SIZE_TEST = 40
+    Image.fromarray(np.zeros((50, 100, 3), np.uint8)).save(tmp_path / "a.png")
+    np.random.seed(3)
+    before = np.random.get_state()
+    out = InferenceDatasetMapper(cfg)({"file_name": str(tmp_path / "a.png")})
+    after = np.random.get_state()
+    assert np.array_equal(after[1], before[1]) and after[2:] == before[2:]
+    assert tuple(out["image"].shape) == (3, 20, 40) and (out["height"], out["width"]) == (50, 100)
+
+
 # ------------------------------------------------------------------------------------------------ tools/evaluate.py
 @pytest.fixture(scope="module")
 def evaluate_tool():

@@ -42,8 +42,8 @@ def check_dataset_names(cfg) -> None:
     """Raises ValueError (naming the closest registered names) when DATASETS.TRAIN / DATASETS.TEST names a dataset
     that is not registered."""
     registered = DatasetCatalog.list()
-    for key in ("TRAIN", "TEST"):
-        for name in cfg.DATASETS.get(key):
+    for key, names in (("TRAIN", cfg.DATASETS.TRAIN), ("TEST", cfg.DATASETS.TEST)):
+        for name in names:
             if name not in registered:
                 close = difflib.get_close_matches(name, registered, n=3, cutoff=0.5)
                 hint = f"did you mean {', '.join(close)}?" if close else "see universal_seg/data/datasets."

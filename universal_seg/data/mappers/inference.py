@@ -15,6 +15,23 @@ logger = logging.getLogger(__name__)
 UNREADABLE_KEY = "unreadable"  # a mapped dict with this key stands for an image that could not be read
 
 
+class TestResize(T.Augmentation):
+    """Resize so the shortest edge is ``short`` and the longest at most ``max_size`` (ResizeShortestEdge's output
+    size at test time), drawing no random number: evaluation during training leaves the trainer's generators as they
+    were, so a resumed run stays exact."""
+
+    def __init__(self, short: int, max_size: int):
+        super().__init__()
+        self.short, self.max_size = short, max_size
+
+    def get_transform(self, image):
+        h, w = image.shape[:2]
+        if self.short == 0:
+            return T.NoOpTransform()
+        newh, neww = T.ResizeShortestEdge.get_output_shape(h, w, self.short, self.max_size)
+        return T.ResizeTransform(h, w, newh, neww)
+
+
 class InferenceDatasetMapper:
     """dataset dict -> dict(..., image uint8 [3, h, w] resized so the shortest edge is INPUT.MIN_SIZE_TEST (longest at
     most INPUT.MAX_SIZE_TEST), "height" / "width" of the original); annotations are dropped (the evaluators read the
@@ -28,7 +45,7 @@ class InferenceDatasetMapper:
     @classmethod
     def from_config(cls, cfg):
         return dict(
-            augmentations=[T.ResizeShortestEdge(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)],
+            augmentations=[TestResize(cfg.INPUT.MIN_SIZE_TEST, cfg.INPUT.MAX_SIZE_TEST)],
             image_format=cfg.INPUT.FORMAT,
         )
 
@@ -47,10 +64,8 @@ class InferenceDatasetMapper:
         aug_input = T.AugInput(image)
         self.augmentations(aug_input)
         dataset_dict["image"] = torch.as_tensor(aug_input.image.transpose(2, 0, 1).copy())
-        dataset_dict.pop("annotations", None)
-        dataset_dict.pop("sem_seg_file_name", None)
-        dataset_dict.pop("pan_seg_file_name", None)
-        dataset_dict.pop("segments_info", None)
+        for key in ("annotations", "sem_seg_file_name", "pan_seg_file_name", "segments_info"):
+            dataset_dict.pop(key, None)
         return dataset_dict
 
 

@@ -53,7 +53,7 @@ def _import_path(name, path):
 
 
 class _Records(logging.Handler):
-    """Collects the messages of one logger (detectron2's loggers may not propagate to pytest's caplog)."""
+    """Collects the messages of one logger at every level (detectron2's loggers may not propagate to caplog)."""
 
     def __init__(self, name):
         super().__init__(logging.DEBUG)
@@ -63,12 +63,9 @@ class _Records(logging.Handler):
         self.messages.append(record.getMessage())
 
     def __enter__(self):
-        self.logger.addHandler(self.handler_level())
-        return self
-
-    def handler_level(self):
         self.previous = self.logger.level
         self.logger.setLevel(logging.DEBUG)
+        self.logger.addHandler(self)
         return self
 
     def __exit__(self, *exc):

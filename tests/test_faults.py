@@ -144,7 +144,12 @@ def test_resume_falls_back_past_a_truncated_checkpoint(tmp_path):
     with _Records("fvcore.common.checkpoint") as log:
         extra = target.resume_or_load("", resume=True)
     assert extra["iteration"] == 1 and torch.all(target.model.weight == 1.0)
+    assert target.resumed_from == str(tmp_path / "model_0000001.pth")
     assert any("model_0000003.pth is unreadable" in m for m in log.messages), log.messages
+    # --resume in an empty OUTPUT_DIR with MODEL.WEIGHTS = a training checkpoint: weights only, not a resume
+    fresh = UniversalSegCheckpointer(_filled(0.0), str(tmp_path / "empty"))
+    fresh.resume_or_load(str(tmp_path / "model_0000001.pth"), resume=True)
+    assert fresh.resumed_from is None and torch.all(fresh.model.weight == 1.0)
 
 
 def test_resume_with_an_empty_last_checkpoint_or_a_zero_byte_file(tmp_path):

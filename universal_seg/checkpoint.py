@@ -146,7 +146,9 @@ class UniversalSegCheckpointer(DetectionCheckpointer):
         """With ``resume``: loads everything (model, optimizer, scheduler, trainer state) from the newest intact
         checkpoint of save_dir, warning about each newer one that is broken (and about a missing or dangling
         ``last_checkpoint``); raises CheckpointUnreadableError when checkpoints exist but none is intact. Without
-        ``resume``, or with no checkpoint in save_dir: loads only the model weights of ``path``."""
+        ``resume``, or with no checkpoint in save_dir: loads only the model weights of ``path``. Sets
+        ``resumed_from`` to the checkpoint resumed from (None when only weights were loaded)."""
+        self.resumed_from = None
         if resume:
             candidates = self.resume_candidates()
             tagged = self.get_checkpoint_file() if self.has_checkpoint() else ""
@@ -167,6 +169,7 @@ class UniversalSegCheckpointer(DetectionCheckpointer):
                         f"resuming from {candidate}, the newest intact checkpoint; broken: {', '.join(broken)}."
                     )
                 self.logger.info(f"[Checkpointer] Loading from {candidate} ...")
+                self.resumed_from = candidate
                 return self._apply(checkpoint, candidate, checkpointables=None)
             if broken:
                 raise CheckpointUnreadableError(

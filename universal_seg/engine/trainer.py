@@ -126,8 +126,8 @@ class Trainer(DefaultTrainer):
 
     def resume_or_load(self, resume: bool = True) -> None:
         """Resume from the newest intact checkpoint of OUTPUT_DIR (``resume``), else load MODEL.WEIGHTS."""
-        checkpoint = self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
-        if resume and "iteration" in checkpoint:
+        self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        if self.checkpointer.resumed_from:  # the checkpoint holds the iteration that just finished
             self.start_iter = self.iter + 1
 
     def run_step(self):

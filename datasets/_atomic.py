@@ -1,4 +1,5 @@
-"""Atomic-write helpers shared by the preparation scripts (write to a temporary file, then os.replace)."""
+"""Atomic-write helpers shared by the preparation scripts (write to a temporary file, then os.replace); the files
+get the usual 0644 mode (0666 less the umask)."""
 
 import json
 import os
@@ -8,7 +9,23 @@ import numpy as np
 from PIL import Image
 
 
+def _umask():
+    """The process's umask (read from /proc on Linux, so no other thread sees it changed)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def _atomic(path, write):
+    """``write(tmp)`` to a temporary file next to ``path``, fsync it, give it the mode a plain open() would
+    (0666 less the umask: 0644 usually, not mkstemp's 0600), then rename it over ``path``."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fd, tmp = tempfile.mkstemp(
         dir=os.path.dirname(os.path.abspath(path)), prefix=".tmp-", suffix=os.path.splitext(path)[1]
@@ -16,6 +33,9 @@ def _atomic(path, write):
     os.close(fd)
     try:
         write(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -29,13 +29,13 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import tqdm  # noqa: E402
-from detectron2.data.detection_utils import read_image  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from predictor import TASKS, AsyncPredictor, VisualizationDemo, enable_output_task, output_tasks  # noqa: E402
 
 import universal_seg.data  # noqa: E402,F401  (registers the datasets: metadata for drawing)
 import universal_seg.modeling  # noqa: E402,F401  (registers the models)
 from universal_seg.config import load_config  # noqa: E402
+from universal_seg.data.mappers.image_io import decode_rgb_image  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_CODECS = (("mp4v", ".mp4"), ("XVID", ".avi"), ("MJPG", ".avi"))  # tried in this order
@@ -133,11 +133,9 @@ def run_images(demo: VisualizationDemo, paths: list[str], output: str | None) ->
     failed, done, start = 0, 0, time.perf_counter()
     for path in tqdm.tqdm(paths, disable=len(paths) < 2, desc="images"):
         try:
-            image = read_image(path, format="RGB")
-        except Exception as err:  # noqa: BLE001 - any decoding failure: report it, go on with the rest
-            error(
-                f"cannot read image {path!r} ({type(err).__name__}: {err}); check that it exists and is an image file."
-            )
+            image = decode_rgb_image(path, "RGB")  # the training / evaluation reader: the same pixels
+        except OSError as err:  # UnreadableImageError: missing, truncated or not an image
+            error(f"{err}; check that it exists and is an image file.")
             failed += 1
             continue
         t0 = time.perf_counter()
@@ -239,11 +237,13 @@ def run_video(demo: VisualizationDemo, source, output: str | None) -> int:
         if writer is not None:
             writer.release()
     elapsed = time.perf_counter() - start
+    if count == 0:
+        if target and os.path.exists(target):
+            os.remove(target)  # an empty container, not a result
+        error(f"no frame could be read from {source!r}; nothing was written. Check that it is a video with frames.")
+        return 1
     where = f", written to {target}" if target else ""
     print(f"processed {count} frames in {elapsed:.1f} s ({count / max(elapsed, 1e-9):.2f} frames/s){where}")
-    if count == 0:
-        error(f"no frame could be read from {source!r}.")
-        return 1
     return 0
 
 
@@ -254,10 +254,39 @@ def make_predictor(cfg, video: bool):
     return None
 
 
+def check_output(output: str | None) -> None:
+    """Exits with one line when ``output`` cannot be created: a path component is a file, not a directory."""
+    if not output:
+        return
+    parent = os.path.dirname(os.path.abspath(output))
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if parent and not os.path.isdir(parent):
+        sys.exit(f"error: --output {output!r} cannot be created: {parent!r} is a file, not a directory.")
+
+
+def check_inputs(args) -> list[str] | None:
+    """The image paths to draw (reporting the missing ones), checked before the model is built: exits when there is
+    nothing to draw. None for a video or webcam source."""
+    if args.video_input and not os.path.isfile(args.video_input):
+        sys.exit(f"error: --video-input {args.video_input!r} does not exist; check the path.")
+    if not args.input:
+        return None
+    paths = expand_inputs(args.input)
+    missing = [p for p in paths if not os.path.isfile(p)]
+    if not paths:
+        sys.exit(f"error: --input {' '.join(args.input)} names no image file; check the paths.")
+    if len(missing) == len(paths):
+        sys.exit(f"error: no input image exists ({', '.join(map(repr, missing[:5]))}); check --input.")
+    return paths
+
+
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     setup_logger(name="fvcore")
     setup_logger(name="universal_seg")
+    paths = check_inputs(args)
+    check_output(args.output)
     cfg = setup_cfg(args)
     logger.info(f"task {args.task}, config {args.config_file}, weights {cfg.MODEL.WEIGHTS or '(none: untrained)'}")
     video = bool(args.video_input or args.webcam)
@@ -266,15 +295,11 @@ def main(argv=None) -> int:
     demo = VisualizationDemo(cfg, args.task, threshold, predictor=predictor)
     try:
         if args.input:
-            paths = expand_inputs(args.input)
             if len(paths) > 1 and args.output and os.path.splitext(args.output)[1] and not os.path.isdir(args.output):
                 sys.exit(
                     f"--output {args.output!r} looks like a file but there are {len(paths)} inputs; give a directory."
                 )
             return 1 if run_images(demo, paths, args.output) else 0
-        if args.video_input and not os.path.isfile(args.video_input):
-            error(f"--video-input {args.video_input!r} does not exist; check the path.")
-            return 1
         return run_video(demo, args.video_input if args.video_input else 0, args.output)
     finally:
         if isinstance(predictor, AsyncPredictor):

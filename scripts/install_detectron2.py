@@ -15,7 +15,8 @@ as is. This script
 
 1. leaves a working detectron2 that it did not make (e.g. upstream built from source) alone, and exits
    at once when its own build with the current patch set is already installed;
-2. downloads the sdist with pip (cached under ``--cache-dir``) and checks its sha256;
+2. downloads the sdist with pip (cached under ``--cache-dir``), pinned to its sha256 so pip verifies it before
+   any of its code runs, and checks the sha256 of a cached copy;
 3. extracts it and applies the substitutions in ``SUBSTITUTIONS`` (each must match exactly once),
    writes a pure-Python ``detectron2/_C.py``, moves the bundled projects under
    ``detectron2/projects/`` and replaces ``setup.py`` by a minimal one without extensions;
@@ -398,30 +399,41 @@ def find_cached_sdist(cache_dir: Path) -> Optional[Path]:
 
 
 def download_sdist(cache_dir: Path) -> None:
-    """``pip download`` the sdist into cache_dir.
+    """``pip download`` the sdist into cache_dir, hash-pinned: pip checks the archive's sha256 against
+    SDIST_SHA256 (``--require-hashes``) before it unpacks it, so no code of a tampered sdist runs.
 
-    pip prepares the sdist's metadata even for a download, which runs its setup.py, which imports torch:
+    pip then prepares the verified sdist's metadata, which runs its setup.py, which imports torch:
     --no-build-isolation lets that setup.py see the torch of this environment.
     """
-    cmd = [
-        sys.executable,
-        "-m",
-        "pip",
-        "download",
-        "--no-deps",
-        "--no-binary",
-        ":all:",
-        "--no-build-isolation",
-        f"{SDIST_NAME}=={SDIST_VERSION}",
-        "-d",
-        str(cache_dir),
-    ]
-    result = subprocess.run(cmd, capture_output=True, text=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        requirements = Path(tmp) / "requirements.txt"
+        requirements.write_text(f"{SDIST_NAME}=={SDIST_VERSION} --hash=sha256:{SDIST_SHA256}\n")
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            "--no-build-isolation",
+            "--require-hashes",
+            "-r",
+            str(requirements),
+            "-d",
+            str(cache_dir),
+        ]
+        result = subprocess.run(cmd, capture_output=True, text=True)
     if result.returncode != 0:
+        output = result.stdout + result.stderr
+        if "DO NOT MATCH THE HASHES" in output:
+            raise InstallError(
+                f"the downloaded {SDIST_NAME}=={SDIST_VERSION} sdist does not have the expected sha256 "
+                f"{SDIST_SHA256}; it was neither unpacked nor run. Check the package index you use.\n" + tail(output)
+            )
         raise InstallError(
             f"pip download of {SDIST_NAME}=={SDIST_VERSION} failed (exit {result.returncode}); "
-            "torch and setuptools must already be installed in this environment.\n"
-            + tail(result.stdout + result.stderr)
+            "torch and setuptools must already be installed in this environment.\n" + tail(output)
         )
 
 

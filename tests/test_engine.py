@@ -214,16 +214,11 @@ def test_training_steps_lower_the_loss_on_a_fixed_batch():
 
 
 def _loader_mapper(loader):
-    """The mapper inside a detectron2 v0.6 training loader: AspectRatioGroupedDataset -> DataLoader ->
-    ToIterableDataset -> MapDataset (which holds the mapper wrapped in a PicklableWrapper)."""
-    from detectron2.data.common import MapDataset
+    """The mapper inside the trainer's training loader (universal_seg.data.loader: TrainLoader -> TrainingStream)."""
+    from universal_seg.data.loader import TrainingStream, TrainLoader
 
-    node = loader
-    for _ in range(8):
-        if isinstance(node, MapDataset):
-            return node._map_func._obj
-        node = node.dataset if hasattr(node, "dataset") else getattr(node, "_dataset", None)
-    raise AssertionError(f"no MapDataset found in the loader {type(loader).__name__}")
+    assert isinstance(loader, TrainLoader) and isinstance(loader.dataset, TrainingStream)
+    return loader.dataset.mapper
 
 
 @needs_mini

@@ -273,4 +273,6 @@ def test_cli_semantic_and_error_exit(tmp_path):
     bad = subprocess.run(
         cmd + ["--pred-folder", str(tmp_path / "gt"), "--num-classes", "1"], capture_output=True, text=True
     )
-    assert bad.returncode == 2 and "unknown class ids" in bad.stderr
+    # too small a --num-classes: the ground truth's value 1 is out of range, reported before any prediction
+    errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
+    assert bad.returncode == 2 and len(errors) == 1 and "check --num-classes" in errors[0]

@@ -12,7 +12,6 @@ from detectron2.evaluation import (
     CityscapesInstanceEvaluator,
     CityscapesSemSegEvaluator,
     COCOEvaluator,
-    COCOPanopticEvaluator,
     DatasetEvaluators,
     SemSegEvaluator,
 )
@@ -21,6 +20,7 @@ from torch import nn
 import universal_seg.data  # noqa: F401
 from universal_seg.config import add_universal_seg_config
 from universal_seg.evaluation import InstanceSegEvaluator, SemanticSegmentorWithTTA, build_evaluator
+from universal_seg.evaluation.build import PanopticEvaluator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_mini = pytest.mark.skipif(
@@ -45,19 +45,19 @@ def _types(evaluator):
 def test_panoptic_with_sem_seg_all_outputs(tmp_path):
     evaluator = build_evaluator(_cfg(), "mini_panoptic_val_with_sem_seg", str(tmp_path))
     # mini things are contiguous 1-20 (background is 0), so instance AP needs InstanceSegEvaluator
-    assert _types(evaluator) == [COCOPanopticEvaluator, SemSegEvaluator, InstanceSegEvaluator]
+    assert _types(evaluator) == [PanopticEvaluator, SemSegEvaluator, InstanceSegEvaluator]
 
 
 @needs_mini
 def test_panoptic_flags_select_evaluators(tmp_path):
     assert _types(build_evaluator(_cfg(semantic=False, instance=False), "mini_panoptic_val_with_sem_seg")) == [
-        COCOPanopticEvaluator
+        PanopticEvaluator
     ]
     assert _types(build_evaluator(_cfg(panoptic=False, instance=False), "mini_panoptic_val_with_sem_seg")) == [
         SemSegEvaluator
     ]
     # without a semantic root, SEMANTIC_ON adds nothing
-    assert _types(build_evaluator(_cfg(instance=False), "mini_panoptic_val")) == [COCOPanopticEvaluator]
+    assert _types(build_evaluator(_cfg(instance=False), "mini_panoptic_val")) == [PanopticEvaluator]
     # a config without universal_seg's keys (add_universal_seg_config not called) fails loudly
     with pytest.raises(ValueError, match="META_ARCHITECTURE"):
         build_evaluator(get_cfg(), "mini_panoptic_val_with_sem_seg", str(tmp_path))
@@ -76,7 +76,7 @@ def test_sem_seg_and_coco_instance_types():
 @pytest.mark.parametrize("name", ["ade20k_panoptic_val", "mapillary_vistas_panoptic_val", "coco_2017_val_panoptic"])
 def test_other_panoptic_types(name):
     # panoptic only: these evaluators read no annotation file at construction
-    assert _types(build_evaluator(_cfg(semantic=False, instance=False), name)) == [COCOPanopticEvaluator]
+    assert _types(build_evaluator(_cfg(semantic=False, instance=False), name)) == [PanopticEvaluator]
 
 
 def test_cityscapes_types():
@@ -85,10 +85,10 @@ def test_cityscapes_types():
     assert _types(build_evaluator(_cfg(), "cityscapes_fine_panoptic_val")) == [
         CityscapesInstanceEvaluator,
         CityscapesSemSegEvaluator,
-        COCOPanopticEvaluator,
+        PanopticEvaluator,
     ]
     assert _types(build_evaluator(_cfg(instance=False, semantic=False), "cityscapes_fine_panoptic_val")) == [
-        COCOPanopticEvaluator
+        PanopticEvaluator
     ]
 
 
@@ -156,6 +156,7 @@ def test_tta_softmax_then_average():
             s = float(inputs[0]["image"].shape[-2])
             return [{"sem_seg": torch.tensor([s, 1.0]).log()[:, None, None].expand(2, 4, 8)}]
 
-    (out,) = SemanticSegmentorWithTTA(_tta_cfg((4, 8), True), LogitModel())([{"image": _half_bright_image()}])
+    tta = SemanticSegmentorWithTTA(_tta_cfg((4, 8), True), LogitModel(), softmax=True)
+    (out,) = tta([{"image": _half_bright_image()}])
     torch.testing.assert_close(out["sem_seg"][0], torch.full((4, 8), (4 / 5 + 8 / 9) / 2))
     torch.testing.assert_close(out["sem_seg"].sum(0), torch.ones(4, 8))

@@ -6,6 +6,9 @@
   semantic           mIoU, fwIoU, mACC, pACC of label PNGs (detectron2 SemSegEvaluator definitions)
   pq-from-semantic   PQ of semantic label PNGs against a panoptic GT: every class in a prediction is ONE segment
 
+Inputs are validated first (ids, repeats, label ranges, RLE, scores, PNG modes and sizes): a problem is reported in
+one line on stderr with exit status 2.
+
 Examples:
   python tools/evaluate.py instance --gt datasets/mini/instances_val.json --pred results.json
   python tools/evaluate.py panoptic --gt-json G.json --gt-folder G/ --pred-json P.json --pred-folder P/
@@ -78,8 +81,8 @@ def main(argv=None):
     args = build_parser().parse_args(argv)
     try:
         metrics = run(args)
-    except (PredictionFileError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+    except (PredictionFileError, OSError) as e:  # malformed / mismatched inputs, missing or unreadable files
+        print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     print_metrics(metrics)
     if args.output:

@@ -22,8 +22,9 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 
 import universal_seg.data  # noqa: E402,F401  (registers the datasets)
 import universal_seg.modeling  # noqa: E402,F401  (registers the models)
-from universal_seg.checkpoint import UniversalSegCheckpointer  # noqa: E402
+from universal_seg.checkpoint import CheckpointUnreadableError, UniversalSegCheckpointer  # noqa: E402
 from universal_seg.config import load_config  # noqa: E402
+from universal_seg.data.loader import MissingDataError, UnreadableDataError  # noqa: E402
 from universal_seg.engine import Trainer, launch  # noqa: E402
 
 
@@ -43,14 +44,25 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        UniversalSegCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        try:
+            UniversalSegCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
+                cfg.MODEL.WEIGHTS, resume=args.resume
+            )
+        except CheckpointUnreadableError as err:
+            sys.exit(f"error: {err}")
         res = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, res)
         return res
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=args.resume)
-    return trainer.train()
+    try:  # configuration and data problems found before training: one line each
+        trainer = Trainer(cfg)
+        trainer.resume_or_load(resume=args.resume)
+    except (ValueError, MissingDataError, CheckpointUnreadableError) as err:
+        sys.exit(f"error: {err}")
+    try:
+        return trainer.train()
+    except (UnreadableDataError, FloatingPointError) as err:  # logged with its traceback by the training loop
+        sys.exit(f"error: {' '.join(str(err).split())}")
 
 
 if __name__ == "__main__":

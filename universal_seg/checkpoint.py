@@ -1,17 +1,36 @@
-"""Checkpoint loading that never executes code from the file.
+"""Checkpoints: loading that never executes code from the file, and saving that never loses the last good one.
 
-``.pkl`` (detectron2 / Mask2Former model zoo, converted ImageNet weights) is read with a restricted unpickler
-that only reconstructs numpy arrays, dicts, lists, scalars and strings; ``.pth`` / ``.pt`` with
-``torch.load(weights_only=True)``. Anything else in the file is refused with a clear error.
+Loading: ``.pkl`` (detectron2 / Mask2Former model zoo, converted ImageNet weights) is read with a restricted
+unpickler that only reconstructs numpy arrays, dicts, lists, scalars and strings (pickle protocols 0-5);
+``.pth`` / ``.pt`` with ``torch.load(weights_only=True)``. Anything else in the file is refused with a clear error.
+
+Saving (training): every checkpoint and ``last_checkpoint`` is written to a temporary file, fsync'ed and renamed
+(:mod:`universal_seg.atomic`), so a kill at any moment leaves the previous files intact; weights that are not
+finite (a diverged run) are never saved. Resuming falls back to the newest intact checkpoint, with a warning naming
+each broken one.
 """
 
+import os
 import pickle
+import re
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.utils.file_io import PathManager
 
-# (module, name) pairs a weights pickle may reference: numpy array / scalar reconstruction and OrderedDict.
+from .atomic import TEMP_PREFIX, atomic_open, atomic_write_text
+
+
+def _latin1_encode(text, encoding="latin1"):
+    """What protocol 0-2 pickles call (as ``_codecs.encode``) to rebuild ``bytes``; only latin-1 is allowed, so no
+    other codec can be reached from a file."""
+    if encoding.replace("-", "").replace("_", "").lower() != "latin1":
+        raise UnsafeCheckpointError(f"refusing the codec {encoding!r} in a checkpoint: weights pickles use latin1.")
+    return text.encode("latin1")
+
+
+# (module, name) pairs a weights pickle may reference: numpy array / scalar reconstruction (protocol 5's
+# out-of-band buffers through _frombuffer), OrderedDict, and bytes of protocols 0-2 (through _latin1_encode).
 _ALLOWED_GLOBALS = {
     ("collections", "OrderedDict"),
     ("numpy", "ndarray"),
@@ -20,6 +39,8 @@ _ALLOWED_GLOBALS = {
     ("numpy.core.multiarray", "scalar"),
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"),
+    ("numpy._core.numeric", "_frombuffer"),
 }
 
 
@@ -29,6 +50,8 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
 
 class _WeightsUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_encode
         if (module, name) in _ALLOWED_GLOBALS or (module == "numpy.dtypes" and name.endswith("DType")):
             return super().find_class(module, name)
         raise UnsafeCheckpointError(
@@ -46,8 +69,142 @@ def load_pickle_safely(path: str) -> dict:
     return data
 
 
+_PERIODIC = re.compile(r"^model_(\d+)\.pth$")
+
+
+def non_finite_parameters(state_dict: dict) -> list[str]:
+    """Names of the floating-point tensors of ``state_dict`` holding NaN or infinity."""
+    return [
+        k for k, v in state_dict.items() if torch.is_tensor(v) and v.is_floating_point() and not torch.isfinite(v).all()
+    ]
+
+
+class CheckpointUnreadableError(RuntimeError):
+    """A checkpoint file is truncated or corrupt (e.g. a run killed while it was written by an older version)."""
+
+
 class UniversalSegCheckpointer(DetectionCheckpointer):
-    """detectron2's DetectionCheckpointer with safe loading of ``.pkl`` and ``.pth`` files."""
+    """detectron2's DetectionCheckpointer with safe loading of ``.pkl`` and ``.pth`` files, atomic saves that refuse
+    non-finite weights, and a resume that falls back to the newest intact checkpoint (module docstring)."""
+
+    def save(self, name: str, **kwargs) -> None:
+        """Writes ``<save_dir>/<name>.pth`` (model + checkpointables + ``kwargs``) atomically, then points
+        ``last_checkpoint`` at it (also atomically). Raises FloatingPointError, writing nothing, when a weight is NaN
+        or infinite: the last good checkpoint stays the one to resume from."""
+        if not self.save_dir or not self.save_to_disk:
+            return
+        data = {"model": self.model.state_dict()}
+        bad = non_finite_parameters(data["model"])
+        if bad:
+            last = self.get_checkpoint_file() if self.has_checkpoint() else "(none)"
+            raise FloatingPointError(
+                f"not saving checkpoint {name!r}: {len(bad)} weight tensor(s) are NaN or infinite (e.g. {bad[0]}), "
+                f"the run diverged; the last good checkpoint is {last}; lower SOLVER.BASE_LR or enable "
+                f"SOLVER.CLIP_GRADIENTS and resume from it."
+            )
+        for key, obj in self.checkpointables.items():
+            data[key] = obj.state_dict()
+        data.update(kwargs)
+        basename = f"{name}.pth"
+        save_file = os.path.join(self.save_dir, basename)
+        self.logger.info(f"Saving checkpoint to {save_file}")
+        with atomic_open(save_file, "wb") as f:
+            torch.save(data, f)
+        self.tag_last_checkpoint(basename)
+
+    def tag_last_checkpoint(self, last_filename_basename: str) -> None:
+        """Points ``<save_dir>/last_checkpoint`` at ``last_filename_basename``, atomically."""
+        atomic_write_text(os.path.join(self.save_dir, "last_checkpoint"), last_filename_basename)
+
+    def resume_candidates(self) -> list[str]:
+        """The checkpoints a resume may start from, newest first: the one ``last_checkpoint`` names, then every
+        other ``*.pth`` of save_dir by modification time (temporary files of an interrupted save excluded)."""
+        if not self.save_dir or not os.path.isdir(self.save_dir):
+            return []
+        files = [
+            os.path.join(self.save_dir, f)
+            for f in os.listdir(self.save_dir)
+            if f.endswith(".pth") and not f.startswith(TEMP_PREFIX)
+        ]
+        files = sorted((f for f in files if os.path.isfile(f)), key=os.path.getmtime, reverse=True)
+        tagged = self.get_checkpoint_file() if self.has_checkpoint() else ""
+        if tagged and os.path.isfile(tagged):
+            files = [tagged] + [f for f in files if os.path.abspath(f) != os.path.abspath(tagged)]
+        return files
+
+    def _load_intact(self, path: str) -> dict:
+        """``_load_file(path)``, with a truncated / corrupt file reported as CheckpointUnreadableError (a file that
+        is readable but holds forbidden objects still raises UnsafeCheckpointError)."""
+        try:
+            return self._load_file(path)
+        except UnsafeCheckpointError:
+            raise
+        except (RuntimeError, EOFError, OSError, pickle.UnpicklingError, ValueError, KeyError, AttributeError) as e:
+            raise CheckpointUnreadableError(f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from e
+
+    def resume_or_load(self, path: str, *, resume: bool = True) -> dict:
+        """With ``resume``: loads everything (model, optimizer, scheduler, trainer state) from the newest intact
+        checkpoint of save_dir, warning about each newer one that is broken (and about a missing or dangling
+        ``last_checkpoint``); raises CheckpointUnreadableError when checkpoints exist but none is intact. Without
+        ``resume``, or with no checkpoint in save_dir: loads only the model weights of ``path``. Sets
+        ``resumed_from`` to the checkpoint resumed from (None when only weights were loaded)."""
+        self.resumed_from = None
+        if resume:
+            candidates = self.resume_candidates()
+            tagged = self.get_checkpoint_file() if self.has_checkpoint() else ""
+            if candidates and tagged and not os.path.isfile(tagged):
+                self.logger.warning(f"last_checkpoint names {tagged}, which does not exist; trying the others.")
+            elif candidates and not tagged:
+                self.logger.warning(f"{self.save_dir} has checkpoints but no last_checkpoint file; trying the newest.")
+            broken = []
+            for candidate in candidates:
+                try:
+                    checkpoint = self._load_intact(candidate)
+                except CheckpointUnreadableError as e:
+                    self.logger.warning(f"checkpoint {candidate} is unreadable ({e}); falling back to an older one.")
+                    broken.append(candidate)
+                    continue
+                if broken:
+                    self.logger.warning(
+                        f"resuming from {candidate}, the newest intact checkpoint; broken: {', '.join(broken)}."
+                    )
+                self.logger.info(f"[Checkpointer] Loading from {candidate} ...")
+                self.resumed_from = candidate
+                return self._apply(checkpoint, candidate, checkpointables=None)
+            if broken:
+                raise CheckpointUnreadableError(
+                    f"no intact checkpoint in {self.save_dir} to resume from (unreadable: {', '.join(broken)}); "
+                    f"delete them to start over, or run without --resume."
+                )
+        return self.load(path, checkpointables=[])
+
+    def _apply(self, checkpoint: dict, path: str, checkpointables=None) -> dict:
+        """Loads an already read checkpoint dict into the model and checkpointables (fvcore's load, after
+        _load_file); returns what is left of it."""
+        incompatible = self._load_model(checkpoint)
+        if incompatible is not None:
+            self._log_incompatible_keys(incompatible)
+        for key in self.checkpointables if checkpointables is None else checkpointables:
+            if key in checkpoint:
+                self.logger.info(f"Loading {key} from {path} ...")
+                self.checkpointables[key].load_state_dict(checkpoint.pop(key))
+        return checkpoint
+
+    def prune_periodic(self, keep: int) -> list[str]:
+        """Deletes all but the ``keep`` newest periodic checkpoints (``model_<iteration>.pth``, newest by
+        iteration); never ``model_final.pth`` nor the file ``last_checkpoint`` names. Returns the deleted paths."""
+        if keep <= 0 or not self.save_dir or not os.path.isdir(self.save_dir):
+            return []
+        periodic = sorted(
+            ((int(m.group(1)), f) for f in os.listdir(self.save_dir) if (m := _PERIODIC.match(f))), reverse=True
+        )
+        tagged = os.path.basename(self.get_checkpoint_file()) if self.has_checkpoint() else ""
+        deleted = []
+        for _, name in periodic[keep:]:
+            if name != tagged:
+                os.remove(os.path.join(self.save_dir, name))
+                deleted.append(os.path.join(self.save_dir, name))
+        return deleted
 
     def _load_file(self, filename: str) -> dict:
         if filename.endswith(".pkl"):
@@ -107,7 +264,7 @@ def save_detectron2_pickle(state_dict: dict, path: str, author: str) -> dict:
         "__author__": author,
         "matching_heuristics": True,
     }
-    with open(path, "wb") as f:
+    with atomic_open(path, "wb") as f:
         pickle.dump(obj, f)
     return obj
 

@@ -87,6 +87,7 @@ def add_per_pixel_config(cfg) -> None:
 def add_universal_seg_config(cfg) -> None:
     """Adds every universal_seg key to a detectron2 config (call once, before merge_from_file)."""
     from .data.config import add_data_config
+    from .engine.config import add_engine_config
     from .modeling.backbone.config import add_backbone_config
     from .modeling.heads.cgrseg import add_cgrseg_config
     from .modeling.transformer_decoder.structtoken.config import add_structtoken_config
@@ -95,6 +96,7 @@ def add_universal_seg_config(cfg) -> None:
     add_per_pixel_config(cfg)
     add_backbone_config(cfg)
     add_data_config(cfg)
+    add_engine_config(cfg)
     add_structtoken_config(cfg)
     add_cgrseg_config(cfg)
 
@@ -102,8 +104,9 @@ def add_universal_seg_config(cfg) -> None:
 def load_config(config_file: str, opts=(), cpu_hint: str = "append `MODEL.DEVICE cpu` to the command line"):
     """detectron2's defaults + every universal_seg key + ``config_file`` + ``opts`` (KEY VALUE list); not frozen.
 
-    Raises ValueError (one sentence naming the fix) when the file is missing or the config asks for CUDA on a
-    machine without it; command-line tools turn it into a one-line exit.
+    The YAML is read with yaml.safe_load only. Raises ValueError (one sentence naming the fix) when the file is
+    missing, holds a Python-object tag (``!!python/...``), or asks for CUDA on a machine without it; command-line
+    tools turn it into a one-line exit.
     """
     import os
 
@@ -112,9 +115,20 @@ def load_config(config_file: str, opts=(), cpu_hint: str = "append `MODEL.DEVICE
 
     if not os.path.isfile(config_file):
         raise ValueError(f"--config-file {config_file!r} does not exist; pick one under configs/.")
+    import yaml
+
     cfg = get_cfg()
     add_universal_seg_config(cfg)
-    cfg.merge_from_file(config_file)
+    try:
+        # allow_unsafe=False: detectron2 would otherwise retry a file safe_load refuses with yaml.unsafe_load, and
+        # a `!!python/...` tag in a config (or one of its _BASE_ files) could construct objects or run code
+        cfg.merge_from_file(config_file, allow_unsafe=False)
+    except yaml.constructor.ConstructorError as err:
+        tag = f" ({err.problem})" if err.problem else ""
+        raise ValueError(
+            f"{config_file} (or a _BASE_ file it names) uses a YAML tag that would create a Python object{tag}, which "
+            f"configs never need and which could run code: remove the tag and write the plain value."
+        ) from err
     cfg.merge_from_list(list(opts))
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no CUDA device is available: {cpu_hint}.")

@@ -18,4 +18,7 @@ def add_data_config(cfg):
     cfg.INPUT.IMAGE_SIZE = 1024
     cfg.INPUT.MIN_SCALE = 0.1
     cfg.INPUT.MAX_SCALE = 2.0
+    # training stops with an error when more than this fraction of the training files cannot be decoded (the
+    # unreadable ones are skipped, counted and reported until then; missing files are an error before training)
+    cfg.DATALOADER.MAX_UNREADABLE_FRACTION = 0.01
     return cfg

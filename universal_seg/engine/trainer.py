@@ -1,18 +1,29 @@
 """The Trainer: detectron2's DefaultTrainer with this project's model, optimizer, schedule, data and evaluators.
 
-Differences from DefaultTrainer: safe checkpoint loading; checkpoints include the optimizer state;
-DistributedDataParallel also for CPU processes (gloo);
+Differences from DefaultTrainer: safe checkpoint loading; atomic checkpoint saves that refuse diverged weights, a
+resume that falls back to the newest intact checkpoint, only the newest SOLVER.CHECKPOINT_MAX_TO_KEEP periodic
+checkpoints kept; exact resume (checkpoints hold the optimizer, the data stream's seed and position and the random
+generators' states; a solver setting changed since the checkpoint is applied, with a warning naming it);
+a training stream that refuses missing files and skips, counts and reports unreadable ones (universal_seg.data.loader);
+evaluation that skips and counts unreadable images; DistributedDataParallel also for CPU processes (gloo);
 AMP only where it can run (CUDA), with a warning otherwise; optimizer / LR schedule / mapper / evaluator choices
 from universal_seg's config keys.
 """
 
+import difflib
 import logging
+import random
+import warnings
 import weakref
+from collections import OrderedDict
 
+import numpy as np
 import torch
-from detectron2.data import build_detection_train_loader
-from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer
+import yaml
+from detectron2.data import DatasetCatalog, build_detection_test_loader, get_detection_dataset_dicts
+from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, hooks
 from detectron2.engine.train_loop import TrainerBase
+from detectron2.evaluation import DatasetEvaluator, inference_on_dataset, print_csv_format
 from detectron2.projects.deeplab import build_lr_scheduler as build_deeplab_lr_scheduler
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
@@ -22,6 +33,46 @@ from ..checkpoint import UniversalSegCheckpointer
 from .optimizer import build_optimizer
 
 logger = logging.getLogger(__name__)
+
+# solver settings a resume cannot apply (the saved optimizer state has another form): refused when changed
+_UNCHANGEABLE_ON_RESUME = ("OPTIMIZER",)
+
+
+def check_dataset_names(cfg) -> None:
+    """Raises ValueError (naming the closest registered names) when DATASETS.TRAIN / DATASETS.TEST names a dataset
+    that is not registered."""
+    registered = DatasetCatalog.list()
+    for key, names in (("TRAIN", cfg.DATASETS.TRAIN), ("TEST", cfg.DATASETS.TEST)):
+        for name in names:
+            if name not in registered:
+                close = difflib.get_close_matches(name, registered, n=3, cutoff=0.5)
+                hint = f"did you mean {', '.join(close)}?" if close else "see universal_seg/data/datasets."
+                raise ValueError(f"DATASETS.{key} names {name!r}, which is not a registered dataset; {hint}")
+
+
+def _flat(node, prefix="") -> dict:
+    """A nested dict (a CfgNode dumped to YAML and read back) as {"A.B": value}."""
+    out = {}
+    for k, v in node.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+class CheckpointHook(hooks.PeriodicCheckpointer):
+    """detectron2's periodic checkpointer hook, keeping only the ``max_to_keep`` newest periodic checkpoints
+    (0: all)."""
+
+    def __init__(self, checkpointer, period: int, max_to_keep: int):
+        super().__init__(checkpointer, period)
+        self.keep = max_to_keep
+
+    def step(self, iteration: int, **kwargs) -> None:
+        super().step(iteration, **kwargs)
+        for path in self.checkpointer.prune_periodic(self.keep):
+            logger.info(f"deleted {path} (SOLVER.CHECKPOINT_MAX_TO_KEEP = {self.keep})")
 
 
 def wrap_distributed(model: torch.nn.Module) -> torch.nn.Module:
@@ -43,6 +94,7 @@ class Trainer(DefaultTrainer):
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        check_dataset_names(cfg)
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
         data_loader = self.build_train_loader(cfg)
@@ -62,14 +114,72 @@ class Trainer(DefaultTrainer):
         self.cfg = cfg
         self.register_hooks(self.build_hooks())
 
+    def build_hooks(self):
+        """DefaultTrainer's hooks, with the periodic checkpointer keeping SOLVER.CHECKPOINT_MAX_TO_KEEP files."""
+        built = super().build_hooks()
+        return [
+            CheckpointHook(self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD, self.cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP)
+            if isinstance(h, hooks.PeriodicCheckpointer)
+            else h
+            for h in built
+        ]
+
+    def resume_or_load(self, resume: bool = True) -> None:
+        """Resume from the newest intact checkpoint of OUTPUT_DIR (``resume``), else load MODEL.WEIGHTS."""
+        self.checkpointer.resume_or_load(self.cfg.MODEL.WEIGHTS, resume=resume)
+        if self.checkpointer.resumed_from:  # the checkpoint holds the iteration that just finished
+            self.start_iter = self.iter + 1
+
+    def run_step(self):
+        super().run_step()
+        loader = self._trainer.data_loader
+        if hasattr(loader, "unreadable"):
+            self.storage.put_scalar("data/unreadable_files", len(loader.unreadable), smoothing_hint=False)
+
+    def train(self):
+        """Trains from start_iter to max_iter; the data stream starts at batch start_iter; the unreadable training
+        files are summarised at the end (also when training stops on an error)."""
+        loader = self._trainer.data_loader
+        if hasattr(loader, "dataset"):
+            loader.dataset.start_batch = self.start_iter
+        try:
+            return super().train()
+        finally:
+            if hasattr(loader, "summary") and comm.is_main_process():
+                logger.info(loader.summary())
+
     def state_dict(self) -> dict:
-        """Iteration and hook states (LR scheduler), plus the optimizer (and AMP grad scaler) state, which
-        detectron2 v0.6's DefaultTrainer leaves out of checkpoints, so that --resume continues exactly."""
+        """Iteration and hook states (LR scheduler); the optimizer (and AMP grad scaler) state, which detectron2
+        v0.6's DefaultTrainer leaves out of checkpoints; the data stream's seed and position; the random generators'
+        states; the solver config (to name the settings a resume changes). Together: --resume continues exactly."""
         state = super().state_dict()
         state["_trainer"] = self._trainer.state_dict()
+        loader = self._trainer.data_loader
+        if hasattr(loader, "dataset"):
+            state["data"] = {
+                "seed": int(loader.dataset.seed),
+                "next_batch": int(self.iter) + 1,
+                "dataset_size": len(loader.dataset),
+                "unreadable": dict(loader.unreadable),
+            }
+        np_state = np.random.get_state()
+        state["rng"] = {
+            "torch": torch.get_rng_state(),
+            "numpy": [
+                np_state[0],
+                torch.from_numpy(np_state[1].astype(np.int64)),
+                *map(int, np_state[2:4]),
+                float(np_state[4]),
+            ],
+            "random": random.getstate(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        }
+        state["solver"] = self.cfg.SOLVER.dump()
         return state
 
     def load_state_dict(self, state_dict: dict) -> None:
+        fresh_groups = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
+        fresh_scheduler = self.scheduler.state_dict()
         super().load_state_dict(state_dict)
         if "_trainer" in state_dict:
             self._trainer.load_state_dict(state_dict["_trainer"])
@@ -77,6 +187,64 @@ class Trainer(DefaultTrainer):
             logger.warning(
                 "the checkpoint has no optimizer state (saved by another trainer): resuming with a fresh optimizer."
             )
+        self._apply_solver_config(state_dict.get("solver"), fresh_groups, fresh_scheduler)
+        loader = self._trainer.data_loader
+        if "data" in state_dict and hasattr(loader, "dataset"):
+            data = state_dict["data"]
+            if data["seed"] != loader.dataset.seed:
+                logger.info(f"resume: the data stream continues with the checkpoint's seed {data['seed']}.")
+            loader.dataset.seed = data["seed"]
+            if data["dataset_size"] != len(loader.dataset):
+                logger.warning(
+                    f"resume: the training set has {len(loader.dataset)} images, the checkpoint's had "
+                    f"{data['dataset_size']}: the data order from here on differs from an uninterrupted run."
+                )
+            loader.unreadable.update(data["unreadable"])
+        if "rng" in state_dict:
+            rng = state_dict["rng"]
+            torch.set_rng_state(rng["torch"])
+            np.random.set_state((rng["numpy"][0], rng["numpy"][1].numpy().astype(np.uint32), *rng["numpy"][2:]))
+            random.setstate(_as_tuples(rng["random"]))
+            if rng["cuda"] and torch.cuda.is_available() and len(rng["cuda"]) == torch.cuda.device_count():
+                torch.cuda.set_rng_state_all(rng["cuda"])
+
+    def _apply_solver_config(self, saved_yaml, fresh_groups, fresh_scheduler) -> None:
+        """Makes the config's solver settings rule after a resume (the checkpoint's optimizer and scheduler states
+        carry the old learning rates and schedule): every setting that differs from the checkpoint's is named in a
+        warning and applied; a changed SOLVER.OPTIMIZER is refused (its state cannot carry over)."""
+        if saved_yaml is None:
+            logger.warning("resume: the checkpoint does not record its solver config; applying the current one.")
+            changed = ["(unknown)"]
+        else:
+            saved, current = _flat(yaml.safe_load(saved_yaml)), _flat(yaml.safe_load(self.cfg.SOLVER.dump()))
+            changed = sorted(k for k in set(saved) | set(current) if saved.get(k) != current.get(k))
+            refused = [k for k in changed if k in _UNCHANGEABLE_ON_RESUME]
+            if refused:
+                raise ValueError(
+                    f"resume: SOLVER.{refused[0]} is {current.get(refused[0])!r} but the checkpoint was trained with "
+                    f"{saved.get(refused[0])!r}, whose optimizer state cannot carry over; restore it or start a new "
+                    f"run (without --resume, MODEL.WEIGHTS set to the checkpoint)."
+                )
+            if not changed:
+                return
+            logger.warning(
+                "resume: solver settings changed since the checkpoint, applied from iteration "
+                f"{self.iter + 1}: " + "; ".join(f"SOLVER.{k}: {saved.get(k)!r} -> {current.get(k)!r}" for k in changed)
+            )
+        for group, fresh in zip(self.optimizer.param_groups, fresh_groups):
+            group.update({k: v for k, v in fresh.items() if k != "lr"})
+        merged = dict(fresh_scheduler)
+        loaded = self.scheduler.state_dict()
+        for key in ("last_epoch", "_step_count"):
+            if key in loaded:
+                merged[key] = loaded[key]
+        self.scheduler.load_state_dict(merged)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            lrs = self.scheduler.get_lr()
+        for group, lr in zip(self.optimizer.param_groups, lrs):
+            group["lr"] = lr
+        self.scheduler._last_lr = list(lrs)
 
     @classmethod
     def build_optimizer(cls, cfg, model):
@@ -89,13 +257,100 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        """detectron2's training loader over cfg.DATASETS.TRAIN with the mapper :func:`build_mapper` chooses."""
+        """The resumable training stream (universal_seg.data.loader) over cfg.DATASETS.TRAIN with the mapper
+        :func:`build_mapper` chooses; missing files are an error here, before training."""
+        from ..data.loader import TrainingStream, TrainLoader, check_files_exist
         from ..data.mappers import build_mapper
 
-        return build_detection_train_loader(cfg, mapper=build_mapper(cfg, is_train=True))
+        if cfg.DATALOADER.SAMPLER_TRAIN != "TrainingSampler":
+            raise ValueError(
+                f"DATALOADER.SAMPLER_TRAIN {cfg.DATALOADER.SAMPLER_TRAIN!r} is not supported: the resumable training "
+                "stream samples like TrainingSampler; set it to TrainingSampler."
+            )
+        check_dataset_names(cfg)
+        dicts = get_detection_dataset_dicts(
+            cfg.DATASETS.TRAIN,
+            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+            min_keypoints=0,
+            proposal_files=None,
+        )
+        check_files_exist(dicts, cfg.DATASETS.TRAIN)
+        world = comm.get_world_size()
+        if cfg.SOLVER.IMS_PER_BATCH % world:
+            raise ValueError(
+                f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} must be a multiple of the {world} processes."
+            )
+        stream = TrainingStream(
+            dicts,
+            build_mapper(cfg, is_train=True),
+            cfg.SOLVER.IMS_PER_BATCH // world,
+            seed=cfg.SEED if cfg.SEED >= 0 else comm.shared_random_seed(),
+            rank=comm.get_rank(),
+            world_size=world,
+            aspect_grouping=cfg.DATALOADER.ASPECT_RATIO_GROUPING,
+            max_unreadable_fraction=cfg.DATALOADER.MAX_UNREADABLE_FRACTION,
+        )
+        return TrainLoader(stream, cfg.DATALOADER.NUM_WORKERS, cfg.DATALOADER.MAX_UNREADABLE_FRACTION)
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        """detectron2's test loader with :class:`InferenceDatasetMapper` (the training image reader), wrapped so
+        unreadable images are skipped and counted (:class:`SkipUnreadable`)."""
+        from ..data.mappers.inference import InferenceDatasetMapper, SkipUnreadable
+
+        return SkipUnreadable(build_detection_test_loader(cfg, dataset_name, mapper=InferenceDatasetMapper(cfg)))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):
         from ..evaluation import build_evaluator
 
         return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def test(cls, cfg, model, evaluators=None):
+        """Evaluates ``model`` on every DATASETS.TEST dataset. Unreadable images are skipped: each is logged, the
+        metrics cover the readable ones, and results[dataset]["data"] = {"images", "unreadable_images"}."""
+        from ..evaluation.build import exclude_images
+
+        check_dataset_names(cfg)
+        if isinstance(evaluators, DatasetEvaluator):
+            evaluators = [evaluators]
+        results = OrderedDict()
+        for idx, name in enumerate(cfg.DATASETS.TEST):
+            loader = cls.build_test_loader(cfg, name)
+            evaluator = evaluators[idx] if evaluators is not None else cls.build_evaluator(cfg, name)
+            res = inference_on_dataset(model, _Excluding(loader, evaluator, exclude_images), evaluator)
+            unreadable = [u for part in comm.all_gather(getattr(loader, "unreadable", [])) for u in part]
+            if unreadable:
+                logger.warning(
+                    f"evaluation of {name}: {len(unreadable)} of {len(loader)} images were unreadable and are not "
+                    f"in the metrics: " + ", ".join(f for f, _, _ in unreadable[:10])
+                )
+            res = dict(res or {})
+            res["data"] = {"images": float(len(loader)), "unreadable_images": float(len(unreadable))}
+            results[name] = res
+            if comm.is_main_process():
+                print_csv_format(res)
+        return results[cfg.DATASETS.TEST[0]] if len(results) == 1 else results
+
+
+class _Excluding:
+    """A test loader that, once exhausted, tells the evaluator which images it skipped (exclude_images), so that
+    evaluators comparing against a whole ground-truth file (panoptic) leave them out."""
+
+    def __init__(self, loader, evaluator, exclude):
+        self.loader, self.evaluator, self.exclude = loader, evaluator, exclude
+
+    def __len__(self):
+        return len(self.loader)
+
+    def __iter__(self):
+        yield from self.loader
+        skipped = [image_id for _, image_id, _ in getattr(self.loader, "unreadable", [])]
+        if skipped:
+            self.exclude(self.evaluator, skipped)
+
+
+def _as_tuples(value):
+    """random.getstate()'s nested tuples back from a checkpoint (which may store them as lists)."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value

@@ -1,6 +1,11 @@
 """Inference-time evaluators chosen by a dataset's metadata ``evaluator_type``."""
 
+import json
+import os
+import tempfile
+
 from detectron2.data import MetadataCatalog
+from detectron2.data.catalog import Metadata
 from detectron2.evaluation import (
     CityscapesInstanceEvaluator,
     CityscapesSemSegEvaluator,
@@ -9,9 +14,53 @@ from detectron2.evaluation import (
     DatasetEvaluators,
     SemSegEvaluator,
 )
+from detectron2.utils import comm
 
 from ..modeling.meta_arch import output_tasks
 from .instance_evaluator import InstanceSegEvaluator
+
+
+class PanopticEvaluator(COCOPanopticEvaluator):
+    """detectron2's COCOPanopticEvaluator that can leave images out (``exclude``): their ground truth is dropped
+    from the file panopticapi reads, which otherwise fails on an image without a prediction."""
+
+    def reset(self):
+        super().reset()
+        self.excluded: set = set()
+
+    def exclude(self, image_ids) -> None:
+        """Leaves ``image_ids`` (e.g. unreadable images) out of the evaluation."""
+        self.excluded.update(image_ids)
+
+    def evaluate(self):
+        # every process calls evaluate (it gathers the predictions): gather the exclusions the same way
+        excluded = set().union(*comm.all_gather(self.excluded)) if comm.get_world_size() > 1 else self.excluded
+        if not excluded or not comm.is_main_process():
+            return super().evaluate()
+        original = self._metadata
+        with open(original.panoptic_json) as f:
+            gt = json.load(f)
+        gt["annotations"] = [a for a in gt["annotations"] if a["image_id"] not in excluded]
+        gt["images"] = [i for i in gt["images"] if i["id"] not in excluded]
+        with tempfile.TemporaryDirectory(prefix="panoptic_gt") as tmp:
+            path = os.path.join(tmp, os.path.basename(original.panoptic_json))
+            with open(path, "w") as f:
+                json.dump(gt, f)
+            fields = {k: v for k, v in original.as_dict().items() if k != "panoptic_json"}
+            self._metadata = Metadata(**fields, panoptic_json=path)
+            try:
+                return super().evaluate()
+            finally:
+                self._metadata = original
+
+
+def exclude_images(evaluator, image_ids) -> None:
+    """Tells ``evaluator`` (or each of a DatasetEvaluators) that ``image_ids`` were not evaluated, where it needs to
+    know (PanopticEvaluator); the others only see the images they process anyway."""
+    for ev in getattr(evaluator, "_evaluators", [evaluator]):
+        if hasattr(ev, "exclude"):
+            ev.exclude(image_ids)
+
 
 _PANOPTIC_TYPES = ("coco_panoptic_seg", "ade20k_panoptic_seg", "mapillary_vistas_panoptic_seg")
 
@@ -33,7 +82,7 @@ def _things_first(meta):
 def _panoptic_evaluators(cfg, name, meta, output_folder):
     evaluators = []
     if _test_flag(cfg, "PANOPTIC_ON"):
-        evaluators.append(COCOPanopticEvaluator(name, output_folder))
+        evaluators.append(PanopticEvaluator(name, output_folder))
     if _test_flag(cfg, "SEMANTIC_ON") and meta.get("sem_seg_root", None):
         evaluators.append(SemSegEvaluator(name, distributed=True, output_dir=output_folder))
     if _test_flag(cfg, "INSTANCE_ON") and meta.get("json_file", None):
@@ -49,7 +98,7 @@ def _cityscapes_evaluators(cfg, name, etype, output_folder):
     if etype == "cityscapes_sem_seg" or (etype == "cityscapes_panoptic_seg" and _test_flag(cfg, "SEMANTIC_ON")):
         evaluators.append(CityscapesSemSegEvaluator(name))
     if etype == "cityscapes_panoptic_seg" and _test_flag(cfg, "PANOPTIC_ON"):
-        evaluators.append(COCOPanopticEvaluator(name, output_folder))
+        evaluators.append(PanopticEvaluator(name, output_folder))
     return evaluators
 
 

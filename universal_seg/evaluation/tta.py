@@ -12,11 +12,12 @@ class SemanticSegmentorWithTTA(nn.Module):
     """Wrap a model returning detectron2-standard ``[{"sem_seg": [K, H, W]}]`` (at the requested height/width).
 
     For each input, the image is resized (shortest edge) to every size in cfg.TEST.AUG.MIN_SIZES (capped by
-    cfg.TEST.AUG.MAX_SIZE), also flipped when cfg.TEST.AUG.FLIP; each output is softmaxed over K (``softmax``;
-    pass False for models whose sem_seg is already a probability map), flipped back, and all are averaged.
+    cfg.TEST.AUG.MAX_SIZE), also flipped when cfg.TEST.AUG.FLIP; each output is flipped back and all are averaged.
+    universal_seg's models output class probabilities (per-pixel heads) or scores (mask classification) as sem_seg,
+    which are averaged as they are; pass ``softmax=True`` for a model whose sem_seg holds logits.
     """
 
-    def __init__(self, cfg, model, softmax=True):
+    def __init__(self, cfg, model, softmax=False):
         super().__init__()
         self.model = model
         self.min_sizes = tuple(cfg.TEST.AUG.MIN_SIZES)

@@ -69,6 +69,8 @@ def semantic_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor) -> torch
     probs_t = F.softmax(mask_cls, dim=-1)[:, :-1].t().contiguous()  # [K, Q]
     Q, H, W = mask_pred.shape
     masks = mask_pred.reshape(Q, H * W)
+    if torch.is_grad_enabled() and (mask_cls.requires_grad or mask_pred.requires_grad):
+        return torch.mm(probs_t, masks.sigmoid()).view(-1, H, W)  # differentiable (mm's out= is not)
     out = mask_pred.new_empty((probs_t.shape[0], H * W))
     # blocks of pixels: the sigmoid of a [Q, block] slice stays in cache for the product, instead of a [Q, H, W]
     # temporary written to and read back from memory (the same sums, several times faster on the CPU)

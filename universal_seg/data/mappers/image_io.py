@@ -8,38 +8,59 @@ from PIL import Image, ImageOps
 
 logger = logging.getLogger(__name__)
 
-UNREADABLE = {"count": 0, "paths": []}  # images skipped so far in this process (the mapper returned None)
+UNREADABLE = {"count": 0, "paths": [], "reasons": {}}  # images skipped so far in this process (mapper returned None)
 
 
-def read_rgb_image(path, fmt="RGB"):
-    """Read an image as uint8 [H, W, 3] in ``fmt`` ("RGB" or "BGR"), applying the EXIF orientation.
+class UnreadableImageError(OSError):
+    """An image file is missing, truncated, corrupt or in a format PIL cannot decode."""
 
-    Grayscale, palette and RGBA images are converted to RGB (alpha dropped); 16-bit and float images are
-    rescaled to 8 bits by their type's range. Returns None (logged, counted in UNREADABLE) when unreadable.
+
+def decode_rgb_image(path, fmt="RGB"):
+    """The one image reader of training, evaluation and the demo: uint8 [H, W, 3] in ``fmt`` ("RGB" or "BGR").
+
+    The EXIF orientation is applied; grayscale, palette and RGBA / LA images become RGB (alpha dropped); 16-bit
+    images are rescaled by their type's range (v * 255 / 65535, rounded), 32-bit integer images likewise by 2^32 - 1
+    unless their values fit 16 bits, float images by 255 when within [0, 1]. Raises UnreadableImageError (naming the
+    file) when it cannot be decoded.
     """
+    if fmt not in ("RGB", "BGR"):
+        raise ValueError(f"image format {fmt!r} is not supported; set INPUT.FORMAT to RGB or BGR.")
     try:
         with Image.open(path) as img:
             img = ImageOps.exif_transpose(img)
             array = _to_uint8_rgb(img)
-    except Exception as e:  # noqa: BLE001 - any decoding failure means "skip this sample"
-        UNREADABLE["count"] += 1
-        UNREADABLE["paths"].append(path)
-        logger.warning(
-            "Skipping unreadable image %s (%s: %s); %d skipped so far.", path, type(e).__name__, e, UNREADABLE["count"]
-        )
-        return None
+    except Exception as e:  # noqa: BLE001 - any decoding failure (PIL raises OSError, SyntaxError, ValueError, ...)
+        raise UnreadableImageError(f"cannot read image {path} ({type(e).__name__}: {e})") from e
     return array[:, :, ::-1].copy() if fmt == "BGR" else array
 
 
+def read_rgb_image(path, fmt="RGB"):
+    """:func:`decode_rgb_image`, returning None (logged, counted in UNREADABLE with its reason) when unreadable."""
+    try:
+        return decode_rgb_image(path, fmt)
+    except UnreadableImageError as e:
+        UNREADABLE["count"] += 1
+        UNREADABLE["paths"].append(path)
+        UNREADABLE["reasons"][path] = str(e.__cause__ or e)
+        logger.warning("Skipping unreadable image %s (%s); %d skipped so far.", path, e.__cause__, UNREADABLE["count"])
+        return None
+
+
+def unreadable_reason(path):
+    """Why :func:`read_rgb_image` returned None for ``path`` (in this process)."""
+    return UNREADABLE["reasons"].get(path, "unreadable image")
+
+
 def _to_uint8_rgb(img):
-    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         array = np.asarray(img, dtype=np.float64)
-        scale = 65535.0 if img.mode.startswith("I;16") or array.max() > 255 else 255.0
-        gray = np.clip(array / scale * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        wide = img.mode == "I" and img.format != "PNG" and array.size and (array.max() > 65535 or array.min() < 0)
+        scale = 4294967295.0 if wide else 65535.0  # a PNG opened as "I" is 16-bit
+        gray = np.clip(np.floor(array / scale * 255.0 + 0.5), 0, 255).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
     if img.mode == "F":
         array = np.asarray(img, dtype=np.float64)
-        gray = np.clip(array * (255.0 if array.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+        gray = np.clip(array * (255.0 if array.size and array.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
     return np.ascontiguousarray(np.asarray(img.convert("RGB")))
 

@@ -2,25 +2,58 @@
 
 import contextlib
 import io
-import json
+import math
 
 import pycocotools.mask as mask_util
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from .errors import PredictionFileError
+from .errors import PredictionFileError, load_json, rle_length
 
 _STATS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
 
 
+def _check_segmentation(seg, img, where):
+    """A result's mask: an RLE {"size": [h, w], "counts": str | list} covering exactly h * w pixels at the image's
+    size, or polygons (lists of at least 3 x, y pairs)."""
+    size = [img["height"], img["width"]]
+    if isinstance(seg, dict):
+        if list(seg.get("size", [])) != size:
+            raise PredictionFileError(f"{where}: the mask has size {seg.get('size')} but the image is {size}.")
+        counts = seg.get("counts")
+        if isinstance(counts, str):
+            length = rle_length(counts)
+        elif isinstance(counts, list) and all(isinstance(c, int) and c >= 0 for c in counts):
+            length = sum(counts)
+        else:
+            length = None
+        if length != size[0] * size[1]:
+            raise PredictionFileError(
+                f"{where}: the mask is not a valid RLE of a {size[0]}x{size[1]} image (its runs cover "
+                f"{length if length is not None else 'an unreadable number of'} pixels); encode masks with "
+                "pycocotools.mask.encode."
+            )
+    elif isinstance(seg, list):
+        if not seg or not all(
+            isinstance(p, list) and len(p) >= 6 and len(p) % 2 == 0 and all(isinstance(v, (int, float)) for v in p)
+            for p in seg
+        ):
+            raise PredictionFileError(f"{where}: polygons must be lists of at least 3 (x, y) pairs.")
+    else:
+        raise PredictionFileError(f"{where}: 'segmentation' must be an RLE dict or a list of polygons.")
+
+
 def load_results(pred_json, coco_gt):
-    """Read and validate a COCO results list: known image and category ids, RLE sizes equal to the image's."""
-    with open(pred_json) as f:
-        results = json.load(f)
+    """Read and validate a COCO results list: known image and category ids, a finite score, valid RLE or polygon
+    masks of the image's size, boxes of 4 finite numbers."""
+    results = load_json(pred_json, "prediction file")
     if not isinstance(results, list) or not results:
         raise PredictionFileError(f"'{pred_json}' must be a non-empty JSON list of COCO results.")
     images, cats = coco_gt.imgs, set(coco_gt.getCatIds())
-    for r in results:
+    for i, r in enumerate(results):
+        where = f"'{pred_json}' result {i}"
+        if not isinstance(r, dict):
+            raise PredictionFileError(f"{where} is not a JSON object.")
         if r.get("image_id") not in images:
             raise PredictionFileError(f"'{pred_json}' has image_id {r.get('image_id')} not in the ground truth.")
         if r.get("category_id") not in cats:
@@ -28,13 +61,19 @@ def load_results(pred_json, coco_gt):
                 f"'{pred_json}' has unknown category_id {r.get('category_id')}; use the "
                 "dataset's category ids, not contiguous ids."
             )
+        score = r.get("score")
+        if isinstance(score, bool) or not isinstance(score, (int, float)) or not math.isfinite(score):
+            raise PredictionFileError(f"{where} needs a finite number 'score' (has {score!r}).")
         seg = r.get("segmentation")
         img = images[r["image_id"]]
-        if isinstance(seg, dict) and list(seg.get("size", [])) != [img["height"], img["width"]]:
-            raise PredictionFileError(
-                f"'{pred_json}': a mask of image {r['image_id']} has size {seg.get('size')} "
-                f"but the image is {[img['height'], img['width']]}."
-            )
+        if seg is not None:
+            _check_segmentation(seg, img, where)
+        box = r.get("bbox")
+        finite = isinstance(box, list) and all(isinstance(v, (int, float)) and math.isfinite(v) for v in box)
+        if box is not None and not (finite and len(box) == 4):
+            raise PredictionFileError(f"{where}: 'bbox' must be 4 finite numbers [x, y, w, h].")
+        if seg is None and box is None:
+            raise PredictionFileError(f"{where} has neither 'segmentation' nor 'bbox'.")
         if "bbox" not in r and isinstance(seg, dict):
             r["bbox"] = mask_util.toBbox(seg).tolist()
     return results
@@ -42,8 +81,14 @@ def load_results(pred_json, coco_gt):
 
 def evaluate_instance(gt_json, pred_json, iou_types=("segm", "bbox")):
     """COCO AP, AP50, AP75, APs, APm, APl (in %) per IoU type; returns {iou_type: {metric: value}}."""
+    gt = load_json(gt_json, "ground-truth file")
+    keys = ("images", "annotations", "categories")
+    if not isinstance(gt, dict) or not all(isinstance(gt.get(k), list) for k in keys):
+        raise PredictionFileError(f"ground truth '{gt_json}' must be a COCO JSON with images, annotations, categories.")
     with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO(gt_json)
+        coco_gt = COCO()
+        coco_gt.dataset = gt
+        coco_gt.createIndex()
     results = load_results(pred_json, coco_gt)
     out = {}
     for iou_type in iou_types:

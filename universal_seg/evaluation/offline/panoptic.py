@@ -15,13 +15,33 @@ import numpy as np
 from panopticapi.evaluation import pq_compute
 from PIL import Image
 
-from .errors import PredictionFileError, check_ids
+from .errors import PredictionFileError, check_ids, load_json, read_png
 
 
-def validate_panoptic(gt, pred, pred_folder):
-    """Check image ids, category ids, PNG presence and sizes of a panoptic prediction against the ground truth."""
-    gt_anns = {a["image_id"]: a for a in gt["annotations"]}
-    pred_anns = {a["image_id"]: a for a in pred.get("annotations", [])}
+def _annotations_by_image(data, where):
+    """{image_id: annotation} of a panoptic JSON's "annotations"; PredictionFileError on a malformed or repeated
+    entry."""
+    anns = data.get("annotations") if isinstance(data, dict) else None
+    if not isinstance(anns, list):
+        raise PredictionFileError(f"{where} must be a JSON object with an 'annotations' list.")
+    out = {}
+    for a in anns:
+        if not isinstance(a, dict) or not {"image_id", "file_name", "segments_info"} <= a.keys():
+            raise PredictionFileError(f"{where}: every annotation needs image_id, file_name and segments_info.")
+        if a["image_id"] in out:
+            raise PredictionFileError(f"{where} has two annotations for image {a['image_id']}; keep one per image.")
+        ids = [s.get("id") for s in a["segments_info"]]
+        if len(set(ids)) != len(ids):
+            raise PredictionFileError(f"{where}: image {a['image_id']} lists a segment id twice.")
+        out[a["image_id"]] = a
+    return out
+
+
+def validate_panoptic(gt, pred, pred_folder, pred_json="the prediction JSON"):
+    """Check image ids (no repeats), category ids, and each prediction PNG: present, RGB, the image's size, and
+    holding exactly the segment ids its segments_info lists (besides 0 = void)."""
+    gt_anns = _annotations_by_image(gt, "the ground-truth JSON")
+    pred_anns = _annotations_by_image(pred, f"'{pred_json}'")
     check_ids(pred_anns, gt_anns, "image id")
     cats, sizes = {c["id"] for c in gt["categories"]}, {i["id"]: (i["height"], i["width"]) for i in gt["images"]}
     for image_id, ann in pred_anns.items():
@@ -31,11 +51,24 @@ def validate_panoptic(gt, pred, pred_folder):
         png = os.path.join(pred_folder, ann["file_name"])
         if not os.path.exists(png):
             raise PredictionFileError(f"Prediction PNG '{png}' of image {image_id} is missing.")
-        with Image.open(png) as im:
-            if image_id in sizes and (im.height, im.width) != sizes[image_id]:
-                raise PredictionFileError(
-                    f"Prediction PNG '{png}' is {(im.height, im.width)} but image {image_id} is {sizes[image_id]}."
-                )
+        array, mode = read_png(png, "Prediction PNG")
+        if mode != "RGB":
+            raise PredictionFileError(
+                f"Prediction PNG '{png}' is {mode}, not RGB: panoptic PNGs hold id = R + 256 G + 256^2 B; write them "
+                "with panopticapi.utils.id2rgb."
+            )
+        if image_id in sizes and array.shape[:2] != sizes[image_id]:
+            raise PredictionFileError(
+                f"Prediction PNG '{png}' is {array.shape[:2]} but image {image_id} is {sizes[image_id]}."
+            )
+        ids = array.astype(np.int64) @ np.array([1, 256, 256 * 256])
+        in_png, listed = set(np.unique(ids).tolist()) - {0}, {s["id"] for s in ann["segments_info"]}
+        if in_png != listed:
+            extra, absent = sorted(in_png - listed), sorted(listed - in_png)
+            raise PredictionFileError(
+                f"Prediction PNG '{png}' of image {image_id} does not match its segments_info: ids in the PNG but "
+                f"not listed {extra[:5]}, listed but not in the PNG {absent[:5]}."
+            )
 
 
 def summarize(results):
@@ -49,11 +82,9 @@ def summarize(results):
 
 def evaluate_panoptic(gt_json, gt_folder, pred_json, pred_folder):
     """PQ/SQ/RQ (all, things, stuff) of COCO-panoptic predictions (PNG + JSON) via panopticapi's pq_compute."""
-    with open(gt_json) as f:
-        gt = json.load(f)
-    with open(pred_json) as f:
-        pred = json.load(f)
-    validate_panoptic(gt, pred, pred_folder)
+    gt = load_json(gt_json, "ground-truth file")
+    pred = load_json(pred_json, "prediction file")
+    validate_panoptic(gt, pred, pred_folder, pred_json)
     with contextlib.redirect_stdout(io.StringIO()):
         results = pq_compute(gt_json, pred_json, gt_folder=gt_folder, pred_folder=pred_folder)
     return summarize(results)
@@ -78,8 +109,7 @@ def evaluate_pq_from_semantic(gt_json, gt_folder, pred_folder, label_to_category
 
     ``label_to_category`` maps label values to GT category ids; default: label i -> i-th GT category.
     """
-    with open(gt_json) as f:
-        gt = json.load(f)
+    gt = load_json(gt_json, "ground-truth file")
     label_to_category = label_to_category or {i: c["id"] for i, c in enumerate(gt["categories"])}
     with tempfile.TemporaryDirectory() as tmp:
         annotations = []
@@ -87,7 +117,10 @@ def evaluate_pq_from_semantic(gt_json, gt_folder, pred_folder, label_to_category
             path = os.path.join(pred_folder, os.path.splitext(ann["file_name"])[0] + ".png")
             if not os.path.exists(path):
                 raise PredictionFileError(f"Semantic prediction '{path}' for image {ann['image_id']} is missing.")
-            ids, segments = semantic_to_panoptic(np.asarray(Image.open(path)), label_to_category, ignore_label)
+            label, mode = read_png(path, "Semantic prediction")
+            if label.ndim != 2:
+                raise PredictionFileError(f"Semantic prediction '{path}' is {mode}; write single-channel label PNGs.")
+            ids, segments = semantic_to_panoptic(label, label_to_category, ignore_label)
             rgb = np.stack([ids % 256, ids // 256 % 256, ids // 65536], -1).astype(np.uint8)
             Image.fromarray(rgb).save(os.path.join(tmp, ann["file_name"]))
             annotations.append({"image_id": ann["image_id"], "file_name": ann["file_name"], "segments_info": segments})

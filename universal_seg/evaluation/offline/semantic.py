@@ -3,9 +3,8 @@
 import os
 
 import numpy as np
-from PIL import Image
 
-from .errors import PredictionFileError, check_ids
+from .errors import PredictionFileError, check_ids, read_png
 
 
 def _label_files(folder):
@@ -44,17 +43,43 @@ def semantic_metrics(conf, class_names=None):
 
 
 def evaluate_semantic(gt_folder, pred_folder, num_classes, ignore_label=255, class_names=None):
-    """Compare every ``<id>.png`` of ``gt_folder`` with ``pred_folder/<id>.png`` (values 0..K-1)."""
+    """Compare every ``<id>.png`` of ``gt_folder`` with ``pred_folder/<id>.png`` (values 0..K-1).
+
+    Ground-truth values must be class ids in [0, K) or the ignore label (a wrong --num-classes or --ignore-label
+    would otherwise silently change the metrics); PredictionFileError names the first file that breaks a rule.
+    """
+    if num_classes < 1:
+        raise PredictionFileError(f"--num-classes must be positive (got {num_classes}).")
+    if 0 <= ignore_label < num_classes:
+        raise PredictionFileError(
+            f"--ignore-label {ignore_label} is one of the {num_classes} class ids; use the dataset's ignore value "
+            "(e.g. 255)."
+        )
+    for folder, what in ((gt_folder, "--gt-folder"), (pred_folder, "--pred-folder")):
+        if not os.path.isdir(folder):
+            raise PredictionFileError(f"{what} '{folder}' is not a directory.")
     gts, preds = _label_files(gt_folder), _label_files(pred_folder)
+    if not gts:
+        raise PredictionFileError(f"--gt-folder '{gt_folder}' holds no .png label files.")
     check_ids(preds, gts, "label file")
     conf = np.zeros((num_classes + 1, num_classes + 1), np.int64)
     for key, gt_path in sorted(gts.items()):
-        gt = np.asarray(Image.open(gt_path)).astype(np.int64)
-        pred = np.asarray(Image.open(preds[key])).astype(np.int64)
+        gt, gt_mode = read_png(gt_path, "Ground-truth label")
+        pred, pred_mode = read_png(preds[key], "Prediction")
+        for array, mode, path in ((gt, gt_mode, gt_path), (pred, pred_mode, preds[key])):
+            if array.ndim != 2:
+                raise PredictionFileError(f"'{path}' is a {mode} image; label PNGs have one channel (class ids).")
+        gt, pred = gt.astype(np.int64), pred.astype(np.int64)
         if pred.shape != gt.shape:
             raise PredictionFileError(
                 f"Prediction '{preds[key]}' is {pred.shape} but its ground truth is "
                 f"{gt.shape}; write predictions at the original image size."
+            )
+        bad = np.unique(gt[((gt < 0) | (gt >= num_classes)) & (gt != ignore_label)])
+        if bad.size:
+            raise PredictionFileError(
+                f"Ground truth '{gt_path}' has values {bad[:5].tolist()}, neither class ids in [0, {num_classes}) "
+                f"nor the ignore label {ignore_label}; check --num-classes and --ignore-label."
             )
         bad = np.unique(pred[(pred < 0) | (pred >= num_classes)])
         if bad.size:

@@ -21,20 +21,16 @@ def per_pixel_ce_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_label:
 
 
 def class_probabilities(logits: torch.Tensor) -> torch.Tensor:
-    """Softmax over the classes of per-pixel logits [K, H, W] -> [K, H, W]; may overwrite ``logits``.
+    """Softmax over the classes of per-pixel logits [K, H, W] -> a new [K, H, W] tensor (``logits`` is not modified).
 
     Channels-last memory (the CPU layout, where the K scores of a pixel are contiguous) is normalised along that
-    contiguous axis, in place when autograd does not need the logits: PyTorch's ``softmax(dim=0)`` would first copy
-    the whole map to the standard layout (about 6x slower for 150 classes at 512x512). The result keeps the input's
-    strides.
+    contiguous axis: PyTorch's ``softmax(dim=0)`` would first copy the whole map to the standard layout (about 6x
+    slower for 150 classes at 512x512). The result keeps the input's strides.
     """
     per_pixel = logits.permute(1, 2, 0)  # [H, W, K]
     if not per_pixel.is_contiguous():
         return logits.softmax(dim=0)
-    if torch.is_grad_enabled() and logits.requires_grad:
-        return per_pixel.softmax(dim=-1).permute(2, 0, 1)
-    per_pixel.sub_(per_pixel.amax(dim=-1, keepdim=True)).exp_()
-    return per_pixel.div_(per_pixel.sum(dim=-1, keepdim=True)).permute(2, 0, 1)
+    return per_pixel.softmax(dim=-1).permute(2, 0, 1)
 
 
 def window_starts(size: int, crop: int, stride: int) -> list[int]:

@@ -1,0 +1,76 @@
+"""Crash-safe file writes: a temporary file in the target's directory, flushed and fsync'ed, then renamed over the
+target (``os.replace`` is atomic on POSIX and Windows), then the directory fsync'ed. A reader (or a run resumed after
+``kill -9`` or a power cut) sees the old file or the new one, never a truncated one.
+
+The file gets the mode an ordinary ``open(path, "w")`` would give it (0666 less the umask; 0644 with the usual umask),
+not ``mkstemp``'s 0600.
+"""
+
+import contextlib
+import os
+import tempfile
+
+TEMP_PREFIX = ".tmp-"  # temporary files start with this (a kill can leave one behind; it is never read)
+
+
+def _umask() -> int:
+    """The process's umask, read without changing it where Linux reports it (os.umask would, briefly, for every
+    thread)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _fsync_dir(directory: str) -> None:
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:  # e.g. Windows, where directories cannot be opened
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "wb"):
+    """``with atomic_open(path, "wb") as f: f.write(...)``: ``path`` is replaced only when the block finishes
+    without an exception; otherwise the temporary file is removed and ``path`` is untouched."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open writes whole files: mode must be 'w' or 'wb', not {mode!r}.")
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX, suffix=os.path.splitext(path)[1])
+    try:
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    _fsync_dir(directory)
+
+
+def atomic_write_bytes(path: str, data: bytes) -> None:
+    """Writes ``data`` to ``path`` atomically (see module docstring)."""
+    with atomic_open(path, "wb") as f:
+        f.write(data)
+
+
+def atomic_write_text(path: str, text: str) -> None:
+    """Writes ``text`` to ``path`` atomically (see module docstring)."""
+    with atomic_open(path, "w") as f:
+        f.write(text)

@@ -30,7 +30,7 @@ import universal_seg.data  # noqa: E402,F401  (registers the datasets)
 import universal_seg.modeling  # noqa: E402,F401  (registers the models)
 from universal_seg.config import load_config  # noqa: E402
 from universal_seg.inference import Predictor  # noqa: E402
-from universal_seg.inference.writers import PredictionWriter, check_writable  # noqa: E402
+from universal_seg.inference.writers import PredictionWriter, check_writable, default_image_id  # noqa: E402
 from universal_seg.modeling.meta_arch import TASKS, enable_output_task, output_tasks  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -68,11 +68,6 @@ def expand_inputs(patterns: list[str]) -> list[str]:
             found = [pattern]
         paths.extend(p for p in found if p not in paths)
     return paths
-
-
-def default_image_id(path: str):
-    stem = os.path.splitext(os.path.basename(path))[0]
-    return int(stem) if stem.isdigit() else stem
 
 
 def predict_files(predictor: Predictor, writer: PredictionWriter, paths: list[str], image_ids: dict, overwrite=False):

@@ -42,6 +42,12 @@ def check_writable(folder: str) -> None:
         ) from err
 
 
+def default_image_id(path: str):
+    """The image id of a file outside a registered dataset: its file stem, an int when it is all digits."""
+    stem = os.path.splitext(os.path.basename(path))[0]
+    return int(stem) if stem.isdigit() else stem
+
+
 def _atomic_write(path: str, write) -> None:
     """Calls ``write(file object)`` on a temporary file next to ``path``, then renames it to ``path``."""
     folder = os.path.dirname(path)

@@ -201,6 +201,10 @@ class Predictor:
                     chunk = members[start : start + self.batch_size]
                     for i, out in zip(chunk, self.model([inputs[i] for i in chunk])):
                         outputs[i] = out
+        if self.amp:  # semantic scores in float32 whatever the autocast dtype
+            for out in outputs:
+                if "sem_seg" in out:
+                    out["sem_seg"] = out["sem_seg"].float()
         return outputs
 
     def __call__(self, images, format: str = "RGB"):

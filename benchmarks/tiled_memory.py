@@ -2,14 +2,16 @@
 """Peak CPU memory of inference on large images, whole-image vs tiled (TEST.TILING), with universal_seg.Predictor.
 
     python benchmarks/tiled_memory.py                                   # the default cases below
-    python benchmarks/tiled_memory.py --sizes 1024x2048 --tasks semantic --no-whole
+    python benchmarks/tiled_memory.py --sizes 4000x6000 --no-whole --min-size-test 1000 --max-size-test 1500
 
 Each case runs in a fresh process: the model is built and warmed up on a 64x64 image, then one synthetic image
-(smooth random colours, seeded) of the given size is predicted at native resolution (INPUT.MIN_SIZE_TEST 0: the
-network sees every pixel). Printed per case: the peak resident memory above the warmed-up process (ru_maxrss), the
-bytes of the returned outputs ("sem_seg" [K, H, W] float32, "panoptic_seg" ids, "instances" masks [N, H, W] bool),
-and the difference (working memory). Tiled inference keeps the network's share bounded by the tile size; the
-outputs, and the per-tile panoptic ids / instance masks kept for the seam merge, grow with the image.
+(random 64x64 blocks of colour, seeded) of the given size is predicted, by default at native resolution
+(INPUT.MIN_SIZE_TEST 0: the network sees every pixel; --min-size-test / --max-size-test resize it first, the
+outputs are at the image's size either way). Printed per case: the peak resident memory above the warmed-up
+process (ru_maxrss), the bytes of the returned outputs ("sem_seg" [K, H, W] float32, "panoptic_seg" ids,
+"instances" masks [N, H, W] bool), and the rest (working memory, less the input image). Tiled inference keeps the
+network's share bounded by the tile size; the outputs, and the per-tile panoptic ids / instance masks kept for
+the seam merge, grow with the image.
 """
 
 import argparse
@@ -49,7 +51,8 @@ def run_case(args) -> dict:
 
     torch.set_num_threads(args.threads)
     height, width = (int(v) for v in args.size.split("x"))
-    opts = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "INPUT.MIN_SIZE_TEST", "0", "TEST.MAX_OUTPUT_PIXELS", "0"]
+    opts = ["MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "TEST.MAX_OUTPUT_PIXELS", "0"]
+    opts += ["INPUT.MIN_SIZE_TEST", str(args.min_size_test), "INPUT.MAX_SIZE_TEST", str(args.max_size_test)]
     if args.tiled:
         opts += ["TEST.TILING.ENABLED", "True", "TEST.TILING.TILE_SIZE", f"[{args.tile}, {args.tile}]"]
         opts += ["TEST.TILING.OVERLAP", str(args.overlap), "TEST.TILING.BATCH_SIZE", "2"]
@@ -92,6 +95,8 @@ def main() -> None:
     p.add_argument("--tile", type=int, default=512)
     p.add_argument("--overlap", type=int, default=128)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--min-size-test", type=int, default=0, help="INPUT.MIN_SIZE_TEST (default 0: native size)")
+    p.add_argument("--max-size-test", type=int, default=100000, help="INPUT.MAX_SIZE_TEST")
     p.add_argument("--no-whole", action="store_true", help="skip whole-image runs (run only at the first size)")
     p.add_argument("--case", help=argparse.SUPPRESS)  # internal: one case in this process
     p.add_argument("--size", help=argparse.SUPPRESS)
@@ -108,8 +113,10 @@ def main() -> None:
             if not args.no_whole and size == args.sizes[0]:
                 cases.append((size, tasks, False))
     common = ["--config-file", args.config_file, "--tile", str(args.tile), "--overlap", str(args.overlap)]
-    common += ["--threads", str(args.threads)]
-    print(f"tile {args.tile}, overlap {args.overlap}, {args.threads} threads, config {args.config_file}")
+    common += ["--threads", str(args.threads), "--min-size-test", str(args.min_size_test)]
+    common += ["--max-size-test", str(args.max_size_test)]
+    resize = f"test resize {args.min_size_test}/{args.max_size_test}" if args.min_size_test else "native size"
+    print(f"tile {args.tile}, overlap {args.overlap}, {args.threads} threads, {resize}, config {args.config_file}")
     print(f"{'size':>10} {'mode':>6} {'tasks':>17} {'peak+':>9} {'outputs':>9} {'working':>9} {'s':>7}  (MiB)")
     for size, tasks, tiled in cases:
         cmd = [sys.executable, __file__, *common, "--case", tasks, "--size", size] + (["--tiled"] if tiled else [])

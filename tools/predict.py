@@ -85,7 +85,7 @@ def predict_files(predictor: Predictor, writer: PredictionWriter, paths: list[st
     skipped = len(paths) - len(errors) - len(todo)
     if skipped:
         logger.info(f"{skipped} images already have all their files: skipped (--overwrite redoes them).")
-    with tqdm.tqdm(total=len(todo), desc="predict", unit="img") as bar:
+    with tqdm.tqdm(total=len(todo), desc="predict", unit="img", disable=not todo) as bar:
         for start in range(0, len(todo), predictor.batch_size):
             chunk = todo[start : start + predictor.batch_size]
             prepared = []

@@ -10,8 +10,6 @@ __version__ = "0.1.0"
 
 def __getattr__(name):
     if name == "Predictor":  # lazy: importing universal_seg (e.g. for its ops) does not build the model registries
-        import universal_seg.data  # noqa: F401  (dataset metadata)
-        import universal_seg.modeling  # noqa: F401  (model registries)
         from universal_seg.inference import Predictor
 
         return Predictor

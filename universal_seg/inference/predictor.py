@@ -21,6 +21,8 @@ from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 from PIL import Image
 
+from .. import data as _data  # noqa: F401  (registers the datasets: the models read their metadata)
+from .. import modeling as _modeling  # noqa: F401  (registers the models)
 from ..checkpoint import UniversalSegCheckpointer
 from ..data.mappers.image_io import read_rgb_image
 from .tiling import TilingConfig, tiled_inference

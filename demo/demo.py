@@ -9,9 +9,12 @@
 for a single image or a video, a file. --task picks what is drawn (default: the first the config enables among
 panoptic, instance, semantic). --confidence-threshold drops instances scoring below it; for panoptic it sets
 MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD (the class-probability a query needs to become a segment), since
-panoptic segments carry no score. Video frames keep the input's size and frame rate; with several CUDA GPUs
-(MODEL.DEVICE cuda) one worker process per GPU predicts frames concurrently, results in frame order. The exit
-status is non-zero when any input could not be read or written.
+panoptic segments carry no score. --save DIR also writes the predictions of --input images in the standard formats
+(semantic PNGs, COCO instance JSON, COCO panoptic PNG + JSON; see tools/predict.py, which does only that, in
+batches, restartably). An input that cannot be read or predicted (e.g. an image above TEST.MAX_OUTPUT_PIXELS
+without TEST.TILING) is reported and the others go on. Video frames keep the input's size and frame rate; with
+several CUDA GPUs (MODEL.DEVICE cuda) one worker process per GPU predicts frames concurrently, results in frame
+order. The exit status is non-zero when any input could not be read, predicted or written.
 """
 
 import argparse
@@ -29,6 +32,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import tqdm  # noqa: E402
+from detectron2.data import MetadataCatalog  # noqa: E402
 from detectron2.utils.logger import setup_logger  # noqa: E402
 from predictor import TASKS, AsyncPredictor, VisualizationDemo, enable_output_task, output_tasks  # noqa: E402
 
@@ -36,6 +40,7 @@ import universal_seg.data  # noqa: E402,F401  (registers the datasets: metadata 
 import universal_seg.modeling  # noqa: E402,F401  (registers the models)
 from universal_seg.config import load_config  # noqa: E402
 from universal_seg.data.mappers.image_io import decode_rgb_image  # noqa: E402
+from universal_seg.inference.writers import PredictionWriter, default_image_id  # noqa: E402
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_CODECS = (("mp4v", ".mp4"), ("XVID", ".avi"), ("MJPG", ".avi"))  # tried in this order
@@ -71,6 +76,12 @@ def get_parser() -> argparse.ArgumentParser:
         default=None,
         help="minimum instance score drawn (default 0.5); for panoptic it replaces "
         "MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD",
+    )
+    parser.add_argument(
+        "--save",
+        metavar="DIR",
+        help="also write the predictions of --input images to DIR in the standard formats (semantic PNG, COCO "
+        "instance JSON, COCO panoptic PNG + JSON) of every task the model outputs",
     )
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
     return parser
@@ -128,9 +139,11 @@ def show(window: str, image_bgr: np.ndarray) -> bool:
     return cv2.waitKey(0 if window == "image" else 1) != 27
 
 
-def run_images(demo: VisualizationDemo, paths: list[str], output: str | None) -> int:
-    """Draws every image; returns the number of inputs that failed (each reported with its reason)."""
+def run_images(demo: VisualizationDemo, paths: list[str], output: str | None, writer=None) -> int:
+    """Draws every image (and writes its predictions with ``writer``, a PredictionWriter); returns the number of
+    inputs that failed (each reported with its reason)."""
     failed, done, start = 0, 0, time.perf_counter()
+    saved: list[str] = []
     for path in tqdm.tqdm(paths, disable=len(paths) < 2, desc="images"):
         try:
             image = decode_rgb_image(path, "RGB")  # the training / evaluation reader: the same pixels
@@ -139,7 +152,20 @@ def run_images(demo: VisualizationDemo, paths: list[str], output: str | None) ->
             failed += 1
             continue
         t0 = time.perf_counter()
-        outputs, drawing = demo.run_on_image(image)
+        try:
+            outputs, drawing = demo.run_on_image(image)
+        except Exception as err:  # noqa: BLE001 - one input's failure (too large, out of memory): go on
+            error(f"cannot predict image {path!r}: {err}")
+            failed += 1
+            continue
+        if writer is not None:
+            stem = os.path.splitext(os.path.basename(path))[0]
+            try:
+                writer.write(stem, default_image_id(path), outputs)
+                saved.append(stem)
+            except Exception as err:  # noqa: BLE001
+                error(f"cannot save the predictions of {path!r} ({type(err).__name__}: {err}).")
+                failed += 1
         logger.info(f"{path}: {describe(outputs, demo.task)} in {time.perf_counter() - t0:.2f} s")
         done += 1
         if output:
@@ -149,6 +175,9 @@ def run_images(demo: VisualizationDemo, paths: list[str], output: str | None) ->
                 failed += 1
         elif not show("image", drawing[:, :, ::-1]):
             break
+    if writer is not None:
+        for written in writer.finish(saved):
+            logger.info(f"wrote {written}")
     elapsed = time.perf_counter() - start
     print(f"processed {done} images in {elapsed:.1f} s ({done / max(elapsed, 1e-9):.2f} images/s), {failed} failed")
     return failed
@@ -290,6 +319,15 @@ def main(argv=None) -> int:
     cfg = setup_cfg(args)
     logger.info(f"task {args.task}, config {args.config_file}, weights {cfg.MODEL.WEIGHTS or '(none: untrained)'}")
     video = bool(args.video_input or args.webcam)
+    writer = None
+    if args.save:
+        if not args.input:
+            sys.exit("--save writes predictions of --input images; it does not apply to videos.")
+        names = list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN)
+        try:
+            writer = PredictionWriter(args.save, output_tasks(cfg), MetadataCatalog.get(names[0]) if names else None)
+        except OSError as err:
+            sys.exit(f"error: {err}")
     predictor = make_predictor(cfg, video)
     threshold = 0.5 if args.confidence_threshold is None else args.confidence_threshold
     demo = VisualizationDemo(cfg, args.task, threshold, predictor=predictor)
@@ -299,7 +337,7 @@ def main(argv=None) -> int:
                 sys.exit(
                     f"--output {args.output!r} looks like a file but there are {len(paths)} inputs; give a directory."
                 )
-            return 1 if run_images(demo, paths, args.output) else 0
+            return 1 if run_images(demo, paths, args.output, writer) else 0
         return run_video(demo, args.video_input if args.video_input else 0, args.output)
     finally:
         if isinstance(predictor, AsyncPredictor):

@@ -1,5 +1,6 @@
-"""Prediction and visualisation for the demo: a single-image predictor, an ordered multi-GPU asynchronous
-predictor, and the drawing of panoptic / instance / semantic results with detectron2's (Video)Visualizer.
+"""Prediction and visualisation for the demo: an ordered multi-GPU asynchronous predictor around
+:class:`universal_seg.inference.Predictor`, and the drawing of panoptic / instance / semantic results with
+detectron2's (Video)Visualizer.
 
 Images everywhere in this module are RGB uint8 arrays [H, W, 3]; the predictor converts to cfg.INPUT.FORMAT.
 """
@@ -11,47 +12,16 @@ from collections import deque
 import numpy as np
 import torch
 from detectron2.data import MetadataCatalog
-from detectron2.data import transforms as T
 from detectron2.data.catalog import Metadata
-from detectron2.modeling import build_model
 from detectron2.utils.video_visualizer import VideoVisualizer
 from detectron2.utils.visualizer import ColorMode, Visualizer
 
 import universal_seg.data  # noqa: F401  (registers the datasets: metadata, also in worker processes)
 import universal_seg.modeling  # noqa: F401  (registers the models, also in worker processes)
-from universal_seg.checkpoint import UniversalSegCheckpointer
+from universal_seg.inference import Predictor
 from universal_seg.modeling.meta_arch import TASKS, enable_output_task, output_tasks
 
 __all__ = ["TASKS", "AsyncPredictor", "Predictor", "VisualizationDemo", "enable_output_task", "output_tasks"]
-
-
-class Predictor:
-    """One image at a time: RGB uint8 [H, W, 3] -> the model's output dict for it, at the image's size.
-
-    Builds the model from ``cfg``, loads cfg.MODEL.WEIGHTS (when set) with the safe checkpointer, and resizes the
-    input like the test loader (shortest edge INPUT.MIN_SIZE_TEST, longest at most INPUT.MAX_SIZE_TEST).
-    """
-
-    def __init__(self, cfg):
-        self.cfg = cfg.clone()
-        self.model = build_model(self.cfg).eval()
-        if cfg.MODEL.WEIGHTS:
-            UniversalSegCheckpointer(self.model).load(cfg.MODEL.WEIGHTS)
-        self.resize = T.ResizeShortestEdge([cfg.INPUT.MIN_SIZE_TEST] * 2, cfg.INPUT.MAX_SIZE_TEST)
-        if cfg.INPUT.FORMAT not in ("RGB", "BGR"):
-            raise ValueError(f"INPUT.FORMAT {cfg.INPUT.FORMAT!r} is not supported by the demo; use RGB or BGR.")
-        self.input_format = cfg.INPUT.FORMAT
-
-    def __call__(self, image: np.ndarray) -> dict:
-        """image: RGB uint8 [H, W, 3]. Returns the model's outputs ("sem_seg" [K, H, W], "panoptic_seg",
-        "instances"), on the model's device."""
-        height, width = image.shape[:2]
-        if self.input_format == "BGR":
-            image = image[:, :, ::-1]
-        resized = self.resize.get_transform(image).apply_image(np.ascontiguousarray(image))
-        tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
-        with torch.no_grad():
-            return self.model([{"image": tensor, "height": height, "width": width}])[0]
 
 
 def _to_cpu(outputs: dict) -> dict:

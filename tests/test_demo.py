@@ -6,6 +6,7 @@ input, the exit status.
 """
 
 import glob
+import json
 import os
 import subprocess
 import sys
@@ -27,8 +28,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def run_demo(*args: str, weights: str = "") -> subprocess.CompletedProcess:
-    """Runs demo/demo.py on the CPU with the mini config and ``weights``; returns the completed process."""
+def run_demo(*args: str, weights: str = "", opts: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
+    """Runs demo/demo.py on the CPU with the mini config, ``weights`` and config ``opts``; returns the completed
+    process."""
     cmd = [
         sys.executable,
         os.path.join(ROOT, "demo", "demo.py"),
@@ -40,6 +42,7 @@ def run_demo(*args: str, weights: str = "") -> subprocess.CompletedProcess:
         weights,
         "MODEL.DEVICE",
         "cpu",
+        *opts,
     ]
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "2"))
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300, env=env)
@@ -221,3 +224,29 @@ def test_missing_config_file_is_one_clear_error(tmp_path):
     assert proc.returncode != 0
     assert "does not exist; pick one under configs/" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_too_large_input_fails_alone_and_save_writes_standard_files(tmp_path):
+    """With TEST.MAX_OUTPUT_PIXELS below the photo's size, the photo is refused (naming TEST.TILING) and a small
+    image after it is still drawn and saved: a semantic PNG of its size with class ids, a panoptic PNG + JSON."""
+    small = tmp_path / "small.png"
+    cv2.imwrite(str(small), cv2.resize(cv2.imread(IMAGE), (100, 80)))
+    out_dir, save_dir = tmp_path / "out", tmp_path / "save"
+    proc = run_demo(
+        "--input",
+        IMAGE,
+        str(small),
+        "--output",
+        str(out_dir),
+        "--save",
+        str(save_dir),
+        opts=("TEST.MAX_OUTPUT_PIXELS", "100000", "INPUT.MIN_SIZE_TEST", "128"),
+    )
+    assert proc.returncode != 0
+    assert "TEST.TILING" in proc.stderr and os.path.basename(IMAGE) in proc.stderr
+    assert "processed 1 images" in proc.stdout and "1 failed" in proc.stdout
+    assert sorted(os.listdir(out_dir)) == ["small.png"]
+    labels = cv2.imread(str(save_dir / "semantic" / "small.png"), cv2.IMREAD_UNCHANGED)
+    assert labels.shape == (80, 100) and labels.max() < 21
+    assert sorted(os.listdir(save_dir / "panoptic")) == ["small.json", "small.png"]
+    assert json.load(open(save_dir / "panoptic.json"))["annotations"][0]["image_id"] == "small"

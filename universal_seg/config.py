@@ -88,6 +88,7 @@ def add_universal_seg_config(cfg) -> None:
     """Adds every universal_seg key to a detectron2 config (call once, before merge_from_file)."""
     from .data.config import add_data_config
     from .engine.config import add_engine_config
+    from .inference.config import add_inference_config
     from .modeling.backbone.config import add_backbone_config
     from .modeling.heads.cgrseg import add_cgrseg_config
     from .modeling.transformer_decoder.structtoken.config import add_structtoken_config
@@ -99,6 +100,7 @@ def add_universal_seg_config(cfg) -> None:
     add_engine_config(cfg)
     add_structtoken_config(cfg)
     add_cgrseg_config(cfg)
+    add_inference_config(cfg)
 
 
 def load_config(config_file: str, opts=(), cpu_hint: str = "append `MODEL.DEVICE cpu` to the command line"):

@@ -1,0 +1,167 @@
+#!/usr/bin/env python
+"""Predict a folder of images and write the predictions in standard formats (tools/evaluate.py reads them).
+
+    python tools/predict.py --config-file configs/mini/panoptic/m2f_r18.yaml --input datasets/mini/images \\
+        --output out/mini --dataset mini_panoptic_val --opts MODEL.WEIGHTS model_final.pth
+
+Writes under --output (universal_seg.inference.writers): semantic/<stem>.png (class ids), instances.json (COCO
+results with RLE masks), panoptic/<stem>.png + panoptic.json (COCO panoptic), for --tasks (default: every task the
+config's model outputs). --dataset names a registered dataset: its images are the default inputs, and its image
+ids and category ids are written (otherwise the image id is the file stem, an int when it is all digits, and
+categories come from the metadata of DATASETS.TEST[0]). A restarted run skips images whose files all exist
+(--overwrite redoes them). Failed inputs are listed at the end and in <output>/errors.json; the exit status is 1
+when any input failed, 2 for a bad command line, config or output folder.
+"""
+
+import argparse
+import glob
+import json
+import logging
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+import tqdm  # noqa: E402
+from detectron2.data import DatasetCatalog, MetadataCatalog  # noqa: E402
+from detectron2.utils.logger import setup_logger  # noqa: E402
+
+import universal_seg.data  # noqa: E402,F401  (registers the datasets)
+import universal_seg.modeling  # noqa: E402,F401  (registers the models)
+from universal_seg.config import load_config  # noqa: E402
+from universal_seg.inference import Predictor  # noqa: E402
+from universal_seg.inference.writers import PredictionWriter, check_writable, default_image_id  # noqa: E402
+from universal_seg.modeling.meta_arch import TASKS, enable_output_task, output_tasks  # noqa: E402
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
+logger = logging.getLogger("universal_seg.predict")
+
+
+def get_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__
+    )
+    p.add_argument("--config-file", required=True, metavar="FILE")
+    p.add_argument("--input", nargs="+", help="image files, globs or directories (default: the --dataset's images)")
+    p.add_argument("--output", required=True, help="output folder")
+    p.add_argument("--dataset", help="registered dataset: default inputs, image ids and category ids")
+    p.add_argument("--tasks", nargs="+", choices=TASKS, help="what to write (default: what the model outputs)")
+    p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
+    p.add_argument("--amp", action="store_true", help="autocast (fp16 on CUDA, bf16 on the CPU)")
+    p.add_argument("--overwrite", action="store_true", help="predict images whose files already exist again")
+    p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
+    return p
+
+
+def expand_inputs(patterns: list[str]) -> list[str]:
+    """Files named by ``patterns`` (files, globs, directories -> their images, sorted), in order, no repeats; a
+    pattern that matches nothing is kept (it fails as unreadable)."""
+    paths: list[str] = []
+    for pattern in patterns:
+        if os.path.isdir(pattern):
+            found = sorted(
+                os.path.join(pattern, f) for f in os.listdir(pattern) if f.lower().endswith(IMAGE_EXTENSIONS)
+            )
+        elif glob.has_magic(pattern):
+            found = sorted(glob.glob(os.path.expanduser(pattern)))
+        else:
+            found = [pattern]
+        paths.extend(p for p in found if p not in paths)
+    return paths
+
+
+def predict_files(predictor: Predictor, writer: PredictionWriter, paths: list[str], image_ids: dict, overwrite=False):
+    """Predicts and writes every path in batches of predictor.batch_size (``image_ids``: file stem -> image id,
+    default :func:`default_image_id`); returns {path: error message} of the failed ones. A failing batch is
+    retried image by image, so one bad input fails alone."""
+    errors: dict[str, str] = {}
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    seen: dict[str, str] = {}
+    for path, stem in zip(paths, stems):
+        if stem in seen:
+            errors[path] = f"its file stem {stem!r} is also that of {seen[stem]!r}; outputs would collide."
+        seen.setdefault(stem, path)
+    todo = [(p, s) for p, s in zip(paths, stems) if p not in errors and (overwrite or not writer.done(s))]
+    skipped = len(paths) - len(errors) - len(todo)
+    if skipped:
+        logger.info(f"{skipped} images already have all their files: skipped (--overwrite redoes them).")
+    with tqdm.tqdm(total=len(todo), desc="predict", unit="img", disable=not todo) as bar:
+        for start in range(0, len(todo), predictor.batch_size):
+            chunk = todo[start : start + predictor.batch_size]
+            prepared = []
+            for path, stem in chunk:
+                try:
+                    prepared.append((path, stem, predictor.prepare(path)))
+                except Exception as err:  # noqa: BLE001 - an input's own error; the others go on
+                    errors[path] = str(err)
+            try:
+                outputs = predictor.run([x for _, _, x in prepared])
+            except Exception:  # noqa: BLE001 - find which input failed: one by one
+                outputs = []
+                for path, _, x in prepared:
+                    try:
+                        outputs.append(predictor.run([x])[0])
+                    except Exception as err:  # noqa: BLE001
+                        errors[path] = f"prediction failed ({type(err).__name__}: {err})"
+                        outputs.append(None)
+            for (path, stem, _), out in zip(prepared, outputs):
+                if out is None:
+                    continue
+                try:
+                    writer.write(stem, image_ids.get(stem, default_image_id(path)), out)
+                except Exception as err:  # noqa: BLE001
+                    errors[path] = f"cannot write its predictions ({type(err).__name__}: {err})"
+            bar.update(len(chunk))
+    return errors
+
+
+def dataset_inputs(name: str) -> tuple[list[str], dict]:
+    """The file names of a registered dataset and {file stem: image id}."""
+    if name not in DatasetCatalog.list():
+        raise ValueError(f"--dataset {name!r} is not registered; choose one of the names in universal_seg/data.")
+    dicts = DatasetCatalog.get(name)
+    return [d["file_name"] for d in dicts], {
+        os.path.splitext(os.path.basename(d["file_name"]))[0]: d["image_id"] for d in dicts
+    }
+
+
+def main(argv=None) -> int:
+    args = get_parser().parse_args(argv)
+    setup_logger(name="fvcore")
+    setup_logger(name="universal_seg")
+    try:
+        cfg = load_config(args.config_file, args.opts, cpu_hint="add `--opts MODEL.DEVICE cpu`")
+        tasks = args.tasks or list(output_tasks(cfg))
+        for task in tasks:
+            enable_output_task(cfg, task)
+        paths, image_ids = dataset_inputs(args.dataset) if args.dataset else ([], {})
+        if args.input:
+            paths = expand_inputs(args.input)
+        if not paths:
+            raise ValueError("no input images: give --input (files, globs, folders) or --dataset.")
+        if args.batch_size < 1:
+            raise ValueError(f"--batch-size must be at least 1, got {args.batch_size}.")
+        check_writable(args.output)
+    except (ValueError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    cfg.freeze()
+    names = [args.dataset] if args.dataset else (list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN))
+    metadata = MetadataCatalog.get(names[0]) if names else None
+    writer = PredictionWriter(args.output, tasks, metadata)
+    predictor = Predictor(cfg, batch_size=args.batch_size, amp=args.amp)
+    logger.info(f"tasks {tasks}, {len(paths)} inputs, weights {cfg.MODEL.WEIGHTS or '(none: untrained)'}")
+    errors = predict_files(predictor, writer, paths, image_ids, args.overwrite)
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths if p not in errors]
+    for path in writer.finish(stems):
+        logger.info(f"wrote {path}")
+    with open(os.path.join(args.output, "errors.json"), "w") as f:
+        json.dump(errors, f, indent=1)
+    for path, message in errors.items():
+        print(f"ERROR: {path}: {message}", file=sys.stderr)
+    print(f"{len(paths) - len(errors)} of {len(paths)} images predicted, {len(errors)} failed; output in {args.output}")
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

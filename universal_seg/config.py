@@ -79,6 +79,14 @@ def add_per_pixel_config(cfg) -> None:
     head.SLIDE_WINDOW.STRIDE = [341, 341]  # (h, w) step between windows
 
 
+def add_checkpoint_config(cfg) -> None:
+    """How MODEL.WEIGHTS initialises training (universal_seg.checkpoint.UniversalSegCheckpointer; loading is strict
+    otherwise): regular expressions (full match) of state-dict keys re-initialised instead of loaded, e.g.
+    ["sem_seg_head\\.predictor\\.class_embed\\..*"]. The class head of a checkpoint with another class count is
+    re-initialised without being listed."""
+    cfg.MODEL.REINIT_KEYS = []
+
+
 def add_universal_seg_config(cfg) -> None:
     """Adds every universal_seg key to a detectron2 config (call once, before merge_from_file)."""
     from .data.config import add_data_config
@@ -87,6 +95,7 @@ def add_universal_seg_config(cfg) -> None:
     from .modeling.transformer_decoder.structtoken.config import add_structtoken_config
 
     add_maskformer_config(cfg)
+    add_checkpoint_config(cfg)
     add_per_pixel_config(cfg)
     add_backbone_config(cfg)
     add_data_config(cfg)

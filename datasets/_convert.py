@@ -119,12 +119,22 @@ def pick_splits(stems, val, val_every):
 
 
 def write_outputs(
-    out, name, categories, images, pan_annotations, instances, split_of, ignore_label=IGNORE, image_dir="images"
+    out,
+    name,
+    categories,
+    images,
+    pan_annotations,
+    instances,
+    split_of,
+    ignore_label=IGNORE,
+    image_dir="images",
+    semantic_dir="semantic",
 ):
     """The per-split JSONs, then the manifest (last: a folder is registered only when complete).
 
     ``images``: COCO image records (``file_name``, ``id``, ``height``, ``width``); ``pan_annotations`` (same
-    order) and ``instances`` (COCO annotations, or None when there are no things); ``split_of[file_name]``."""
+    order) and ``instances`` (COCO annotations, or None when there are no things); ``split_of[file_name]``;
+    ``image_dir`` / ``semantic_dir``: relative to ``out`` or absolute (inputs referenced where they are)."""
     splits = {}
     for split in sorted(set(split_of.values())):
         ids = {img["id"] for img in images if split_of[img["file_name"]] == split}
@@ -138,7 +148,7 @@ def write_outputs(
             "images": image_dir,
             "panoptic_root": "panoptic",
             "panoptic_json": f"panoptic_{split}.json",
-            "semantic_root": "semantic",
+            "semantic_root": semantic_dir,
         }
         if instances is not None:
             ins = {

@@ -396,7 +396,175 @@ def test_check_dataset_panoptic_and_instance_problems(tmp_path, capsys):
     assert "dataset 'no_such_dataset' is not registered" in out
 
 
-@pytest.mark.parametrize("script", ["datasets/convert_labelme.py", "tools/check_dataset.py"])
+@pytest.mark.parametrize(
+    "script",
+    [
+        "datasets/convert_labelme.py",
+        "datasets/convert_semantic_to_panoptic.py",
+        "datasets/convert_coco_semantic_to_panoptic.py",
+        "tools/check_dataset.py",
+    ],
+)
 def test_help(script):
     out = subprocess.run([sys.executable, str(ROOT / script), "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "usage:" in out.stdout
+
+
+# ------------------------------------------------------------------------------------ semantic -> panoptic
+convert_semantic = _module("datasets/convert_semantic_to_panoptic.py", "convert_semantic_to_panoptic")
+convert_coco_semantic = _module("datasets/convert_coco_semantic_to_panoptic.py", "convert_coco_semantic_to_panoptic")
+
+
+def _semantic_input(tmp_path, label, stem="s1", image_hw=None):
+    (tmp_path / "img").mkdir(exist_ok=True)
+    (tmp_path / "lab").mkdir(exist_ok=True)
+    h, w = image_hw or label.shape
+    Image.fromarray(np.full((h, w, 3), 90, np.uint8)).save(tmp_path / "img" / f"{stem}.png")
+    Image.fromarray(label.astype(np.uint8)).save(tmp_path / "lab" / f"{stem}.png")
+    (tmp_path / "classes.txt").write_text("sky\ncar\n")
+
+
+def _two_cars():
+    label = np.zeros((6, 8), np.uint8)  # sky
+    label[1:3, 1:3] = 1  # car blob 1 (4 pixels)
+    label[3:6, 5:8] = 1  # car blob 2 (9 pixels), not touching blob 1
+    label[0, 7] = 255  # void
+    return label
+
+
+@pytest.mark.parametrize("components", [False, True])
+def test_semantic_to_panoptic_segments_match_the_label_map(tmp_path, components):
+    label = _two_cars()
+    _semantic_input(tmp_path, label)
+    out = tmp_path / "out"
+    argv = [str(tmp_path / "img"), str(tmp_path / "lab"), str(out), "--classes", str(tmp_path / "classes.txt")]
+    argv += ["--things", "car"] + (["--connected-components"] if components else [])
+    assert convert_semantic.main(argv) == 0
+    ids = rgb2id(np.asarray(Image.open(out / "panoptic" / "s1.png")))
+    (entry,) = json.loads((out / "panoptic_train.json").read_text())["annotations"]
+    car_masks = sorted((ids == s["id"] for s in entry["segments_info"] if s["category_id"] == 2), key=np.sum)
+    sky = [ids == s["id"] for s in entry["segments_info"] if s["category_id"] == 1]
+    assert len(sky) == 1 and np.array_equal(sky[0], label == 0)
+    assert ids[0, 7] == 0
+    if components:
+        blob1, blob2 = np.zeros_like(label, bool), np.zeros_like(label, bool)
+        blob1[1:3, 1:3], blob2[3:6, 5:8] = True, True
+        assert [m.sum() for m in car_masks] == [4, 9]
+        assert np.array_equal(car_masks[0], blob1) and np.array_equal(car_masks[1], blob2)
+        anns = json.loads((out / "instances_train.json").read_text())["annotations"]
+        decoded = sorted((mask_util.decode(a["segmentation"]).astype(bool) for a in anns), key=np.sum)
+        assert np.array_equal(decoded[0], blob1) and np.array_equal(decoded[1], blob2)
+    else:
+        assert len(car_masks) == 1 and np.array_equal(car_masks[0], label == 1)
+        assert not (out / "instances_train.json").exists()
+    names = register_manifest(str(out))
+    for name in names:
+        assert check_dataset.check(name)[1].errors == []
+
+
+@pytest.mark.parametrize(
+    "case,expected",
+    [
+        ("value", "has values [7] outside [0, 2) and the ignore label 255; add classes to --classes"),
+        ("size", "is 6x8 but its image is 6x9; re-create it at the image's size"),
+        ("unpaired", "'s2' in"),
+    ],
+)
+def test_semantic_to_panoptic_bad_inputs(tmp_path, capsys, case, expected):
+    label = _two_cars()
+    if case == "value":
+        label[0, 0] = 7
+    _semantic_input(tmp_path, label, image_hw=(6, 9) if case == "size" else None)
+    if case == "unpaired":
+        Image.fromarray(label).save(tmp_path / "lab" / "s2.png")
+    out = tmp_path / "out"
+    argv = [str(tmp_path / "img"), str(tmp_path / "lab"), str(out), "--classes", str(tmp_path / "classes.txt")]
+    assert convert_semantic.main(argv) == 1
+    err = capsys.readouterr().err
+    assert expected in err and not (out / "dataset.json").exists()
+
+
+def test_coco_instances_plus_semantic_stuff_to_panoptic(tmp_path, capsys):
+    h, w = 20, 30
+    (tmp_path / "img").mkdir()
+    (tmp_path / "sem").mkdir()
+    Image.fromarray(np.full((h, w, 3), 50, np.uint8)).save(tmp_path / "img" / "a.png")
+    sem = np.zeros((h, w), np.uint8)  # 0 grass (stuff)
+    sem[10:, :] = 1  # 1 road (stuff)
+    sem[2:6, 2:6] = 2  # 2 person (a thing): no instance covers it -> void
+    sem[0, :] = 255
+    Image.fromarray(sem).save(tmp_path / "sem" / "a.png")
+    (tmp_path / "classes.txt").write_text("grass\nroad\nperson\n")
+    big = [[10, 5, 25, 5, 25, 15, 10, 15]]
+    small = [[12, 8, 16, 8, 16, 12, 12, 12]]
+    coco = {
+        "images": [{"id": 7, "file_name": "a.png", "height": h, "width": w}],
+        "categories": [{"id": 1, "name": "person"}, {"id": 3, "name": "bag"}],
+        "annotations": [
+            {"id": 1, "image_id": 7, "category_id": 3, "segmentation": small, "iscrowd": 0, "bbox": [12, 8, 4, 4]},
+            {"id": 2, "image_id": 7, "category_id": 1, "segmentation": big, "iscrowd": 0, "bbox": [10, 5, 15, 10]},
+            {
+                "id": 3,
+                "image_id": 7,
+                "category_id": 1,
+                "segmentation": [[1, 1, 2, 2]],
+                "iscrowd": 0,
+                "bbox": [1, 1, 1, 1],
+            },
+        ],
+    }
+    (tmp_path / "ins.json").write_text(json.dumps(coco))
+    out = tmp_path / "out"
+    argv = [str(out), "--instances", str(tmp_path / "ins.json"), "--images", str(tmp_path / "img")]
+    argv += ["--semantic", str(tmp_path / "sem"), "--semantic-classes", str(tmp_path / "classes.txt")]
+    assert convert_coco_semantic.main(argv) == 0
+    assert "skipped 1 polygons with fewer than 3 points: a.png:3" in capsys.readouterr().out
+    # truth: pycocotools' rasterisation of the polygons, the larger painted first
+    big_mask = mask_util.decode(mask_util.merge(mask_util.frPyObjects(big, h, w))).astype(bool)
+    small_mask = mask_util.decode(mask_util.merge(mask_util.frPyObjects(small, h, w))).astype(bool)
+    person, bag, grass, road = 0, 1, 2, 3  # things (JSON order), then stuff (file order)
+    expected = np.full((h, w), 255, np.int64)
+    expected[sem == 0], expected[sem == 1] = grass, road
+    expected[big_mask] = person
+    expected[small_mask] = bag
+    np.testing.assert_array_equal(np.asarray(Image.open(out / "semantic" / "a.png")), expected)
+    ids = rgb2id(np.asarray(Image.open(out / "panoptic" / "a.png")))
+    (entry,) = json.loads((out / "panoptic_train.json").read_text())["annotations"]
+    cats = {s["category_id"]: ids == s["id"] for s in entry["segments_info"]}
+    assert sorted(cats) == [1, 2, 3, 4]
+    assert np.array_equal(cats[person + 1], big_mask & ~small_mask) and np.array_equal(cats[bag + 1], small_mask)
+    assert np.array_equal(cats[road + 1], (sem == 1) & ~big_mask)
+    assert (ids[2:6, 2:6] == 0).all()  # person pixels of the semantic map without an instance: void
+    instances = json.loads((out / "instances_train.json").read_text())
+    assert sorted(a["category_id"] for a in instances["annotations"]) == [1, 2]
+    for name in register_manifest(str(out)):
+        assert check_dataset.check(name)[1].errors == []
+    coco["annotations"][0]["category_id"] = 9
+    (tmp_path / "ins.json").write_text(json.dumps(coco))
+    assert convert_coco_semantic.main(argv) == 1
+    assert "annotation 1 has category id 9, which is not in its 'categories'" in capsys.readouterr().err
+
+
+def test_evaluation_says_whether_its_images_were_trained_on(tmp_path):
+    from universal_seg.evaluation.build import held_out_notice
+
+    assert held_out_notice("mini_panoptic_val", ["mini_panoptic_train"]).startswith(
+        "The metrics of 'mini_panoptic_val' are TRAINING-SET metrics: all 3 of its images are in DATASETS.TRAIN"
+    )
+    for i in range(3):
+        labelme_file(tmp_path / "in", f"f{i}", [rect("car", 1, 1, 5, 5)])
+    status, out = run_labelme(tmp_path, "--val", "f2", "--name", "heldout")
+    register_manifest(str(out))
+    assert "are on held-out images: none of its 1 images" in held_out_notice(
+        "heldout_panoptic_val", ["heldout_panoptic_train"]
+    )
+    register_semantic_folder(
+        "heldout_all",
+        image_root=str(out / "images"),
+        label_root=str(out / "semantic"),
+        class_names=["bg", "car", "road"],
+        image_ext=".png",
+    )
+    assert "mix training and held-out images: 1 of its 3 images" in held_out_notice(
+        "heldout_all", ["heldout_panoptic_val"]
+    )

@@ -285,32 +285,25 @@ def test_registration_checks_paths_at_call_time_and_categories(tmp_path):
         )
 
 
-def test_register_the_bundled_data_with_each_call():
-    register_coco_panoptic(
-        "own_voc3_panoptic",
-        image_root=str(MINI / "images"),
-        panoptic_root=str(MINI / "panoptic"),
-        panoptic_json=str(MINI / "panoptic_train.json"),
-        semantic_root=str(MINI / "semantic"),
-    )
-    register_coco_instances(
-        "own_voc3_instance", image_root=str(MINI / "images"), json_file=str(MINI / "instances_train.json")
-    )
-    register_semantic_folder(
-        "own_voc3_sem_seg",
-        image_root=str(MINI / "images"),
-        label_root=str(MINI / "semantic"),
-        class_names=VOC_CLASS_NAMES,
-    )
-    pan, ins, sem = (DatasetCatalog.get(f"own_voc3_{k}") for k in ("panoptic", "instance", "sem_seg"))
+def test_the_documented_registration_example_runs_on_the_bundled_data(monkeypatch):
+    import textwrap
+
+    from universal_seg.data.datasets import custom
+
+    doc = custom.__doc__
+    example = doc[doc.index("bundled data)::") + len("bundled data)::") : doc.index("Folders written by")]
+    monkeypatch.chdir(ROOT)
+    exec(textwrap.dedent(example), {})  # noqa: S102 - our own docstring
+    pan, ins, sem = (DatasetCatalog.get(f"voc3_{k}") for k in ("panoptic", "instance", "sem_seg"))
     assert len(pan) == len(ins) == len(sem) == 3
     raw = json.loads((MINI / "instances_train.json").read_text())
     person = next(c["id"] for c in raw["categories"] if c["name"] == "person")
-    things = MetadataCatalog.get("own_voc3_instance").thing_classes
+    things = MetadataCatalog.get("voc3_instance").thing_classes
     n_person = sum(a["category_id"] == person for a in raw["annotations"])
     assert sum(things[a["category_id"]] == "person" for r in ins for a in r["annotations"]) == n_person == 6
-    assert MetadataCatalog.get("own_voc3_sem_seg").stuff_classes == VOC_CLASS_NAMES
-    for name in ("own_voc3_panoptic", "own_voc3_instance", "own_voc3_sem_seg"):
+    assert MetadataCatalog.get("voc3_sem_seg").stuff_classes == VOC_CLASS_NAMES
+    assert MetadataCatalog.get("voc3_panoptic").thing_classes == VOC_CLASS_NAMES[1:]
+    for name in ("voc3_panoptic", "voc3_instance", "voc3_sem_seg"):
         assert check_dataset.check(name)[1].errors == []
 
 

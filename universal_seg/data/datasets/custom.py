@@ -5,18 +5,22 @@ Each ``register_*`` checks its paths when called (one FileNotFoundError naming t
 loaded (``DatasetCatalog.get``: training, evaluation, ``tools/check_dataset.py``), each problem one ValueError
 naming the file and the fix. Registering a name again replaces it. Example (runnable on the bundled data)::
 
-    from universal_seg.data import register_coco_panoptic, register_semantic_folder
+    from universal_seg.data import register_coco_instances, register_coco_panoptic, register_semantic_folder
+    from universal_seg.data.datasets.categories.mini import VOC_CLASS_NAMES
 
     register_coco_panoptic(
         "voc3_panoptic", image_root="datasets/mini/images", panoptic_root="datasets/mini/panoptic",
         panoptic_json="datasets/mini/panoptic_train.json", semantic_root="datasets/mini/semantic",
+    )  # categories (with isthing) from the JSON
+    register_coco_instances(
+        "voc3_instance", image_root="datasets/mini/images", json_file="datasets/mini/instances_train.json"
     )
     register_semantic_folder(
         "voc3_sem_seg", image_root="datasets/mini/images", label_root="datasets/mini/semantic",
-        class_names=["background", "aeroplane", ...], ignore_label=255,
+        class_names=VOC_CLASS_NAMES, ignore_label=255,
     )
-    # then: python tools/train_net.py ... DATASETS.TRAIN '("voc3_panoptic",)'  (from your own script), or
-    #       python tools/check_dataset.py voc3_panoptic --register my_registrations.py
+    # tools/check_dataset.py voc3_panoptic --register this_file.py; train from your own script with
+    # DATASETS.TRAIN ("voc3_panoptic",) after these calls (tests/test_own_data.py runs this example)
 
 Folders written by ``datasets/convert_*.py`` carry a ``dataset.json`` manifest; with the folder under
 ``$DETECTRON2_DATASETS/custom/`` its splits are registered by ``import universal_seg.data`` (no code needed):

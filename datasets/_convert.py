@@ -57,7 +57,10 @@ def read_image_checked(path, expect_hw=None):
         raise ConversionError(f"image '{path}' does not exist; put it there or fix the path that names it.")
     if os.path.getsize(path) == 0:
         raise ConversionError(f"image '{path}' is an empty (0-byte) file; copy the image again or drop its entry.")
-    image = read_rgb_image(path)
+    try:
+        image = read_rgb_image(path)
+    except Exception:  # noqa: BLE001 - whatever the reader raises for a broken file
+        image = None
     if image is None:
         raise ConversionError(
             f"image '{path}' cannot be decoded (truncated or not an image); copy the image again or drop its entry."

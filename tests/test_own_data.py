@@ -152,6 +152,32 @@ def test_labelme_hand_built_shapes_against_pycocotools_and_panopticapi(tmp_path,
         assert report.errors == [] and len(records) == 1
 
 
+def test_labelme_mask_and_circle_shapes(tmp_path):
+    import base64
+    import io
+
+    bitmap = np.zeros((3, 4), bool)
+    bitmap[0, :] = bitmap[:, 0] = True  # 4 + 2 = 6 pixels
+    png = io.BytesIO()
+    Image.fromarray(bitmap).save(png, format="PNG")
+    shapes = [
+        {"label": "car", "points": [[7, 2], [10, 4]], "shape_type": "mask", "group_id": None,
+         "mask": base64.b64encode(png.getvalue()).decode()},
+        {"label": "road", "points": [[30, 20], [30, 28]], "shape_type": "circle", "group_id": None},
+    ]  # fmt: skip
+    labelme_file(tmp_path / "in", "m", shapes)
+    status, out = run_labelme(tmp_path)
+    assert status == 0
+    sem = np.asarray(Image.open(out / "semantic" / "m.png"))
+    expected_car = np.zeros((H, W), bool)
+    expected_car[2:5, 7:11] = bitmap
+    np.testing.assert_array_equal(sem == 1, expected_car)
+    yy, xx = np.mgrid[:H, :W]
+    d2 = (yy - 20) ** 2 + (xx - 30) ** 2
+    road = sem == 2  # radius 8, drawn as labelme does (PIL ellipse with its outline): the disc, within radius 9
+    assert road[d2 <= 8**2].all() and not road[d2 > 9**2].any()
+
+
 def test_labelme_conversion_reproduces_labelmes_own_export_of_its_examples(tmp_path):
     """labelme's VOC export of its 3 annotated photos (datasets/mini/semantic: its SegmentationClass) and its COCO
     export (datasets/mini/instances_train.json: its 12 polygons) are the truth."""

@@ -87,7 +87,10 @@ def _check_image(record, report):
     if os.path.getsize(path) == 0:
         report.error(f"image '{path}' is an empty (0-byte) file; copy the image again or remove its record.")
         return None
-    image = read_rgb_image(path)
+    try:
+        image = read_rgb_image(path)
+    except Exception:  # noqa: BLE001 - whatever the reader raises for a broken file
+        image = None
     if image is None:
         report.error(f"image '{path}' cannot be decoded (truncated or not an image); copy it again or remove it.")
         return None

@@ -1,5 +1,6 @@
 """Inference-time evaluators chosen by a dataset's metadata ``evaluator_type``."""
 
+import functools
 import logging
 import os
 
@@ -59,9 +60,15 @@ def _cityscapes_evaluators(cfg, name, etype, output_folder):
 logger = logging.getLogger(__name__)
 
 
+@functools.lru_cache(maxsize=16)
+def _held_out_notice(dataset_name: str, train_names: tuple) -> str:
+    return held_out_notice(dataset_name, train_names)
+
+
 def held_out_notice(dataset_name: str, train_names) -> str:
     """One plain sentence saying whether the images of ``dataset_name`` were trained on (DATASETS.TRAIN
-    ``train_names``): all (training-set metrics), some, or none (held out). Compares image files (real paths)."""
+    ``train_names``): all (training-set metrics), some, or none (held out). Compares image files (real paths);
+    build_evaluator computes it once per process and dataset pair."""
 
     def files(name):
         return {os.path.realpath(r["file_name"]) for r in DatasetCatalog.get(name)}
@@ -97,7 +104,7 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
     etype = meta.get("evaluator_type", None)
     if cfg.DATASETS.TRAIN:
         try:
-            notice = held_out_notice(dataset_name, list(cfg.DATASETS.TRAIN))
+            notice = _held_out_notice(dataset_name, tuple(cfg.DATASETS.TRAIN))
         except (OSError, ValueError, KeyError) as err:  # the evaluation itself reports unloadable data
             notice = f"Could not compare the images of '{dataset_name}' with DATASETS.TRAIN ({err})."
         (logger.info if "held-out images" in notice else logger.warning)(notice)

@@ -103,28 +103,6 @@ def read_classes(path, stuff):
     return categories, value, value.get("_background_")
 
 
-def _crosses(points):
-    """True when a closed polygon [[x, y], ...] has two non-adjacent edges that properly intersect."""
-    p = np.asarray(points, dtype=np.float64)
-    n = len(p)
-    a, b = p, np.roll(p, -1, axis=0)  # edge i: a[i] -> b[i]
-
-    def orient(p0, p1, q):
-        return np.sign(
-            (p1[..., 0] - p0[..., 0]) * (q[..., 1] - p0[..., 1]) - (p1[..., 1] - p0[..., 1]) * (q[..., 0] - p0[..., 0])
-        )
-
-    for i in range(n):
-        js = np.array([j for j in range(i + 2, n) if not (i == 0 and j == n - 1)], dtype=np.int64)
-        if not len(js):
-            continue
-        d1, d2 = orient(a[i], b[i], a[js]), orient(a[i], b[i], b[js])
-        d3, d4 = orient(a[js], b[js], a[i]), orient(a[js], b[js], b[i])
-        if np.any((d1 * d2 < 0) & (d3 * d4 < 0)):
-            return True
-    return False
-
-
 def rasterise(shape, height, width, self_intersecting="skip", problems=None, where=""):
     """bool [H, W] of one area shape, or a str saying why it is skipped."""
     kind = shape.get("shape_type") or "polygon"
@@ -134,7 +112,9 @@ def rasterise(shape, height, width, self_intersecting="skip", problems=None, whe
     if kind == "polygon":
         if len(points) < 3:
             return "polygons with fewer than 3 points"
-        if _crosses(points):
+        from universal_seg.data.datasets.geometry import polygon_crosses
+
+        if polygon_crosses(points):
             if self_intersecting == "skip":
                 return "self-intersecting polygons (redraw them, or pass --self-intersecting paint)"
             problems.note("self-intersecting polygons painted as drawn (check them)", where)

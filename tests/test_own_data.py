@@ -407,6 +407,19 @@ def test_check_dataset_panoptic_and_instance_problems(tmp_path, capsys):
     assert "has segment ids [2] that its JSON entry does not list" in out
     assert "annotation 1 of image 'a.jpg' has a polygon with fewer than 3 points" in out
     assert "box [0, 0, 30, 2] lies outside the 8x10 image" in out
+    # duplicate file names and a self-intersecting (bow-tie) polygon
+    instances["images"] = [dict(image, file_name="a.jpg"), dict(image, id=2, file_name="sub/a.jpg")]
+    (images / "sub").mkdir()
+    Image.fromarray(np.zeros((8, 10, 3), np.uint8)).save(images / "sub" / "a.jpg")
+    instances["annotations"].append(
+        {"id": 3, "image_id": 2, "category_id": 1, "bbox": [0, 0, 4, 4], "iscrowd": 0, "area": 8,
+         "segmentation": [[0, 0, 4, 4, 4, 0, 0, 4]]}
+    )  # fmt: skip
+    (tmp_path / "ins.json").write_text(json.dumps(instances))
+    assert check_dataset.main(["own_ins"]) == 1
+    out = capsys.readouterr().out
+    assert f"images '{images}/a.jpg' and '{images}/sub/a.jpg' have the same file name; rename one." in out
+    assert "warning: 1 self-intersecting polygons" in out and "annotation 3 of image 'sub/a.jpg'" in out
     instances["annotations"][1]["category_id"] = 5
     (tmp_path / "ins.json").write_text(json.dumps(instances))
     assert check_dataset.main(["own_ins", "no_such_dataset"]) == 2
@@ -587,3 +600,13 @@ def test_evaluation_says_whether_its_images_were_trained_on(tmp_path):
     assert "mix training and held-out images: 1 of its 3 images" in held_out_notice(
         "heldout_all", ["heldout_panoptic_val"]
     )
+
+
+def test_polygon_crosses_hand_cases():
+    from universal_seg.data.datasets.geometry import polygon_crosses
+
+    assert not polygon_crosses([[0, 0], [4, 0], [4, 4], [0, 4]])  # square
+    assert not polygon_crosses([[0, 0], [4, 0], [4, 1], [1, 1], [1, 4], [0, 4]])  # L shape (concave)
+    assert polygon_crosses([[0, 0], [4, 4], [4, 0], [0, 4]])  # bow tie
+    star = [[np.cos(a), np.sin(a)] for a in np.pi / 2 + 4 * np.pi / 5 * np.arange(5)]  # pentagram
+    assert polygon_crosses(star)

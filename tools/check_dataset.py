@@ -10,7 +10,7 @@ image and annotation file, reporting:
             segment ids in the PNG that the JSON does not list; category ids outside the metadata; instance
             masks or boxes outside the image; duplicate image file names
   warnings  images with nothing to learn (no segment, no instance, or only ignore pixels); JSON segments with no
-            pixel in the PNG
+            pixel in the PNG; self-intersecting polygons
 and prints the class histogram (pixels for semantic labels, segments for panoptic, instances for COCO instances)
 and the instance-size histogram (COCO's small < 32^2 <= medium < 96^2 <= large). Exit status 1 when there are
 errors, 2 when a dataset cannot be loaded at all, else 0. ``--register FILE`` runs a Python file first (your
@@ -211,16 +211,22 @@ def _check_raw_polygons(json_file, report):
     """Polygons detectron2's reader drops without an error (fewer than 3 points), from the JSON itself."""
     import json
 
+    from universal_seg.data.datasets.geometry import polygon_crosses
+
     with open(json_file) as f:
         data = json.load(f)
     files = {img["id"]: img.get("file_name") for img in data.get("images", [])}
     for ann in data.get("annotations", []):
         seg = ann.get("segmentation")
-        if isinstance(seg, list) and any(len(p) < 6 or len(p) % 2 for p in seg):
+        if not isinstance(seg, list):
+            continue
+        where = f"'{json_file}': annotation {ann.get('id')} of image '{files.get(ann.get('image_id'))}'"
+        if any(len(p) < 6 or len(p) % 2 for p in seg):
             report.error(
-                f"'{json_file}': annotation {ann.get('id')} of image '{files.get(ann.get('image_id'))}' has a polygon "
-                "with fewer than 3 points (the loader would drop it); delete or redraw it."
+                f"{where} has a polygon with fewer than 3 points (the loader would drop it); delete or redraw it."
             )
+        elif any(polygon_crosses(np.reshape(p, (-1, 2))) for p in seg):
+            report.warn("self-intersecting polygons (filled by pycocotools' rule; redraw them to be sure)", where)
 
 
 def check(name, max_errors=50):

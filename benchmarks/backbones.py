@@ -25,8 +25,6 @@ from universal_seg.modeling.backbone import (
     SWIN_VARIANTS,
     VIT_VARIANTS,
     add_backbone_config,
-    set_mask2former_resnet,
-    set_swin_variant,
 )
 
 
@@ -40,11 +38,20 @@ def _cfg():
 def variants():
     """(family, name, cfg, paper params M, paper note)."""
     for depth, v in RESNET_VARIANTS.items():
-        cfg = set_mask2former_resnet(_cfg(), depth)
+        if depth < 50:
+            continue  # basic-block ResNets: not a Mask2Former backbone
+        cfg = _cfg()
+        cfg.MODEL.BACKBONE.NAME, cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.RESNETS.STRIDE_IN_1X1 = (
+            "ResNetBackbone",
+            depth,
+            False,
+        )
+        cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
         yield "resnet", f"ResNet-{depth}", cfg, v["paper_params_m"], f"{v['paper_gflops_224']} GF@224"
     for name, v in SWIN_VARIANTS.items():
-        cfg = set_swin_variant(_cfg(), name)
-        cfg.MODEL.BACKBONE.NAME = "SwinTransformerBackbone"
+        cfg = _cfg()
+        cfg.MODEL.BACKBONE.NAME, cfg.MODEL.SWIN.VARIANT = "SwinTransformerBackbone", name
+        cfg.MODEL.SWIN.WINDOW_SIZE, cfg.MODEL.SWIN.PRETRAIN_IMG_SIZE = v["window_size"], v["pretrain_img_size"]
         yield "swin", f"Swin-{name} (w{v['window_size']})", cfg, v["paper_params_m"], f"{v['paper_gflops_224']} GF@224"
     for name, v in MIT_VARIANTS.items():
         cfg = _cfg()

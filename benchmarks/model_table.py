@@ -9,6 +9,8 @@ papers' numbers, as one markdown table.
   MSDeformAttn and scaled_dot_product_attention handles of tools/analyze_model.py. "w/o matmul" drops the
   functional matmul / bmm ops (attention products written as ``q @ k``): mmseg's get_flops, which produced the
   SegFormer and CGRSeg papers' numbers, counts nn.Modules only and so never sees them.
+- GFLOPs are the architecture's (the papers' operation order: exact fusions such as the SegFormer head's
+  ``fused`` switched off); "executed" counts what runs by default (fusions on).
 - latency: median seconds over --runs calls of ``model([{"image": ...}])`` in eval mode (preprocessing, network and
   the config's post-processing) after one warm-up, on the CPU with --threads threads, untrained weights.
 Papers: models.md beside the reference facts (SegFormer table 1 / 2; CGRSeg; SETR about 318M for ViT-L heads;
@@ -72,6 +74,15 @@ def gflops(model, size: int) -> tuple[float, float]:
     return total / 1e9, (total - by_op.get("matmul", 0) - by_op.get("bmm", 0)) / 1e9
 
 
+def set_fused(model, fused: bool) -> bool:
+    """Switches every module with an exact-fusion switch (a ``fused`` attribute); True when the model has one."""
+    found = False
+    for m in model.modules():
+        if isinstance(getattr(m, "fused", None), bool):
+            m.fused, found = fused, True
+    return found
+
+
 def latency(model, size: int, runs: int) -> float:
     """Median seconds per image of the full inference call (after one warm-up call)."""
     image = torch.randint(0, 256, (3, size, size), dtype=torch.uint8)
@@ -105,18 +116,27 @@ def main() -> int:
         f"input {args.size}x{args.size}; CPU latency: median of {args.runs} after one warm-up, "
         f"{args.threads} threads, {torch.__version__}\n"
     )
-    print("| config | params (M) | paper | GFLOPs | GFLOPs w/o matmul | paper | CPU latency (s) |")
-    print("|---|---|---|---|---|---|---|")
+    print(
+        "| config | params (M) | paper | GFLOPs | GFLOPs w/o matmul | paper | executed GFLOPs | CPU latency (s) "
+        "| latency unfused (s) |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for config in args.configs or default_configs():
         model = build(config, [])
         stem = os.path.splitext(os.path.basename(config))[0]
         paper_params, paper_flops = PAPER.get(stem, (None, None))
         params = sum(p.numel() for p in model.parameters()) / 1e6
+        fusable = set_fused(model, False)
         all_ops, no_matmul = gflops(model, args.size)
+        unfused = None
+        if fusable and not args.no_latency:
+            unfused = latency(model, args.size, args.runs)
+        set_fused(model, True)
+        executed = gflops(model, args.size)[0] if fusable else all_ops
         seconds = None if args.no_latency else latency(model, args.size, args.runs)
         print(
             f"| {config} | {params:.2f} | {fmt(paper_params)} | {all_ops:.1f} | {no_matmul:.1f} | "
-            f"{fmt(paper_flops)} | {fmt(seconds, 2)} |",
+            f"{fmt(paper_flops)} | {executed:.1f} | {fmt(seconds, 2)} | {fmt(unfused, 2)} |",
             flush=True,
         )
         del model

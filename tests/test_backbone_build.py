@@ -11,13 +11,13 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import build_backbone
 
 from universal_seg.config import add_universal_seg_config
-from universal_seg.modeling.backbone import add_backbone_config, set_mask2former_resnet
+from universal_seg.modeling.backbone import add_backbone_config
 from universal_seg.modeling.pixel_decoder import build_pixel_decoder
 
 
 def _swin(cfg):
     cfg.MODEL.BACKBONE.NAME = "SwinTransformerBackbone"
-    cfg.MODEL.SWIN.EMBED_DIM, cfg.MODEL.SWIN.DEPTHS, cfg.MODEL.SWIN.NUM_HEADS = 32, [2, 2, 2, 2], [1, 2, 4, 8]
+    cfg.MODEL.SWIN.VARIANT = "T"
 
 
 def _swin_ape(cfg):
@@ -41,7 +41,9 @@ def _vit_single(cfg):
 
 
 def _resnet(cfg):
-    set_mask2former_resnet(cfg, 50)
+    """ResNet-50 as configs/*/Base-*.yaml set it (torchvision stride placement, FrozenBN, res2..res5)."""
+    cfg.MODEL.BACKBONE.NAME, cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.RESNETS.STRIDE_IN_1X1 = "ResNetBackbone", 50, False
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
 
 
 def _timm(cfg):
@@ -66,8 +68,8 @@ BACKBONES = {
 }
 CHANNELS = {
     "resnet50": [256, 512, 1024, 2048],
-    "swin": [32, 64, 128, 256],
-    "swin_ape": [32, 64, 128, 256],
+    "swin": [96, 192, 384, 768],
+    "swin_ape": [96, 192, 384, 768],
     "mit_b0": [32, 64, 160, 256],
     "vit_t": [64] * 4,
     "vit_t_single": [64] * 4,
@@ -196,6 +198,8 @@ def test_subset_of_out_features():
         ("mit_b0", {"MODEL.MIT.VARIANT": "B9"}, KeyError, "MODEL.MIT.VARIANT='B9' is not a known variant"),
         ("vit_t", {"MODEL.VIT.VARIANT": "H"}, KeyError, "MODEL.VIT.VARIANT='H' is not a known variant"),
         ("effformerv2_s0", {"MODEL.EFFICIENTFORMERV2.VARIANT": "S9"}, KeyError, "VARIANT='S9'"),
+        ("swin", {"MODEL.SWIN.VARIANT": "H"}, KeyError, "MODEL.SWIN.VARIANT='H' is not a known variant"),
+        ("resnet50", {"MODEL.RESNETS.DEPTH": 152}, KeyError, "MODEL.RESNETS.DEPTH=152 is not a known variant"),
         ("swin", {"MODEL.SWIN.OUT_FEATURES": ["res2", "res6"]}, ValueError, "MODEL.SWIN.OUT_FEATURES"),
         ("mit_b0", {"MODEL.MIT.OUT_FEATURES": []}, ValueError, "MODEL.MIT.OUT_FEATURES"),
         ("vit_t", {"MODEL.VIT.OUT_INDICES": [3, 7, 11]}, ValueError, "1 or 4 entries"),

@@ -23,7 +23,6 @@ from universal_seg.modeling.backbone import (
     checkpoint_filter_vit,
     convert_mit_checkpoint,
     efficientformerv2,
-    set_mask2former_resnet,
     vit,
 )
 
@@ -57,7 +56,8 @@ def test_torchvision_resnet_converts_to_d2(tmp_path, depth):
 
     cfg = get_cfg()
     add_backbone_config(cfg)
-    set_mask2former_resnet(cfg, depth)
+    cfg.MODEL.BACKBONE.NAME, cfg.MODEL.RESNETS.DEPTH, cfg.MODEL.RESNETS.STRIDE_IN_1X1 = "ResNetBackbone", depth, False
+    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
     cfg.MODEL.BACKBONE.FREEZE_AT = 0
     d2 = build_backbone(cfg, ShapeSpec(channels=3)).eval()
     result = d2.load_state_dict({k: torch.from_numpy(v) for k, v in obj["model"].items()}, strict=True)

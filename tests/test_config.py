@@ -124,3 +124,14 @@ def test_every_yaml_key_is_read_by_some_code(yaml_path):
     assert keys, f"{yaml_path} sets no keys"
     unread = [".".join(k) for k in keys if not _is_read(k)]
     assert not unread, f"{yaml_path} sets keys no code reads: {unread}; remove them or read them in the code."
+
+
+def test_official_encoder_dropout_key_names_its_new_home(tmp_path):
+    """The official Mask2Former key MODEL.MASK_FORMER.DROPOUT (read by its pixel decoder) is refused with the key
+    that replaced it, instead of being ignored or failing as an unknown key."""
+    path = tmp_path / "official.yaml"
+    path.write_text("MODEL:\n  MASK_FORMER:\n    DROPOUT: 0.1\n")
+    with pytest.raises(KeyError, match="renamed to MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_DROPOUT"):
+        load_config(str(path))
+    path.write_text('MODEL:\n  DEVICE: "cpu"\n  SEM_SEG_HEAD:\n    TRANSFORMER_ENC_DROPOUT: 0.1\n')
+    assert load_config(str(path)).MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_DROPOUT == 0.1

@@ -173,10 +173,14 @@ def test_whole_image_inference_resizes_logits_then_softmax():
 
 
 def test_per_pixel_head_rejects_panoptic_and_instance():
-    with pytest.raises(ValueError, match="semantic segmentation only"):
-        build_model(load_cfg(MINI, "MODEL.MASK_FORMER.TEST.PANOPTIC_ON", "True"))
-    with pytest.raises(ValueError, match="PANOPTIC_ON"):
-        build_model(load_cfg(MINI, "MODEL.MASK_FORMER.TEST.INSTANCE_ON", "True"))
+    from universal_seg.modeling.meta_arch import enable_output_task, output_tasks
+
+    cfg = load_cfg(MINI)
+    assert output_tasks(cfg) == ("semantic",)
+    enable_output_task(cfg, "semantic")
+    for task in ("panoptic", "instance"):
+        with pytest.raises(ValueError, match=f"semantic segmentation only, not {task}"):
+            enable_output_task(cfg, task)
 
 
 def test_meta_architecture_selects_the_path():
@@ -196,9 +200,9 @@ def test_bad_slide_window_config_is_a_clear_error():
         build_model(
             load_cfg(
                 MINI,
-                "MODEL.SEM_SEG_HEAD.SLIDE_WINDOW.ENABLED",
+                "MODEL.PER_PIXEL.SLIDE_WINDOW.ENABLED",
                 "True",
-                "MODEL.SEM_SEG_HEAD.SLIDE_WINDOW.STRIDE",
+                "MODEL.PER_PIXEL.SLIDE_WINDOW.STRIDE",
                 "[600, 600]",
             )
         )
@@ -208,11 +212,11 @@ def test_mini_config_trains_and_infers_with_slide_window():
     torch.manual_seed(0)
     cfg = load_cfg(
         MINI,
-        "MODEL.SEM_SEG_HEAD.SLIDE_WINDOW.ENABLED",
+        "MODEL.PER_PIXEL.SLIDE_WINDOW.ENABLED",
         "True",
-        "MODEL.SEM_SEG_HEAD.SLIDE_WINDOW.CROP_SIZE",
+        "MODEL.PER_PIXEL.SLIDE_WINDOW.CROP_SIZE",
         "[64, 64]",
-        "MODEL.SEM_SEG_HEAD.SLIDE_WINDOW.STRIDE",
+        "MODEL.PER_PIXEL.SLIDE_WINDOW.STRIDE",
         "[48, 48]",
     )
     assert cfg.DATASETS.TRAIN == ("mini_sem_seg_train",) and cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES == 21

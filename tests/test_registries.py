@@ -19,7 +19,6 @@ YAML_TEXT = "\n".join(p.read_text() for p in sorted((ROOT / "configs").rglob("*.
 
 # Parts no shipped config names: the test file that builds them, and what in it selects the part.
 TESTED_ELSEWHERE = {
-    "ResNetBackbone": ("test_backbone_build.py", "set_mask2former_resnet"),
     "build_timm_backbone": ("test_backbone_build.py", "build_timm_backbone"),
     "build_vit_backbone": ("test_backbone_build.py", "build_vit_backbone"),
     "mask_former_panoptic": ("test_mappers.py", "mask_former_panoptic"),

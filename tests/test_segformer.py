@@ -65,6 +65,37 @@ def test_equals_huggingface_segformer(hf_segformer, layout):
         assert (got - expected).abs().max().item() <= 1e-4
 
 
+def test_fused_head_equals_the_paper_order_on_hf_weights(hf_segformer):
+    """The fused All-MLP head (per-stage composed 1x1 convs, no 4E -> E conv at 1/4) against the paper's order on
+    the same HF-converted weights: logits within 1e-4 in eval, and in training mode (batch-statistics BN) the same
+    loss gradients for every head parameter."""
+    model = _ours_for_hf()
+    model.load_state_dict(convert_segformer_checkpoint({"state_dict": hf_segformer.state_dict()}), strict=True)
+    head = model.sem_seg_head
+    torch.manual_seed(2)
+    for hw in [(128, 160), (96, 96)]:
+        x = torch.randn(2, 3, *hw)
+        with torch.no_grad():
+            feats = model.backbone(x)
+            head.fused = False
+            reference = head(feats)["sem_seg_logits"]
+            head.fused = True
+            fused = head(feats)["sem_seg_logits"]
+        assert (fused - reference).abs().max().item() <= 1e-4
+
+    head.train()
+    head.dropout.p = 0.0  # the same function in both orders (dropout draws differ otherwise)
+    feats = {k: v.detach() for k, v in model.backbone(torch.randn(2, 3, 96, 128)).items()}
+    grads = {}
+    for fused in (False, True):
+        head.fused = fused
+        head.zero_grad()
+        head(feats)["sem_seg_logits"].square().mean().backward()
+        grads[fused] = {n: p.grad.clone() for n, p in head.named_parameters()}
+    for name, g in grads[False].items():
+        torch.testing.assert_close(grads[True][name], g, rtol=1e-4, atol=1e-5, msg=name)
+
+
 def test_nvlabs_names_convert_to_ours():
     """An NVlabs / mmseg SegFormer state dict (backbone.*, decode_head.* with the unused conv_seg) loads strictly."""
     model = build_model(load_cfg(MINI))
@@ -94,7 +125,9 @@ def test_params_match_paper(variant):
 
 
 def test_b0_gflops_at_512_match_paper():
-    """fvcore counts one multiply-add as one flop; paper: 8.4 GFLOPs (measured: 8.48)."""
+    """fvcore counts one multiply-add as one flop; paper: 8.4 GFLOPs (the paper's operation order, fused = False).
+    The fused head executes fewer: the 4E -> E conv at 1/4 resolution (4 E^2 (H/4)(W/4) multiply-adds) is gone,
+    and the per-stage weight compositions W_i A_i and W_i b_i (E^2 sum_i C_i + 4 E^2) are added."""
     from fvcore.nn import FlopCountAnalysis
 
     model = build_model(load_cfg("configs/ade20k/semantic/segformer_b0.yaml")).eval()
@@ -109,10 +142,18 @@ def test_b0_gflops_at_512_match_paper():
         def forward(self, x):
             return _features_logits(self.m, x)
 
-    flops = FlopCountAnalysis(Logits(model), torch.zeros(1, 3, 512, 512))
-    flops.unsupported_ops_warnings(False)
-    flops.uncalled_modules_warnings(False)
-    assert flops.total() / 1e9 == pytest.approx(8.4, rel=0.05)
+    def count(fused):
+        model.sem_seg_head.fused = fused
+        flops = FlopCountAnalysis(Logits(model), torch.zeros(1, 3, 512, 512))
+        flops.unsupported_ops_warnings(False)
+        flops.uncalled_modules_warnings(False)
+        return flops.total()
+
+    paper_order, fused = count(False), count(True)
+    assert paper_order / 1e9 == pytest.approx(8.4, rel=0.05)
+    E, channels = 256, [32, 64, 160, 256]  # MiT-B0 stage widths, decoder embedding E
+    saved = 4 * E * E * 128 * 128 - E * E * sum(channels) - 4 * E * E
+    assert paper_order - fused == pytest.approx(saved, rel=1e-6)
 
 
 def test_ade20k_recipe():

@@ -85,9 +85,9 @@ def test_train_step_and_slide_inference(vit_l, name):
         CONFIGS[name],
         "MODEL.SEM_SEG_HEAD.NORM",
         "BN",
-        "MODEL.SEM_SEG_HEAD.SLIDE_WINDOW.CROP_SIZE",
+        "MODEL.PER_PIXEL.SLIDE_WINDOW.CROP_SIZE",
         "[32, 32]",
-        "MODEL.SEM_SEG_HEAD.SLIDE_WINDOW.STRIDE",
+        "MODEL.PER_PIXEL.SLIDE_WINDOW.STRIDE",
         "[24, 24]",
     )
     torch.manual_seed(0)

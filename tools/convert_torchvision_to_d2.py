@@ -4,7 +4,7 @@
     python tools/convert_torchvision_to_d2.py resnet50-0676ba61.pth R-50.pkl
 
 The .pkl holds {"model": {d2 name: numpy array}, "__author__": "torchvision", "matching_heuristics": True};
-use it as MODEL.WEIGHTS with the ResNet settings of universal_seg.modeling.backbone.set_mask2former_resnet.
+use it as MODEL.WEIGHTS with the ResNet settings of the base configs (configs/*/Base-*.yaml, "ResNetBackbone").
 """
 
 import sys

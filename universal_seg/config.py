@@ -25,7 +25,6 @@ def add_maskformer_config(cfg) -> None:
     # transformer decoder
     mf.TRANSFORMER_DECODER_NAME = "MultiScaleMaskedTransformerDecoder"
     mf.NHEADS = 8
-    mf.DROPOUT = 0.0  # dropout of the pixel decoder's deformable encoder (the decoder uses none)
     mf.DIM_FEEDFORWARD = 2048
     mf.DEC_LAYERS = 10  # counts the prediction from the learnable queries: 9 transformer layers
     mf.PRE_NORM = False
@@ -33,6 +32,8 @@ def add_maskformer_config(cfg) -> None:
     mf.NUM_OBJECT_QUERIES = 100
     mf.ENFORCE_INPUT_PROJ = False
     mf.SIZE_DIVISIBILITY = 32  # pad images to a multiple of this (0: the backbone's size_divisibility)
+    # the official code reads the encoder's dropout from MODEL.MASK_FORMER; here the pixel decoder owns it
+    cfg.register_renamed_key("MODEL.MASK_FORMER.DROPOUT", "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_DROPOUT")
     # point-sampled losses and matching
     mf.TRAIN_NUM_POINTS = 112 * 112
     mf.OVERSAMPLE_RATIO = 3.0
@@ -50,6 +51,7 @@ def add_maskformer_config(cfg) -> None:
     head = cfg.MODEL.SEM_SEG_HEAD  # detectron2 already defines NAME, IN_FEATURES, NUM_CLASSES, CONVS_DIM, NORM, ...
     head.MASK_DIM = 256
     head.TRANSFORMER_ENC_LAYERS = 6
+    head.TRANSFORMER_ENC_DROPOUT = 0.0  # dropout of the deformable encoder (official: MODEL.MASK_FORMER.DROPOUT)
     head.PIXEL_DECODER_NAME = "MSDeformAttnPixelDecoder"
     head.DEFORMABLE_TRANSFORMER_ENCODER_IN_FEATURES = ["res3", "res4", "res5"]
     head.DEFORMABLE_TRANSFORMER_ENCODER_N_POINTS = 4
@@ -79,11 +81,14 @@ def add_per_pixel_config(cfg) -> None:
     head.AUX_IN_FEATURES = []  # SETR Naive / PUP: backbone features with one auxiliary head each (layers 10/15/20)
     head.AUX_LOSS_WEIGHT = 0.4  # weight of each auxiliary head's CE loss (SETR 0.4)
     head.MLA_CHANNELS = 128  # SETR-MLA: channels of each level's up-sampling branch (concat = 4x this)
+    # the PerPixelSegmentor meta-architecture's own keys
+    pp = cfg.MODEL.PER_PIXEL = CN()
+    pp.SIZE_DIVISIBILITY = 32  # pad images to a multiple of this (0: the backbone's size_divisibility)
     # sliding-window inference (mmseg's "slide" mode): logits averaged over overlapping crops of the test image
-    head.SLIDE_WINDOW = CN()
-    head.SLIDE_WINDOW.ENABLED = False
-    head.SLIDE_WINDOW.CROP_SIZE = [512, 512]  # (h, w) of a window, clipped to the image
-    head.SLIDE_WINDOW.STRIDE = [341, 341]  # (h, w) step between windows
+    pp.SLIDE_WINDOW = CN()
+    pp.SLIDE_WINDOW.ENABLED = False
+    pp.SLIDE_WINDOW.CROP_SIZE = [512, 512]  # (h, w) of a window, clipped to the image
+    pp.SLIDE_WINDOW.STRIDE = [341, 341]  # (h, w) step between windows
 
 
 def add_checkpoint_config(cfg) -> None:

@@ -125,6 +125,7 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
     if not evaluators:
         raise ValueError(
             f"No evaluator enabled for '{dataset_name}'; enable one of "
-            "cfg.MODEL.MASK_FORMER.TEST.{PANOPTIC,SEMANTIC,INSTANCE}_ON."
+            "the model's outputs (meta_arch.enable_output_task; for Mask2Former "
+            "MODEL.MASK_FORMER.TEST.{PANOPTIC,SEMANTIC,INSTANCE}_ON)."
         )
     return evaluators[0] if len(evaluators) == 1 else DatasetEvaluators(evaluators)

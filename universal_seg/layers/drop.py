@@ -1,34 +1,13 @@
-"""Stochastic depth (Huang et al. 2016): per-sample dropping of residual branches, and its per-block rates."""
+"""Stochastic depth (Huang et al. 2016): timm's ``DropPath`` / ``drop_path`` (per-sample dropping of residual
+branches, scaled by 1 / keep), and the per-block rate schedule."""
 
 from __future__ import annotations
 
 from typing import Sequence
 
-import torch
-from torch import nn
+from timm.layers import DropPath, drop_path
 
-
-def drop_path(x: torch.Tensor, rate: float, training: bool) -> torch.Tensor:
-    """Stochastic depth per sample: zero a residual branch ``x [B, ...]`` with probability ``rate``."""
-    if rate == 0.0 or not training:
-        return x
-    keep = 1.0 - rate
-    mask = x.new_empty((x.shape[0],) + (1,) * (x.ndim - 1)).bernoulli_(keep)
-    return x * mask / keep
-
-
-class DropPath(nn.Module):
-    """Stochastic depth as a module; identity in eval mode or at rate 0."""
-
-    def __init__(self, rate: float = 0.0):
-        super().__init__()
-        self.rate = float(rate)
-
-    def forward(self, x):
-        return drop_path(x, self.rate, self.training)
-
-    def extra_repr(self):
-        return f"rate={self.rate}"
+__all__ = ["DropPath", "drop_path", "linear_drop_path_rates"]
 
 
 def linear_drop_path_rates(rate: float, depths: Sequence[int]) -> list[list[float]]:

@@ -1,10 +1,6 @@
-"""Normalisation layers."""
+"""Normalisation layers: timm's ``LayerNorm2d``, LayerNorm over the channels of a feature map
+([B, C, H, W] -> [B, C, H, W], the tokens' LayerNorm; parameters ``weight`` / ``bias`` of shape [C])."""
 
-from torch import nn
+from timm.layers import LayerNorm2d
 
-
-class LayerNorm2d(nn.LayerNorm):
-    """LayerNorm over the channels of a feature map (the tokens' LayerNorm): [B, C, H, W] -> [B, C, H, W]."""
-
-    def forward(self, x):
-        return super().forward(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
+__all__ = ["LayerNorm2d"]

@@ -4,8 +4,8 @@ from .config import add_backbone_config
 from .efficientformerv2 import EFFICIENTFORMERV2_VARIANTS, EfficientFormerV2Backbone, efficientformerv2
 from .mit import MIT_VARIANTS, MiTBackbone, MixVisionTransformer, mit
 from .mit_convert import convert_mit_checkpoint
-from .resnet import RESNET_VARIANTS, ResNetBackbone, convert_torchvision_resnet, set_mask2former_resnet
-from .swin import SWIN_VARIANTS, SwinTransformer, SwinTransformerBackbone, convert_swin_checkpoint, set_swin_variant
+from .resnet import RESNET_VARIANTS, ResNetBackbone, convert_torchvision_resnet
+from .swin import SWIN_VARIANTS, SwinTransformer, SwinTransformerBackbone, convert_swin_checkpoint
 from .timm_backbone import TimmBackbone, build_timm_backbone
 from .vit import VIT_VARIANTS, VisionTransformer, ViTBackbone, checkpoint_filter_vit, vit
 
@@ -22,12 +22,10 @@ __all__ = [
     "RESNET_VARIANTS",
     "ResNetBackbone",
     "convert_torchvision_resnet",
-    "set_mask2former_resnet",
     "SWIN_VARIANTS",
     "SwinTransformer",
     "SwinTransformerBackbone",
     "convert_swin_checkpoint",
-    "set_swin_variant",
     "TimmBackbone",
     "build_timm_backbone",
     "VIT_VARIANTS",

@@ -1,6 +1,12 @@
 """Config keys of the backbones: ``add_backbone_config(cfg)`` adds every key this package reads.
 
-ResNet uses detectron2's own MODEL.RESNETS.* keys (see :func:`.resnet.set_mask2former_resnet`) plus STEM_TYPE;
+One variant mechanism for every family: one key names a row of the family's variant table, which fixes the
+architecture (widths, depths, heads); every other key is a hyperparameter of that architecture:
+MODEL.RESNETS.DEPTH (detectron2's key, RESNET_VARIANTS), MODEL.SWIN.VARIANT (SWIN_VARIANTS), MODEL.MIT.VARIANT,
+MODEL.VIT.VARIANT, MODEL.EFFICIENTFORMERV2.VARIANT, and MODEL.TIMM.MODEL_NAME (timm's own table). No helper writes
+into the config: the Mask2Former ResNet settings are in the base YAMLs under configs/.
+
+ResNet uses detectron2's own MODEL.RESNETS.* keys plus STEM_TYPE;
 MODEL.BACKBONE.FREEZE_AT (detectron2's key) is honoured by every backbone. Note detectron2's default
 FREEZE_AT is 2; Mask2Former configs set 0.
 """
@@ -19,9 +25,7 @@ def add_backbone_config(cfg):
     cfg.MODEL.SWIN = CN()
     cfg.MODEL.SWIN.PRETRAIN_IMG_SIZE = 224  # image size of the ImageNet pre-training (sizes the APE table)
     cfg.MODEL.SWIN.PATCH_SIZE = 4
-    cfg.MODEL.SWIN.EMBED_DIM = 96  # T/S 96, B 128, L 192
-    cfg.MODEL.SWIN.DEPTHS = [2, 2, 6, 2]  # T [2,2,6,2], S/B/L [2,2,18,2]
-    cfg.MODEL.SWIN.NUM_HEADS = [3, 6, 12, 24]  # T/S [3,6,12,24], B [4,8,16,32], L [6,12,24,48]
+    cfg.MODEL.SWIN.VARIANT = "T"  # T/S/B/L: embed_dim, depths and num_heads (swin.SWIN_VARIANTS)
     cfg.MODEL.SWIN.WINDOW_SIZE = 7  # 12 for the 384-pretrained B/L checkpoints
     cfg.MODEL.SWIN.MLP_RATIO = 4.0
     cfg.MODEL.SWIN.QKV_BIAS = True

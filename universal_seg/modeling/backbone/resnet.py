@@ -1,7 +1,8 @@
 """ResNet-50/101 (He et al. 2016) as Mask2Former uses it: detectron2's ``build_resnet_backbone`` (registered by
 detectron2) with torchvision-style stride in the 3x3 conv, FrozenBN, a basic stem and res2..res5 outputs.
 
-:func:`set_mask2former_resnet` writes those settings into a config; :func:`convert_torchvision_resnet`
+MODEL.RESNETS.DEPTH selects the variant (RESNET_VARIANTS); the Mask2Former settings are in the base YAMLs
+(configs/*/Base-*.yaml). :func:`convert_torchvision_resnet`
 maps torchvision ImageNet state dicts to detectron2's names (used by ``tools/convert_torchvision_to_d2.py``).
 """
 
@@ -12,39 +13,27 @@ import re
 from detectron2.modeling import BACKBONE_REGISTRY
 from detectron2.modeling.backbone.resnet import build_resnet_backbone
 
+from ...layers import fold_frozen_batchnorm
 from .common import check_variant
 
 # depth: paper params (M) of the ImageNet classifier, GFLOPs at 224 (He et al. 2016, multiply-adds)
 RESNET_VARIANTS = {
+    18: dict(paper_params_m=11.7, paper_gflops_224=1.8),  # basic blocks: set MODEL.RESNETS.RES2_OUT_CHANNELS 64
+    34: dict(paper_params_m=21.8, paper_gflops_224=3.6),
     50: dict(paper_params_m=25.6, paper_gflops_224=3.8),
     101: dict(paper_params_m=44.5, paper_gflops_224=7.6),
 }
 
 
-def set_mask2former_resnet(cfg, depth: int = 50):
-    """Set MODEL.BACKBONE.NAME and MODEL.RESNETS.* / PIXEL_MEAN / PIXEL_STD to Mask2Former's ResNet settings."""
-    check_variant(depth, RESNET_VARIANTS, "MODEL.RESNETS.DEPTH")
-    cfg.MODEL.BACKBONE.NAME = "ResNetBackbone"
-    cfg.MODEL.RESNETS.DEPTH = depth
-    cfg.MODEL.RESNETS.STRIDE_IN_1X1 = False  # torchvision (v1.5): stride in the 3x3 conv
-    cfg.MODEL.RESNETS.NORM = "FrozenBN"
-    cfg.MODEL.RESNETS.STEM_TYPE = "basic"  # key read by Mask2Former's configs; d2 v0.6 has one stem
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
-    cfg.MODEL.RESNETS.RES5_MULTI_GRID = [1, 1, 1]
-    cfg.MODEL.PIXEL_MEAN = [123.675, 116.28, 103.53]  # RGB, torchvision ImageNet statistics x 255
-    cfg.MODEL.PIXEL_STD = [58.395, 57.12, 57.375]
-    cfg.INPUT.FORMAT = "RGB"
-    return cfg
-
-
 @BACKBONE_REGISTRY.register()
 def ResNetBackbone(cfg, input_shape):
     """detectron2's ``build_resnet_backbone`` after checking MODEL.RESNETS.{DEPTH, STEM_TYPE} (FREEZE_AT honoured by
-    d2)."""
-    check_variant(cfg.MODEL.RESNETS.DEPTH, {18: 0, 34: 0, **RESNET_VARIANTS}, "MODEL.RESNETS.DEPTH")
+    d2), with every conv + FrozenBN run as one convolution (:func:`universal_seg.layers.fold_frozen_batchnorm`:
+    the same function and state-dict keys, one pass over each feature map fewer)."""
+    check_variant(cfg.MODEL.RESNETS.DEPTH, RESNET_VARIANTS, "MODEL.RESNETS.DEPTH")
     if cfg.MODEL.RESNETS.STEM_TYPE != "basic":
         raise ValueError(f"MODEL.RESNETS.STEM_TYPE={cfg.MODEL.RESNETS.STEM_TYPE!r} is not supported; use 'basic'.")
-    return build_resnet_backbone(cfg, input_shape)
+    return fold_frozen_batchnorm(build_resnet_backbone(cfg, input_shape))
 
 
 _BLOCK = [(r"^bn(\d)\.", r"conv\1.norm."), (r"^downsample\.0\.", "shortcut."), (r"^downsample\.1\.", "shortcut.norm.")]

@@ -16,11 +16,13 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from torch import nn
 
-from ...layers import DropPath, init_transformer_weights, linear_drop_path_rates, pad_to_multiple
+from ...layers import DropPath, Mlp, init_transformer_weights, linear_drop_path_rates, pad_to_multiple
 from ...ops import Linear
-from .common import RES_NAMES, FreezableBackbone, check_out_features
+from .common import RES_NAMES, FreezableBackbone, check_out_features, check_variant
 
-# name: (embed_dim, depths, num_heads, window_size, pretrain_img_size, params (M) of the ImageNet model, paper)
+# MODEL.SWIN.VARIANT -> (embed_dim, depths, num_heads) of the architecture; window_size and pretrain_img_size are
+# those of the official ImageNet checkpoint of the variant (set MODEL.SWIN.WINDOW_SIZE / PRETRAIN_IMG_SIZE to them to
+# load it); params (M) and GFLOPs of the ImageNet model as the paper reports them
 SWIN_VARIANTS = {
     "T": dict(
         embed_dim=96,
@@ -61,19 +63,6 @@ SWIN_VARIANTS = {
 }
 
 
-def set_swin_variant(cfg, name: str):
-    """Fill MODEL.SWIN.{EMBED_DIM, DEPTHS, NUM_HEADS, WINDOW_SIZE, PRETRAIN_IMG_SIZE} with variant T/S/B/L."""
-    if name not in SWIN_VARIANTS:
-        raise KeyError(f"Swin variant {name!r} is unknown; choose one of {sorted(SWIN_VARIANTS)}.")
-    v = SWIN_VARIANTS[name]
-    cfg.MODEL.SWIN.EMBED_DIM = v["embed_dim"]
-    cfg.MODEL.SWIN.DEPTHS = list(v["depths"])
-    cfg.MODEL.SWIN.NUM_HEADS = list(v["num_heads"])
-    cfg.MODEL.SWIN.WINDOW_SIZE = v["window_size"]
-    cfg.MODEL.SWIN.PRETRAIN_IMG_SIZE = v["pretrain_img_size"]
-    return cfg
-
-
 def window_partition(x: torch.Tensor, ws: int) -> torch.Tensor:
     """[B, H, W, C] (H, W multiples of ws) -> [B * nW, ws * ws, C]."""
     B, H, W, C = x.shape
@@ -86,18 +75,6 @@ def window_reverse(windows: torch.Tensor, ws: int, H: int, W: int) -> torch.Tens
     C = windows.shape[-1]
     x = windows.view(-1, H // ws, W // ws, ws, ws, C).permute(0, 1, 3, 2, 4, 5)
     return x.reshape(-1, H, W, C)
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim: int, hidden: int, drop: float = 0.0):
-        super().__init__()
-        self.fc1 = Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = Linear(hidden, dim)
-        self.drop = nn.Dropout(drop)
-
-    def forward(self, x):
-        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
 
 
 class WindowAttention(nn.Module):
@@ -375,15 +352,17 @@ class SwinTransformer(FreezableBackbone):
 
 @BACKBONE_REGISTRY.register()
 def SwinTransformerBackbone(cfg, input_shape):
-    """Swin from MODEL.SWIN.* (official Mask2Former key names) and MODEL.BACKBONE.FREEZE_AT."""
+    """Swin from MODEL.SWIN.VARIANT (T/S/B/L: embed_dim, depths, num_heads of :data:`SWIN_VARIANTS`), the other
+    MODEL.SWIN.* keys (official Mask2Former names) and MODEL.BACKBONE.FREEZE_AT."""
     s = cfg.MODEL.SWIN
+    v = check_variant(s.VARIANT, SWIN_VARIANTS, "MODEL.SWIN.VARIANT")
     return SwinTransformer(
         pretrain_img_size=s.PRETRAIN_IMG_SIZE,
         patch_size=s.PATCH_SIZE,
         in_chans=input_shape.channels,
-        embed_dim=s.EMBED_DIM,
-        depths=tuple(s.DEPTHS),
-        num_heads=tuple(s.NUM_HEADS),
+        embed_dim=v["embed_dim"],
+        depths=tuple(v["depths"]),
+        num_heads=tuple(v["num_heads"]),
         window_size=s.WINDOW_SIZE,
         mlp_ratio=s.MLP_RATIO,
         qkv_bias=s.QKV_BIAS,

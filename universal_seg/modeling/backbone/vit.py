@@ -23,7 +23,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from torch import nn
 
-from ...layers import DropPath, LayerNorm2d, ceil_div, linear_drop_path_rates, pad_to_multiple
+from ...layers import DropPath, LayerNorm2d, Mlp, ceil_div, linear_drop_path_rates, pad_to_multiple
 from ...ops import Linear
 from .common import RES_NAMES, FreezableBackbone, check_out_features, check_variant
 
@@ -50,17 +50,6 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).reshape(B, N, 3, self.num_heads, C // self.num_heads).permute(2, 0, 3, 1, 4)
         x = F.scaled_dot_product_attention(q, k, v)
         return self.proj(x.transpose(1, 2).reshape(B, N, C))
-
-
-class Mlp(nn.Module):
-    def __init__(self, dim, hidden):
-        super().__init__()
-        self.fc1 = Linear(dim, hidden)
-        self.act = nn.GELU()
-        self.fc2 = Linear(hidden, dim)
-
-    def forward(self, x):
-        return self.fc2(self.act(self.fc1(x)))
 
 
 class Block(nn.Module):

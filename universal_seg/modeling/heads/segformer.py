@@ -35,6 +35,13 @@ class SegFormerHead(PerPixelHead):
 
     Each stage: Linear C_i -> E, bilinear to 1/4; concat [c4, c3, c2, c1]; 1x1 conv 4E -> E (no bias) + norm + ReLU;
     dropout; 1x1 conv E -> K (the classifier, named ``linear_pred`` as in NVlabs' code).
+
+    ``fused`` (default True) computes the same function with fewer operations: the fuse conv's weight splits into
+    one [E, E] block W_i per stage, so fuse(concat_i up(A_i x_i + b_i)) = sum_i up(W_i A_i x_i + W_i b_i), because
+    bilinear upsampling is linear and its weights sum to 1 (a constant stays constant). Each stage then runs one
+    1x1 conv C_i -> E with the composed weight at its own resolution, and the 4E -> E conv at 1/4 resolution is
+    gone. Same parameters and checkpoints, equal up to rounding, in training too (gradients flow to A_i, b_i and
+    W_i through the composition). ``fused = False`` runs the paper's order (used to count its GFLOPs).
     """
 
     num_inputs = 4
@@ -55,6 +62,7 @@ class SegFormerHead(PerPixelHead):
         ignore_label: int = 255,
         class_weights: tuple[float, ...] = (),
         focal_gamma: float = 0.0,
+        fused: bool = True,
     ):
         super().__init__(
             num_classes=num_classes,
@@ -68,6 +76,7 @@ class SegFormerHead(PerPixelHead):
             self.add_module(f"linear_c{i + 1}", MLP(input_shape[name].channels, embed_dim))
         self.linear_fuse = ConvNormAct(4 * embed_dim, embed_dim, 1, norm)
         self.build_classifier(embed_dim, num_classes, dropout)
+        self.fused = fused
 
     @classmethod
     def from_config(cls, cfg, input_shape: dict[str, ShapeSpec]) -> dict:
@@ -82,6 +91,34 @@ class SegFormerHead(PerPixelHead):
 
     def forward(self, features: dict[str, torch.Tensor]) -> dict:
         xs = self.transform_inputs(features)
+        x = self._fused_mlp(xs) if self.fused else self._mlp(xs)
+        return {"sem_seg_logits": self.classify(x)}
+
+    def _fused_mlp(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        """[B, C_i, h_i, w_i] fine -> coarse -> [B, E, h_1, w_1]: sum_i up(conv1x1(x_i; W_i A_i, W_i b_i)), then the
+        fuse conv's norm and ReLU."""
+        size = xs[0].shape[-2:]
+        n, weight = len(xs), self.linear_fuse.conv.weight.flatten(1)  # [E, n E]; concat order: coarse -> fine
+        embed = weight.shape[0]
+        out = None
+        for i, x in enumerate(xs):
+            w_i = weight[:, (n - 1 - i) * embed : (n - i) * embed]  # [E, E], acts on stage i's projection
+            proj = getattr(self, f"linear_c{i + 1}").proj
+            y = F.conv2d(x, (w_i @ proj.weight)[:, :, None, None], F.linear(proj.bias, w_i))  # [B, E, h_i, w_i]
+            if y.shape[-2:] != size:
+                y = F.interpolate(y, size=size, mode="bilinear", align_corners=False)
+            if out is None:
+                out = y
+            elif torch.is_grad_enabled():
+                out = out + y
+            else:
+                out.add_(y)
+        if self.linear_fuse.conv.bias is not None:
+            out = out + self.linear_fuse.conv.bias[:, None, None]
+        return self.linear_fuse.act(self.linear_fuse.bn(out))
+
+    def _mlp(self, xs: list[torch.Tensor]) -> torch.Tensor:
+        """The paper's order: per-stage Linear, upsample to 1/4, concat, 1x1 fuse conv + norm + ReLU."""
         size = xs[0].shape[-2:]
         maps = []
         for i, x in enumerate(xs):
@@ -89,5 +126,4 @@ class SegFormerHead(PerPixelHead):
             if x.shape[-2:] != size:
                 x = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
             maps.append(x)
-        x = self.linear_fuse(torch.cat(maps[::-1], dim=1))
-        return {"sem_seg_logits": self.classify(x)}
+        return self.linear_fuse(torch.cat(maps[::-1], dim=1))

@@ -57,11 +57,11 @@ class SegmentorBase(nn.Module):
 
     @classmethod
     def from_config(cls, cfg, backbone: nn.Module | None = None) -> dict:
-        """The shared arguments (the subclasses' from_config add their head and the rest); ``backbone``: an already
-        built backbone to use instead of building MODEL.BACKBONE (``Segmentor(cfg, backbone=...)``)."""
+        """The shared arguments (the subclasses' from_config add their head, their ``size_divisibility`` and the
+        rest); ``backbone``: an already built backbone to use instead of building MODEL.BACKBONE
+        (``Segmentor(cfg, backbone=...)``)."""
         return {
             "backbone": backbone if backbone is not None else build_backbone(cfg),
-            "size_divisibility": cfg.MODEL.MASK_FORMER.SIZE_DIVISIBILITY,
             "pixel_mean": tuple(cfg.MODEL.PIXEL_MEAN),
             "pixel_std": tuple(cfg.MODEL.PIXEL_STD),
         }

@@ -119,6 +119,7 @@ class UniversalSegmentor(SegmentorBase):
         test = mf.TEST
         return {
             **args,
+            "size_divisibility": mf.SIZE_DIVISIBILITY,
             "sem_seg_head": SegmentationHead.from_config(cfg, args["backbone"].output_shape()),
             "criterion": SetCriterion(
                 cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,

@@ -73,19 +73,14 @@ class PerPixelSegmentor(SegmentorBase):
 
     @classmethod
     def from_config(cls, cfg, backbone: nn.Module | None = None) -> dict:
-        head, test = cfg.MODEL.SEM_SEG_HEAD, cfg.MODEL.MASK_FORMER.TEST
+        head, pp = cfg.MODEL.SEM_SEG_HEAD, cfg.MODEL.PER_PIXEL
         if head.NAME not in PER_PIXEL_HEAD_REGISTRY:
             raise ValueError(
                 f"MODEL.SEM_SEG_HEAD.NAME={head.NAME!r} is not registered as a per-pixel head, which the "
                 f"PerPixelSegmentor meta-architecture needs: choose one of {per_pixel_head_names()}, or "
                 f"set MODEL.META_ARCHITECTURE to 'UniversalSegmentor' for a mask-classification decoder."
             )
-        if test.PANOPTIC_ON or test.INSTANCE_ON or not test.SEMANTIC_ON:
-            raise ValueError(
-                f"{head.NAME} is a per-pixel head and predicts semantic segmentation only: set "
-                "MODEL.MASK_FORMER.TEST.SEMANTIC_ON True and PANOPTIC_ON / INSTANCE_ON False."
-            )
-        slide = head.SLIDE_WINDOW
+        slide = pp.SLIDE_WINDOW
         if slide.ENABLED and (
             len(slide.CROP_SIZE) != 2
             or len(slide.STRIDE) != 2
@@ -93,12 +88,13 @@ class PerPixelSegmentor(SegmentorBase):
             or any(s > c for s, c in zip(slide.STRIDE, slide.CROP_SIZE))
         ):
             raise ValueError(
-                f"MODEL.SEM_SEG_HEAD.SLIDE_WINDOW needs CROP_SIZE and STRIDE as (h, w) with "
+                f"MODEL.PER_PIXEL.SLIDE_WINDOW needs CROP_SIZE and STRIDE as (h, w) with "
                 f"0 < stride <= crop, got {list(slide.CROP_SIZE)} and {list(slide.STRIDE)}."
             )
         args = super().from_config(cfg, backbone)
         return {
             **args,
+            "size_divisibility": pp.SIZE_DIVISIBILITY,
             "sem_seg_head": build_per_pixel_head(cfg, args["backbone"].output_shape()),
             "slide_window": (tuple(slide.CROP_SIZE), tuple(slide.STRIDE)) if slide.ENABLED else None,
         }

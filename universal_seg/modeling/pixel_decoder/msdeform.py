@@ -207,7 +207,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
             "conv_dim": head.CONVS_DIM,
             "mask_dim": head.MASK_DIM,
             "norm": head.NORM,
-            "transformer_dropout": cfg.MODEL.MASK_FORMER.DROPOUT,
+            "transformer_dropout": head.TRANSFORMER_ENC_DROPOUT,
             "transformer_nheads": head.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS,
             "transformer_dim_feedforward": head.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD,
             "transformer_enc_layers": head.TRANSFORMER_ENC_LAYERS,

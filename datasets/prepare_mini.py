@@ -9,6 +9,8 @@ Layout (train and val are the same 3 images; a smoke-test set):
   mini/instances_{train,val}.json                            COCO instance polygons (labelme's), category ids 1-20
   mini/video/frames/<frame>.jpg, mini/video/labels/<frame>.png, mini/video/class_names.txt
                                                              5 street frames, labels 0 background, 1 car, 2 track
+  mini/labelme/voc/<stem>.{jpg,json}, labels.txt             labelme's own annotations of the 3 photos and of the
+  mini/labelme/street/<frame>.{jpg,json}, labels.txt         5 street frames (input of datasets/convert_labelme.py)
 Idempotent and restartable: finished files are skipped; each file is written atomically; a stamp marks completion.
 """
 
@@ -31,7 +33,7 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VERSION = "6.3.1"
 SDIST = f"labelme-{VERSION}.tar.gz"
 EX = f"labelme-{VERSION}/examples/"
-STAMP = ".complete-v1"
+STAMP = ".complete-v2"
 VOC = [
     "background",
     "aeroplane",
@@ -127,6 +129,10 @@ def read_members(sdist):
         "instance_segmentation/data_dataset_coco/annotations.json",
         "video_annotation/data_dataset_voc/JPEGImages/",
         "video_annotation/data_dataset_voc/SegmentationClassPNG/",
+        "instance_segmentation/data_annotated/",
+        "instance_segmentation/labels.txt",
+        "video_annotation/data_annotated/",
+        "video_annotation/labels.txt",
     )
     out = {}
     with tarfile.open(sdist) as tar:
@@ -206,7 +212,9 @@ def instance_annotations(coco, stems):
 
 
 def build_video(files, out, bar):
-    frames = sorted(os.path.basename(p)[:-4] for p in files if "video_annotation" in p and p.endswith(".jpg"))
+    frames = sorted(
+        os.path.basename(p)[:-4] for p in files if p.startswith("video_annotation/data_dataset_voc/JPEGImages/")
+    )
     for frame in frames:
         jpg = files[f"video_annotation/data_dataset_voc/JPEGImages/{frame}.jpg"]
         label = png_array(files[f"video_annotation/data_dataset_voc/SegmentationClassPNG/{frame}.png"]).astype(np.uint8)
@@ -218,6 +226,20 @@ def build_video(files, out, bar):
                 write(os.path.join(out, path))
             bar.update(1)
     write_bytes(os.path.join(out, "video/class_names.txt"), b"background\ncar\ntrack\n")
+
+
+LABELME_FOLDERS = {"voc": "instance_segmentation", "street": "video_annotation"}
+
+
+def copy_labelme(files, out, bar):
+    """labelme's annotated examples as they are: mini/labelme/{voc,street}/ (JSON + image) and labels.txt."""
+    for name, example in LABELME_FOLDERS.items():
+        for path, data in sorted(files.items()):
+            if path.startswith(f"{example}/data_annotated/") or path == f"{example}/labels.txt":
+                target = os.path.join(out, "labelme", name, os.path.basename(path))
+                if not os.path.exists(target):
+                    write_bytes(target, data)
+                bar.update(1)
 
 
 def main():
@@ -232,9 +254,10 @@ def main():
     files = read_members(fetch_sdist(args.cache))
     coco = json.loads(files["instance_segmentation/data_dataset_coco/annotations.json"])
     stems = sorted(os.path.basename(p)[:-4] for p in files if "data_dataset_voc/JPEGImages/2011" in p)
-    with tqdm(total=3 * len(stems) + 10, desc="mini dataset", unit="file") as bar:
+    with tqdm(total=3 * len(stems) + 10 + 18, desc="mini dataset", unit="file") as bar:
         images, pan_annotations = build_still_images(files, out, stems, coco, bar)
         build_video(files, out, bar)
+        copy_labelme(files, out, bar)
     categories = [
         {"id": i, "name": n, "isthing": int(i > 0), "color": list(VOC_COLORS[i]), "supercategory": "voc"}
         for i, n in enumerate(VOC)

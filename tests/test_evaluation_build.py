@@ -24,7 +24,7 @@ from universal_seg.evaluation.build import PanopticEvaluator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_mini = pytest.mark.skipif(
-    not os.path.exists(os.path.join(REPO, "datasets", "mini", ".complete-v1")),
+    not os.path.exists(os.path.join(REPO, "datasets", "mini", ".complete-v2")),
     reason="datasets/mini not built (python datasets/prepare_mini.py)",
 )
 

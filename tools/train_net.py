@@ -22,7 +22,11 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 
 import universal_seg.data  # noqa: E402,F401  (registers the datasets)
 import universal_seg.modeling  # noqa: E402,F401  (registers the models)
-from universal_seg.checkpoint import CheckpointUnreadableError, UniversalSegCheckpointer  # noqa: E402
+from universal_seg.checkpoint import (  # noqa: E402
+    CheckpointMismatchError,
+    CheckpointUnreadableError,
+    UniversalSegCheckpointer,
+)
 from universal_seg.config import load_config  # noqa: E402
 from universal_seg.data.loader import MissingDataError, UnreadableDataError  # noqa: E402
 from universal_seg.engine import Trainer, launch  # noqa: E402
@@ -44,11 +48,15 @@ def main(args):
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        try:
-            UniversalSegCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-                cfg.MODEL.WEIGHTS, resume=args.resume
+        checkpointer = UniversalSegCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        if not cfg.MODEL.WEIGHTS and not (args.resume and checkpointer.has_checkpoint()):
+            sys.exit(
+                "error: --eval-only with an empty MODEL.WEIGHTS would evaluate a randomly initialised model; "
+                "pass MODEL.WEIGHTS path/to/model_final.pth (or --resume with a checkpoint in OUTPUT_DIR)."
             )
-        except CheckpointUnreadableError as err:
+        try:
+            checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
+        except (CheckpointMismatchError, CheckpointUnreadableError) as err:
             sys.exit(f"error: {err}")
         res = Trainer.test(cfg, model)
         if comm.is_main_process():

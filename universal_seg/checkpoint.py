@@ -8,17 +8,33 @@ Saving (training): every checkpoint and ``last_checkpoint`` is written to a temp
 (:mod:`universal_seg.atomic`), so a kill at any moment leaves the previous files intact; weights that are not
 finite (a diverged run) are never saved. Resuming falls back to the newest intact checkpoint, with a warning naming
 each broken one.
+
+Loading is strict: a checkpoint that matches no tensor of the model, a tensor whose shape does not fit, a model
+tensor the checkpoint lacks or a checkpoint tensor the model lacks is a :class:`CheckpointMismatchError` naming the
+tensors, with documented exceptions when ``MODEL.WEIGHTS`` initialises training (``fine_tune=True``; never for
+``--eval-only``, ``--resume``, the demo or export):
+
+- a backbone-only checkpoint (ImageNet weights: none of its tensors lies outside ``backbone.``) initialises the
+  backbone; every other tensor keeps its initialisation, and the log counts them;
+- the class head (:meth:`SegmentorBase.class_head_keys`) of a checkpoint trained with another class count is
+  re-initialised when only its class dimension differs, and the log names each tensor, both shapes and why;
+- tensors matching a regular expression of ``MODEL.REINIT_KEYS`` are re-initialised (never loaded), logged.
 """
 
+import logging
 import os
 import pickle
 import re
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
 from detectron2.utils.file_io import PathManager
+from fvcore.common.checkpoint import _IncompatibleKeys
 
 from .atomic import TEMP_PREFIX, atomic_open, atomic_write_text
+
+logger = logging.getLogger(__name__)
 
 
 def _latin1_encode(text, encoding="latin1"):
@@ -79,13 +95,161 @@ def non_finite_parameters(state_dict: dict) -> list[str]:
     ]
 
 
+class CheckpointMismatchError(ValueError):
+    """The checkpoint does not fit the model (see the module docstring for what is allowed)."""
+
+
+def _shape(t) -> list[int]:
+    return list(t.shape)
+
+
+def _listing(keys, limit: int = 8) -> str:
+    keys = list(keys)
+    more = f" and {len(keys) - limit} more" if len(keys) > limit else ""
+    return ", ".join(keys[:limit]) + more
+
+
 class CheckpointUnreadableError(RuntimeError):
     """A checkpoint file is truncated or corrupt (e.g. a run killed while it was written by an older version)."""
 
 
 class UniversalSegCheckpointer(DetectionCheckpointer):
-    """detectron2's DetectionCheckpointer with safe loading of ``.pkl`` and ``.pth`` files, atomic saves that refuse
-    non-finite weights, and a resume that falls back to the newest intact checkpoint (module docstring)."""
+    """detectron2's DetectionCheckpointer with safe loading of ``.pkl`` and ``.pth`` files, strict matching, atomic
+    saves that refuse non-finite weights, and a resume that falls back to the newest intact checkpoint (module
+    docstring).
+
+    Args:
+        model, save_dir, checkpointables: as detectron2's.
+        fine_tune: the file loaded by :meth:`resume_or_load` without a checkpoint to resume from (``MODEL.WEIGHTS``)
+            initialises training: the exceptions of the module docstring apply. False (evaluation, demo, export,
+            resuming): every model tensor must come from the checkpoint with its shape, and nothing else may be in it.
+        reinit_keys: regular expressions (``re.fullmatch`` on state-dict keys, ``MODEL.REINIT_KEYS``) of tensors
+            that are re-initialised instead of loaded when fine-tuning; each must match a tensor of the model.
+    """
+
+    def __init__(self, model, save_dir="", *, fine_tune: bool = False, reinit_keys=(), **checkpointables):
+        super().__init__(model, save_dir, **checkpointables)
+        self.fine_tune = fine_tune
+        self.reinit_keys = list(reinit_keys)
+        self._initialising = False
+        if self.reinit_keys and not fine_tune:
+            raise CheckpointMismatchError(
+                f"MODEL.REINIT_KEYS {self.reinit_keys} re-initialises tensors, which only makes sense when "
+                "MODEL.WEIGHTS initialises training; clear it for evaluation, the demo or export."
+            )
+
+    def load(self, path: str, checkpointables=None) -> dict:
+        """As detectron2's; a CheckpointMismatchError names ``path``."""
+        try:
+            return super().load(path, checkpointables)
+        except CheckpointMismatchError as err:
+            raise CheckpointMismatchError(f"{path}: {err}") from None
+
+    def _load_model(self, checkpoint: dict) -> _IncompatibleKeys:
+        """Checks the whole checkpoint against the model first (so a refused one leaves the model untouched), then
+        loads; returns empty incompatible-key lists (this method logged what it re-initialised or left out)."""
+        state = checkpoint.pop("model")
+        self._convert_ndarray_to_tensor(state)
+        model_state = self.model.state_dict()
+        if checkpoint.get("matching_heuristics", False):
+            state = align_and_update_state_dicts(
+                model_state, state, c2_conversion=checkpoint.get("__author__", None) == "Caffe2"
+            )
+        if state and all(k.startswith("module.") for k in state):  # saved from a DistributedDataParallel
+            state = {k[len("module.") :]: v for k, v in state.items()}
+        plan = self._plan(state, model_state)
+        self.model.load_state_dict({k: state[k] for k in plan["load"]}, strict=False)
+        return _IncompatibleKeys(missing_keys=[], unexpected_keys=[], incorrect_shapes=[])
+
+    def _plan(self, state: dict, model_state: dict) -> dict:
+        """Which checkpoint tensors to load; raises CheckpointMismatchError for everything not allowed."""
+        fine_tune = self._initialising
+        derived = set(getattr(self.model, "config_buffer_keys", list)())
+        class_head = set(getattr(self.model, "class_head_keys", list)())
+        model_keys = [k for k in model_state if k not in derived]
+        ckpt_keys = [k for k in state if k not in derived]
+        matched = [k for k in model_keys if k in state]
+        if not matched:
+            raise CheckpointMismatchError(
+                f"the checkpoint matches none of the model's {len(model_keys)} tensors (it holds "
+                f"{len(ckpt_keys)}, e.g. {_listing(ckpt_keys, 3)}): it is not a checkpoint of this model; check "
+                "MODEL.WEIGHTS and the config it was trained with."
+            )
+        reinit = set()
+        for pattern in self.reinit_keys:
+            hits = {k for k in model_keys if re.fullmatch(pattern, k)}
+            if not hits:
+                raise CheckpointMismatchError(
+                    f"MODEL.REINIT_KEYS pattern {pattern!r} matches no tensor of the model (e.g. "
+                    f"{_listing(model_keys, 3)}); fix or remove it."
+                )
+            reinit |= hits
+        if reinit and fine_tune:
+            logger.warning(
+                "Re-initialised %d tensors listed by MODEL.REINIT_KEYS (not loaded from the checkpoint): %s",
+                len(reinit),
+                _listing(sorted(reinit), 50),
+            )
+        mismatched = [k for k in matched if k not in reinit and _shape(state[k]) != _shape(model_state[k])]
+        head_reinit = [
+            k
+            for k in mismatched
+            if fine_tune and k in class_head and _shape(state[k])[1:] == _shape(model_state[k])[1:]
+        ]
+        if head_reinit:
+            logger.warning(
+                "Re-initialised the class head (the checkpoint was trained with another class count): %s.",
+                "; ".join(
+                    f"{k}: checkpoint {_shape(state[k])}, model {_shape(model_state[k])}" for k in sorted(head_reinit)
+                ),
+            )
+        wrong = [k for k in mismatched if k not in head_reinit]
+        if wrong:
+            shapes = "; ".join(f"{k}: checkpoint {_shape(state[k])}, model {_shape(model_state[k])}" for k in wrong[:8])
+            hint = (
+                "list them in MODEL.REINIT_KEYS to re-initialise them"
+                if fine_tune
+                else "use the config the checkpoint was trained with"
+            )
+            raise CheckpointMismatchError(
+                f"{len(wrong)} checkpoint tensors do not fit the model ({shapes}{' ...' if len(wrong) > 8 else ''}); "
+                f"{hint}."
+            )
+        missing = [k for k in model_keys if k not in state and k not in reinit]
+        unexpected = [k for k in ckpt_keys if k not in model_state]
+        if fine_tune and not any(not k.startswith("backbone.") for k in matched):
+            logger.info(
+                "Backbone-only checkpoint: %d backbone tensors loaded; %d model tensors keep their initialisation "
+                "(%d of them outside the backbone).",
+                len(matched),
+                len(missing),
+                sum(not k.startswith("backbone.") for k in missing),
+            )
+            if any(k.startswith("backbone.") for k in missing):
+                logger.warning(
+                    "Backbone tensors not in the checkpoint: %s",
+                    _listing([k for k in missing if k.startswith("backbone.")]),
+                )
+            missing = []
+        if unexpected and fine_tune:
+            logger.warning(
+                "%d checkpoint tensors are not in the model (not used): %s", len(unexpected), _listing(unexpected, 20)
+            )
+            unexpected = []
+        if missing or unexpected:
+            parts = []
+            if missing:
+                parts.append(f"{len(missing)} model tensors are not in the checkpoint ({_listing(missing)})")
+            if unexpected:
+                parts.append(f"{len(unexpected)} checkpoint tensors are not in the model ({_listing(unexpected)})")
+            hint = (
+                "list them in MODEL.REINIT_KEYS to initialise them from scratch, or use the config the checkpoint "
+                "was trained with"
+                if fine_tune
+                else "use the config the checkpoint was trained with"
+            )
+            raise CheckpointMismatchError(f"{'; '.join(parts)}: {hint}.")
+        return {"load": [k for k in matched if k not in reinit and k not in head_reinit]}
 
     def save(self, name: str, **kwargs) -> None:
         """Writes ``<save_dir>/<name>.pth`` (model + checkpointables + ``kwargs``) atomically, then points
@@ -149,6 +313,13 @@ class UniversalSegCheckpointer(DetectionCheckpointer):
         ``resume``, or with no checkpoint in save_dir: loads only the model weights of ``path``. Sets
         ``resumed_from`` to the checkpoint resumed from (None when only weights were loaded)."""
         self.resumed_from = None
+        self._initialising = self.fine_tune and not (resume and self.resume_candidates())
+        try:
+            return self._resume_or_load(path, resume)
+        finally:
+            self._initialising = False
+
+    def _resume_or_load(self, path: str, resume: bool) -> dict:
         if resume:
             candidates = self.resume_candidates()
             tagged = self.get_checkpoint_file() if self.has_checkpoint() else ""

@@ -16,6 +16,9 @@ def add_maskformer_config(cfg) -> None:
     # loss weights (Mask2Former: class 2.0, mask BCE 5.0, dice 5.0; no-object class weight 0.1)
     mf.DEEP_SUPERVISION = True
     mf.NO_OBJECT_WEIGHT = 0.1
+    # per-class weights of the classification CE, one per class (K values; empty: all 1), next to the no-object
+    # weight: criterion weights [w_0, ..., w_{K-1}, NO_OBJECT_WEIGHT] (class imbalance)
+    mf.PER_CLASS_CE_WEIGHTS = []
     mf.CLASS_WEIGHT = 2.0
     mf.DICE_WEIGHT = 5.0
     mf.MASK_WEIGHT = 5.0
@@ -71,6 +74,10 @@ def add_per_pixel_config(cfg) -> None:
     embedding dim E; SETR's decoder channels)}."""
     head = cfg.MODEL.SEM_SEG_HEAD
     head.DROPOUT = 0.1  # per-pixel heads: dropout (2d) before the classifier (SegFormer 0.1, SETR 0.0)
+    # per-pixel loss: per-class CE weights (K values; empty: all 1) and the focal variant's gamma (0: plain CE);
+    # loss = sum_i w[y_i] (1 - p_i)^gamma (-log p_i) / sum_i w[y_i] over non-ignored pixels (heads/inference.py)
+    head.PER_CLASS_CE_WEIGHTS = []
+    head.FOCAL_GAMMA = 0.0
     head.AUX_IN_FEATURES = []  # SETR Naive / PUP: backbone features with one auxiliary head each (layers 10/15/20)
     head.AUX_LOSS_WEIGHT = 0.4  # weight of each auxiliary head's CE loss (SETR 0.4)
     head.MLA_CHANNELS = 128  # SETR-MLA: channels of each level's up-sampling branch (concat = 4x this)
@@ -84,6 +91,14 @@ def add_per_pixel_config(cfg) -> None:
     pp.SLIDE_WINDOW.STRIDE = [341, 341]  # (h, w) step between windows
 
 
+def add_checkpoint_config(cfg) -> None:
+    """How MODEL.WEIGHTS initialises training (universal_seg.checkpoint.UniversalSegCheckpointer; loading is strict
+    otherwise): regular expressions (full match) of state-dict keys re-initialised instead of loaded, e.g.
+    ["sem_seg_head\\.predictor\\.class_embed\\..*"]. The class head of a checkpoint with another class count is
+    re-initialised without being listed."""
+    cfg.MODEL.REINIT_KEYS = []
+
+
 def add_universal_seg_config(cfg) -> None:
     """Adds every universal_seg key to a detectron2 config (call once, before merge_from_file)."""
     from .data.config import add_data_config
@@ -94,6 +109,7 @@ def add_universal_seg_config(cfg) -> None:
     from .modeling.transformer_decoder.structtoken.config import add_structtoken_config
 
     add_maskformer_config(cfg)
+    add_checkpoint_config(cfg)
     add_per_pixel_config(cfg)
     add_backbone_config(cfg)
     add_data_config(cfg)

@@ -108,7 +108,9 @@ class Trainer(DefaultTrainer):
             use_amp = False
         self._trainer = (AMPTrainer if use_amp else SimpleTrainer)(model, data_loader, optimizer)
         self.scheduler = self.build_lr_scheduler(cfg, optimizer)
-        self.checkpointer = UniversalSegCheckpointer(model, cfg.OUTPUT_DIR, trainer=weakref.proxy(self))
+        self.checkpointer = UniversalSegCheckpointer(
+            model, cfg.OUTPUT_DIR, fine_tune=True, reinit_keys=cfg.MODEL.REINIT_KEYS, trainer=weakref.proxy(self)
+        )
         self.start_iter = 0
         self.max_iter = cfg.SOLVER.MAX_ITER
         self.cfg = cfg

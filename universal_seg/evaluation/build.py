@@ -1,10 +1,12 @@
 """Inference-time evaluators chosen by a dataset's metadata ``evaluator_type``."""
 
+import functools
 import json
+import logging
 import os
 import tempfile
 
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.catalog import Metadata
 from detectron2.evaluation import (
     CityscapesInstanceEvaluator,
@@ -102,6 +104,41 @@ def _cityscapes_evaluators(cfg, name, etype, output_folder):
     return evaluators
 
 
+logger = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=16)
+def _held_out_notice(dataset_name: str, train_names: tuple) -> str:
+    return held_out_notice(dataset_name, train_names)
+
+
+def held_out_notice(dataset_name: str, train_names) -> str:
+    """One plain sentence saying whether the images of ``dataset_name`` were trained on (DATASETS.TRAIN
+    ``train_names``): all (training-set metrics), some, or none (held out). Compares image files (real paths);
+    build_evaluator computes it once per process and dataset pair."""
+
+    def files(name):
+        return {os.path.realpath(r["file_name"]) for r in DatasetCatalog.get(name)}
+
+    test = files(dataset_name)
+    train = set().union(*(files(n) for n in train_names)) if train_names else set()
+    shared = len(test & train)
+    if shared == len(test):
+        return (
+            f"The metrics of '{dataset_name}' are TRAINING-SET metrics: all {len(test)} of its images are in "
+            f"DATASETS.TRAIN {tuple(train_names)}; they do not measure generalisation."
+        )
+    if shared:
+        return (
+            f"The metrics of '{dataset_name}' mix training and held-out images: {shared} of its {len(test)} images "
+            f"are in DATASETS.TRAIN {tuple(train_names)}."
+        )
+    return (
+        f"The metrics of '{dataset_name}' are on held-out images: none of its {len(test)} images is in "
+        f"DATASETS.TRAIN {tuple(train_names)}."
+    )
+
+
 def build_evaluator(cfg, dataset_name, output_folder=None):
     """The evaluator(s) for ``dataset_name`` from its metadata ``evaluator_type``:
 
@@ -112,6 +149,12 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
     """
     meta = MetadataCatalog.get(dataset_name)
     etype = meta.get("evaluator_type", None)
+    if cfg.DATASETS.TRAIN:
+        try:
+            notice = _held_out_notice(dataset_name, tuple(cfg.DATASETS.TRAIN))
+        except (OSError, ValueError, KeyError) as err:  # the evaluation itself reports unloadable data
+            notice = f"Could not compare the images of '{dataset_name}' with DATASETS.TRAIN ({err})."
+        (logger.info if "held-out images" in notice else logger.warning)(notice)
     if etype == "sem_seg":
         evaluators = [SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)]
     elif etype == "coco":

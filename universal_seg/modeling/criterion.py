@@ -4,7 +4,7 @@ The criterion matches queries to targets with a matcher (see ``matcher.py``), th
 prediction and for every auxiliary (intermediate-layer) prediction:
 
 - ``loss_ce``: cross-entropy over K+1 classes for every query; unmatched queries target the no-object class
-  K, whose weight is ``eos_coef`` (all other classes weigh 1).
+  K, whose weight is ``eos_coef`` (class k weighs ``class_weights[k]``, default 1).
 - ``loss_mask`` / ``loss_dice``: sigmoid BCE and dice of matched queries on ``num_points`` points chosen by
   importance sampling of the predicted mask (PointRend), summed over masks and divided by the number of
   ground-truth masks in the batch averaged over workers.
@@ -97,6 +97,7 @@ class SetCriterion(nn.Module):
         num_points: int = 12544,
         oversample_ratio: float = 3.0,
         importance_sample_ratio: float = 0.75,
+        class_weights: Sequence[float] = (),
     ):
         super().__init__()
         unknown = [name for name in losses if name not in self.LOSS_NAMES]
@@ -115,7 +116,12 @@ class SetCriterion(nn.Module):
         self.num_points = num_points
         self.oversample_ratio = oversample_ratio
         self.importance_sample_ratio = importance_sample_ratio
-        empty_weight = torch.ones(num_classes + 1)
+        from .heads.inference import check_class_weights
+
+        # CE weights of the classes [K] (MODEL.MASK_FORMER.PER_CLASS_CE_WEIGHTS; all 1 by default) + no-object
+        empty_weight = torch.cat(
+            [check_class_weights(class_weights, num_classes, "MODEL.MASK_FORMER.PER_CLASS_CE_WEIGHTS"), torch.ones(1)]
+        )
         empty_weight[-1] = eos_coef
         # Persistent, like the official checkpoints' "criterion.empty_weight" [K+1], so their keys load cleanly.
         self.register_buffer("empty_weight", empty_weight)

@@ -1,10 +1,20 @@
 """Dataset registration. Importing this module registers every dataset under $DETECTRON2_DATASETS (default
-``./datasets``) without touching the disk; files are checked when a dataset is loaded (DatasetCatalog.get)."""
+``./datasets``) without touching the disk, except the converted datasets of ``custom/`` (their small
+``dataset.json`` manifests are read); files are checked when a dataset is loaded (DatasetCatalog.get).
+Your own data: :mod:`.custom` (``register_coco_instances``, ``register_coco_panoptic``,
+``register_semantic_folder``)."""
 
 from ._common import check_paths, dataset_root, register_checked  # noqa: F401  (public registration helpers)
 from .ade20k import register_all_ade20k
 from .cityscapes import register_all_cityscapes
 from .coco import register_all_coco
+from .custom import (  # noqa: F401  (public registration API for your own data)
+    register_all_custom,
+    register_coco_instances,
+    register_coco_panoptic,
+    register_manifest,
+    register_semantic_folder,
+)
 from .mapillary import register_all_mapillary_vistas
 from .mini import register_all_mini
 from .panoptic_json import load_panoptic_json  # noqa: F401  (public loader)
@@ -18,6 +28,7 @@ def register_all(root=None):
     register_all_cityscapes(root)
     register_all_mapillary_vistas(root)
     register_all_mini(root)
+    register_all_custom(root)
 
 
 register_all()

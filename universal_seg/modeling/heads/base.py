@@ -10,7 +10,7 @@ from detectron2.layers import ShapeSpec
 from torch import nn
 
 from .build import select_features
-from .inference import per_pixel_ce_loss
+from .inference import check_class_weights, per_pixel_ce_loss
 
 
 class DecodeHead(nn.Module):
@@ -59,7 +59,8 @@ class PerPixelHead(DecodeHead):
     - :meth:`build_classifier` / :meth:`classify` (dropout + 1x1 conv, :class:`DecodeHead`);
     - :meth:`losses`: per-pixel cross-entropy of the main logits (weight ``loss_weight``, MODEL.SEM_SEG_HEAD.
       LOSS_WEIGHT) and of each auxiliary output (its own weight), logits upsampled to the targets, ``ignore_label``
-      (MODEL.SEM_SEG_HEAD.IGNORE_VALUE) ignored.
+      (MODEL.SEM_SEG_HEAD.IGNORE_VALUE) ignored; per-class weights (PER_CLASS_CE_WEIGHTS) and the focal variant
+      (FOCAL_GAMMA > 0) as :func:`per_pixel_ce_loss` defines them.
 
     Subclasses set ``num_inputs`` (None: any number), ``inputs_description`` and ``inputs_example`` (for the error
     message) and ``has_aux_inputs``.
@@ -71,11 +72,27 @@ class PerPixelHead(DecodeHead):
     has_aux_inputs = False
     aux_inputs_note = ""
 
-    def __init__(self, *, num_classes: int, loss_weight: float = 1.0, ignore_label: int = 255):
+    def __init__(
+        self,
+        *,
+        num_classes: int,
+        loss_weight: float = 1.0,
+        ignore_label: int = 255,
+        class_weights: tuple[float, ...] = (),
+        focal_gamma: float = 0.0,
+    ):
         super().__init__()
         self.num_classes = num_classes
         self.loss_weight = loss_weight
         self.ignore_label = ignore_label
+        self.focal_gamma = float(focal_gamma)
+        if focal_gamma < 0:
+            raise ValueError(
+                f"MODEL.SEM_SEG_HEAD.FOCAL_GAMMA is {focal_gamma}; use 0 (cross-entropy) or a positive value."
+            )
+        # per-class CE weights [K] (config, not learned: kept out of the state dict)
+        weights = check_class_weights(class_weights, num_classes, "MODEL.SEM_SEG_HEAD.PER_CLASS_CE_WEIGHTS")
+        self.register_buffer("class_weights", weights, persistent=False)
 
     # --------------------------------------------------------------------------------------------- inputs
     @classmethod
@@ -115,7 +132,13 @@ class PerPixelHead(DecodeHead):
     def loss_config(cls, cfg) -> dict:
         """The base arguments: num_classes, loss_weight and ignore_label from MODEL.SEM_SEG_HEAD."""
         head = cfg.MODEL.SEM_SEG_HEAD
-        return {"num_classes": head.NUM_CLASSES, "loss_weight": head.LOSS_WEIGHT, "ignore_label": head.IGNORE_VALUE}
+        return {
+            "num_classes": head.NUM_CLASSES,
+            "loss_weight": head.LOSS_WEIGHT,
+            "ignore_label": head.IGNORE_VALUE,
+            "class_weights": tuple(head.PER_CLASS_CE_WEIGHTS),
+            "focal_gamma": head.FOCAL_GAMMA,
+        }
 
     def init_inputs(self, input_shape: dict[str, ShapeSpec], by_stride: bool = True) -> None:
         """``self.in_features`` (fine to coarse when ``by_stride``, else in ``input_shape``'s order) and
@@ -133,9 +156,11 @@ class PerPixelHead(DecodeHead):
     def losses(self, outputs: dict, targets: torch.Tensor) -> dict[str, torch.Tensor]:
         """outputs of :meth:`forward` and targets [B, H, W] long (``ignore_label`` ignored) -> weighted losses
         {"loss_sem_seg", "loss_sem_seg_aux{i}"}; logits are bilinearly upsampled to [H, W] first."""
+        options = {"class_weights": self.class_weights, "focal_gamma": self.focal_gamma}
         losses = {
-            "loss_sem_seg": self.loss_weight * per_pixel_ce_loss(outputs["sem_seg_logits"], targets, self.ignore_label)
+            "loss_sem_seg": self.loss_weight
+            * per_pixel_ce_loss(outputs["sem_seg_logits"], targets, self.ignore_label, **options)
         }
         for i, (logits, weight) in enumerate(outputs.get("aux_logits", [])):
-            losses[f"loss_sem_seg_aux{i}"] = weight * per_pixel_ce_loss(logits, targets, self.ignore_label)
+            losses[f"loss_sem_seg_aux{i}"] = weight * per_pixel_ce_loss(logits, targets, self.ignore_label, **options)
         return losses

@@ -78,8 +78,16 @@ class CGRSegHead(PerPixelHead):
         norm: str = "BN",
         loss_weight: float = 1.0,
         ignore_label: int = 255,
+        class_weights: tuple[float, ...] = (),
+        focal_gamma: float = 0.0,
     ):
-        super().__init__(num_classes=num_classes, loss_weight=loss_weight, ignore_label=ignore_label)
+        super().__init__(
+            num_classes=num_classes,
+            loss_weight=loss_weight,
+            ignore_label=ignore_label,
+            class_weights=class_weights,
+            focal_gamma=focal_gamma,
+        )
         self.init_inputs(input_shape)  # fine -> coarse
         rcm = dict(
             band_kernel_size=band_kernel_size, square_kernel_size=square_kernel_size, mlp_ratio=mlp_ratio, norm=norm

@@ -7,17 +7,53 @@ import torch
 import torch.nn.functional as F
 
 
-def per_pixel_ce_loss(logits: torch.Tensor, targets: torch.Tensor, ignore_label: int) -> torch.Tensor:
-    """Mean cross-entropy over the non-ignored pixels.
+def check_class_weights(weights, num_classes: int, key: str) -> torch.Tensor:
+    """float32 [num_classes] of the per-class weights ``weights`` (empty: all 1); raises ValueError naming ``key``
+    for a wrong length or a negative or non-finite weight."""
+    if len(weights) == 0:
+        return torch.ones(num_classes)
+    w = torch.tensor([float(v) for v in weights], dtype=torch.float32)
+    if len(w) != num_classes or not torch.isfinite(w).all() or (w < 0).any() or w.sum() <= 0:
+        raise ValueError(
+            f"{key} has {len(w)} values {list(weights)[:8]}; give one finite weight >= 0 per class "
+            f"({num_classes}, not all 0), or leave it empty for equal weights."
+        )
+    return w
 
-    logits [B, K, h, w] are bilinearly upsampled (align_corners=False) to the targets' size; targets [B, H, W] long.
-    A batch without any labelled pixel gives a zero loss that still reaches every logit (so backward works).
+
+def per_pixel_ce_loss(
+    logits: torch.Tensor,
+    targets: torch.Tensor,
+    ignore_label: int,
+    class_weights: torch.Tensor | None = None,
+    focal_gamma: float = 0.0,
+) -> torch.Tensor:
+    """Weighted mean (focal) cross-entropy over the non-ignored pixels i with target class y_i:
+
+        loss = sum_i w[y_i] (1 - p_i)^gamma (-log p_i) / sum_i w[y_i],   p_i = softmax(logits_i)[y_i]
+
+    w = ``class_weights`` [K] (None: all 1; with gamma 0 this is ``F.cross_entropy(weight=w)``), gamma =
+    ``focal_gamma`` (0: cross-entropy; Lin et al.'s focal loss otherwise). logits [B, K, h, w] are bilinearly
+    upsampled (align_corners=False) to the targets' size; targets [B, H, W] long. A batch without any labelled
+    pixel (or whose labelled pixels all have weight 0) gives a zero loss that still reaches every logit.
     """
     if logits.shape[-2:] != targets.shape[-2:]:
         logits = F.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
-    if not (targets != ignore_label).any():
+    valid = targets != ignore_label
+    if not valid.any():
         return logits.sum() * 0.0
-    return F.cross_entropy(logits, targets, ignore_index=ignore_label)
+    weight = None if class_weights is None else class_weights.to(device=logits.device, dtype=logits.dtype)
+    if focal_gamma == 0:
+        if weight is not None and weight[targets[valid]].sum() <= 0:
+            return logits.sum() * 0.0
+        return F.cross_entropy(logits, targets, weight=weight, ignore_index=ignore_label)
+    safe = torch.where(valid, targets, torch.zeros_like(targets))
+    log_p = F.log_softmax(logits, dim=1).gather(1, safe[:, None])[:, 0]  # [B, H, W]
+    w = valid.to(logits.dtype) if weight is None else weight[safe] * valid
+    if w.sum() <= 0:
+        return logits.sum() * 0.0
+    focal = (1 - log_p.exp()).clamp(min=0) ** focal_gamma * -log_p
+    return (w * focal).sum() / w.sum()
 
 
 def class_probabilities(logits: torch.Tensor) -> torch.Tensor:

@@ -60,9 +60,17 @@ class SegFormerHead(PerPixelHead):
         norm: str = "BN",
         loss_weight: float = 1.0,
         ignore_label: int = 255,
+        class_weights: tuple[float, ...] = (),
+        focal_gamma: float = 0.0,
         fused: bool = True,
     ):
-        super().__init__(num_classes=num_classes, loss_weight=loss_weight, ignore_label=ignore_label)
+        super().__init__(
+            num_classes=num_classes,
+            loss_weight=loss_weight,
+            ignore_label=ignore_label,
+            class_weights=class_weights,
+            focal_gamma=focal_gamma,
+        )
         self.init_inputs(input_shape)  # fine -> coarse
         for i, name in enumerate(self.in_features):
             self.add_module(f"linear_c{i + 1}", MLP(input_shape[name].channels, embed_dim))

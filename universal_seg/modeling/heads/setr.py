@@ -81,8 +81,16 @@ class _SETRUpBase(PerPixelHead):
         aux_loss_weight: float = 0.4,
         loss_weight: float = 1.0,
         ignore_label: int = 255,
+        class_weights: tuple[float, ...] = (),
+        focal_gamma: float = 0.0,
     ):
-        super().__init__(num_classes=num_classes, loss_weight=loss_weight, ignore_label=ignore_label)
+        super().__init__(
+            num_classes=num_classes,
+            loss_weight=loss_weight,
+            ignore_label=ignore_label,
+            class_weights=class_weights,
+            focal_gamma=focal_gamma,
+        )
         self.in_feature, self.aux_in_features, self.aux_loss_weight = in_feature, list(aux_in_features), aux_loss_weight
         self.decode_head = UpHead(input_shape[in_feature].channels, channels, num_classes, *self.MAIN, norm, dropout)
         self.auxiliary_head = nn.ModuleList(
@@ -198,8 +206,16 @@ class SETRMLAHead(PerPixelHead):
         aux_loss_weight: float = 0.4,
         loss_weight: float = 1.0,
         ignore_label: int = 255,
+        class_weights: tuple[float, ...] = (),
+        focal_gamma: float = 0.0,
     ):
-        super().__init__(num_classes=num_classes, loss_weight=loss_weight, ignore_label=ignore_label)
+        super().__init__(
+            num_classes=num_classes,
+            loss_weight=loss_weight,
+            ignore_label=ignore_label,
+            class_weights=class_weights,
+            focal_gamma=focal_gamma,
+        )
         self.init_inputs(input_shape, by_stride=False)
         self.aux_loss_weight = aux_loss_weight
         self.neck = MLANeck(self.in_channels, channels, norm)

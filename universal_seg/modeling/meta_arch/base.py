@@ -111,3 +111,27 @@ class SegmentorBase(nn.Module):
 
     def forward_inference(self, batched_inputs: list[dict], images: ImageList) -> list[dict]:
         raise NotImplementedError
+
+    # ------------------------------------------------------------------------------- checkpoint loading
+    def class_head_keys(self) -> list[str]:
+        """State-dict keys of the learned class head: the tensors whose first dimension is the class count (K,
+        or K + 1 with the no-object class). Fine-tuning a checkpoint with another class count re-initialises
+        exactly these (see :class:`universal_seg.checkpoint.UniversalSegCheckpointer`): every ``class_embed``
+        Linear of a mask-classification decoder and the 1x1 classifier of every per-pixel (auxiliary) head."""
+        from ..heads.base import DecodeHead
+
+        keys = []
+        for name, module in self.named_modules():
+            if isinstance(module, DecodeHead):
+                prefix = f"{name}.{module.classifier_name}"
+            elif name.endswith("class_embed") and isinstance(module, nn.Linear):
+                prefix = name
+            else:
+                continue
+            keys += [f"{prefix}.{p}" for p, _ in getattr(module, "classifier", module).named_parameters()]
+        return keys
+
+    def config_buffer_keys(self) -> list[str]:
+        """Persistent buffers computed from the config, never loaded from a checkpoint (they are in the official
+        checkpoints, so they stay in the state dict): the criterion's per-class CE weights ``empty_weight``."""
+        return [name for name, _ in self.named_buffers() if name == "criterion.empty_weight"]

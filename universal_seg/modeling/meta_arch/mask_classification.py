@@ -130,6 +130,7 @@ class UniversalSegmentor(SegmentorBase):
                 num_points=mf.TRAIN_NUM_POINTS,
                 oversample_ratio=mf.OVERSAMPLE_RATIO,
                 importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO,
+                class_weights=tuple(mf.PER_CLASS_CE_WEIGHTS),
             ),
             "num_queries": mf.NUM_OBJECT_QUERIES,
             "object_mask_threshold": test.OBJECT_MASK_THRESHOLD,

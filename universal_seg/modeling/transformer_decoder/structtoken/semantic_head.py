@@ -55,8 +55,16 @@ class StructTokenHead(PerPixelHead):
         pixel_decoder: nn.Module | None = None,
         loss_weight: float = 1.0,
         ignore_label: int = 255,
+        class_weights: tuple[float, ...] = (),
+        focal_gamma: float = 0.0,
     ):
-        super().__init__(num_classes=num_classes, loss_weight=loss_weight, ignore_label=ignore_label)
+        super().__init__(
+            num_classes=num_classes,
+            loss_weight=loss_weight,
+            ignore_label=ignore_label,
+            class_weights=class_weights,
+            focal_gamma=focal_gamma,
+        )
         self.in_feature = in_feature
         self.pixel_decoder = pixel_decoder
         self.input_proj = nn.Conv2d(in_channels, channels, 1)

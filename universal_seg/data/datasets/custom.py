@@ -1,0 +1,323 @@
+"""Registering your own data: one call per dataset, in COCO instance, COCO panoptic or semantic-folder format.
+
+Each ``register_*`` checks its paths when called (one FileNotFoundError naming the path) and its categories
+(unique ids and names); the annotations are read and checked against the categories when the dataset is first
+loaded (``DatasetCatalog.get``: training, evaluation, ``tools/check_dataset.py``), each problem one ValueError
+naming the file and the fix. Registering a name again replaces it. Example (runnable on the bundled data)::
+
+    from universal_seg.data import register_coco_instances, register_coco_panoptic, register_semantic_folder
+    from universal_seg.data.datasets.categories.mini import VOC_CLASS_NAMES
+
+    register_coco_panoptic(
+        "voc3_panoptic", image_root="datasets/mini/images", panoptic_root="datasets/mini/panoptic",
+        panoptic_json="datasets/mini/panoptic_train.json", semantic_root="datasets/mini/semantic",
+    )  # categories (with isthing) from the JSON
+    register_coco_instances(
+        "voc3_instance", image_root="datasets/mini/images", json_file="datasets/mini/instances_train.json"
+    )
+    register_semantic_folder(
+        "voc3_sem_seg", image_root="datasets/mini/images", label_root="datasets/mini/semantic",
+        class_names=VOC_CLASS_NAMES, ignore_label=255,
+    )
+    # tools/check_dataset.py voc3_panoptic --register this_file.py; train from your own script with
+    # DATASETS.TRAIN ("voc3_panoptic",) after these calls (tests/test_own_data.py runs this example)
+
+Folders written by ``datasets/convert_*.py`` carry a ``dataset.json`` manifest; with the folder under
+``$DETECTRON2_DATASETS/custom/`` its splits are registered by ``import universal_seg.data`` (no code needed):
+``<name>_panoptic_<split>`` (with semantic labels: also ``<name>_panoptic_<split>_with_sem_seg``),
+``<name>_instance_<split>`` and ``<name>_sem_seg_<split>``. See :func:`register_manifest`.
+
+Categories: a list of ``{"id": int, "name": str, "isthing": 0/1, "color": [r, g, b]}`` (``isthing`` and
+``color`` optional: things by default, colours from a fixed palette), or None to take the JSON's ``categories``.
+Contiguous ids (what the model predicts) follow the list's order.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+
+from detectron2.data.datasets import load_coco_json
+
+from ._common import instance_metadata, panoptic_metadata, register_checked, semantic_metadata
+from .panoptic_json import load_panoptic_json
+
+logger = logging.getLogger(__name__)
+_HINT = "pass the right path"
+
+
+def _palette(i: int) -> list[int]:
+    """A fixed, well-spread colour for category index i (PASCAL VOC's bit-interleaved palette)."""
+    r = g = b = 0
+    c = i + 1
+    for j in range(8):
+        r |= ((c >> 0) & 1) << (7 - j)
+        g |= ((c >> 1) & 1) << (7 - j)
+        b |= ((c >> 2) & 1) << (7 - j)
+        c >>= 3
+    return [r, g, b]
+
+
+def _check_exists(name: str, **paths) -> None:
+    for what, path in paths.items():
+        if path is not None and not os.path.exists(path):
+            raise FileNotFoundError(f"register '{name}': {what} '{path}' does not exist; {_HINT}.")
+
+
+def normalise_categories(name: str, categories, default_isthing: int = 1) -> list[dict]:
+    """Checked copies of ``categories`` with ``isthing`` and ``color`` filled in (see the module docstring)."""
+    if not categories:
+        raise ValueError(f"register '{name}': the category list is empty; give at least one category.")
+    out = []
+    for i, c in enumerate(categories):
+        if "id" not in c or "name" not in c:
+            raise ValueError(f"register '{name}': category {c} needs an 'id' and a 'name'.")
+        out.append(
+            {
+                "id": int(c["id"]),
+                "name": str(c["name"]),
+                "isthing": int(c.get("isthing", default_isthing)),
+                "color": list(c.get("color") or _palette(i)),
+            }
+        )
+    for key in ("id", "name"):
+        values = [c[key] for c in out]
+        dupes = sorted({v for v in values if values.count(v) > 1}, key=str)
+        if dupes:
+            raise ValueError(f"register '{name}': category {key}s {dupes} appear more than once; make them unique.")
+    return out
+
+
+def _json_categories(name: str, json_file: str) -> list[dict]:
+    with open(json_file) as f:
+        data = json.load(f)
+    if "categories" not in data:
+        raise ValueError(f"register '{name}': '{json_file}' has no 'categories'; pass categories=[...].")
+    return data["categories"]
+
+
+def load_coco_instances_checked(json_file: str, image_root: str, id_map: dict[int, int]) -> list[dict]:
+    """detectron2's COCO reader, then every annotation's category id mapped to its contiguous id; an id outside
+    ``id_map`` (the registered categories) is a ValueError naming the file."""
+    records = load_coco_json(json_file, image_root, None)
+    if not records:
+        raise ValueError(f"'{json_file}' has no images; check the file.")
+    for record in records:
+        for ann in record.get("annotations", []):
+            if ann["category_id"] not in id_map:
+                raise ValueError(
+                    f"'{json_file}': image '{os.path.basename(record['file_name'])}' has an annotation of category "
+                    f"id {ann['category_id']}, which is not among the registered categories {sorted(id_map)}; add "
+                    "it to the categories or fix the annotation."
+                )
+            ann["category_id"] = id_map[ann["category_id"]]
+    return records
+
+
+def register_coco_instances(name: str, *, image_root: str, json_file: str, categories=None) -> None:
+    """Register a COCO instance-segmentation dataset (``json_file`` with polygons or RLE, images under
+    ``image_root``) as ``name``; evaluated with COCO mask AP. ``categories``: see the module docstring (all
+    things)."""
+    _check_exists(name, image_root=image_root, json_file=json_file)
+    cats = normalise_categories(name, categories if categories is not None else _json_categories(name, json_file))
+    for c in cats:
+        c["isthing"] = 1
+    meta = instance_metadata(cats)
+    register_checked(
+        name,
+        lambda: load_coco_instances_checked(json_file, image_root, meta["thing_dataset_id_to_contiguous_id"]),
+        [json_file, image_root],
+        _HINT,
+        image_root=image_root,
+        json_file=json_file,
+        evaluator_type="coco",
+        **meta,
+    )
+
+
+def register_coco_panoptic(
+    name: str,
+    *,
+    image_root: str,
+    panoptic_root: str,
+    panoptic_json: str,
+    categories=None,
+    semantic_root: str | None = None,
+    instances_json: str | None = None,
+) -> None:
+    """Register a COCO-panoptic dataset (PNGs under ``panoptic_root`` + ``panoptic_json``) as ``name``; evaluated
+    with PQ, plus mIoU when ``semantic_root`` (label PNGs named as the panoptic PNGs, value = contiguous id, 255
+    ignore) is given, plus mask AP when ``instances_json`` (COCO instances of the things) is given. Categories
+    need ``isthing`` (default: from the JSON)."""
+    _check_exists(
+        name,
+        image_root=image_root,
+        panoptic_root=panoptic_root,
+        panoptic_json=panoptic_json,
+        semantic_root=semantic_root,
+        instances_json=instances_json,
+    )
+    cats = normalise_categories(name, categories if categories is not None else _json_categories(name, panoptic_json))
+    meta = panoptic_metadata(cats)
+    extra = {"sem_seg_root": semantic_root} if semantic_root else {}
+    if instances_json:
+        extra["json_file"] = instances_json
+    register_checked(
+        name,
+        lambda: load_panoptic_json(panoptic_json, image_root, panoptic_root, semantic_root, meta),
+        [panoptic_json, panoptic_root, image_root] + ([semantic_root] if semantic_root else []),
+        _HINT,
+        image_root=image_root,
+        panoptic_root=panoptic_root,
+        panoptic_json=panoptic_json,
+        evaluator_type="coco_panoptic_seg",
+        **extra,
+        **meta,
+    )
+
+
+def load_semantic_folder(image_root: str, label_root: str, image_ext: str, label_ext: str) -> list[dict]:
+    """Pairs ``image_root/<stem><image_ext>`` with ``label_root/<stem><label_ext>`` (sorted by stem); an image
+    without a label or a label without an image is a ValueError naming them."""
+    images = {os.path.splitext(f)[0] for f in os.listdir(image_root) if f.endswith(image_ext)}
+    labels = {os.path.splitext(f)[0] for f in os.listdir(label_root) if f.endswith(label_ext)}
+    for missing, have, where in ((images - labels, image_root, label_root), (labels - images, label_root, image_root)):
+        if missing:
+            examples = ", ".join(sorted(missing)[:5])
+            raise ValueError(
+                f"{len(missing)} files of '{have}' have no counterpart in '{where}' (e.g. {examples}); pair every "
+                f"image{image_ext} with a label{label_ext} of the same name."
+            )
+    if not images:
+        raise ValueError(f"'{image_root}' holds no '*{image_ext}' images; check image_root and image_ext.")
+    return [
+        {
+            "file_name": os.path.join(image_root, stem + image_ext),
+            "sem_seg_file_name": os.path.join(label_root, stem + label_ext),
+            "image_id": stem,
+        }
+        for stem in sorted(images)
+    ]
+
+
+def register_semantic_folder(
+    name: str,
+    *,
+    image_root: str,
+    label_root: str,
+    class_names: list[str],
+    ignore_label: int = 255,
+    image_ext: str = ".jpg",
+    label_ext: str = ".png",
+) -> None:
+    """Register a semantic-segmentation dataset as ``name``: images ``image_root/<stem><image_ext>``, label PNGs
+    ``label_root/<stem><label_ext>`` whose pixel value is the class index into ``class_names`` (0..K-1) or
+    ``ignore_label`` (not trained on, not evaluated); evaluated with mIoU."""
+    _check_exists(name, image_root=image_root, label_root=label_root)
+    cats = normalise_categories(name, [{"id": i, "name": n} for i, n in enumerate(class_names)])
+    if 0 <= ignore_label < len(cats):
+        raise ValueError(
+            f"register '{name}': ignore_label {ignore_label} is the value of class '{cats[ignore_label]['name']}'; "
+            f"pick a value outside 0..{len(cats) - 1} (usually 255)."
+        )
+    register_checked(
+        name,
+        lambda: load_semantic_folder(image_root, label_root, image_ext, label_ext),
+        [image_root, label_root],
+        _HINT,
+        image_root=image_root,
+        sem_seg_root=label_root,
+        evaluator_type="sem_seg",
+        **semantic_metadata(cats, ignore_label),
+    )
+
+
+MANIFEST = "dataset.json"
+
+
+def register_manifest(folder: str) -> list[str]:
+    """Register the splits of a converted dataset folder from its ``dataset.json`` (written by
+    ``datasets/convert_*.py``): ``{"name", "categories", "ignore_label", "splits": {split: {"images",
+    "panoptic_root", "panoptic_json", "semantic_root", "instances_json"}}}`` (paths relative to ``folder``; a
+    missing entry skips that format). Returns the registered names."""
+    with open(os.path.join(folder, MANIFEST)) as f:
+        manifest = json.load(f)
+    base, cats, names = manifest["name"], manifest["categories"], []
+
+    def path(split: dict, key: str):
+        return os.path.join(folder, split[key]) if split.get(key) else None
+
+    for split_name, split in manifest["splits"].items():
+        images = path(split, "images")
+        if split.get("panoptic_json"):
+            for suffix, sem in (("", None), ("_with_sem_seg", path(split, "semantic_root"))):
+                if suffix and not sem:
+                    continue
+                names.append(f"{base}_panoptic_{split_name}{suffix}")
+                register_coco_panoptic(
+                    names[-1],
+                    image_root=images,
+                    panoptic_root=path(split, "panoptic_root"),
+                    panoptic_json=path(split, "panoptic_json"),
+                    categories=cats,
+                    semantic_root=sem,
+                    instances_json=path(split, "instances_json"),
+                )
+        if split.get("instances_json") and any(c["isthing"] for c in cats):
+            names.append(f"{base}_instance_{split_name}")
+            register_coco_instances(
+                names[-1],
+                image_root=images,
+                json_file=path(split, "instances_json"),
+                categories=[c for c in cats if c["isthing"]],
+            )
+        if split.get("semantic_root"):
+            names.append(f"{base}_sem_seg_{split_name}")
+            register_checked(
+                names[-1],
+                lambda r=path(split, "semantic_root"), j=path(split, "panoptic_json"), i=images: _semantic_records(
+                    j, i, r
+                ),
+                [path(split, "semantic_root"), images],
+                f"re-run the converter that wrote {folder}",
+                image_root=images,
+                sem_seg_root=path(split, "semantic_root"),
+                evaluator_type="sem_seg",
+                **semantic_metadata(normalise_categories(base, cats), manifest.get("ignore_label", 255)),
+            )
+    return names
+
+
+def _semantic_records(panoptic_json: str, image_root: str, semantic_root: str) -> list[dict]:
+    """Semantic records of a converted split: its images (from the split's JSON) and their label PNGs."""
+    with open(panoptic_json) as f:
+        data = json.load(f)
+    return [
+        {
+            "file_name": os.path.join(image_root, img["file_name"]),
+            "sem_seg_file_name": os.path.join(semantic_root, os.path.splitext(img["file_name"])[0] + ".png"),
+            "image_id": img["id"],
+            "height": img["height"],
+            "width": img["width"],
+        }
+        for img in data["images"]
+    ]
+
+
+def register_all_custom(root: str) -> list[str]:
+    """Register every converted dataset folder ``root/custom/<folder>/`` that holds a ``dataset.json`` (reads the
+    directory listing and the small manifests; annotations are read when a dataset is used). A folder whose
+    manifest cannot be registered is reported in one warning naming it and the reason, and skipped."""
+    custom = os.path.join(root, "custom")
+    if not os.path.isdir(custom):
+        return []
+    names = []
+    for entry in sorted(os.listdir(custom)):
+        folder = os.path.join(custom, entry)
+        if os.path.isfile(os.path.join(folder, MANIFEST)):
+            try:
+                names += register_manifest(folder)
+            except (OSError, ValueError, KeyError, TypeError) as err:
+                logger.warning("Not registering '%s' (%s: %s); re-run its converter.", folder, type(err).__name__, err)
+    return names

@@ -251,3 +251,47 @@ def test_train_loader_rejects_an_unknown_mapper_name():
     cfg = tiny_cfg(None, "INPUT.DATASET_MAPPER_NAME", "no_such_mapper")
     with pytest.raises(KeyError, match="DATASET_MAPPER_NAME='no_such_mapper' is unknown"):
         Trainer.build_train_loader(cfg)
+
+
+@needs_mini
+def test_test_time_augmentation_with_one_view_equals_plain_evaluation(tmp_path):
+    """TEST.AUG with one size (the test size) and no flip is one view of the same image: its mIoU must equal the
+    plain evaluation's (the flip itself is tested in test_evaluation_build.py); a model without semantic output
+    is refused before any work, and TEST.AUG.ENABLED puts the TTA evaluation into the trainer's hooks."""
+    from detectron2.engine import hooks
+
+    from universal_seg.engine.trainer import check_tta_config
+
+    cfg = tiny_cfg(
+        tmp_path,
+        "DATASETS.TEST",
+        "('mini_panoptic_val_with_sem_seg',)",
+        "INPUT.MIN_SIZE_TEST",
+        "128",
+        "INPUT.MAX_SIZE_TEST",
+        "256",
+        "TEST.AUG.MIN_SIZES",
+        "(128,)",
+        "TEST.AUG.MAX_SIZE",
+        "256",
+        "TEST.AUG.FLIP",
+        "False",
+        "MODEL.MASK_FORMER.TEST.PANOPTIC_ON",
+        "False",
+        "MODEL.MASK_FORMER.TEST.INSTANCE_ON",
+        "False",
+    )
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    plain = Trainer.test(cfg, model)
+    tta = Trainer.test_with_TTA(cfg, model)
+    assert set(tta) == {"sem_seg_TTA", "data"}
+    assert tta["sem_seg_TTA"]["mIoU"] == pytest.approx(plain["sem_seg"]["mIoU"], abs=1e-9)
+
+    cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON, cfg.MODEL.MASK_FORMER.TEST.PANOPTIC_ON = False, True
+    with pytest.raises(ValueError, match="does not output it"):
+        check_tta_config(cfg)
+    cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON, cfg.TEST.AUG.ENABLED, cfg.SOLVER.MAX_ITER = True, True, 1
+    cfg.DATASETS.TRAIN = ("mini_panoptic_train",)
+    trainer = Trainer(cfg)
+    assert sum(isinstance(h, hooks.EvalHook) for h in trainer._hooks) == 2  # the plain one and the TTA one

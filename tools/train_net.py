@@ -59,6 +59,11 @@ def main(args):
         except (CheckpointMismatchError, CheckpointUnreadableError) as err:
             sys.exit(f"error: {err}")
         res = Trainer.test(cfg, model)
+        if cfg.TEST.AUG.ENABLED:
+            try:
+                res.update(Trainer.test_with_TTA(cfg, model))
+            except ValueError as err:
+                sys.exit(f"error: {err}")
         if comm.is_main_process():
             verify_results(cfg, res)
         return res

@@ -12,6 +12,7 @@ from universal_seg's config keys.
 
 import difflib
 import logging
+import os
 import random
 import warnings
 import weakref
@@ -20,7 +21,7 @@ from collections import OrderedDict
 import numpy as np
 import torch
 import yaml
-from detectron2.data import DatasetCatalog, build_detection_test_loader, get_detection_dataset_dicts
+from detectron2.data import DatasetCatalog, MetadataCatalog, build_detection_test_loader, get_detection_dataset_dicts
 from detectron2.engine import AMPTrainer, DefaultTrainer, SimpleTrainer, hooks
 from detectron2.engine.train_loop import TrainerBase
 from detectron2.evaluation import DatasetEvaluator, inference_on_dataset, print_csv_format
@@ -36,6 +37,27 @@ logger = logging.getLogger(__name__)
 
 # solver settings a resume cannot apply (the saved optimizer state has another form): refused when changed
 _UNCHANGEABLE_ON_RESUME = ("OPTIMIZER",)
+
+
+def check_tta_config(cfg) -> None:
+    """TEST.AUG.ENABLED averages semantic outputs: the model must output semantic segmentation and every test
+    dataset must have semantic ground truth (ValueError naming the fix, before any work)."""
+    from ..modeling.meta_arch import output_tasks
+
+    if "semantic" not in output_tasks(cfg):
+        raise ValueError(
+            "TEST.AUG.ENABLED averages semantic segmentation over augmented views, but this model does not output "
+            "it; enable MODEL.MASK_FORMER.TEST.SEMANTIC_ON or turn TEST.AUG.ENABLED off."
+        )
+    if not cfg.TEST.AUG.MIN_SIZES:
+        raise ValueError("TEST.AUG.ENABLED needs at least one size in TEST.AUG.MIN_SIZES.")
+    for name in cfg.DATASETS.TEST:
+        meta = MetadataCatalog.get(name)
+        if not meta.get("sem_seg_root", None) and meta.get("evaluator_type", None) != "sem_seg":
+            raise ValueError(
+                f"TEST.AUG.ENABLED evaluates semantic segmentation, but test dataset {name!r} has no semantic "
+                "ground truth (sem_seg_root); use its '_with_sem_seg' variant or turn TEST.AUG.ENABLED off."
+            )
 
 
 def check_dataset_names(cfg) -> None:
@@ -117,14 +139,20 @@ class Trainer(DefaultTrainer):
         self.register_hooks(self.build_hooks())
 
     def build_hooks(self):
-        """DefaultTrainer's hooks, with the periodic checkpointer keeping SOLVER.CHECKPOINT_MAX_TO_KEEP files."""
-        built = super().build_hooks()
-        return [
+        """DefaultTrainer's hooks, with the periodic checkpointer keeping SOLVER.CHECKPOINT_MAX_TO_KEEP files, and
+        with TEST.AUG.ENABLED a test-time-augmented evaluation after the last iteration (before the writers, so its
+        "*_TTA" metrics reach metrics.json)."""
+        built = [
             CheckpointHook(self.checkpointer, self.cfg.SOLVER.CHECKPOINT_PERIOD, self.cfg.SOLVER.CHECKPOINT_MAX_TO_KEEP)
             if isinstance(h, hooks.PeriodicCheckpointer)
             else h
-            for h in built
+            for h in super().build_hooks()
         ]
+        if self.cfg.TEST.AUG.ENABLED:
+            check_tta_config(self.cfg)
+            writers = next((i for i, h in enumerate(built) if isinstance(h, hooks.PeriodicWriter)), len(built))
+            built.insert(writers, hooks.EvalHook(0, lambda: self.test_with_TTA(self.cfg, self.model)))
+        return built
 
     def resume_or_load(self, resume: bool = True) -> None:
         """Resume from the newest intact checkpoint of OUTPUT_DIR (``resume``), else load MODEL.WEIGHTS."""
@@ -307,6 +335,31 @@ class Trainer(DefaultTrainer):
         from ..evaluation import build_evaluator
 
         return build_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def test_with_TTA(cls, cfg, model):
+        """Semantic test-time augmentation (TEST.AUG: shortest edges MIN_SIZES capped at MAX_SIZE, + horizontal flip
+        with FLIP) on every DATASETS.TEST dataset: the model's class probabilities averaged over the views
+        (:class:`SemanticSegmentorWithTTA`), scored by detectron2's SemSegEvaluator; metrics named "<task>_TTA"."""
+        from detectron2.evaluation import SemSegEvaluator
+
+        from ..evaluation import SemanticSegmentorWithTTA
+
+        check_tta_config(cfg)
+        model = model.module if isinstance(model, DistributedDataParallel) else model
+        output_dir = os.path.join(cfg.OUTPUT_DIR, "inference_TTA")
+        evaluators = [SemSegEvaluator(name, distributed=True, output_dir=output_dir) for name in cfg.DATASETS.TEST]
+        logger.info(
+            f"Running semantic test-time augmentation: sizes {list(cfg.TEST.AUG.MIN_SIZES)}, flip {cfg.TEST.AUG.FLIP}"
+        )
+        res = cls.test(cfg, SemanticSegmentorWithTTA(cfg, model), evaluators)
+
+        def renamed(r):  # the image counts ("data") are the same as the plain evaluation's
+            return OrderedDict((k if k == "data" else f"{k}_TTA", v) for k, v in r.items())
+
+        if len(cfg.DATASETS.TEST) == 1:
+            return renamed(res)
+        return OrderedDict((name, renamed(r)) for name, r in res.items())
 
     @classmethod
     def test(cls, cfg, model, evaluators=None):

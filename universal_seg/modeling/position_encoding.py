@@ -29,10 +29,11 @@ class PositionEmbeddingSine(nn.Module):
         padding. Returns [B, 2 * num_pos_feats, H, W] in x's dtype.
 
         Without a mask the encoding depends only on (H, W): it is computed once per size, device and dtype and
-        returned expanded over the batch (read-only: do not modify it in place).
+        returned expanded over the batch (read-only: do not modify it in place). Traced, compiled or exported
+        (symbolic sizes) it is computed in the graph instead.
         """
         B, _, H, W = x.shape
-        if mask is None and not torch.jit.is_tracing():
+        if mask is None and not (torch.jit.is_tracing() or torch.compiler.is_compiling()):
             return _cached_encoding(
                 self.num_pos_feats, self.temperature, self.normalize, self.scale, H, W, x.device, x.dtype
             ).expand(B, -1, -1, -1)
@@ -45,8 +46,9 @@ class PositionEmbeddingSine(nn.Module):
         x_embed = not_mask.cumsum(2, dtype=torch.float32)
         if self.normalize:
             eps = 1e-6
-            y_embed = y_embed / (y_embed[:, -1:, :] + eps) * self.scale
-            x_embed = x_embed / (x_embed[:, :, -1:] + eps) * self.scale
+            # the last row / column by select, not a [-1:] slice: an exporter then knows its size is 1
+            y_embed = y_embed / (y_embed[:, -1].unsqueeze(1) + eps) * self.scale
+            x_embed = x_embed / (x_embed[:, :, -1].unsqueeze(2) + eps) * self.scale
         dim_t = torch.arange(self.num_pos_feats, dtype=torch.float32, device=x.device)
         dim_t = self.temperature ** (2 * torch.div(dim_t, 2, rounding_mode="floor") / self.num_pos_feats)
         pos_x = x_embed[..., None] / dim_t

@@ -101,7 +101,12 @@ def panoptic_postprocess(
     segment_of_query = np.zeros(n + 1, dtype=np.int32)  # kept query -> segment id (0: dropped / none)
     stuff_ids: Dict[int, int] = {}
     for k in range(n):
-        won, original, segment, category = int(won_area[k]), int(own_area[k]), int(segment_area[k]), int(labels[kept[k]])
+        won, original, segment, category = (
+            int(won_area[k]),
+            int(own_area[k]),
+            int(segment_area[k]),
+            int(labels[kept[k]]),
+        )
         if won == 0 or original == 0 or segment == 0 or won / original < overlap_threshold:
             continue
         isthing = category in thing_ids

@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .modeling.heads import PerPixelHead
 from .modeling.postprocess import semantic_inference
 from .ops.ms_deform_attn_function import opmath_dtype
 from .ops.ms_deform_attn_layer import use_ms_deform_attn_op
@@ -191,9 +192,14 @@ class OnnxExportWrapper(nn.Module):
 
     def __init__(self, model: nn.Module, normalized_input: bool = False):
         super().__init__()
+        if getattr(model, "slide_window", None) is not None:
+            raise ValueError(
+                "the model runs sliding-window inference (MODEL.SEM_SEG_HEAD.SLIDE_WINDOW.ENABLED), which the "
+                "exported graph does not: set MODEL.SEM_SEG_HEAD.SLIDE_WINDOW.ENABLED False to export the "
+                "whole-image model (and run windows around it)."
+            )
         self.semantic = SemanticSegmentationWrapper(model, normalized_input)
-        head = model.sem_seg_head
-        self.mask_classification = not hasattr(head, "ignore_label")  # per-pixel heads (PerPixelHead) have one
+        self.mask_classification = not isinstance(model.sem_seg_head, PerPixelHead)
         self.output_names = MASK_CLASSIFICATION_OUTPUTS if self.mask_classification else PER_PIXEL_OUTPUTS
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:

@@ -216,3 +216,15 @@ def test_sliding_window_model_is_refused():
     ).eval()
     with pytest.raises(ValueError, match="SLIDE_WINDOW.ENABLED False"):
         OnnxExportWrapper(model)
+
+
+@pytest.mark.parametrize(
+    "size_in, size_out", [((8, 10), (4, 5)), ((7, 13), (3, 4)), ((5, 6), (5, 6)), ((1, 3), (1, 2))]
+)
+def test_adaptive_pool_by_matrices_equals_adaptive_avg_pool2d(size_in, size_out):
+    """CGRSeg's exportable adaptive pooling has PyTorch's bins, also when they overlap (sizes not divisible)."""
+    from universal_seg.modeling.heads.cgrseg_modules import adaptive_avg_pool2d_by_matrices
+
+    x = torch.randn(2, 3, *size_in, generator=torch.Generator().manual_seed(0))
+    expected = torch.nn.functional.adaptive_avg_pool2d(x, size_out)
+    torch.testing.assert_close(adaptive_avg_pool2d_by_matrices(x, size_out), expected, atol=1e-6, rtol=1e-6)

@@ -154,6 +154,10 @@ def test_mini_mask2former_onnx_equals_eager(mini_export, check):
     assert segments_seen > 0
 
 
+# CGRSeg pools the 1/32 level to half its size: sizes where that is at least 2 (an example size whose derived sizes
+# are 1 lets the exporter fix them)
+PER_PIXEL_EXAMPLE = (128, 160)
+PER_PIXEL_CHECKS = [(1, 128, 160), (2, 152, 117)]
 PER_PIXEL = {
     "segformer_b0": "configs/ade20k/semantic/segformer_b0.yaml",
     "cgrseg_t": "configs/ade20k/semantic/cgrseg_t.yaml",
@@ -166,9 +170,9 @@ def test_per_pixel_onnx_equals_eager(name, tmp_path):
     torch.manual_seed(0)
     model = build_model(load_cfg(PER_PIXEL[name])).eval()
     path = str(tmp_path / f"{name}.onnx")
-    export_onnx(model, path, EXAMPLE)
+    export_onnx(model, path, PER_PIXEL_EXAMPLE)
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
-    for batch, height, width in CHECKS:
+    for batch, height, width in PER_PIXEL_CHECKS:
         images = _images(batch, height, width, seed=width)
         got = _run(session, images)
         with torch.no_grad():
@@ -181,23 +185,26 @@ def test_per_pixel_onnx_equals_eager(name, tmp_path):
 
 
 def test_r50_mask2former_onnx_equals_eager(tmp_path):
-    """Mask2Former R50 (COCO panoptic config, 100 queries, 133 classes) at a small size: semantic scores and map
-    equal the eager model's at two sizes."""
+    """Mask2Former R50 (COCO panoptic config, 100 queries, 133 classes) at a small size, two sizes: every output
+    equals PyTorch eager on the same path (OnnxExportWrapper, compiled MSDeformAttn, standard memory layout).
+
+    Compared with the meta-architecture itself (channels-last on the CPU) the untrained R50's scores differ by up
+    to 1e-3: its many near-zero mask logits flip the decoder's thresholded attention masks (logit < 0) under
+    last-bit differences of the layout; the mini model above is compared with the meta-architecture directly."""
     torch.manual_seed(0)
     model = build_model(load_cfg("configs/coco/panoptic/m2f_r50.yaml")).eval()
     path = str(tmp_path / "r50.onnx")
-    export_onnx(model, path, EXAMPLE)
+    wrapper = export_onnx(model, path, EXAMPLE)
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     for batch, height, width in CHECKS:
         images = _images(batch, height, width, seed=batch)
         got = _run(session, images)
         with torch.no_grad():
-            eager = model([{"image": im} for im in images])
-            pred_logits = OnnxExportWrapper(model)(images)[0]
-        np.testing.assert_allclose(got["pred_logits"], pred_logits.numpy(), atol=TOL, rtol=TOL)
-        for i, result in enumerate(eager):
-            np.testing.assert_allclose(got["sem_seg"][i], result["sem_seg"].numpy(), atol=TOL, rtol=TOL)
-            np.testing.assert_array_equal(got["sem_seg_map"][i], result["sem_seg"].argmax(0).numpy())
+            expected = dict(zip(wrapper.output_names, wrapper(images)))
+        assert got["pred_logits"].shape == (batch, 100, 134)
+        for name in ("pred_logits", "pred_masks", "mask_logits", "sem_seg"):
+            np.testing.assert_allclose(got[name], expected[name].numpy(), atol=TOL, rtol=TOL, err_msg=name)
+        np.testing.assert_array_equal(got["sem_seg_map"], expected["sem_seg_map"].numpy())
 
 
 def test_sliding_window_model_is_refused():

@@ -83,7 +83,7 @@ def test_numpy_postprocess_equals_torch_postprocess(seed):
     g = torch.Generator().manual_seed(seed)
     Q, K, H, W = 12, 8, 24, 30
     pred_logits = torch.randn(Q, K + 1, generator=g)
-    pred_logits[: Q // 2, : K] += 6 * torch.rand(Q // 2, K, generator=g)  # some queries above the threshold
+    pred_logits[: Q // 2, :K] += 6 * torch.rand(Q // 2, K, generator=g)  # some queries above the threshold
     # smooth blobs (a coarse random grid upsampled), so that segments survive the overlap rule
     coarse = torch.randn(1, Q, 4, 5, generator=g) * 4
     mask_logits = torch.nn.functional.interpolate(coarse, size=(H, W), mode="bilinear", align_corners=False)[0]

@@ -1,13 +1,23 @@
 #!/usr/bin/env python
-"""Export the semantic-segmentation path of a model to TorchScript (traced at one fixed input size).
+"""Export a model to TorchScript (semantic scores, traced at one fixed input size) or ONNX (dynamic batch and size).
 
     python tools/export_model.py --config-file configs/coco/panoptic/m2f_r50.yaml --format torchscript \\
         --output model.ts --size 512 512 MODEL.WEIGHTS model_final.pkl
+    python tools/export_model.py --config-file configs/mini/panoptic/m2f_r18.yaml --format onnx \\
+        --output model.onnx --size 256 320 MODEL.WEIGHTS output/mini_panoptic_m2f_r18/model_final.pth
 
-The exported module maps an image [1, 3, H, W] float32 (pixel values 0..255 in INPUT.FORMAT channel order, or
+TorchScript: the module maps an image [1, 3, H, W] float32 (pixel values 0..255 in INPUT.FORMAT channel order, or
 already normalised with --normalized-input) to semantic scores [1, K, H, W] (the model's "sem_seg"). MSDeformAttn
 is traced through its pure-PyTorch reference. After saving, the file is loaded back and its output is compared
 with the eager model's on the example input (the max difference is printed; --check-tolerance fails the run).
+
+ONNX: input "image" [batch, 3, height, width] float32 (any batch and size), outputs as documented by
+universal_seg.export.OnnxExportWrapper (mask classification: pred_logits, pred_masks, mask_logits, sem_seg,
+sem_seg_map; per-pixel heads: sem_seg_logits, sem_seg, sem_seg_map); instance / panoptic results from them with
+universal_seg.export_postprocess (numpy). MSDeformAttn is exported through its gather formulation. --size is the
+example the exporter runs; after saving, ONNX Runtime (CPU) runs the file on a [1, 3, H, W] input of that size and
+on a [2, 3, H + 24, W - 40] one, and every output is compared with the eager model's (max differences printed;
+--check-tolerance, or a different semantic map, fails the run).
 
 Trailing KEY VALUE pairs override the config.
 """
@@ -26,7 +36,7 @@ import universal_seg.data  # noqa: E402,F401  (dataset metadata)
 import universal_seg.modeling  # noqa: E402,F401  (registers the models)
 from universal_seg.checkpoint import UniversalSegCheckpointer  # noqa: E402
 from universal_seg.config import load_config  # noqa: E402
-from universal_seg.export import SemanticSegmentationWrapper, trace_semantic  # noqa: E402
+from universal_seg.export import OnnxExportWrapper, SemanticSegmentationWrapper, export_onnx, trace_semantic  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -34,11 +44,11 @@ def get_parser() -> argparse.ArgumentParser:
     parser.add_argument("--config-file", required=True, metavar="FILE")
     parser.add_argument(
         "--format",
-        choices=["torchscript"],
+        choices=["torchscript", "onnx"],
         default="torchscript",
-        help="torchscript (ONNX needs the onnx package, which this environment does not pin)",
+        help="torchscript (traced at --size) or onnx (dynamic batch and size; --size is the example)",
     )
-    parser.add_argument("--output", required=True, help="file to write, e.g. model.ts")
+    parser.add_argument("--output", required=True, help="file to write, e.g. model.ts or model.onnx")
     parser.add_argument("--size", type=int, nargs=2, default=[512, 512], metavar=("H", "W"))
     parser.add_argument(
         "--normalized-input",
@@ -49,7 +59,7 @@ def get_parser() -> argparse.ArgumentParser:
         "--check-tolerance",
         type=float,
         default=1e-3,
-        help="fail when exported and eager scores differ by more than this",
+        help="fail when exported and eager outputs differ by more than this",
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser
@@ -93,10 +103,64 @@ def export(cfg, output: str, size: tuple[int, int], normalized_input: bool = Fal
     return diff
 
 
+def onnx_check_sizes(size: tuple[int, int]) -> list[tuple[int, int, int]]:
+    """(batch, height, width) of the inputs the ONNX check runs: the example size, then batch 2 at another size."""
+    return [(1, size[0], size[1]), (2, size[0] + 24, max(size[1] - 40, 8))]
+
+
+def export_onnx_file(cfg, output: str, size: tuple[int, int], normalized_input: bool = False) -> dict:
+    """Exports the model to ``output`` (ONNX), runs it with ONNX Runtime on the CPU at :func:`onnx_check_sizes` and
+    compares every output with the eager model's (compiled MSDeformAttn). Returns {output name: max |diff|}
+    (maxima over the check sizes) and "sem_seg_map_mismatches" (pixels whose class differs)."""
+    import numpy as np
+    import onnxruntime as ort
+
+    model = load_model(cfg)
+    start = time.perf_counter()
+    os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
+    export_onnx(model, output, size, normalized_input)
+    print(
+        f"exported in {time.perf_counter() - start:.1f} s, saved {output} ({os.path.getsize(output) / 2**20:.1f} MiB)"
+    )
+    session = ort.InferenceSession(output, providers=["CPUExecutionProvider"])
+    eager = OnnxExportWrapper(model, normalized_input).eval()
+    diffs = {name: 0.0 for name in eager.output_names}
+    diffs["sem_seg_map_mismatches"] = 0
+    generator = torch.Generator().manual_seed(0)
+    for batch, height, width in onnx_check_sizes(size):
+        image = torch.rand((batch, 3, height, width), generator=generator) * 255.0
+        if normalized_input:
+            image = (image - eager.semantic.pixel_mean) / eager.semantic.pixel_std
+        with torch.no_grad():
+            expected = eager(image)
+        got = session.run(None, {"image": image.numpy()})
+        for name, a, b in zip(eager.output_names, got, expected):
+            if name == "sem_seg_map":
+                diffs["sem_seg_map_mismatches"] += int((a != b.numpy()).sum())
+            else:
+                diffs[name] = max(diffs[name], float(np.abs(a.astype(np.float64) - b.numpy()).max()))
+        shapes = ", ".join(f"{n} {list(a.shape)}" for n, a in zip(eager.output_names, got))
+        print(f"input [{batch}, 3, {height}, {width}] -> {shapes}")
+    print(
+        "max |onnxruntime - eager|: "
+        + ", ".join(f"{k} {v:.2e}" for k, v in diffs.items() if k != "sem_seg_map_mismatches")
+    )
+    print(f"semantic map pixels that differ: {diffs['sem_seg_map_mismatches']}")
+    return diffs
+
+
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     cfg = build_cfg(args.config_file, args.opts)
-    diff = export(cfg, args.output, tuple(args.size), args.normalized_input)
+    if args.format == "onnx":
+        diffs = export_onnx_file(cfg, args.output, tuple(args.size), args.normalized_input)
+        mismatches = diffs.pop("sem_seg_map_mismatches")
+        diff = max(diffs.values())
+        if mismatches:
+            print(f"the exported semantic map differs from eager's at {mismatches} pixels.", file=sys.stderr)
+            return 1
+    else:
+        diff = export(cfg, args.output, tuple(args.size), args.normalized_input)
     if diff > args.check_tolerance:
         print(
             f"exported and eager outputs differ by {diff:.2e} > --check-tolerance {args.check_tolerance}; "

@@ -1,13 +1,19 @@
-"""Export of the semantic-segmentation path of a model (TorchScript by tracing, at one fixed input size).
+"""Export of a model's inference path: TorchScript (semantic scores, traced at one fixed input size) and ONNX
+(the network's outputs, the semantic scores and the semantic map; dynamic batch and image size).
 
 :class:`SemanticSegmentationWrapper` is a plain ``nn.Module``: image [1, 3, H, W] float (pixel values 0..255 in
 cfg.INPUT.FORMAT channel order) -> normalise -> pad to the size divisibility -> backbone -> sem_seg_head ->
 semantic scores -> crop + bilinear to [1, K, H, W]. It reproduces the "sem_seg" output of the eager model for an
-image of that size (no test-time resize).
+image of that size (no test-time resize). :class:`OnnxExportWrapper` runs the same path and returns every output
+a deployment needs (see its docstring); :func:`export_onnx` exports it with ``torch.onnx.export`` (the
+``torch.export``-based exporter, symbolic batch / height / width).
 
-The compiled MSDeformAttn op is an autograd Function over a C++ extension, which tracing records as an opaque
-Python call that cannot be saved; :func:`reference_ms_deform_attn` switches the layers of the calling thread to the
-pure-PyTorch reference (``grid_sample``) for the duration of the export (other threads keep the compiled op).
+The compiled MSDeformAttn op is an autograd Function over a C++ extension, which neither tracer can record. The
+export switches the MSDeformAttn layers of the calling thread (a ``ContextVar``, other threads keep the compiled
+op) to a pure-PyTorch formulation: :func:`reference_ms_deform_attn` to the ``grid_sample`` reference for the
+TorchScript trace, :func:`onnx_ms_deform_attn` to :func:`gather_ms_deform_attn` for ONNX. The reference splits
+the levels with Python sizes read from the level table, which a symbolic-shape export cannot do; the gather
+formulation reads the level table as tensors only (one ONNX graph for every image size).
 """
 
 import contextlib
@@ -16,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .modeling.heads import PerPixelHead
 from .modeling.postprocess import semantic_inference
 from .ops.ms_deform_attn_function import opmath_dtype
 from .ops.ms_deform_attn_layer import use_ms_deform_attn_op
@@ -35,6 +42,59 @@ def traceable_ms_deform_attn(value, spatial_shapes, level_start_index, sampling_
 def reference_ms_deform_attn():
     """Inside this context the MSDeformAttn layers run in the calling thread use :func:`traceable_ms_deform_attn`."""
     with use_ms_deform_attn_op(traceable_ms_deform_attn):
+        yield
+
+
+def gather_ms_deform_attn(value, spatial_shapes, level_start_index, sampling_locations, attention_weights):
+    """Multi-scale deformable attention written with gathers (same arguments and result as the compiled op:
+    value [N, S, M, D], spatial_shapes [L, 2] (H_l, W_l), level_start_index [L], sampling_locations
+    [N, Lq, M, L, P, 2] (x, y) in [0, 1], attention_weights [N, Lq, M, L, P] -> [N, Lq, M * D]).
+
+    Bilinear sampling with zero padding and align_corners=False, as the kernels and ``grid_sample``: a location
+    (x, y) of level l is the pixel coordinate (x * W_l - 0.5, y * H_l - 0.5); its four neighbours (x0 + dx,
+    y0 + dy), dx, dy in {0, 1}, x0 = floor, weigh (1 - |x - x_i|) (1 - |y - y_i|), times 0 outside the map. Each
+    neighbour's row of ``value`` is start_l + y_i * W_l + x_i; all L * P * 4 rows of a (query, head) are gathered
+    in one ``index_select`` and reduced with their weights (bilinear x attention) in one batched product. The
+    level table is used only as tensors, so an exported graph holds no image size. Sums in float32 (float64 for
+    float64 values), as the op.
+    """
+    out_dtype = value.dtype
+    compute = opmath_dtype(value.dtype)
+    N, S, M, D = value.shape
+    _, Lq, _, L, P, _ = sampling_locations.shape
+    shapes = spatial_shapes.to(device=value.device, dtype=torch.long)
+    starts = level_start_index.to(device=value.device, dtype=torch.long).view(1, 1, 1, L, 1)
+    heights, widths = shapes[:, 0].view(1, 1, 1, L, 1), shapes[:, 1].view(1, 1, 1, L, 1)
+    x = sampling_locations[..., 0].to(compute) * widths.to(compute) - 0.5  # [N, Lq, M, L, P]
+    y = sampling_locations[..., 1].to(compute) * heights.to(compute) - 0.5
+    x0, y0 = x.floor(), y.floor()
+    fx, fy = x - x0, y - y0
+    x0, y0 = x0.long(), y0.long()
+    attention = attention_weights.to(compute)
+    rows, weights = [], []
+    for dy in (0, 1):
+        for dx in (0, 1):
+            xi, yi = x0 + dx, y0 + dy
+            inside = (xi >= 0) & (xi < widths) & (yi >= 0) & (yi < heights)
+            w = (fx if dx else 1 - fx) * (fy if dy else 1 - fy) * attention
+            weights.append(torch.where(inside, w, torch.zeros_like(w)))
+            rows.append(starts + yi.clamp(min=0).minimum(heights - 1) * widths + xi.clamp(min=0).minimum(widths - 1))
+    K = L * P * 4
+    # [N, Lq, M, L, P, 4] -> [N, M, Lq, K]
+    rows = torch.stack(rows, dim=-1).permute(0, 2, 1, 3, 4, 5).reshape(N, M, Lq, K)
+    weights = torch.stack(weights, dim=-1).permute(0, 2, 1, 3, 4, 5).reshape(N * M * Lq, 1, K)
+    # rows of value as [N * M * S, D]: image n, head m, position s at (n * M + m) * S + s
+    table = value.to(compute).permute(0, 2, 1, 3).reshape(N * M * S, D)
+    offsets = (torch.arange(N * M, device=value.device) * S).view(N, M, 1, 1)
+    gathered = table.index_select(0, (rows + offsets).reshape(-1)).view(N * M * Lq, K, D)
+    out = torch.bmm(weights, gathered).view(N, M, Lq, D)  # [N, M, Lq, D]
+    return out.permute(0, 2, 1, 3).reshape(N, Lq, M * D).to(out_dtype)
+
+
+@contextlib.contextmanager
+def onnx_ms_deform_attn():
+    """Inside this context the MSDeformAttn layers run in the calling thread use :func:`gather_ms_deform_attn`."""
+    with use_ms_deform_attn_op(gather_ms_deform_attn):
         yield
 
 
@@ -95,6 +155,110 @@ class SemanticSegmentationWrapper(nn.Module):
         outputs = self.sem_seg_head(self.backbone(x))
         scores = semantic_scores(outputs, tuple(x.shape[-2:]))
         return scores[:, :, :height, :width]
+
+
+def _is_mask_classification(outputs) -> bool:
+    return isinstance(outputs, dict) and "pred_logits" in outputs and "pred_masks" in outputs
+
+
+MASK_CLASSIFICATION_OUTPUTS = ("pred_logits", "pred_masks", "mask_logits", "sem_seg", "sem_seg_map")
+PER_PIXEL_OUTPUTS = ("sem_seg_logits", "sem_seg", "sem_seg_map")
+
+
+class OnnxExportWrapper(nn.Module):
+    """image [B, 3, H, W] float -> a tuple of outputs named by :attr:`output_names` (any B, H, W).
+
+    Mask classification (UniversalSegmentor), :data:`MASK_CLASSIFICATION_OUTPUTS`:
+        pred_logits [B, Q, K+1] class logits (index K = no object), the network's output;
+        pred_masks [B, Q, h, w] mask logits at the decoder's resolution (h, w = padded size / 4), the network's;
+        mask_logits [B, Q, H, W] those bilinearly upsampled to the padded input and cropped to H x W: the input of
+            the instance / panoptic post-processing (:mod:`universal_seg.export_postprocess`);
+        sem_seg [B, K, H, W] semantic scores, sum over queries of p(class) * sigmoid(mask), as the model's
+            "sem_seg";
+        sem_seg_map int64 [B, H, W] argmax of sem_seg over the classes.
+    Per-pixel heads (PerPixelSegmentor), :data:`PER_PIXEL_OUTPUTS`:
+        sem_seg_logits [B, K, h, w] the head's logits; sem_seg [B, K, H, W] softmax of the logits upsampled to
+        the padded input, cropped (the model's "sem_seg" without sliding windows); sem_seg_map int64 [B, H, W].
+
+    Images are normalised and zero-padded (after normalisation) to the size divisibility at the bottom / right, as
+    ``SegmentorBase.preprocess`` does; outputs equal the eager model's for an image whose output size is its input
+    size (no test-time resize). A batch shares one padded size, so the images of a batch must have one size.
+
+    Args:
+        model: a built ``SegmentorBase`` (``backbone``, ``sem_seg_head``, ``pixel_mean``, ``pixel_std``,
+            ``size_divisibility``) in eval mode.
+        normalized_input: True when the input is already (x - pixel_mean) / pixel_std.
+    """
+
+    def __init__(self, model: nn.Module, normalized_input: bool = False):
+        super().__init__()
+        if getattr(model, "slide_window", None) is not None:
+            raise ValueError(
+                "the model runs sliding-window inference (MODEL.SEM_SEG_HEAD.SLIDE_WINDOW.ENABLED), which the "
+                "exported graph does not: set MODEL.SEM_SEG_HEAD.SLIDE_WINDOW.ENABLED False to export the "
+                "whole-image model (and run windows around it)."
+            )
+        self.semantic = SemanticSegmentationWrapper(model, normalized_input)
+        self.mask_classification = not isinstance(model.sem_seg_head, PerPixelHead)
+        self.output_names = MASK_CLASSIFICATION_OUTPUTS if self.mask_classification else PER_PIXEL_OUTPUTS
+
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """image: [B, 3, H, W] float. Returns the tensors named by ``output_names``, in that order."""
+        sem = self.semantic
+        height, width = image.shape[-2:]
+        x = image if sem.normalized_input else (image - sem.pixel_mean) / sem.pixel_std
+        d = max(sem.size_divisibility, 1)
+        # (a zero pad is the identity: no size-dependent branch; the padded size as d * ceil(size / d) keeps the
+        # exporter's symbolic size expressions short, which makes the export several times faster than with a modulo)
+        x = F.pad(x, (0, (width + d - 1) // d * d - width, 0, (height + d - 1) // d * d - height))
+        padded = x.shape[-2:]
+        outputs = sem.sem_seg_head(sem.backbone(x))
+        if self.mask_classification:
+            if not _is_mask_classification(outputs):
+                raise TypeError("the model's head returns no pred_logits / pred_masks; it cannot be exported.")
+            pred_logits, pred_masks = outputs["pred_logits"], outputs["pred_masks"]
+            masks = F.interpolate(pred_masks, size=padded, mode="bilinear", align_corners=False)
+            masks = masks[:, :, :height, :width]
+            probs = pred_logits.softmax(-1)[..., :-1]  # [B, Q, K]
+            scores = torch.einsum("bqk,bqhw->bkhw", probs, masks.sigmoid())
+            return pred_logits, pred_masks, masks, scores, scores.argmax(1)
+        logits = outputs["sem_seg_logits"] if isinstance(outputs, dict) else outputs
+        scores = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)[:, :, :height, :width]
+        scores = scores.softmax(1)
+        return logits, scores, scores.argmax(1)
+
+
+def export_onnx(
+    model: nn.Module,
+    path: str,
+    example_size: tuple[int, int] = (256, 320),
+    normalized_input: bool = False,
+    opset_version: int = 18,
+) -> OnnxExportWrapper:
+    """Exports :class:`OnnxExportWrapper` (``model`` on the CPU, eval mode) to the ONNX file ``path``.
+
+    Input "image" [batch, 3, height, width] float32, all three dimensions symbolic; outputs named as in the
+    wrapper's ``output_names``. MSDeformAttn is exported through :func:`gather_ms_deform_attn`. ``example_size``
+    is the size of the example input the exporter runs (any size works afterwards; the example's height and
+    width should not be 1 or equal each other's, which the exporter would take for a fixed relation). The weights
+    are stored inside the file. Returns the wrapper (for comparisons with the eager model).
+    """
+    wrapper = OnnxExportWrapper(model.eval(), normalized_input).eval()
+    example = torch.rand((2, 3, *example_size), generator=torch.Generator().manual_seed(0)) * 255.0
+    batch = height = width = torch.export.Dim.DYNAMIC
+    with torch.no_grad(), onnx_ms_deform_attn():
+        program = torch.onnx.export(
+            wrapper,
+            (example,),
+            dynamo=True,
+            dynamic_shapes=({0: batch, 2: height, 3: width},),
+            input_names=["image"],
+            output_names=list(wrapper.output_names),
+            opset_version=opset_version,
+            external_data=False,
+        )
+    program.save(path, external_data=False)
+    return wrapper
 
 
 def trace_semantic(model: nn.Module, height: int, width: int, normalized_input: bool = False):

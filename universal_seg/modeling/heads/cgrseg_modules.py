@@ -42,7 +42,8 @@ class RectangularSelfCalibrationAttention(nn.Module):
     @staticmethod
     def strip_pool(x: torch.Tensor) -> torch.Tensor:
         """g = average over W ([B, C, H, 1]) + average over H ([B, C, 1, W]) -> [B, C, H, W]."""
-        return F.adaptive_avg_pool2d(x, (None, 1)) + F.adaptive_avg_pool2d(x, (1, None))
+        # means, not adaptive pooling to (None, 1) / (1, None): the same averages, and exportable with symbolic sizes
+        return x.mean(dim=-1, keepdim=True) + x.mean(dim=-2, keepdim=True)
 
     def attention(self, x: torch.Tensor) -> torch.Tensor:
         """[B, C, H, W] -> attention in (0, 1), [B, C, H, W]."""
@@ -101,7 +102,29 @@ def pyramid_pool(features: list[torch.Tensor], stride: int = 2) -> torch.Tensor:
     image for 1/32 and stride 2) and concatenate: [B, C_i, h_i, w_i] for each i -> [B, sum C_i, h, w]."""
     h, w = features[-1].shape[-2:]
     size = ((h - 1) // stride + 1, (w - 1) // stride + 1)
-    return torch.cat([F.adaptive_avg_pool2d(f, size) for f in features], dim=1)
+    # exporters (torch.export -> ONNX) turn adaptive pooling into a pooling with the example's fixed kernel; with
+    # symbolic sizes the bins are written out as averaging matrices instead
+    pool = adaptive_avg_pool2d_by_matrices if torch.compiler.is_compiling() else F.adaptive_avg_pool2d
+    return torch.cat([pool(f, size) for f in features], dim=1)
+
+
+def _bin_matrix(n_in, n_out, device) -> torch.Tensor:
+    """[n_out, n_in] averaging matrix of adaptive pooling along one axis: row i is 1 / len over the bin
+    [floor(i * n_in / n_out), ceil((i + 1) * n_in / n_out)) and 0 elsewhere (PyTorch's bins)."""
+    i = torch.arange(n_out, device=device)[:, None]
+    j = torch.arange(n_in, device=device)[None, :]
+    start = torch.div(i * n_in, n_out, rounding_mode="floor")
+    end = torch.div((i + 1) * n_in + n_out - 1, n_out, rounding_mode="floor")
+    inside = ((j >= start) & (j < end)).float()
+    return inside / inside.sum(1, keepdim=True)
+
+
+def adaptive_avg_pool2d_by_matrices(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``F.adaptive_avg_pool2d(x, size)`` as two products with bin-averaging matrices: x [B, C, H, W] ->
+    [B, C, size[0], size[1]] (same bins; sums in another order). Exportable with symbolic sizes."""
+    rows = _bin_matrix(x.shape[-2], size[0], x.device).to(x.dtype)  # [h, H]
+    cols = _bin_matrix(x.shape[-1], size[1], x.device).to(x.dtype)  # [w, W]
+    return rows @ x @ cols.t()
 
 
 class HSigmoid(nn.Module):

@@ -105,8 +105,14 @@ class DeformableEncoder(nn.Module):
             [p.flatten(2).transpose(1, 2) + self.level_embed[lvl].view(1, 1, -1) for lvl, p in enumerate(pos_embeds)], 1
         )
         device = src_flat.device
-        # the level table stays on the CPU: the op checks it there and copies it to the GPU without a sync
-        spatial_shapes = torch.as_tensor(shapes, dtype=torch.long)
+        if torch.compiler.is_compiling():
+            # symbolic sizes (export): the table is computed from them in the graph, not stored as a constant
+            spatial_shapes = torch.stack(
+                [torch.stack([torch.scalar_tensor(n, dtype=torch.long) for n in shape]) for shape in shapes]
+            )
+        else:
+            # the level table stays on the CPU: the op checks it there and copies it to the GPU without a sync
+            spatial_shapes = torch.as_tensor(shapes, dtype=torch.long)
         areas = spatial_shapes.prod(1)
         level_start_index = torch.cat((areas.new_zeros(1), areas.cumsum(0)[:-1]))
         ref = self.reference_points(shapes, src_flat.shape[0], device)

@@ -175,6 +175,7 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         else:
             small = mask_logits(embed, lowres[level])
         attn_mask = (small.flatten(2) < 0).detach()  # sigmoid(x) < 0.5  <=>  x < 0
-        attn_mask[attn_mask.all(-1)] = False  # a query whose mask blocks every position attends everywhere instead
+        # a query whose mask blocks every position attends everywhere instead (no boolean indexing: exportable)
+        attn_mask = attn_mask & ~attn_mask.all(-1, keepdim=True)
         attn_mask = attn_mask.unsqueeze(1).expand(-1, self.num_heads, -1, -1).flatten(0, 1)
         return outputs_class, outputs_mask, attn_mask

@@ -213,12 +213,12 @@ def test_sliding_window_model_is_refused():
         load_cfg(
             "configs/mini/semantic/structtoken_pwe_vit_t.yaml",
             *[
-                "MODEL.SEM_SEG_HEAD.SLIDE_WINDOW.ENABLED",
+                "MODEL.PER_PIXEL.SLIDE_WINDOW.ENABLED",
                 "True",
-                "MODEL.SEM_SEG_HEAD.SLIDE_WINDOW.CROP_SIZE",
+                "MODEL.PER_PIXEL.SLIDE_WINDOW.CROP_SIZE",
                 "[64, 64]",
             ],
-            *["MODEL.SEM_SEG_HEAD.SLIDE_WINDOW.STRIDE", "[32, 32]"],
+            *["MODEL.PER_PIXEL.SLIDE_WINDOW.STRIDE", "[32, 32]"],
         )
     ).eval()
     with pytest.raises(ValueError, match="SLIDE_WINDOW.ENABLED False"):

@@ -70,8 +70,11 @@ def _check_interrupt_then_rerun(monkeypatch, run, out_dir):
     under out_dir (no partial output, no temporary file); with saving restored, run() completes."""
 
     def broken_save(self, fp, *args, **kwargs):
-        with open(fp, "wb") as f:
-            f.write(b"\x89PNG partial")
+        if hasattr(fp, "write"):  # an open file (the atomic writer's temporary file)
+            fp.write(b"\x89PNG partial")
+        else:
+            with open(fp, "wb") as f:
+                f.write(b"\x89PNG partial")
         raise Interrupted(fp)
 
     before = _files(out_dir)

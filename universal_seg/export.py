@@ -194,8 +194,8 @@ class OnnxExportWrapper(nn.Module):
         super().__init__()
         if getattr(model, "slide_window", None) is not None:
             raise ValueError(
-                "the model runs sliding-window inference (MODEL.SEM_SEG_HEAD.SLIDE_WINDOW.ENABLED), which the "
-                "exported graph does not: set MODEL.SEM_SEG_HEAD.SLIDE_WINDOW.ENABLED False to export the "
+                "the model runs sliding-window inference (MODEL.PER_PIXEL.SLIDE_WINDOW.ENABLED), which the "
+                "exported graph does not: set MODEL.PER_PIXEL.SLIDE_WINDOW.ENABLED False to export the "
                 "whole-image model (and run windows around it)."
             )
         self.semantic = SemanticSegmentationWrapper(model, normalized_input)

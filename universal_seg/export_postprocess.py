@@ -54,6 +54,37 @@ def _check(pred_logits: np.ndarray, mask_logits: np.ndarray) -> None:
         raise ValueError(f"pred_logits must have K+1 >= 2 columns (K classes and no-object), got {pred_logits.shape}.")
 
 
+def assign_panoptic_segments(
+    stats: Iterable[Tuple[int, int, int, int]], thing_ids, overlap_threshold: float
+) -> Tuple[List[int], List[Dict[str, object]]]:
+    """Mask2Former's panoptic segment rules, shared by this numpy path and the torch one
+    (:func:`universal_seg.modeling.postprocess.panoptic_inference`).
+
+    stats: per kept query k (in order), (pixels it wins, pixels of its own mask, pixels of its segment, category).
+    A query with an empty win / mask / segment, or winning less than ``overlap_threshold`` of its mask, is dropped;
+    stuff queries of one category share one segment. Returns (segment id per kept query plus a trailing 0 for
+    "no segment", ids 1..S with 0 = dropped; segments_info: S dicts {"id", "category_id", "isthing"} in id order).
+    """
+    segment_of_query: List[int] = []
+    segments_info: List[Dict[str, object]] = []
+    stuff_ids: Dict[int, int] = {}
+    for won, original, segment, category in stats:
+        segment_of_query.append(0)
+        if won == 0 or original == 0 or segment == 0 or won / original < overlap_threshold:
+            continue
+        isthing = category in thing_ids
+        if not isthing and category in stuff_ids:
+            segment_of_query[-1] = stuff_ids[category]
+            continue
+        segment_id = len(segments_info) + 1
+        if not isthing:
+            stuff_ids[category] = segment_id
+        segment_of_query[-1] = segment_id
+        segments_info.append({"id": segment_id, "category_id": category, "isthing": isthing})
+    segment_of_query.append(0)
+    return segment_of_query, segments_info
+
+
 def panoptic_postprocess(
     pred_logits: np.ndarray,
     mask_logits: np.ndarray,
@@ -98,27 +129,9 @@ def panoptic_postprocess(
     own_area = own.sum(1)
     segment_area = np.bincount(segment_owner, minlength=n + 1)[:n]
 
-    segment_of_query = np.zeros(n + 1, dtype=np.int32)  # kept query -> segment id (0: dropped / none)
-    stuff_ids: Dict[int, int] = {}
-    for k in range(n):
-        won, original, segment, category = (
-            int(won_area[k]),
-            int(own_area[k]),
-            int(segment_area[k]),
-            int(labels[kept[k]]),
-        )
-        if won == 0 or original == 0 or segment == 0 or won / original < overlap_threshold:
-            continue
-        isthing = category in thing_ids
-        if not isthing and category in stuff_ids:
-            segment_of_query[k] = stuff_ids[category]
-            continue
-        segment_id = len(segments_info) + 1
-        if not isthing:
-            stuff_ids[category] = segment_id
-        segment_of_query[k] = segment_id
-        segments_info.append({"id": segment_id, "category_id": category, "isthing": isthing})
-    return segment_of_query[segment_owner].reshape(height, width), segments_info
+    stats = zip(won_area.tolist(), own_area.tolist(), segment_area.tolist(), labels[kept].tolist())
+    segment_of_query, segments_info = assign_panoptic_segments(stats, thing_ids, overlap_threshold)
+    return np.asarray(segment_of_query, dtype=np.int32)[segment_owner].reshape(height, width), segments_info
 
 
 def masks_to_boxes(masks: np.ndarray) -> np.ndarray:

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import Boxes, Instances
 
+from ..export_postprocess import assign_panoptic_segments
+
 __all__ = [
     "semantic_inference",
     "panoptic_inference",
@@ -202,22 +204,7 @@ def panoptic_inference(
     segment_area = _count(segment_owner, n + 1)[:n]
     stats = torch.stack([won_area, own_area, segment_area, labels.index_select(0, kept)]).tolist()  # one transfer
 
-    segment_of_query = [0] * (n + 1)  # kept query -> segment id; 0 = dropped, and for index n (no segment)
-    stuff_ids: Dict[int, int] = {}
-    for k, (won, original, segment, category) in enumerate(zip(*stats)):
-        if won == 0 or original == 0 or segment == 0:
-            continue
-        if won / original < overlap_threshold:
-            continue
-        isthing = category in thing_ids
-        if not isthing and category in stuff_ids:
-            segment_of_query[k] = stuff_ids[category]
-            continue
-        segment_id = len(segments_info) + 1
-        if not isthing:
-            stuff_ids[category] = segment_id
-        segment_of_query[k] = segment_id
-        segments_info.append({"id": segment_id, "category_id": category, "isthing": isthing})
+    segment_of_query, segments_info = assign_panoptic_segments(zip(*stats), thing_ids, overlap_threshold)
     table = torch.tensor(segment_of_query, dtype=torch.int32).to(device, non_blocking=True)  # (no wait on CUDA)
     panoptic_seg = table[segment_owner].view(height, width)
     return panoptic_seg, segments_info

@@ -18,7 +18,6 @@ order. The exit status is non-zero when any input could not be read, predicted o
 """
 
 import argparse
-import glob
 import logging
 import os
 import sys
@@ -40,9 +39,9 @@ import universal_seg.data  # noqa: E402,F401  (registers the datasets: metadata 
 import universal_seg.modeling  # noqa: E402,F401  (registers the models)
 from universal_seg.config import load_config  # noqa: E402
 from universal_seg.data.mappers.image_io import decode_rgb_image  # noqa: E402
+from universal_seg.inference.inputs import expand_inputs  # noqa: E402
 from universal_seg.inference.writers import PredictionWriter, default_image_id  # noqa: E402
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 VIDEO_CODECS = (("mp4v", ".mp4"), ("XVID", ".avi"), ("MJPG", ".avi"))  # tried in this order
 logger = logging.getLogger("universal_seg.demo")
 
@@ -100,23 +99,6 @@ def setup_cfg(args):
         cfg.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD = args.confidence_threshold
     cfg.freeze()
     return cfg
-
-
-def expand_inputs(patterns: list[str]) -> list[str]:
-    """Files named by ``patterns`` (files, globs, directories -> their images, sorted), in order, no repeats.
-    A pattern that matches nothing is kept as is (it is reported as unreadable later)."""
-    paths = []
-    for pattern in patterns:
-        if os.path.isdir(pattern):
-            found = sorted(
-                os.path.join(pattern, f) for f in os.listdir(pattern) if f.lower().endswith(IMAGE_EXTENSIONS)
-            )
-        elif glob.has_magic(pattern):
-            found = sorted(glob.glob(os.path.expanduser(pattern)))
-        else:
-            found = [pattern]
-        paths.extend(p for p in found if p not in paths)
-    return paths
 
 
 def output_path(output: str, input_path: str, single: bool) -> str:

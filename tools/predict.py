@@ -14,7 +14,6 @@ when any input failed, 2 for a bad command line, config or output folder.
 """
 
 import argparse
-import glob
 import json
 import logging
 import os
@@ -30,10 +29,10 @@ import universal_seg.data  # noqa: E402,F401  (registers the datasets)
 import universal_seg.modeling  # noqa: E402,F401  (registers the models)
 from universal_seg.config import load_config  # noqa: E402
 from universal_seg.inference import Predictor  # noqa: E402
+from universal_seg.inference.inputs import expand_inputs  # noqa: E402
 from universal_seg.inference.writers import PredictionWriter, check_writable, default_image_id  # noqa: E402
 from universal_seg.modeling.meta_arch import TASKS, enable_output_task, output_tasks  # noqa: E402
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 logger = logging.getLogger("universal_seg.predict")
 
 
@@ -51,23 +50,6 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="predict images whose files already exist again")
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
     return p
-
-
-def expand_inputs(patterns: list[str]) -> list[str]:
-    """Files named by ``patterns`` (files, globs, directories -> their images, sorted), in order, no repeats; a
-    pattern that matches nothing is kept (it fails as unreadable)."""
-    paths: list[str] = []
-    for pattern in patterns:
-        if os.path.isdir(pattern):
-            found = sorted(
-                os.path.join(pattern, f) for f in os.listdir(pattern) if f.lower().endswith(IMAGE_EXTENSIONS)
-            )
-        elif glob.has_magic(pattern):
-            found = sorted(glob.glob(os.path.expanduser(pattern)))
-        else:
-            found = [pattern]
-        paths.extend(p for p in found if p not in paths)
-    return paths
 
 
 def predict_files(predictor: Predictor, writer: PredictionWriter, paths: list[str], image_ids: dict, overwrite=False):

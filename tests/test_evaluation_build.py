@@ -11,7 +11,6 @@ from detectron2.data import MetadataCatalog
 from detectron2.evaluation import (
     CityscapesInstanceEvaluator,
     CityscapesSemSegEvaluator,
-    COCOEvaluator,
     DatasetEvaluators,
     SemSegEvaluator,
 )
@@ -21,6 +20,7 @@ import universal_seg.data  # noqa: F401
 from universal_seg.config import add_universal_seg_config
 from universal_seg.evaluation import InstanceSegEvaluator, SemanticSegmentorWithTTA, build_evaluator
 from universal_seg.evaluation.build import PanopticEvaluator
+from universal_seg.evaluation.coco import FastCOCOEvaluator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 needs_mini = pytest.mark.skipif(
@@ -68,9 +68,9 @@ def test_panoptic_flags_select_evaluators(tmp_path):
 @needs_mini
 def test_sem_seg_and_coco_instance_types():
     assert _types(build_evaluator(_cfg(), "mini_sem_seg_val")) == [SemSegEvaluator]
-    # mini instance ids 1-20 -> contiguous 0-19 (things first): detectron2's COCOEvaluator
+    # mini instance ids 1-20 -> contiguous 0-19 (things first): detectron2's COCOEvaluator, AP by faster-coco-eval
     evaluator = build_evaluator(_cfg(), "mini_instance_val")
-    assert type(evaluator) is COCOEvaluator and evaluator._use_fast_impl is False
+    assert type(evaluator) is FastCOCOEvaluator and evaluator._use_fast_impl is False
 
 
 @pytest.mark.parametrize("name", ["ade20k_panoptic_val", "mapillary_vistas_panoptic_val", "coco_2017_val_panoptic"])

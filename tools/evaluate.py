@@ -1,8 +1,9 @@
 #!/usr/bin/env python
 """Evaluate prediction files offline with the official libraries.
 
-  instance           COCO segm/bbox AP (pycocotools) of a COCO results JSON
-  panoptic           PQ/SQ/RQ (all, things, stuff) of COCO-panoptic PNG + JSON predictions (panopticapi)
+  instance           COCO segm/bbox AP of a COCO results JSON (pycocotools' numbers, compiled: faster-coco-eval)
+  panoptic           PQ/SQ/RQ (all, things, stuff) of COCO-panoptic PNG + JSON predictions (panopticapi's numbers,
+                     matched in --workers processes)
   semantic           mIoU, fwIoU, mACC, pACC of label PNGs (detectron2 SemSegEvaluator definitions)
   pq-from-semantic   PQ of semantic label PNGs against a panoptic GT: every class in a prediction is ONE segment
 
@@ -47,6 +48,7 @@ def build_parser():
         s.add_argument("--gt-json", required=True)
         s.add_argument("--gt-folder", required=True)
         s.add_argument("--pred-folder", required=True)
+        s.add_argument("--workers", type=int, default=None, help="processes (default: the CPUs this one may use)")
         if name == "panoptic":
             s.add_argument("--pred-json", required=True)
         else:
@@ -63,9 +65,11 @@ def run(args):
     if args.task == "instance":
         return evaluate_instance(args.gt, args.pred, tuple(args.iou_types))
     if args.task == "panoptic":
-        return evaluate_panoptic(args.gt_json, args.gt_folder, args.pred_json, args.pred_folder)
+        return evaluate_panoptic(args.gt_json, args.gt_folder, args.pred_json, args.pred_folder, workers=args.workers)
     if args.task == "pq-from-semantic":
-        return evaluate_pq_from_semantic(args.gt_json, args.gt_folder, args.pred_folder, ignore_label=args.ignore_label)
+        return evaluate_pq_from_semantic(
+            args.gt_json, args.gt_folder, args.pred_folder, ignore_label=args.ignore_label, workers=args.workers
+        )
     return evaluate_semantic(args.gt_folder, args.pred_folder, args.num_classes, args.ignore_label)
 
 
@@ -79,6 +83,9 @@ def print_metrics(metrics, prefix=""):
 
 def main(argv=None):
     args = build_parser().parse_args(argv)
+    if getattr(args, "workers", None) is not None and args.workers < 1:
+        print(f"error: --workers must be at least 1 (got {args.workers}).", file=sys.stderr)
+        return 2
     try:
         metrics = run(args)
     except (PredictionFileError, OSError) as e:  # malformed / mismatched inputs, missing or unreadable files

@@ -1,30 +1,40 @@
 """Inference-time evaluators chosen by a dataset's metadata ``evaluator_type``."""
 
 import functools
+import itertools
 import json
 import logging
 import os
-import tempfile
+from collections import OrderedDict
 
 from detectron2.data import DatasetCatalog, MetadataCatalog
-from detectron2.data.catalog import Metadata
 from detectron2.evaluation import (
     CityscapesInstanceEvaluator,
     CityscapesSemSegEvaluator,
-    COCOEvaluator,
     COCOPanopticEvaluator,
     DatasetEvaluators,
     SemSegEvaluator,
 )
+from detectron2.evaluation.panoptic_evaluation import _print_panoptic_results
 from detectron2.utils import comm
+from detectron2.utils.file_io import PathManager
 
 from ..modeling.meta_arch import output_tasks
+from .coco import FastCOCOEvaluator
 from .instance_evaluator import InstanceSegEvaluator
+from .panoptic_quality import pq_compute
 
 
 class PanopticEvaluator(COCOPanopticEvaluator):
-    """detectron2's COCOPanopticEvaluator that can leave images out (``exclude``): their ground truth is dropped
-    from the file panopticapi reads, which otherwise fails on an image without a prediction."""
+    """detectron2's COCOPanopticEvaluator (same inputs, PNG encoding and result keys) with PQ computed by
+    :func:`universal_seg.evaluation.panoptic_quality.pq_compute`: panopticapi's numbers, the prediction PNGs
+    matched from memory in ``workers`` processes (default: the CPUs this process may use). It can leave images out
+    (``exclude``, e.g. unreadable images): their ground truth is dropped, which panopticapi otherwise refuses as
+    an image without a prediction."""
+
+    def __init__(self, dataset_name, output_dir=None, workers=None):
+        super().__init__(dataset_name, output_dir)
+        self._workers = workers
 
     def reset(self):
         super().reset()
@@ -37,23 +47,26 @@ class PanopticEvaluator(COCOPanopticEvaluator):
     def evaluate(self):
         # every process calls evaluate (it gathers the predictions): gather the exclusions the same way
         excluded = set().union(*comm.all_gather(self.excluded)) if comm.get_world_size() > 1 else self.excluded
-        if not excluded or not comm.is_main_process():
-            return super().evaluate()
-        original = self._metadata
-        with open(original.panoptic_json) as f:
+        comm.synchronize()
+        predictions = list(itertools.chain(*comm.gather(self._predictions)))
+        if not comm.is_main_process():
+            return None
+        with PathManager.open(self._metadata.panoptic_json) as f:
             gt = json.load(f)
         gt["annotations"] = [a for a in gt["annotations"] if a["image_id"] not in excluded]
         gt["images"] = [i for i in gt["images"] if i["id"] not in excluded]
-        with tempfile.TemporaryDirectory(prefix="panoptic_gt") as tmp:
-            path = os.path.join(tmp, os.path.basename(original.panoptic_json))
-            with open(path, "w") as f:
-                json.dump(gt, f)
-            fields = {k: v for k, v in original.as_dict().items() if k != "panoptic_json"}
-            self._metadata = Metadata(**fields, panoptic_json=path)
-            try:
-                return super().evaluate()
-            finally:
-                self._metadata = original
+        if self._output_dir:  # detectron2 writes the predictions' JSON (not their PNGs) there
+            listed = [{k: v for k, v in p.items() if k != "png_string"} for p in predictions]
+            with PathManager.open(os.path.join(self._output_dir, "predictions.json"), "w") as f:
+                json.dump(dict(gt, annotations=listed), f)
+        gt_folder = PathManager.get_local_path(self._metadata.panoptic_root)
+        pq_res = pq_compute(gt, {"annotations": predictions}, gt_folder, None, workers=self._workers)
+        res = {}
+        for key, suffix in (("All", ""), ("Things", "_th"), ("Stuff", "_st")):
+            for metric in ("pq", "sq", "rq"):
+                res[metric.upper() + suffix] = 100 * pq_res[key][metric]
+        _print_panoptic_results(pq_res)
+        return OrderedDict({"panoptic_seg": res})
 
 
 def exclude_images(evaluator, image_ids) -> None:
@@ -88,8 +101,8 @@ def _panoptic_evaluators(cfg, name, meta, output_folder):
     if _test_flag(cfg, "SEMANTIC_ON") and meta.get("sem_seg_root", None):
         evaluators.append(SemSegEvaluator(name, distributed=True, output_dir=output_folder))
     if _test_flag(cfg, "INSTANCE_ON") and meta.get("json_file", None):
-        cls = COCOEvaluator if _things_first(meta) else InstanceSegEvaluator
-        evaluators.append(cls(name, output_dir=output_folder, use_fast_impl=False))
+        cls = FastCOCOEvaluator if _things_first(meta) else InstanceSegEvaluator
+        evaluators.append(cls(name, output_dir=output_folder))
     return evaluators
 
 
@@ -142,7 +155,7 @@ def held_out_notice(dataset_name: str, train_names) -> str:
 def build_evaluator(cfg, dataset_name, output_folder=None):
     """The evaluator(s) for ``dataset_name`` from its metadata ``evaluator_type``:
 
-    sem_seg -> SemSegEvaluator; coco -> COCOEvaluator(use_fast_impl=False) (InstanceSegEvaluator when thing ids
+    sem_seg -> SemSegEvaluator; coco -> FastCOCOEvaluator (faster-coco-eval; InstanceSegEvaluator when thing ids
     are not 0..T-1); coco/ade20k/mapillary panoptic -> COCOPanopticEvaluator (+ SemSegEvaluator, + instance AP,
     following the tasks the model outputs, meta_arch.output_tasks); cityscapes_* -> the
     Cityscapes evaluators. Returns one evaluator or a DatasetEvaluators.
@@ -158,8 +171,8 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
     if etype == "sem_seg":
         evaluators = [SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)]
     elif etype == "coco":
-        cls = COCOEvaluator if _things_first(meta) else InstanceSegEvaluator
-        evaluators = [cls(dataset_name, output_dir=output_folder, use_fast_impl=False)]
+        cls = FastCOCOEvaluator if _things_first(meta) else InstanceSegEvaluator
+        evaluators = [cls(dataset_name, output_dir=output_folder)]
     elif etype in _PANOPTIC_TYPES:
         evaluators = _panoptic_evaluators(cfg, dataset_name, meta, output_folder)
     elif etype is not None and etype.startswith("cityscapes"):

@@ -1,11 +1,12 @@
-"""COCOEvaluator for datasets whose thing classes live in a larger contiguous space (panoptic convention)."""
+"""FastCOCOEvaluator for datasets whose thing classes live in a larger contiguous space (panoptic convention)."""
 
 from detectron2.data import MetadataCatalog
 from detectron2.data.catalog import Metadata
-from detectron2.evaluation import COCOEvaluator
+
+from .coco import FastCOCOEvaluator
 
 
-class InstanceSegEvaluator(COCOEvaluator):
+class InstanceSegEvaluator(FastCOCOEvaluator):
     """COCO AP when ``thing_dataset_id_to_contiguous_id`` maps to non-consecutive contiguous ids (e.g. ADE20K or
     the mini set, where things and stuff share one id space). Predicted ``pred_classes`` are contiguous ids."""
 

@@ -1,13 +1,11 @@
-"""Instance evaluation of a COCO results JSON (segm and bbox AP) with pycocotools."""
+"""Instance evaluation of a COCO results JSON (segm and bbox AP): pycocotools' numbers, computed by
+faster-coco-eval (:mod:`universal_seg.evaluation.coco`)."""
 
-import contextlib
-import io
 import math
 
 import pycocotools.mask as mask_util
-from pycocotools.coco import COCO
-from pycocotools.cocoeval import COCOeval
 
+from ..coco import evaluate_coco, fast_coco_api
 from .errors import PredictionFileError, load_json, rle_length
 
 _STATS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
@@ -85,23 +83,13 @@ def evaluate_instance(gt_json, pred_json, iou_types=("segm", "bbox")):
     keys = ("images", "annotations", "categories")
     if not isinstance(gt, dict) or not all(isinstance(gt.get(k), list) for k in keys):
         raise PredictionFileError(f"ground truth '{gt_json}' must be a COCO JSON with images, annotations, categories.")
-    with contextlib.redirect_stdout(io.StringIO()):
-        coco_gt = COCO()
-        coco_gt.dataset = gt
-        coco_gt.createIndex()
+    coco_gt = fast_coco_api(gt)
     results = load_results(pred_json, coco_gt)
     out = {}
     for iou_type in iou_types:
         subset = [r for r in results if ("segmentation" if iou_type == "segm" else "bbox") in r]
         if not subset:
             raise PredictionFileError(f"'{pred_json}' has no '{iou_type}' results; drop that type or add them.")
-        if iou_type == "bbox":
-            subset = [{k: v for k, v in r.items() if k != "segmentation"} for r in subset]
-        with contextlib.redirect_stdout(io.StringIO()):
-            coco_dt = coco_gt.loadRes(subset)
-            ev = COCOeval(coco_gt, coco_dt, iou_type)
-            ev.evaluate()
-            ev.accumulate()
-            ev.summarize()
+        ev = evaluate_coco(coco_gt, subset, iou_type)  # segm: the mask area decides the area range, as in training
         out[iou_type] = {k: float(100 * v) if v >= 0 else float("nan") for k, v in zip(_STATS, ev.stats[:6])}
     return out

@@ -1,20 +1,19 @@
-"""Panoptic evaluation (PQ, SQ, RQ for all/things/stuff) with panopticapi, and PQ of semantic predictions.
+"""Panoptic evaluation (PQ, SQ, RQ for all/things/stuff) with panopticapi's rules (computed by
+:func:`universal_seg.evaluation.panoptic_quality.pq_compute`, in parallel processes), and PQ of semantic predictions.
 
 ``pq-from-semantic`` definition: in each semantic prediction every class present becomes ONE segment (all its
 pixels, stuff-style, whatever the class), and PQ is computed against the panoptic ground truth with panopticapi.
 Stuff PQ is thus directly comparable; thing PQ is penalised whenever an image has several instances of a class.
 """
 
-import contextlib
-import io
 import json
 import os
 import tempfile
 
 import numpy as np
-from panopticapi.evaluation import pq_compute
 from PIL import Image
 
+from ..panoptic_quality import pq_compute
 from .errors import PredictionFileError, check_ids, load_json, read_png
 
 
@@ -80,14 +79,13 @@ def summarize(results):
     return out
 
 
-def evaluate_panoptic(gt_json, gt_folder, pred_json, pred_folder):
-    """PQ/SQ/RQ (all, things, stuff) of COCO-panoptic predictions (PNG + JSON) via panopticapi's pq_compute."""
+def evaluate_panoptic(gt_json, gt_folder, pred_json, pred_folder, workers=None):
+    """PQ/SQ/RQ (all, things, stuff) of COCO-panoptic predictions (PNG + JSON): panopticapi's numbers, matched in
+    ``workers`` processes (default: the CPUs this process may use)."""
     gt = load_json(gt_json, "ground-truth file")
     pred = load_json(pred_json, "prediction file")
     validate_panoptic(gt, pred, pred_folder, pred_json)
-    with contextlib.redirect_stdout(io.StringIO()):
-        results = pq_compute(gt_json, pred_json, gt_folder=gt_folder, pred_folder=pred_folder)
-    return summarize(results)
+    return summarize(pq_compute(gt, pred, gt_folder, pred_folder, workers=workers))
 
 
 def semantic_to_panoptic(label, label_to_category, ignore_label):
@@ -104,7 +102,7 @@ def semantic_to_panoptic(label, label_to_category, ignore_label):
     return ids, segments
 
 
-def evaluate_pq_from_semantic(gt_json, gt_folder, pred_folder, label_to_category=None, ignore_label=255):
+def evaluate_pq_from_semantic(gt_json, gt_folder, pred_folder, label_to_category=None, ignore_label=255, workers=None):
     """PQ of semantic label PNGs ``pred_folder/<stem>.png`` (stem of the GT PNG) against a panoptic ground truth.
 
     ``label_to_category`` maps label values to GT category ids; default: label i -> i-th GT category.
@@ -127,4 +125,4 @@ def evaluate_pq_from_semantic(gt_json, gt_folder, pred_folder, label_to_category
         pred_json = os.path.join(tmp, "pred.json")
         with open(pred_json, "w") as f:
             json.dump({"annotations": annotations}, f)
-        return evaluate_panoptic(gt_json, gt_folder, pred_json, tmp)
+        return evaluate_panoptic(gt_json, gt_folder, pred_json, tmp, workers=workers)

@@ -52,10 +52,10 @@ def _pycocotools(gt, results, iou_type):
 @pytest.mark.parametrize("iou_type", ["segm", "bbox"])
 def test_coco_ap_equals_pycocotools(instances, iou_type):
     gt, results = instances
-    before = copy.deepcopy(results)
+    before = copy.deepcopy((gt, results))
     ref = _pycocotools(gt, results, iou_type)
     ours = evaluate_coco(fast_coco_api(gt), results, iou_type)
-    assert results == before  # the caller's results are not modified
+    assert (gt, results) == before  # the caller's ground truth and results are not modified
     assert len(ours.stats) == 12
     np.testing.assert_allclose(ours.stats, ref.stats, rtol=0, atol=TOL)
     np.testing.assert_allclose(ours.eval["precision"], ref.eval["precision"], rtol=0, atol=TOL)

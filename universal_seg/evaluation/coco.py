@@ -27,9 +27,15 @@ def _quiet(*args, **kwargs):
 
 
 def fast_coco_api(dataset: dict) -> FastCOCO:
-    """A faster-coco-eval COCO index of a COCO ground-truth dict (deep-copied: evaluation adds fields to the
-    annotations, and the caller's dict, e.g. pycocotools' ``COCO.dataset``, stays as it was)."""
-    return FastCOCO(dataset, use_deepcopy=True, print_function=_quiet)
+    """A faster-coco-eval COCO index of a COCO ground-truth dict. Evaluation adds fields ("ignore", "rle") to the
+    annotations, so they (and the image entries) are copied one level deep: the caller's dict, e.g. pycocotools'
+    ``COCO.dataset``, stays as it was. (faster-coco-eval's ``use_deepcopy`` would also deep-copy every result
+    list given to ``loadRes``, which costs more than the evaluation.)"""
+    data = dict(dataset)
+    for key in ("images", "annotations"):
+        if key in data:
+            data[key] = [dict(entry) for entry in data[key]]
+    return FastCOCO(data, use_deepcopy=False, print_function=_quiet)
 
 
 def evaluate_coco(coco_gt: FastCOCO, results: list, iou_type: str, img_ids=None, max_dets_per_image=None):

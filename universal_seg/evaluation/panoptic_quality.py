@@ -60,6 +60,15 @@ def _read_ids(source) -> np.ndarray:
     return rgba.view("<u4")[..., 0] & np.uint32(0xFFFFFF)
 
 
+def _positions(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """For each of ``values``: 1 + its index in ``keys`` (distinct ids), or 0 when it is not one of them."""
+    if not len(keys):
+        return np.zeros(len(values), np.int64)
+    order = np.argsort(keys)
+    pos = np.minimum(np.searchsorted(keys[order], values), len(keys) - 1)
+    return np.where(keys[order][pos] == values, order[pos] + 1, 0)
+
+
 def pq_image(gt_ann: dict, pred_ann: dict, gt_folder: str, pred_folder, categories: dict) -> dict:
     """Per-category [iou_sum, tp, fp, fn] of one image: {category_id: [float, int, int, int]}.
 
@@ -88,16 +97,13 @@ def pq_image(gt_ann: dict, pred_ann: dict, gt_folder: str, pred_folder, categori
     pair_gt, pair_pred = (labels // _OFFSET).astype(np.int64), (labels % _OFFSET).astype(np.int64)
 
     # predictions: column 0 = void, 1.. = listed segments; an id in the PNG that is not listed is an error
-    order = np.argsort(pred_ids)
-    pos = np.minimum(np.searchsorted(pred_ids[order], pair_pred), max(len(pred_ids) - 1, 0))
-    listed = (pred_ids[order][pos] == pair_pred) if len(pred_ids) else np.zeros(len(pair_pred), bool)
-    bad = ~listed & (pair_pred != 0)
+    col = _positions(pred_ids, pair_pred)
+    bad = (col == 0) & (pair_pred != 0)
     if bad.any():
         raise KeyError(
             f"In the image with ID {image_id} segment with ID {int(pair_pred[bad][0])} is presented in PNG and not "
             "presented in JSON."
         )
-    col = np.where(listed, order[pos] + 1, 0)
     n_p = len(pred_ids) + 1
     pred_area = np.bincount(col, weights=counts, minlength=n_p).astype(np.int64)
     missing = pred_ids[pred_area[1:] == 0].tolist()
@@ -116,10 +122,8 @@ def pq_image(gt_ann: dict, pred_ann: dict, gt_folder: str, pred_folder, categori
     gt_by_id = {s["id"]: s for s in gt_segs}  # a repeated id: the last entry, like panopticapi's dict
     gt_info = [s for i, s in gt_by_id.items() if i != 0]
     gt_ids = np.array([s["id"] for s in gt_info], np.int64)
-    g_order = np.argsort(gt_ids)
-    g_pos = np.minimum(np.searchsorted(gt_ids[g_order], pair_gt), max(len(gt_ids) - 1, 0))
-    g_listed = (gt_ids[g_order][g_pos] == pair_gt) if len(gt_ids) else np.zeros(len(pair_gt), bool)
-    row = np.where(g_listed, g_order[g_pos] + 1, np.where(pair_gt == 0, 0, -1))
+    row = _positions(gt_ids, pair_gt)
+    row[(row == 0) & (pair_gt != 0)] = -1
     keep = row >= 0
     inter = np.zeros((len(gt_ids) + 1, n_p), np.int64)  # [G + 1, P + 1] pixel counts
     inter[row[keep], col[keep]] = counts[keep]

@@ -7,7 +7,8 @@ grown / shrunk copies of most objects (some with the wrong class, some duplicate
 scores, an image without detections, a category with detections but no ground truth and one never detected.
 
 Panoptic set: per image ``segments`` thing and stuff segments painted over each other (so areas and overlaps
-vary), void pixels, a crowd segment in some images, and predictions that shift, drop, relabel and add segments.
+vary), void pixels, a crowd segment in some images, and predictions that shift, drop, relabel and add segments
+(and a few without any segment).
 """
 
 import json
@@ -184,6 +185,8 @@ def panoptic_set(folder, num_images, segments=20, seed=0, size=(64, 80)):
             pred_cats[pid] = int(rng.choice(things + stuff))
         if rng.random() < 0.5:
             pred[_shape(rng, h, w, yy, xx, small=True)] = 0  # void in the prediction
+        if image_id % 41 == 0:
+            pred[:] = 0  # a prediction without segments (all void)
         pred_present = set(np.unique(pred).tolist()) - {0}
         pred_segs = [{"id": p, "category_id": c} for p, c in pred_cats.items() if p in pred_present]
         Image.fromarray(_id2rgb(pred)).save(os.path.join(pred_folder, name))

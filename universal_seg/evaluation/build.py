@@ -156,7 +156,7 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
     """The evaluator(s) for ``dataset_name`` from its metadata ``evaluator_type``:
 
     sem_seg -> SemSegEvaluator; coco -> FastCOCOEvaluator (faster-coco-eval; InstanceSegEvaluator when thing ids
-    are not 0..T-1); coco/ade20k/mapillary panoptic -> COCOPanopticEvaluator (+ SemSegEvaluator, + instance AP,
+    are not 0..T-1); coco/ade20k/mapillary panoptic -> PanopticEvaluator (+ SemSegEvaluator, + instance AP,
     following the tasks the model outputs, meta_arch.output_tasks); cityscapes_* -> the
     Cityscapes evaluators. Returns one evaluator or a DatasetEvaluators.
     """

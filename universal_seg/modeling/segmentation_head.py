@@ -25,6 +25,7 @@ class SegmentationHead(nn.Module):
         predictor = build_transformer_decoder(cfg, cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM, mask_classification=True)
         return cls(pixel_decoder, predictor)
 
-    def forward(self, features: dict[str, torch.Tensor]) -> dict:
+    def forward(self, features: dict[str, torch.Tensor], **conditioning) -> dict:
+        """``conditioning`` (e.g. OneFormer's ``task`` token [B, C]) is passed on to the decoder."""
         mask_features, multi_scale_features = self.pixel_decoder(features)
-        return self.predictor(multi_scale_features, mask_features)
+        return self.predictor(multi_scale_features, mask_features, **conditioning)

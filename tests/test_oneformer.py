@@ -117,9 +117,10 @@ def test_contrastive_loss_equals_numpy_equations():
 
 
 def test_train_step_and_inference_without_text_branch():
-    cfg = load_cfg(
-        CONFIG, "DATASETS.TRAIN", "('coco_2017_train_panoptic',)", "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "64"
-    )
+    small = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.TEXT_ENCODER.NUM_LAYERS", "1"]
+    small += ["MODEL.MASK_FORMER.DEC_LAYERS", "4", "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", "1"]
+    small += ["MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", "40", "MODEL.MASK_FORMER.TRAIN_NUM_POINTS", "64"]
+    cfg = load_cfg(CONFIG, "DATASETS.TRAIN", "('coco_2017_train_panoptic',)", *small)
     torch.manual_seed(0)
     model = build_model(cfg)
     sample = {"image": torch.randint(0, 255, (3, 64, 64), dtype=torch.uint8)}
@@ -145,6 +146,44 @@ def test_train_step_and_inference_without_text_branch():
     assert calls == []  # the text branch is not run at inference
     # the task token conditions the queries: two tasks give different semantic maps
     assert not torch.allclose(out["semantic"]["sem_seg"], out["panoptic"]["sem_seg"])
+    # MODEL.TEST.TASK "per_output": each output equals the one of a pass with that task's token
+    model.test_task = "per_output"
+    with torch.no_grad():
+        each = model([dict(sample)])[0]
+        instances = model([{**sample, "task": "instance"}])[0]["instances"]
+    assert torch.equal(each["sem_seg"], out["semantic"]["sem_seg"])
+    assert torch.equal(each["panoptic_seg"][0], out["panoptic"]["panoptic_seg"][0])
+    assert torch.equal(each["instances"].scores, instances.scores)
+    with pytest.raises(ValueError, match="every input"):
+        model([dict(sample), {**sample, "task": "semantic"}])
     with pytest.raises(ValueError, match="task"):
         model.train()
         model([{**sample, "instances": inst}])
+
+
+@pytest.mark.parametrize("mapper", ["mask_former_panoptic", "coco_panoptic_lsj"])
+def test_panoptic_mappers_sample_a_task_and_derive_its_targets(mapper):
+    import copy
+
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from test_mappers import _cfg
+
+    from universal_seg.data.mappers import build_mapper
+
+    cfg = _cfg(mapper, "mini_panoptic_train")
+    cfg.INPUT.IMAGE_SIZE = 256
+    cfg.INPUT.TASK_SAMPLING = True
+    things = set(MetadataCatalog.get("mini_panoptic_train").thing_dataset_id_to_contiguous_id.values())
+    np.random.seed(0)
+    seen = set()
+    for _ in range(4):
+        for record in DatasetCatalog.get("mini_panoptic_train"):
+            out = build_mapper(cfg, is_train=True)(copy.deepcopy(record))
+            task, classes = out["task"], out["instances"].gt_classes.tolist()
+            seen.add(task)
+            if task == "semantic":
+                assert len(classes) == len(set(classes))
+            if task == "instance":
+                assert set(classes) <= things
+    assert seen == {"semantic", "instance", "panoptic"}
+    assert "task" not in build_mapper(cfg, is_train=False)(copy.deepcopy(record))

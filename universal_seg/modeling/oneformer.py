@@ -21,11 +21,12 @@ logger = logging.getLogger(__name__)
 TASK_TEXT = "the task is {}"  # the official "The task is {}"; CLIP's tokenizer lower-cases it
 TEXT_OF_TASK = {"semantic": "a semantic photo", "instance": "an instance photo", "panoptic": "a panoptic photo"}
 CLASS_TEXT = "a photo with a {}"
+PER_OUTPUT = "per_output"  # MODEL.TEST.TASK: each enabled output from a pass with its own task token
 
 
 def add_oneformer_config(cfg) -> None:
-    """MODEL.ONE_FORMER (task conditioning), MODEL.TEXT_ENCODER (training-only text branch), MODEL.TEST.TASK, and
-    INPUT.TASK_SAMPLING / INPUT.TASK_PROB (the panoptic mappers' per-image task). Official OneFormer names.
+    """MODEL.ONE_FORMER (task conditioning), MODEL.TEXT_ENCODER (training-only text branch) and MODEL.TEST.TASK;
+    the mappers' INPUT.TASK_SAMPLING / INPUT.TASK_PROB are in data/config.py. Official OneFormer names.
     The decoder's sizes (queries, layers, hidden dim, heads, FFN) stay in MODEL.MASK_FORMER."""
     of = cfg.MODEL.ONE_FORMER = CN()
     of.TASK_CONDITIONED = False  # build task_mlp and feed the task token to the decoder (OneFormer)
@@ -44,11 +45,10 @@ def add_oneformer_config(cfg) -> None:
     te.PROJ_NUM_LAYERS = 2
     te.N_CTX = 16  # learnable context vectors (prompt_ctx) appended to each image's texts
     cfg.MODEL.TEST = CN()
-    cfg.MODEL.TEST.TASK = "panoptic"  # task token at inference: "semantic", "instance" or "panoptic"
-    cfg.INPUT.TASK_SAMPLING = False  # panoptic mappers: sample a task per image, derive its ground truth
-    cfg.INPUT.TASK_PROB = CN()
-    cfg.INPUT.TASK_PROB.SEMANTIC = 0.33  # cumulative, as the official config: u < 0.33 semantic,
-    cfg.INPUT.TASK_PROB.INSTANCE = 0.66  # 0.33 <= u < 0.66 instance, else panoptic
+    # task token at inference for inputs without a "task": "semantic", "instance" or "panoptic" (one decoder pass,
+    # every enabled output from it: the official behaviour), or "per_output": one pass per enabled output with that
+    # output's task token (one --eval-only run evaluates PQ, AP and mIoU each with its own token)
+    cfg.MODEL.TEST.TASK = "panoptic"
 
 
 def check_task(task: str, source: str) -> str:
@@ -81,7 +81,10 @@ def build_task_conditioning(cfg) -> dict:
     """The meta-architecture's OneFormer arguments: task_mlp, text_encoder, text_projector, prompt_ctx (None when
     off), task_seq_len and test_task."""
     of, te, mf = cfg.MODEL.ONE_FORMER, cfg.MODEL.TEXT_ENCODER, cfg.MODEL.MASK_FORMER
-    args = {"test_task": check_task(cfg.MODEL.TEST.TASK, "MODEL.TEST.TASK")}
+    test_task = cfg.MODEL.TEST.TASK
+    if test_task != PER_OUTPUT and test_task not in TEXT_OF_TASK:
+        raise ValueError(f"MODEL.TEST.TASK is {test_task!r}; choose one of {sorted(TEXT_OF_TASK)} or {PER_OUTPUT!r}.")
+    args = {"test_task": test_task}
     if not of.TASK_CONDITIONED:
         if te.ENABLED:
             raise ValueError("MODEL.TEXT_ENCODER.ENABLED needs MODEL.ONE_FORMER.TASK_CONDITIONED True.")

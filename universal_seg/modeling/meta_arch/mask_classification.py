@@ -15,6 +15,7 @@ from ..criterion import SetCriterion, build_weight_dict
 from ..heads import PER_PIXEL_HEAD_REGISTRY
 from ..matcher import HungarianMatcher
 from ..oneformer import (
+    PER_OUTPUT,
     ContrastiveSetCriterion,
     TaskTokenizer,
     build_task_conditioning,
@@ -123,7 +124,11 @@ class UniversalSegmentor(SegmentorBase):
 
     @classmethod
     def enable_output_task(cls, cfg, task: str) -> None:
+        """Turns ``task``'s output on; a task-conditioned model (OneFormer) then takes each output from a pass with
+        its own task token (MODEL.TEST.TASK "per_output")."""
         cfg.MODEL.MASK_FORMER.TEST[cls._TASK_KEYS[task]] = True
+        if cfg.MODEL.ONE_FORMER.TASK_CONDITIONED:
+            cfg.MODEL.TEST.TASK = PER_OUTPUT
 
     @classmethod
     def from_config(cls, cfg, backbone: nn.Module | None = None) -> dict:
@@ -201,11 +206,35 @@ class UniversalSegmentor(SegmentorBase):
         return {k: v * weights[k] for k, v in losses.items() if k in weights}
 
     def forward_inference(self, batched_inputs: list[dict], images: ImageList) -> list[dict]:
-        conditioning = self.conditioning(self.tasks_of(batched_inputs))
-        outputs = self.sem_seg_head(self.backbone(images.tensor), **conditioning)
-        return self.inference(outputs, batched_inputs, images)
+        features = self.backbone(images.tensor)
+        if not self.per_output_tasks(batched_inputs):
+            outputs = self.sem_seg_head(features, **self.conditioning(self.tasks_of(batched_inputs)))
+            return self.inference(outputs, batched_inputs, images)
+        # OneFormer, MODEL.TEST.TASK "per_output": each enabled output from a pass with its own task token
+        results = [{} for _ in batched_inputs]
+        for task in (t for t, on in self._outputs_on().items() if on):
+            outputs = self.sem_seg_head(features, **self.conditioning([task] * len(batched_inputs)))
+            for result, out in zip(results, self.inference(outputs, batched_inputs, images, only=task)):
+                result.update(out)
+        return results
 
     # ------------------------------------------------------------------------------------------- OneFormer
+    def per_output_tasks(self, batched_inputs: list[dict]) -> bool:
+        """Whether inference runs the decoder once per enabled output, each with that task's token: a
+        task-conditioned model with MODEL.TEST.TASK "per_output" and inputs without a "task"."""
+        if self.task_mlp is None or self.test_task != PER_OUTPUT:
+            return False
+        given = sum("task" in x for x in batched_inputs)
+        if 0 < given < len(batched_inputs):
+            raise ValueError(
+                f"{given} of {len(batched_inputs)} inputs carry a 'task': give every input of a batch a 'task', "
+                f"or none (then each output uses its own task token, MODEL.TEST.TASK 'per_output')."
+            )
+        return given == 0
+
+    def _outputs_on(self) -> dict[str, bool]:
+        return {"semantic": self.semantic_on, "panoptic": self.panoptic_on, "instance": self.instance_on}
+
     def tasks_of(self, batched_inputs: list[dict]) -> list[str] | None:
         """Each input's task (OneFormer): its "task", required in training, else MODEL.TEST.TASK; None otherwise."""
         if self.task_mlp is None:
@@ -215,7 +244,10 @@ class UniversalSegmentor(SegmentorBase):
                 "a task-conditioned model (MODEL.ONE_FORMER.TASK_CONDITIONED) trains on inputs with a 'task': "
                 "set INPUT.TASK_SAMPLING True with a panoptic dataset mapper."
             )
-        return [check_task(x.get("task", self.test_task), "an input's 'task'") for x in batched_inputs]
+        return [
+            check_task(x.get("task", self.test_task), "an input's 'task' (else MODEL.TEST.TASK)")
+            for x in batched_inputs
+        ]
 
     def conditioning(self, tasks: list[str] | None) -> dict:
         """{"task": task_mlp(token ids of "the task is {task}") [B, C]} for a task-conditioned model, else {}."""
@@ -281,9 +313,12 @@ class UniversalSegmentor(SegmentorBase):
         return targets
 
     # ---------------------------------------------------------------------------------------------- inference
-    def inference(self, outputs: dict, batched_inputs: list[dict], images: ImageList) -> list[dict]:
-        """Decoder outputs -> per image {"sem_seg", "panoptic_seg", "instances"} (those enabled), at the output
-        size; mask logits are upsampled to the padded image first."""
+    def inference(
+        self, outputs: dict, batched_inputs: list[dict], images: ImageList, only: str | None = None
+    ) -> list[dict]:
+        """Decoder outputs -> per image {"sem_seg", "panoptic_seg", "instances"} (those enabled; with ``only``, just
+        that task's), at the output size; mask logits are upsampled to the padded image first."""
+        on = {t: v and only in (None, t) for t, v in self._outputs_on().items()}
         mask_cls = outputs["pred_logits"]
         mask_pred = F.interpolate(
             outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear", align_corners=False
@@ -297,16 +332,16 @@ class UniversalSegmentor(SegmentorBase):
             if self.sem_seg_postprocess_before_inference:
                 mask_i = resize_to_output(mask_i, image_size, height, width)
             out = {}
-            if self.semantic_on:
+            if on["semantic"]:
                 sem = semantic_inference(cls_i, mask_i)
                 if not self.sem_seg_postprocess_before_inference:
                     sem = resize_to_output(sem, image_size, height, width)
                 out["sem_seg"] = sem
-            if self.panoptic_on:
+            if on["panoptic"]:
                 out["panoptic_seg"] = panoptic_inference(
                     cls_i, mask_i, num_classes, self.object_mask_threshold, self.overlap_threshold, thing_ids
                 )
-            if self.instance_on:
+            if on["instance"]:
                 out["instances"] = instance_inference(
                     cls_i, mask_i, num_classes, self.test_topk_per_image, self.panoptic_on, thing_ids
                 )

@@ -7,7 +7,9 @@ alternating rounds in one process so that both see the same machine state.
 OneFormer is timed with MODEL.TEST.TASK "panoptic" (one decoder pass: the official inference) and "per_output" (one
 pass per output: semantic, instance and panoptic each with its own task token). Its text branch is built but not
 run at inference, so "panoptic" / Mask2Former measures the task token, the query transformer and the 150 (vs 100)
-queries. Untrained weights; prints medians and the spread (min-max) over the rounds.
+queries. Untrained weights; prints medians and the spread (min-max) over the rounds. ``--flops`` instead counts
+the floating-point operations of one pass of each (torch.utils.flop_counter: matrix products and convolutions;
+the MSDeformAttn op is not counted), a measure that does not depend on the machine's load.
 """
 
 import argparse
@@ -37,6 +39,7 @@ def main():
     parser.add_argument("--size", type=int, default=512)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--flops", action="store_true", help="count FLOPs of one pass instead of timing")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -45,6 +48,20 @@ def main():
         models[name] = build_model(load_config(config, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", *opts])).eval()
     image = torch.randint(0, 256, (3, args.size, args.size), dtype=torch.uint8)
     inputs = [{"image": image, "height": args.size, "width": args.size}]
+    if args.flops:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counts = {}
+        for name, model in models.items():
+            with FlopCounterMode(display=False) as counter:  # (its module tracker needs autograd on)
+                model(inputs)
+            counts[name] = counter.get_total_flops()
+        for name, n in counts.items():
+            print(
+                f"{name:34s} {args.size}x{args.size}: {n / 1e9:.1f} GFLOP, "
+                f"/ Mask2Former {n / counts['mask2former_r50']:.3f}"
+            )
+        return
     times = {name: [] for name in models}
     with torch.no_grad():
         for model in models.values():  # warm-up

@@ -210,10 +210,12 @@ class UniversalSegmentor(SegmentorBase):
         if not self.per_output_tasks(batched_inputs):
             outputs = self.sem_seg_head(features, **self.conditioning(self.tasks_of(batched_inputs)))
             return self.inference(outputs, batched_inputs, images)
-        # OneFormer, MODEL.TEST.TASK "per_output": each enabled output from a pass with its own task token
+        # OneFormer, MODEL.TEST.TASK "per_output": each enabled output from a decoder pass with its own task token
+        # (the pixel decoder does not depend on the task: it runs once)
+        pixel_features = self.sem_seg_head.pixel_decoder(features)
         results = [{} for _ in batched_inputs]
         for task in (t for t, on in self._outputs_on().items() if on):
-            outputs = self.sem_seg_head(features, **self.conditioning([task] * len(batched_inputs)))
+            outputs = self.sem_seg_head.predict(pixel_features, **self.conditioning([task] * len(batched_inputs)))
             for result, out in zip(results, self.inference(outputs, batched_inputs, images, only=task)):
                 result.update(out)
         return results

@@ -109,8 +109,8 @@ class OneFormerTransformerDecoder(MultiScaleMaskedTransformerDecoder):
         """
         if task is None:
             raise ValueError(
-                "OneFormerTransformerDecoder needs the task token: build it inside a UniversalSegmentor with "
-                "MODEL.ONE_FORMER.TASK_CONDITIONED True."
+                "OneFormerTransformerDecoder needs the task token (task=[B, C]), which UniversalSegmentor passes when "
+                "MODEL.ONE_FORMER.TASK_CONDITIONED is True; exporting a OneFormer model is not supported yet."
             )
         src, pos, sizes = self.prepare_features(x)
         B = mask_features.shape[0]

@@ -106,6 +106,7 @@ def add_universal_seg_config(cfg) -> None:
     from .inference.config import add_inference_config
     from .modeling.backbone.config import add_backbone_config
     from .modeling.heads.cgrseg import add_cgrseg_config
+    from .modeling.oneformer import add_oneformer_config
     from .modeling.transformer_decoder.structtoken.config import add_structtoken_config
 
     add_maskformer_config(cfg)
@@ -116,6 +117,7 @@ def add_universal_seg_config(cfg) -> None:
     add_engine_config(cfg)
     add_structtoken_config(cfg)
     add_cgrseg_config(cfg)
+    add_oneformer_config(cfg)
     add_inference_config(cfg)
 
 

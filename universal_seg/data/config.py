@@ -1,6 +1,8 @@
 """Config keys of the data pipeline (names and defaults as in Mask2Former). detectron2 already has
 INPUT.MIN_SIZE_TRAIN/MAX_SIZE_TRAIN/CROP.*/FORMAT and TEST.AUG.* (MIN_SIZES, MAX_SIZE, FLIP) used by the TTA."""
 
+from detectron2.config import CfgNode as CN
+
 
 def add_data_config(cfg):
     """Add the dataset/input/test keys of universal_seg to ``cfg`` (a detectron2 CfgNode), in place."""
@@ -21,4 +23,10 @@ def add_data_config(cfg):
     # training stops with an error when more than this fraction of the training files cannot be decoded (the
     # unreadable ones are skipped, counted and reported until then; missing files are an error before training)
     cfg.DATALOADER.MAX_UNREADABLE_FRACTION = 0.01
+    # OneFormer: the panoptic mappers sample a task per training image and derive its ground truth from the
+    # panoptic annotation (semantic: one mask per class; instance: things only; panoptic: every segment)
+    cfg.INPUT.TASK_SAMPLING = False
+    cfg.INPUT.TASK_PROB = CN()
+    cfg.INPUT.TASK_PROB.SEMANTIC = 0.33  # cumulative, as the official config: u < 0.33 semantic,
+    cfg.INPUT.TASK_PROB.INSTANCE = 0.66  # 0.33 <= u < 0.66 instance, else panoptic
     return cfg

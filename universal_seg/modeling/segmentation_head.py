@@ -25,6 +25,12 @@ class SegmentationHead(nn.Module):
         predictor = build_transformer_decoder(cfg, cfg.MODEL.SEM_SEG_HEAD.CONVS_DIM, mask_classification=True)
         return cls(pixel_decoder, predictor)
 
-    def forward(self, features: dict[str, torch.Tensor]) -> dict:
-        mask_features, multi_scale_features = self.pixel_decoder(features)
-        return self.predictor(multi_scale_features, mask_features)
+    def forward(self, features: dict[str, torch.Tensor], **conditioning) -> dict:
+        """``conditioning`` (e.g. OneFormer's ``task`` token [B, C]) is passed on to the decoder."""
+        return self.predict(self.pixel_decoder(features), **conditioning)
+
+    def predict(self, pixel_features: tuple, **conditioning) -> dict:
+        """The decoder on the pixel decoder's (mask_features, multi_scale_features): several decoder passes (one
+        per OneFormer task token) can share one pixel-decoder pass."""
+        mask_features, multi_scale_features = pixel_features
+        return self.predictor(multi_scale_features, mask_features, **conditioning)

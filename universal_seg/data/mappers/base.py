@@ -2,6 +2,7 @@
 
 import copy
 
+import numpy as np
 from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.projects.point_rend import ColorAugSSDTransform
@@ -85,3 +86,28 @@ def start(dataset_dict, image_format):
         dataset_dict.setdefault("height", image.shape[0])
         dataset_dict.setdefault("width", image.shape[1])
     return dataset_dict, image
+
+
+class TaskSampler:
+    """OneFormer's per-image task in training (INPUT.TASK_SAMPLING): u ~ U[0, 1); "semantic" when u < p_sem,
+    "instance" when u < p_inst, else "panoptic" (INPUT.TASK_PROB.{SEMANTIC, INSTANCE}, cumulative as in the
+    official config). Uses numpy's global generator, which detectron2 seeds per data-loader worker."""
+
+    def __init__(self, semantic: float, instance: float):
+        if not 0.0 <= semantic <= instance <= 1.0:
+            raise ValueError(
+                f"INPUT.TASK_PROB needs 0 <= SEMANTIC <= INSTANCE <= 1 (cumulative probabilities), got "
+                f"SEMANTIC={semantic}, INSTANCE={instance}."
+            )
+        self.semantic, self.instance = semantic, instance
+
+    @classmethod
+    def from_config(cls, cfg, is_train: bool):
+        """The sampler, or None when INPUT.TASK_SAMPLING is off or at inference."""
+        if not (is_train and cfg.INPUT.TASK_SAMPLING):
+            return None
+        return cls(cfg.INPUT.TASK_PROB.SEMANTIC, cfg.INPUT.TASK_PROB.INSTANCE)
+
+    def __call__(self) -> str:
+        u = np.random.uniform(0.0, 1.0)
+        return "semantic" if u < self.semantic else "instance" if u < self.instance else "panoptic"

@@ -2,12 +2,13 @@
 
 import numpy as np
 import torch
+from detectron2.config import configurable
 from detectron2.data import transforms as T
 
-from .base import register_mapper, start
+from .base import TaskSampler, register_mapper, start
 from .image_io import check_same_size, read_label, read_panoptic
 from .semantic import SemanticDatasetMapper
-from .targets import compact_panoptic, divisible_size, image_to_tensor, instances_from_panoptic, pad_to
+from .targets import compact_panoptic, divisible_size, image_to_tensor, pad_to, task_instances_from_panoptic
 
 
 def semantic_from_compact(compact, segments_info, ignore_label):
@@ -35,8 +36,18 @@ class PanopticDatasetMapper(SemanticDatasetMapper):
     ``sem_seg_file_name`` when present, else from the panoptic segments (void -> ignore).
 
     Returns dict(..., image uint8 [3, H, W], sem_seg long [H, W], instances: gt_classes long [n],
-    gt_masks bool [n, H, W]), or None when the image is unreadable.
+    gt_masks bool [n, H, W]), or None when the image is unreadable. With INPUT.TASK_SAMPLING (OneFormer) also
+    "task", and the instances are that task's (task_instances_from_panoptic).
     """
+
+    @configurable
+    def __init__(self, is_train=True, *, task_sampler=None, **kwargs):
+        super().__init__(is_train, **kwargs)
+        self.task_sampler = task_sampler
+
+    @classmethod
+    def from_config(cls, cfg, is_train=True):
+        return {**super().from_config(cfg, is_train), "task_sampler": TaskSampler.from_config(cfg, is_train)}
 
     def __call__(self, dataset_dict):
         dataset_dict, image = start(dataset_dict, self.image_format)
@@ -56,5 +67,8 @@ class PanopticDatasetMapper(SemanticDatasetMapper):
         image, (sem, compact) = pad_to(image, [sem, compact], size, [self.ignore_label, 0])
         dataset_dict["image"] = image_to_tensor(image)
         dataset_dict["sem_seg"] = torch.from_numpy(sem)
-        dataset_dict["instances"] = instances_from_panoptic(compact, segments)
+        task = self.task_sampler() if self.task_sampler is not None else "panoptic"
+        if self.task_sampler is not None:
+            dataset_dict["task"] = task
+        dataset_dict["instances"] = task_instances_from_panoptic(compact, segments, task)
         return dataset_dict

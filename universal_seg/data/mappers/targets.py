@@ -60,6 +60,36 @@ def instances_from_panoptic(compact, segments_info):
     return make_instances(compact.shape, classes, masks)
 
 
+def task_instances_from_panoptic(compact, segments_info, task):
+    """OneFormer's task-dependent targets from one panoptic annotation (non-crowd segments still visible in
+    ``compact``): "panoptic" one instance per segment; "instance" only the thing segments; "semantic" one instance
+    per class, the union of that class's segments (things merged), classes in ascending order."""
+    if task == "panoptic":
+        return instances_from_panoptic(compact, segments_info)
+    if task == "instance":
+        classes, masks = [], []
+        for k, segment in enumerate(segments_info):
+            if segment.get("iscrowd", 0) or not segment.get("isthing", 0):
+                continue
+            mask = compact == k + 1
+            if mask.any():
+                classes.append(int(segment["category_id"]))
+                masks.append(mask)
+        return make_instances(compact.shape, classes, masks)
+    if task != "semantic":
+        raise ValueError(f"task {task!r} is unknown; choose 'semantic', 'instance' or 'panoptic'.")
+    by_class = {}
+    for k, segment in enumerate(segments_info):
+        if segment.get("iscrowd", 0):
+            continue
+        mask = compact == k + 1
+        if mask.any():
+            c = int(segment["category_id"])
+            by_class[c] = by_class[c] | mask if c in by_class else mask
+    classes = sorted(by_class)
+    return make_instances(compact.shape, classes, [by_class[c] for c in classes])
+
+
 def make_instances(shape, classes, masks):
     """Instances with gt_classes long [n], gt_masks bool [n, H, W] and gt_boxes (XYXY, from the masks)."""
     inst = Instances(tuple(shape[:2]))

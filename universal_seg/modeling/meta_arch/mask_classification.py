@@ -1,5 +1,7 @@
-"""Mask classification (Mask2Former, StructToken-universal): queries, Hungarian matching, three-task
+"""Mask classification (Mask2Former, OneFormer, StructToken-universal): queries, Hungarian matching, three-task
 post-processing."""
+
+import logging
 
 import torch
 import torch.nn.functional as F
@@ -12,9 +14,20 @@ from torch import nn
 from ..criterion import SetCriterion, build_weight_dict
 from ..heads import PER_PIXEL_HEAD_REGISTRY
 from ..matcher import HungarianMatcher
+from ..oneformer import (
+    PER_OUTPUT,
+    ContrastiveSetCriterion,
+    TaskTokenizer,
+    build_task_conditioning,
+    check_task,
+    image_texts,
+)
 from ..postprocess import instance_inference, panoptic_inference, semantic_inference
 from ..segmentation_head import SegmentationHead
+from ..text_encoder import tokenize
 from .base import TASKS, SegmentorBase, resize_to_output
+
+logger = logging.getLogger(__name__)
 
 # MODEL.SEM_SEG_HEAD.NAME values a mask-classification config may carry: detectron2's default (which no
 # Mask2Former config changes) and the name the official Mask2Former configs give this head.
@@ -32,6 +45,14 @@ class UniversalSegmentor(SegmentorBase):
     alone also works (one target per class present). Training output: the criterion's losses, weighted.
     Inference output per image: "sem_seg" [K, H, W] probabilities, "panoptic_seg" (int32 [H, W], segments_info) and
     "instances" (pred_masks, pred_boxes, scores, pred_classes), each when enabled, at "height" x "width".
+
+    OneFormer (MODEL.ONE_FORMER.TASK_CONDITIONED): ``task_mlp`` maps the tokens of "the task is {task}" to the
+    task token [B, C] the decoder starts from; the task is each input's "task" (the mappers sample it in
+    training, INPUT.TASK_SAMPLING) or, at inference, ``test_task`` (MODEL.TEST.TASK) when the input has none.
+    With ``text_encoder`` (MODEL.TEXT_ENCODER.ENABLED) training adds the query-text contrastive loss: each image's
+    texts ("a photo with a {class}" per target, "a {task} photo" for the rest; N - n_ctx of them) are encoded by
+    ``text_encoder`` + ``text_projector`` and followed by the ``prompt_ctx`` vectors. The text branch is never run
+    at inference.
     """
 
     @configurable
@@ -54,6 +75,13 @@ class UniversalSegmentor(SegmentorBase):
         instance_on: bool,
         test_topk_per_image: int,
         ignore_label: int = 255,
+        task_mlp: nn.Module | None = None,
+        task_seq_len: int = 77,
+        test_task: str = "panoptic",
+        text_encoder: nn.Module | None = None,
+        text_projector: nn.Module | None = None,
+        prompt_ctx: nn.Module | None = None,
+        text_seq_len: int = 77,
     ):
         super().__init__(
             backbone=backbone,
@@ -78,6 +106,14 @@ class UniversalSegmentor(SegmentorBase):
         self.semantic_on, self.panoptic_on, self.instance_on = semantic_on, panoptic_on, instance_on
         self.test_topk_per_image = test_topk_per_image
         self.ignore_label = ignore_label
+        self.task_mlp, self.task_tokens, self.test_task = task_mlp, TaskTokenizer(task_seq_len), test_task
+        self.text_encoder, self.text_projector, self.prompt_ctx = text_encoder, text_projector, prompt_ctx
+        self.text_seq_len, self._text_tokens = text_seq_len, {}
+        if text_encoder is not None and getattr(metadata, "stuff_classes", None) is None:
+            raise ValueError(
+                "the contrastive loss (MODEL.TEXT_ENCODER.ENABLED) needs the class names of DATASETS.TRAIN[0] "
+                "(metadata stuff_classes): register the dataset or turn MODEL.TEXT_ENCODER.ENABLED off."
+            )
 
     _TASK_KEYS = {"panoptic": "PANOPTIC_ON", "instance": "INSTANCE_ON", "semantic": "SEMANTIC_ON"}
 
@@ -88,7 +124,11 @@ class UniversalSegmentor(SegmentorBase):
 
     @classmethod
     def enable_output_task(cls, cfg, task: str) -> None:
+        """Turns ``task``'s output on; a task-conditioned model (OneFormer) then takes each output from a pass with
+        its own task token (MODEL.TEST.TASK "per_output")."""
         cfg.MODEL.MASK_FORMER.TEST[cls._TASK_KEYS[task]] = True
+        if cfg.MODEL.ONE_FORMER.TASK_CONDITIONED:
+            cfg.MODEL.TEST.TASK = PER_OUTPUT
 
     @classmethod
     def from_config(cls, cfg, backbone: nn.Module | None = None) -> dict:
@@ -117,11 +157,18 @@ class UniversalSegmentor(SegmentorBase):
             mf.CLASS_WEIGHT, mf.MASK_WEIGHT, mf.DICE_WEIGHT, mf.DEC_LAYERS, mf.DEEP_SUPERVISION
         )
         test = mf.TEST
+        oneformer = build_task_conditioning(cfg)
+        criterion_cls, criterion_extra = SetCriterion, {}
+        if "text_encoder" in oneformer:
+            weight_dict["loss_contrastive"] = cfg.MODEL.ONE_FORMER.CONTRASTIVE_WEIGHT
+            criterion_cls = ContrastiveSetCriterion
+            criterion_extra = {"temperature": cfg.MODEL.ONE_FORMER.CONTRASTIVE_TEMPERATURE}
         return {
+            **oneformer,
             **args,
             "size_divisibility": mf.SIZE_DIVISIBILITY,
             "sem_seg_head": SegmentationHead.from_config(cfg, args["backbone"].output_shape()),
-            "criterion": SetCriterion(
+            "criterion": criterion_cls(
                 cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
                 matcher=matcher,
                 weight_dict=weight_dict,
@@ -131,6 +178,7 @@ class UniversalSegmentor(SegmentorBase):
                 oversample_ratio=mf.OVERSAMPLE_RATIO,
                 importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO,
                 class_weights=tuple(mf.PER_CLASS_CE_WEIGHTS),
+                **criterion_extra,
             ),
             "num_queries": mf.NUM_OBJECT_QUERIES,
             "object_mask_threshold": test.OBJECT_MASK_THRESHOLD,
@@ -148,15 +196,92 @@ class UniversalSegmentor(SegmentorBase):
         }
 
     def forward_train(self, batched_inputs: list[dict], images: ImageList) -> dict[str, torch.Tensor]:
-        outputs = self.sem_seg_head(self.backbone(images.tensor))
         targets = self.prepare_targets(batched_inputs, images)
+        tasks = self.tasks_of(batched_inputs)
+        outputs = self.sem_seg_head(self.backbone(images.tensor), **self.conditioning(tasks))
+        if self.text_encoder is not None:
+            outputs["texts"] = self.encode_texts(tasks, targets)
         losses = self.criterion(outputs, targets)
         weights = self.criterion.weight_dict
         return {k: v * weights[k] for k, v in losses.items() if k in weights}
 
     def forward_inference(self, batched_inputs: list[dict], images: ImageList) -> list[dict]:
-        outputs = self.sem_seg_head(self.backbone(images.tensor))
-        return self.inference(outputs, batched_inputs, images)
+        features = self.backbone(images.tensor)
+        if not self.per_output_tasks(batched_inputs):
+            outputs = self.sem_seg_head(features, **self.conditioning(self.tasks_of(batched_inputs)))
+            return self.inference(outputs, batched_inputs, images)
+        # OneFormer, MODEL.TEST.TASK "per_output": each enabled output from a decoder pass with its own task token
+        # (the pixel decoder does not depend on the task: it runs once)
+        pixel_features = self.sem_seg_head.pixel_decoder(features)
+        results = [{} for _ in batched_inputs]
+        for task in (t for t, on in self._outputs_on().items() if on):
+            outputs = self.sem_seg_head.predict(pixel_features, **self.conditioning([task] * len(batched_inputs)))
+            for result, out in zip(results, self.inference(outputs, batched_inputs, images, only=task)):
+                result.update(out)
+        return results
+
+    # ------------------------------------------------------------------------------------------- OneFormer
+    def per_output_tasks(self, batched_inputs: list[dict]) -> bool:
+        """Whether inference runs the decoder once per enabled output, each with that task's token: a
+        task-conditioned model with MODEL.TEST.TASK "per_output" and inputs without a "task"."""
+        if self.task_mlp is None or self.test_task != PER_OUTPUT:
+            return False
+        given = sum("task" in x for x in batched_inputs)
+        if 0 < given < len(batched_inputs):
+            raise ValueError(
+                f"{given} of {len(batched_inputs)} inputs carry a 'task': give every input of a batch a 'task', "
+                f"or none (then each output uses its own task token, MODEL.TEST.TASK 'per_output')."
+            )
+        return given == 0
+
+    def _outputs_on(self) -> dict[str, bool]:
+        return {"semantic": self.semantic_on, "panoptic": self.panoptic_on, "instance": self.instance_on}
+
+    def tasks_of(self, batched_inputs: list[dict]) -> list[str] | None:
+        """Each input's task (OneFormer): its "task", required in training, else MODEL.TEST.TASK; None otherwise."""
+        if self.task_mlp is None:
+            return None
+        if self.training and any("task" not in x for x in batched_inputs):
+            raise ValueError(
+                "a task-conditioned model (MODEL.ONE_FORMER.TASK_CONDITIONED) trains on inputs with a 'task': "
+                "set INPUT.TASK_SAMPLING True with a panoptic dataset mapper."
+            )
+        return [
+            check_task(x.get("task", self.test_task), "an input's 'task' (else MODEL.TEST.TASK)")
+            for x in batched_inputs
+        ]
+
+    def conditioning(self, tasks: list[str] | None) -> dict:
+        """{"task": task_mlp(token ids of "the task is {task}") [B, C]} for a task-conditioned model, else {}."""
+        if tasks is None:
+            return {}
+        ids = torch.stack([self.task_tokens(t) for t in tasks]).to(self.device)
+        return {"task": self.task_mlp(ids)}
+
+    def encode_texts(self, tasks: list[str], targets: list[dict]) -> torch.Tensor:
+        """The text side of the contrastive loss, [B, N, C]: each image's N - n_ctx texts through text_encoder and
+        text_projector, then the prompt_ctx vectors."""
+        n_ctx = 0 if self.prompt_ctx is None else self.prompt_ctx.weight.shape[0]
+        num_texts = self.num_queries - n_ctx
+        names = self.metadata.stuff_classes
+        texts, dropped = [], 0
+        for task, target in zip(tasks, targets):
+            image, left_out = image_texts(task, target["labels"].tolist(), names, num_texts)
+            texts.extend(image)
+            dropped += left_out
+        if dropped:
+            logger.warning("contrastive loss: %d ground-truth segments beyond %d texts per image left out", dropped,
+                           num_texts)  # fmt: skip
+        ids = torch.stack([self._tokens_of(t) for t in texts]).to(self.device)
+        x = self.text_projector(self.text_encoder(ids)).view(len(tasks), num_texts, -1)
+        if n_ctx:
+            x = torch.cat([x, self.prompt_ctx.weight.unsqueeze(0).expand(len(tasks), -1, -1)], dim=1)
+        return x
+
+    def _tokens_of(self, text: str) -> torch.Tensor:
+        if text not in self._text_tokens:
+            self._text_tokens[text] = tokenize(text, self.text_seq_len)[0]
+        return self._text_tokens[text]
 
     # ----------------------------------------------------------------------------------------------- training
     def _instances_of(self, x: dict) -> Instances:
@@ -190,9 +315,12 @@ class UniversalSegmentor(SegmentorBase):
         return targets
 
     # ---------------------------------------------------------------------------------------------- inference
-    def inference(self, outputs: dict, batched_inputs: list[dict], images: ImageList) -> list[dict]:
-        """Decoder outputs -> per image {"sem_seg", "panoptic_seg", "instances"} (those enabled), at the output
-        size; mask logits are upsampled to the padded image first."""
+    def inference(
+        self, outputs: dict, batched_inputs: list[dict], images: ImageList, only: str | None = None
+    ) -> list[dict]:
+        """Decoder outputs -> per image {"sem_seg", "panoptic_seg", "instances"} (those enabled; with ``only``, just
+        that task's), at the output size; mask logits are upsampled to the padded image first."""
+        on = {t: v and only in (None, t) for t, v in self._outputs_on().items()}
         mask_cls = outputs["pred_logits"]
         mask_pred = F.interpolate(
             outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear", align_corners=False
@@ -206,16 +334,16 @@ class UniversalSegmentor(SegmentorBase):
             if self.sem_seg_postprocess_before_inference:
                 mask_i = resize_to_output(mask_i, image_size, height, width)
             out = {}
-            if self.semantic_on:
+            if on["semantic"]:
                 sem = semantic_inference(cls_i, mask_i)
                 if not self.sem_seg_postprocess_before_inference:
                     sem = resize_to_output(sem, image_size, height, width)
                 out["sem_seg"] = sem
-            if self.panoptic_on:
+            if on["panoptic"]:
                 out["panoptic_seg"] = panoptic_inference(
                     cls_i, mask_i, num_classes, self.object_mask_threshold, self.overlap_threshold, thing_ids
                 )
-            if self.instance_on:
+            if on["instance"]:
                 out["instances"] = instance_inference(
                     cls_i, mask_i, num_classes, self.test_topk_per_image, self.panoptic_on, thing_ids
                 )

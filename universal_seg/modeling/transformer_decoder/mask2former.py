@@ -123,9 +123,16 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
         predictions (dec_layers dicts) in training; in eval mode "aux_outputs" is empty and the intermediate
         masks are computed only at attention-mask resolution (identical attention masks, a fraction of the work).
         """
+        src, pos, sizes = self.prepare_features(x)
+        B = mask_features.shape[0]
+        query_pos = self.query_embed.weight.unsqueeze(0).expand(B, -1, -1)
+        output = self.query_feat.weight.unsqueeze(0).expand(B, -1, -1)
+        return self.decode(output, query_pos, src, pos, sizes, mask_features)
+
+    def prepare_features(self, x: list[torch.Tensor]) -> tuple[list, list, list]:
+        """Per level: projected features + level embedding [B, hw, C], sine positions [B, hw, C], size (h, w)."""
         if len(x) != self.num_feature_levels:
             raise ValueError(f"the decoder expects {self.num_feature_levels} feature levels, got {len(x)}.")
-        B = mask_features.shape[0]
         sizes = [tuple(f.shape[-2:]) for f in x]
         src, pos = [], []
         for lvl, feat in enumerate(x):
@@ -133,9 +140,11 @@ class MultiScaleMaskedTransformerDecoder(nn.Module):
             src.append(
                 (self.input_proj[lvl](feat).flatten(2) + self.level_embed.weight[lvl][None, :, None]).transpose(1, 2)
             )
-        query_pos = self.query_embed.weight.unsqueeze(0).expand(B, -1, -1)
-        output = self.query_feat.weight.unsqueeze(0).expand(B, -1, -1)
+        return src, pos, sizes
 
+    def decode(self, output, query_pos, src, pos, sizes, mask_features) -> dict:
+        """The masked-attention layers from initial queries ``output`` and positions ``query_pos`` (both [B, Q, C]);
+        returns the dict of :meth:`forward`."""
         # In eval mode only the last prediction is returned, so intermediate masks are needed only for attention
         # masks: resizing is linear, hence resize(embed . F) == embed . resize(F), computed on the small maps.
         lowres = (

@@ -12,7 +12,12 @@ from torch import nn
 from ..criterion import SetCriterion, build_weight_dict
 from ..heads import PER_PIXEL_HEAD_REGISTRY
 from ..matcher import HungarianMatcher
-from ..postprocess import instance_inference, panoptic_inference, semantic_inference
+from ..postprocess import (
+    confident_semantic_inference,
+    instance_inference,
+    panoptic_inference,
+    semantic_inference,
+)
 from ..segmentation_head import SegmentationHead
 from .base import TASKS, SegmentorBase, resize_to_output
 
@@ -54,6 +59,7 @@ class UniversalSegmentor(SegmentorBase):
         instance_on: bool,
         test_topk_per_image: int,
         ignore_label: int = 255,
+        semantic_object_threshold: float = 0.0,
     ):
         super().__init__(
             backbone=backbone,
@@ -77,6 +83,12 @@ class UniversalSegmentor(SegmentorBase):
         self.sem_seg_postprocess_before_inference = sem_seg_postprocess_before_inference
         self.semantic_on, self.panoptic_on, self.instance_on = semantic_on, panoptic_on, instance_on
         self.test_topk_per_image = test_topk_per_image
+        if not 0 <= semantic_object_threshold < 1:
+            raise ValueError(
+                f"MODEL.MASK_FORMER.TEST.SEMANTIC_OBJECT_THRESHOLD must be in [0, 1) (0: every query, as in "
+                f"Mask2Former), got {semantic_object_threshold}."
+            )
+        self.semantic_object_threshold = semantic_object_threshold
         self.ignore_label = ignore_label
 
     _TASK_KEYS = {"panoptic": "PANOPTIC_ON", "instance": "INSTANCE_ON", "semantic": "SEMANTIC_ON"}
@@ -114,7 +126,12 @@ class UniversalSegmentor(SegmentorBase):
             num_points=mf.TRAIN_NUM_POINTS,
         )
         weight_dict = build_weight_dict(
-            mf.CLASS_WEIGHT, mf.MASK_WEIGHT, mf.DICE_WEIGHT, mf.DEC_LAYERS, mf.DEEP_SUPERVISION
+            mf.CLASS_WEIGHT,
+            mf.MASK_WEIGHT,
+            mf.DICE_WEIGHT,
+            mf.DEC_LAYERS,
+            mf.DEEP_SUPERVISION,
+            mf.UNMATCHED_MASK_WEIGHT,
         )
         test = mf.TEST
         return {
@@ -126,7 +143,7 @@ class UniversalSegmentor(SegmentorBase):
                 matcher=matcher,
                 weight_dict=weight_dict,
                 eos_coef=mf.NO_OBJECT_WEIGHT,
-                losses=("labels", "masks"),
+                losses=("labels", "masks") + (("unmatched_masks",) if mf.UNMATCHED_MASK_WEIGHT > 0 else ()),
                 num_points=mf.TRAIN_NUM_POINTS,
                 oversample_ratio=mf.OVERSAMPLE_RATIO,
                 importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO,
@@ -145,6 +162,7 @@ class UniversalSegmentor(SegmentorBase):
             "panoptic_on": test.PANOPTIC_ON,
             "test_topk_per_image": test.DETECTIONS_PER_IMAGE,
             "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "semantic_object_threshold": test.SEMANTIC_OBJECT_THRESHOLD,
         }
 
     def forward_train(self, batched_inputs: list[dict], images: ImageList) -> dict[str, torch.Tensor]:
@@ -207,7 +225,10 @@ class UniversalSegmentor(SegmentorBase):
                 mask_i = resize_to_output(mask_i, image_size, height, width)
             out = {}
             if self.semantic_on:
-                sem = semantic_inference(cls_i, mask_i)
+                if self.semantic_object_threshold > 0:
+                    sem = confident_semantic_inference(cls_i, mask_i, self.semantic_object_threshold)
+                else:
+                    sem = semantic_inference(cls_i, mask_i)
                 if not self.sem_seg_postprocess_before_inference:
                     sem = resize_to_output(sem, image_size, height, width)
                 out["sem_seg"] = sem

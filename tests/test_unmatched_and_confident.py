@@ -139,3 +139,16 @@ def test_confident_semantic_inference_by_hand():
     out_high = confident_semantic_inference(mask_cls, mask_pred, 0.95)
     expected_high, kept_high = hand_confident_semantic(mask_cls, mask_pred, 0.95)
     assert kept_high == [0] and torch.allclose(out_high.double(), expected_high, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "path", ["configs/coco/panoptic/structtoken_pwe_r50.yaml", "configs/mini/panoptic/structtoken_pwe_r18.yaml"]
+)
+def test_structtoken_universal_configs_train_with_the_unmatched_mask_loss(path):
+    from conftest import ROOT
+
+    from universal_seg.config import load_config
+
+    cfg = load_config(str(ROOT / path), ["MODEL.DEVICE", "cpu"])
+    assert cfg.MODEL.MASK_FORMER.UNMATCHED_MASK_WEIGHT == 0.5  # MASK_WEIGHT x NO_OBJECT_WEIGHT, the held-out winner
+    assert cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_OBJECT_THRESHOLD == 0.0

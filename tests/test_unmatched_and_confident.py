@@ -152,3 +152,27 @@ def test_structtoken_universal_configs_train_with_the_unmatched_mask_loss(path):
     cfg = load_config(str(ROOT / path), ["MODEL.DEVICE", "cpu"])
     assert cfg.MODEL.MASK_FORMER.UNMATCHED_MASK_WEIGHT == 0.5  # MASK_WEIGHT x NO_OBJECT_WEIGHT, the held-out winner
     assert cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_OBJECT_THRESHOLD == 0.0
+
+
+def test_confident_semantic_inference_exports_to_onnx(tmp_path):
+    """No data-dependent shape: the exported graph equals eager on logits other than the traced ones."""
+    import onnxruntime as ort
+
+    from universal_seg.export import semantic_scores
+
+    class Scores(nn.Module):
+        def forward(self, logits, masks):
+            return semantic_scores({"pred_logits": logits, "pred_masks": masks}, (8, 10), object_threshold=0.5)
+
+    gen = torch.Generator().manual_seed(1)
+    logits, masks = torch.randn(1, 6, 4, generator=gen), torch.randn(1, 6, 4, 5, generator=gen)
+    with torch.no_grad():
+        program = torch.onnx.export(Scores(), (logits, masks), input_names=["logits", "masks"], dynamo=True)
+    program.save(str(tmp_path / "scores.onnx"))
+    session = ort.InferenceSession(str(tmp_path / "scores.onnx"))
+    for _ in range(3):
+        logits, masks = torch.randn(1, 6, 4, generator=gen) * 3, torch.randn(1, 6, 4, 5, generator=gen)
+        got = session.run(None, {"logits": logits.numpy(), "masks": masks.numpy()})[0]
+        up = torch.nn.functional.interpolate(masks, size=(8, 10), mode="bilinear", align_corners=False)
+        expected = confident_semantic_inference(logits[0], up[0], 0.5)
+        np.testing.assert_allclose(got[0], expected.numpy(), atol=1e-5)

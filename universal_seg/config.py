@@ -22,6 +22,9 @@ def add_maskformer_config(cfg) -> None:
     mf.CLASS_WEIGHT = 2.0
     mf.DICE_WEIGHT = 5.0
     mf.MASK_WEIGHT = 5.0
+    # weight of the BCE of unmatched queries' masks towards empty (criterion.py, loss_mask_unmatched; not in
+    # Mask2Former: 0 = off). StructToken-universal sets it: its unmatched tokens otherwise keep broad masks
+    mf.UNMATCHED_MASK_WEIGHT = 0.0
     # transformer decoder
     mf.TRANSFORMER_DECODER_NAME = "MultiScaleMaskedTransformerDecoder"
     mf.NHEADS = 8
@@ -45,6 +48,9 @@ def add_maskformer_config(cfg) -> None:
     mf.TEST.PANOPTIC_ON = False
     mf.TEST.OBJECT_MASK_THRESHOLD = 0.8
     mf.TEST.OVERLAP_THRESHOLD = 0.8
+    # semantic inference sums p(class) * sigmoid(mask) over the queries with p(object) above this (the most
+    # confident query always counts); 0 = every query, as in Mask2Former (postprocess.confident_semantic_inference)
+    mf.TEST.SEMANTIC_OBJECT_THRESHOLD = 0.0
     mf.TEST.SEM_SEG_POSTPROCESSING_BEFORE_INFERENCE = False
     mf.TEST.DETECTIONS_PER_IMAGE = 100  # instance top-k over queries x classes
 

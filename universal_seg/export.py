@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .modeling.heads import PerPixelHead
-from .modeling.postprocess import semantic_inference
+from .modeling.postprocess import confident_semantic_inference, semantic_inference
 from .ops.ms_deform_attn_function import opmath_dtype
 from .ops.ms_deform_attn_layer import use_ms_deform_attn_op
 from .ops.ms_deform_attn_reference import ms_deform_attn_reference
@@ -98,15 +98,20 @@ def onnx_ms_deform_attn():
         yield
 
 
-def semantic_scores(outputs, size: tuple[int, int]) -> torch.Tensor:
+def semantic_scores(outputs, size: tuple[int, int], object_threshold: float = 0.0) -> torch.Tensor:
     """Head outputs -> per-class scores [B, K, H, W] at ``size`` (the padded input size).
 
     Mask classification ({"pred_logits": [B, Q, K+1], "pred_masks": [B, Q, h, w]}): masks are upsampled first,
-    then sum over queries of p(class) * sigmoid(mask), as the meta-architecture does. Per-pixel heads (a tensor
-    [B, K, h, w] or {"sem_seg_logits": [B, K, h, w], ...}): logits upsampled, then softmax over classes.
+    then sum over queries of p(class) * sigmoid(mask), as the meta-architecture does (over the queries with
+    p(object) > ``object_threshold`` when it is > 0: MODEL.MASK_FORMER.TEST.SEMANTIC_OBJECT_THRESHOLD). Per-pixel
+    heads (a tensor [B, K, h, w] or {"sem_seg_logits": [B, K, h, w], ...}): logits upsampled, then softmax over classes.
     """
     if isinstance(outputs, dict) and "pred_logits" in outputs and "pred_masks" in outputs:
         masks = F.interpolate(outputs["pred_masks"], size=size, mode="bilinear", align_corners=False)
+        if object_threshold > 0:
+            return torch.stack(
+                [confident_semantic_inference(c, m, object_threshold) for c, m in zip(outputs["pred_logits"], masks)]
+            )
         return torch.stack([semantic_inference(c, m) for c, m in zip(outputs["pred_logits"], masks)])
     if isinstance(outputs, dict):
         logits = outputs.get("sem_seg_logits", outputs.get("sem_seg"))
@@ -143,6 +148,7 @@ class SemanticSegmentationWrapper(nn.Module):
         self.register_buffer("pixel_std", model.pixel_std.detach().clone().view(1, -1, 1, 1), persistent=False)
         self.size_divisibility = int(getattr(model, "size_divisibility", 0) or 0)
         self.normalized_input = normalized_input
+        self.semantic_object_threshold = float(getattr(model, "semantic_object_threshold", 0.0))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """image: [B, 3, H, W] float. Returns [B, K, H, W] float semantic scores."""
@@ -153,7 +159,7 @@ class SemanticSegmentationWrapper(nn.Module):
             pad_h, pad_w = (d - height % d) % d, (d - width % d) % d
             x = F.pad(x, (0, pad_w, 0, pad_h))  # zeros after normalisation, like ImageList.from_tensors
         outputs = self.sem_seg_head(self.backbone(x))
-        scores = semantic_scores(outputs, tuple(x.shape[-2:]))
+        scores = semantic_scores(outputs, tuple(x.shape[-2:]), self.semantic_object_threshold)
         return scores[:, :, :height, :width]
 
 

@@ -8,6 +8,11 @@ prediction and for every auxiliary (intermediate-layer) prediction:
 - ``loss_mask`` / ``loss_dice``: sigmoid BCE and dice of matched queries on ``num_points`` points chosen by
   importance sampling of the predicted mask (PointRend), summed over masks and divided by the number of
   ground-truth masks in the batch averaged over workers.
+- ``loss_mask_unmatched`` (optional, loss name ``"unmatched_masks"``): sigmoid BCE of every UNMATCHED query's mask
+  towards an empty mask, on ``num_points`` uniformly random points, summed over those masks and divided by the same
+  number of ground-truth masks (so its weight compares directly with ``loss_mask``'s). Not in Mask2Former; it drives
+  unmatched queries' masks to empty, which the semantic sum over all queries needs (see
+  MODEL.MASK_FORMER.UNMATCHED_MASK_WEIGHT).
 
 Auxiliary keys carry a suffix ``_{i}``. The returned dict is UNWEIGHTED; ``self.weight_dict`` (see
 :func:`build_weight_dict`) holds the weights the meta-architecture multiplies by.
@@ -35,12 +40,16 @@ def build_weight_dict(
     dice_weight: float = 5.0,
     dec_layers: int = 10,
     deep_supervision: bool = True,
+    unmatched_mask_weight: float = 0.0,
 ) -> Dict[str, float]:
     """Loss weights, including the ``_{i}`` keys of the ``dec_layers - 1`` auxiliary predictions.
 
     ``dec_layers`` counts every prediction (Mask2Former's 10 = initial queries + 9 layers).
+    ``unmatched_mask_weight`` > 0 adds ``loss_mask_unmatched`` (0: the key is absent, as in Mask2Former).
     """
     base = {"loss_ce": class_weight, "loss_mask": mask_weight, "loss_dice": dice_weight}
+    if unmatched_mask_weight > 0:
+        base["loss_mask_unmatched"] = unmatched_mask_weight
     weights = dict(base)
     if deep_supervision:
         for i in range(dec_layers - 1):
@@ -85,7 +94,7 @@ def _uncertainty(logits: torch.Tensor) -> torch.Tensor:
 class SetCriterion(nn.Module):
     """Mask2Former's losses (see the module docstring)."""
 
-    LOSS_NAMES = ("labels", "masks")
+    LOSS_NAMES = ("labels", "masks", "unmatched_masks")
 
     def __init__(
         self,
@@ -173,6 +182,31 @@ class SetCriterion(nn.Module):
             "loss_dice": dice_loss(point_logits, point_labels, num_masks),
         }
 
+    def loss_unmatched_masks(
+        self,
+        outputs: Dict[str, torch.Tensor],
+        targets: List[Dict[str, torch.Tensor]],
+        indices: Indices,
+        num_masks: torch.Tensor,
+    ) -> Dict[str, torch.Tensor]:
+        """{"loss_mask_unmatched"}: BCE of the unmatched pred_masks [B, Q, H, W] towards 0, in fp32.
+
+        On ``num_points`` uniformly random points per mask (an unbiased estimate of the mean over the map; the
+        importance sampling of ``loss_masks`` would favour |logit| near 0, not the confident positive pixels an
+        empty target penalises most): sum over unmatched masks of mean_points softplus(logit), / num_masks.
+        """
+        pred_masks = outputs["pred_masks"]
+        batch, num_queries = pred_masks.shape[:2]
+        unmatched = torch.ones((batch, num_queries), dtype=torch.bool, device=pred_masks.device)
+        for b, (src, _) in enumerate(indices):
+            unmatched[b, src.to(pred_masks.device)] = False
+        src_masks = pred_masks[unmatched].float()[:, None]  # [N, 1, H, W]
+        if src_masks.shape[0] == 0:
+            return {"loss_mask_unmatched": pred_masks.sum().float() * 0.0}
+        coords = torch.rand(src_masks.shape[0], self.num_points, 2, device=src_masks.device)
+        point_logits = point_sample(src_masks, coords, align_corners=False)[:, 0]  # [N, P]
+        return {"loss_mask_unmatched": sigmoid_bce_loss(point_logits, torch.zeros_like(point_logits), num_masks)}
+
     @staticmethod
     def _sample_targets(targets: List[Dict[str, torch.Tensor]], indices: Indices, coords: torch.Tensor) -> torch.Tensor:
         """Matched GT masks sampled at coords [N, P, 2] -> [N, P]; each image's masks keep their own size."""
@@ -206,9 +240,9 @@ class SetCriterion(nn.Module):
     ) -> Dict[str, torch.Tensor]:
         indices = self.matcher(outputs, targets)
         losses = {}
+        loss_fns = {"labels": self.loss_labels, "masks": self.loss_masks, "unmatched_masks": self.loss_unmatched_masks}
         for name in self.losses:
-            fn = self.loss_labels if name == "labels" else self.loss_masks
-            losses.update(fn(outputs, targets, indices, num_masks))
+            losses.update(loss_fns[name](outputs, targets, indices, num_masks))
         return losses
 
     def forward(self, outputs: Dict[str, object], targets: List[Dict[str, torch.Tensor]]) -> Dict[str, torch.Tensor]:
@@ -219,7 +253,8 @@ class SetCriterion(nn.Module):
                       optional "aux_outputs": list of dicts with the same two keys}.
             targets: B dicts {"labels": long [n_i] in [0, K), "masks": [n_i, H', W'] bool/float}.
         Returns:
-            {"loss_ce", "loss_mask", "loss_dice"} for the losses enabled, plus "<key>_{i}" for aux output i.
+            {"loss_ce", "loss_mask", "loss_dice", "loss_mask_unmatched"} for the losses enabled, plus "<key>_{i}" for
+            aux output i.
         """
         device = outputs["pred_logits"].device
         self._check_targets(outputs["pred_logits"].shape[0], targets)

@@ -16,6 +16,7 @@ from ..export_postprocess import assign_panoptic_segments
 
 __all__ = [
     "semantic_inference",
+    "confident_semantic_inference",
     "panoptic_inference",
     "instance_inference",
     "masks_to_boxes",
@@ -79,6 +80,33 @@ def semantic_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor) -> torch
     for cols in _column_blocks(Q, H * W, mask_pred.device):
         torch.mm(probs_t, masks[:, cols].sigmoid(), out=out[:, cols])
     return out.view(-1, H, W)
+
+
+def confident_semantic_inference(
+    mask_cls: torch.Tensor, mask_pred: torch.Tensor, object_threshold: float
+) -> torch.Tensor:
+    """:func:`semantic_inference` over the confident queries only (MODEL.MASK_FORMER.TEST.SEMANTIC_OBJECT_THRESHOLD).
+
+    A query is kept when p(object) = 1 - p(no-object) > ``object_threshold``; the query with the largest p(object)
+    is always kept (all of them on a tie), so the scores are never all zero. Scores: sum over kept queries q of
+    p_q(class) * sigmoid(mask_q).
+    Against the sum over all queries, this drops the floor that unmatched queries with broad masks add to every
+    class (their small class probabilities times masks near 1).
+
+    Args:
+        mask_cls: [Q, K+1] class logits.
+        mask_pred: [Q, H, W] mask logits.
+        object_threshold: in [0, 1); 0 keeps every query with p(object) > 0.
+    Returns:
+        [K, H, W] semantic scores (no-object dropped).
+    """
+    p_object = 1 - F.softmax(mask_cls, dim=-1)[:, -1]  # [Q]
+    keep = (p_object > object_threshold) | (p_object == p_object.max())  # [Q]
+    # a dropped query gets the logits of certain no-object (class probabilities exactly 0), so it adds nothing to
+    # the sum: the same result as summing over the kept queries, without a data-dependent shape (traceable, ONNX)
+    certain_no_object = torch.full_like(mask_cls, float("-inf"))
+    certain_no_object[:, -1] = 0
+    return semantic_inference(torch.where(keep[:, None], mask_cls, certain_no_object), mask_pred)
 
 
 def _count(index: torch.Tensor, bins: int) -> torch.Tensor:

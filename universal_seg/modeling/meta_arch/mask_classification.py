@@ -22,7 +22,12 @@ from ..oneformer import (
     check_task,
     image_texts,
 )
-from ..postprocess import instance_inference, panoptic_inference, semantic_inference
+from ..postprocess import (
+    confident_semantic_inference,
+    instance_inference,
+    panoptic_inference,
+    semantic_inference,
+)
 from ..segmentation_head import SegmentationHead
 from ..text_encoder import tokenize
 from .base import TASKS, SegmentorBase, resize_to_output
@@ -82,6 +87,7 @@ class UniversalSegmentor(SegmentorBase):
         text_projector: nn.Module | None = None,
         prompt_ctx: nn.Module | None = None,
         text_seq_len: int = 77,
+        semantic_object_threshold: float = 0.0,
     ):
         super().__init__(
             backbone=backbone,
@@ -105,6 +111,12 @@ class UniversalSegmentor(SegmentorBase):
         self.sem_seg_postprocess_before_inference = sem_seg_postprocess_before_inference
         self.semantic_on, self.panoptic_on, self.instance_on = semantic_on, panoptic_on, instance_on
         self.test_topk_per_image = test_topk_per_image
+        if not 0 <= semantic_object_threshold < 1:
+            raise ValueError(
+                f"MODEL.MASK_FORMER.TEST.SEMANTIC_OBJECT_THRESHOLD must be in [0, 1) (0: every query, as in "
+                f"Mask2Former), got {semantic_object_threshold}."
+            )
+        self.semantic_object_threshold = semantic_object_threshold
         self.ignore_label = ignore_label
         self.task_mlp, self.task_tokens, self.test_task = task_mlp, TaskTokenizer(task_seq_len), test_task
         self.text_encoder, self.text_projector, self.prompt_ctx = text_encoder, text_projector, prompt_ctx
@@ -154,7 +166,12 @@ class UniversalSegmentor(SegmentorBase):
             num_points=mf.TRAIN_NUM_POINTS,
         )
         weight_dict = build_weight_dict(
-            mf.CLASS_WEIGHT, mf.MASK_WEIGHT, mf.DICE_WEIGHT, mf.DEC_LAYERS, mf.DEEP_SUPERVISION
+            mf.CLASS_WEIGHT,
+            mf.MASK_WEIGHT,
+            mf.DICE_WEIGHT,
+            mf.DEC_LAYERS,
+            mf.DEEP_SUPERVISION,
+            mf.UNMATCHED_MASK_WEIGHT,
         )
         test = mf.TEST
         oneformer = build_task_conditioning(cfg)
@@ -173,7 +190,7 @@ class UniversalSegmentor(SegmentorBase):
                 matcher=matcher,
                 weight_dict=weight_dict,
                 eos_coef=mf.NO_OBJECT_WEIGHT,
-                losses=("labels", "masks"),
+                losses=("labels", "masks") + (("unmatched_masks",) if mf.UNMATCHED_MASK_WEIGHT > 0 else ()),
                 num_points=mf.TRAIN_NUM_POINTS,
                 oversample_ratio=mf.OVERSAMPLE_RATIO,
                 importance_sample_ratio=mf.IMPORTANCE_SAMPLE_RATIO,
@@ -193,6 +210,7 @@ class UniversalSegmentor(SegmentorBase):
             "panoptic_on": test.PANOPTIC_ON,
             "test_topk_per_image": test.DETECTIONS_PER_IMAGE,
             "ignore_label": cfg.MODEL.SEM_SEG_HEAD.IGNORE_VALUE,
+            "semantic_object_threshold": test.SEMANTIC_OBJECT_THRESHOLD,
         }
 
     def forward_train(self, batched_inputs: list[dict], images: ImageList) -> dict[str, torch.Tensor]:
@@ -335,7 +353,10 @@ class UniversalSegmentor(SegmentorBase):
                 mask_i = resize_to_output(mask_i, image_size, height, width)
             out = {}
             if on["semantic"]:
-                sem = semantic_inference(cls_i, mask_i)
+                if self.semantic_object_threshold > 0:
+                    sem = confident_semantic_inference(cls_i, mask_i, self.semantic_object_threshold)
+                else:
+                    sem = semantic_inference(cls_i, mask_i)
                 if not self.sem_seg_postprocess_before_inference:
                     sem = resize_to_output(sem, image_size, height, width)
                 out["sem_seg"] = sem

@@ -136,7 +136,7 @@ def main():
     med = statistics.median(totals)
     print(
         f"{args.config_file}: batch {args.batch}, {args.size}x{args.size} crops of {args.dataset}, "
-        f"{args.threads} threads, fp32, loss {float(loss):.3f} (last iteration)"
+        f"{args.threads} threads, fp32, loss {float(loss.detach()):.3f} (last iteration)"
     )
     print(f"{'stage':<14} {'median s':>9} {'min':>7} {'max':>7} {'share':>6}")
     for stage in STAGES:

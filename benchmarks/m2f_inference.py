@@ -2,14 +2,21 @@
 """Inference speed of Mask2Former (default: R50, COCO panoptic config, all three tasks) on one image.
 
     python benchmarks/m2f_inference.py [--size 512] [--threads 2] [--device cpu] [--amp] [--runs 5]
+    python benchmarks/m2f_inference.py --peak-memory [--memory-sizes 512 1024x2048]
 
 Reports the median seconds per image over --runs timed runs after --warmup runs (untrained weights: the work
 per image does not depend on them, except for post-processing of kept segments).
+
+``--peak-memory`` instead reports, per image size, the peak resident memory of inference above the loaded model
+(CPU): each size runs in a fresh process, which builds the model, resets the kernel's peak (VmHWM, through
+/proc/self/clear_refs) to the RSS after loading, runs the model --warmup + 1 times and reads VmHWM again.
 """
 
 import argparse
+import json
 import os
 import statistics
+import subprocess
 import sys
 import time
 
@@ -29,6 +36,45 @@ def _timed(fn) -> float:
     return time.perf_counter() - start
 
 
+def _status_bytes(key: str) -> int:
+    """A "<key>: N kB" line of /proc/self/status, in bytes."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    raise RuntimeError(f"no {key} in /proc/self/status (needs Linux)")
+
+
+def measure_peak_memory(args, model) -> dict:
+    """In this (fresh) process: peak RSS of ``--warmup`` + 1 inferences at ``--size`` above the loaded model."""
+    loaded = _status_bytes("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current RSS
+    h, w = (args.size * 2)[:2]
+    image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8)
+    for _ in range(args.warmup + 1):
+        with torch.no_grad():
+            model([{"image": image, "height": h, "width": w} for _ in range(args.batch)])
+    peak = _status_bytes("VmHWM")
+    return {"size": f"{h}x{w}", "model_MiB": loaded / 2**20, "peak_above_model_MiB": (peak - loaded) / 2**20}
+
+
+def report_peak_memory(args) -> None:
+    """One fresh process per size (peaks of different sizes must not mix), then one table."""
+    print(f"{args.config_file}, batch {args.batch}, {args.threads} threads, fp32, {args.warmup} + 1 inferences:")
+    print(f"{'size':>10} {'RSS after loading (MiB)':>24} {'peak above it (MiB)':>20}")
+    for size in args.memory_sizes:
+        hw = [int(v) for v in size.split("x")]
+        cmd = [sys.executable, os.path.abspath(__file__), "--memory-case", "--size", *map(str, hw)]
+        cmd += ["--config-file", args.config_file, "--threads", str(args.threads), "--batch", str(args.batch)]
+        cmd += ["--warmup", str(args.warmup)]
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            raise SystemExit(f"error: the {size} case failed:\n{proc.stderr[-2000:]}")
+        r = json.loads(proc.stdout.strip().splitlines()[-1])
+        print(f"{r['size']:>10} {r['model_MiB']:>24.0f} {r['peak_above_model_MiB']:>20.0f}", flush=True)
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", default="configs/coco/panoptic/m2f_r50.yaml")
@@ -39,10 +85,17 @@ def main():
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--peak-memory", action="store_true", help="report peak RSS above the model instead")
+    parser.add_argument("--memory-sizes", nargs="+", default=["512", "1024x2048"], help="H or HxW per case")
+    parser.add_argument("--memory-case", action="store_true", help=argparse.SUPPRESS)  # internal: one case here
     args = parser.parse_args()
+    if args.peak_memory:
+        return report_peak_memory(args)
     torch.set_num_threads(args.threads)
     cfg = load_config(args.config_file, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", args.device])
     model = build_model(cfg).eval()
+    if args.memory_case:
+        return print(json.dumps(measure_peak_memory(args, model)))
     h, w = (args.size * 2)[:2]
     image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8)
     inputs = [{"image": image, "height": h, "width": w} for _ in range(args.batch)]

@@ -250,3 +250,38 @@ def test_empty_weight_is_in_the_state_dict_like_the_official_checkpoints():
     state = criterion.state_dict()
     assert list(state) == ["empty_weight"] and state["empty_weight"].shape == (134,)
     assert state["empty_weight"][-1].item() == pytest.approx(0.1) and state["empty_weight"][:-1].eq(1).all()
+
+
+def test_masks_converted_to_float_once_for_all_prediction_sets():
+    """The matcher and the mask losses of all 1 + 3 prediction sets read one float32 copy of each image's masks
+    (not one conversion per prediction set), and the losses and gradients equal those from float inputs."""
+    gen = torch.Generator().manual_seed(11)
+    outputs = random_outputs(gen, batch=2, queries=5, aux=3, requires_grad=True)
+    targets = random_targets(gen, [3, 2])
+    seen = []
+
+    class SpyMatcher(HungarianMatcher):
+        def forward(self, outputs, targets):
+            seen.append([(t["masks"].dtype, t["masks"].data_ptr()) for t in targets])
+            return super().forward(outputs, targets)
+
+    criterion = SetCriterion(3, SpyMatcher(num_points=16), build_weight_dict(dec_layers=4), num_points=16)
+
+    def run(tgts):
+        torch.manual_seed(0)
+        losses = criterion(outputs, tgts)
+        total = sum(losses.values())
+        grads = torch.autograd.grad(total, [outputs["pred_masks"], outputs["aux_outputs"][0]["pred_masks"]])
+        return losses, grads
+
+    losses, grads = run(targets)
+    assert len(seen) == 4 and all(s == seen[0] for s in seen)
+    assert all(dtype == torch.float32 for dtype, _ in seen[0])
+    float_targets = [{**t, "masks": t["masks"].float()} for t in targets]
+    ref_losses, ref_grads = run(float_targets)
+    assert losses.keys() == ref_losses.keys()
+    for key in losses:
+        assert torch.equal(losses[key], ref_losses[key]), key
+    for g, r in zip(grads, ref_grads):
+        assert torch.equal(g, r)
+    assert targets[0]["masks"].dtype == torch.bool  # the caller's targets are not modified

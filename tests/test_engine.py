@@ -107,6 +107,68 @@ def test_full_model_gradient_clipping_bounds_the_total_norm():
     assert norm_before > 0.01 and norm_after == pytest.approx(0.01, rel=1e-5)
 
 
+def test_fused_cpu_adamw_with_full_model_clipping_equals_the_written_out_equations():
+    """On CPU parameters AdamW is the fused one; 4 steps with full-model clipping equal the AdamW equations
+    (decoupled weight decay, bias-corrected moments) and clip_grad_norm_'s rule computed by hand in float64."""
+    lr, wd, clip, (b1, b2), eps = 0.01, 0.05, 0.5, (0.9, 0.999), 1e-8
+    cfg = tiny_cfg(
+        None,
+        "SOLVER.CLIP_GRADIENTS.ENABLED",
+        "True",
+        "SOLVER.CLIP_GRADIENTS.CLIP_TYPE",
+        "full_model",
+        "SOLVER.CLIP_GRADIENTS.CLIP_VALUE",
+        str(clip),
+        "SOLVER.BASE_LR",
+        str(lr),
+        "SOLVER.WEIGHT_DECAY",
+        str(wd),
+    )
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(6, 5), nn.Linear(5, 3))  # no norm layers: one weight decay for all
+    opt = build_optimizer(cfg, model)
+    assert all(g["fused"] is True for g in opt.param_groups)
+    ref = [p.detach().double().clone() for p in model.parameters()]
+    m = [torch.zeros_like(p) for p in ref]
+    v = [torch.zeros_like(p) for p in ref]
+    gen = torch.Generator().manual_seed(1)
+    for step in range(1, 5):
+        grads = [torch.randn(p.shape, generator=gen, dtype=torch.float64) * step for p in ref]
+        for p, g in zip(model.parameters(), grads):
+            p.grad = g.float()
+        opt.step()
+        total = math.sqrt(sum(float((g.float().double() ** 2).sum()) for g in grads))
+        scale = min(1.0, clip / (total + 1e-6))
+        for i, g in enumerate(grads):
+            g = g.float().double() * scale
+            ref[i] = ref[i] * (1 - lr * wd)
+            m[i] = b1 * m[i] + (1 - b1) * g
+            v[i] = b2 * v[i] + (1 - b2) * g * g
+            denom = (v[i] / (1 - b2**step)).sqrt() + eps
+            ref[i] = ref[i] - lr * (m[i] / (1 - b1**step)) / denom
+    for p, r in zip(model.parameters(), ref):
+        torch.testing.assert_close(p.detach().double(), r, rtol=1e-5, atol=1e-6)
+
+
+def test_resumed_optimizer_fuses_by_this_runs_devices():
+    """A checkpoint's groups carry the saving run's ``fused`` flag (an older CPU run saved None): after loading,
+    a CPU run's AdamW is fused, and the moments are the checkpoint's."""
+    cfg = tiny_cfg(None)
+    model = nn.Linear(3, 2)
+    opt = build_optimizer(cfg, model)
+    for p in model.parameters():
+        p.grad = torch.ones_like(p)
+    opt.step()
+    state = opt.state_dict()
+    for group in state["param_groups"]:
+        group["fused"] = None
+    resumed = build_optimizer(cfg, model)
+    resumed.load_state_dict(state)
+    assert all(g["fused"] is True for g in resumed.param_groups)
+    for p in model.parameters():
+        assert torch.equal(resumed.state[p]["exp_avg"], opt.state[p]["exp_avg"])
+
+
 def test_poly_schedule_matches_formula():
     cfg = tiny_cfg(
         None,

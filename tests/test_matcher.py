@@ -153,3 +153,45 @@ def test_nan_cost_raises_clear_error():
     outputs["pred_logits"][0, 0, 0] = float("nan")
     with pytest.raises(FloatingPointError, match="diverged"):
         HungarianMatcher(num_points=8)(outputs, targets)
+
+
+def test_pairwise_costs_at_training_size_equal_a_per_pair_float64_loop():
+    """Q = 100 queries, 12544 random points (the recipe's), 7 targets: the one-product BCE and the dice equal a
+    per-pair float64 computation (F.binary_cross_entropy_with_logits on each pair) and the official two-product
+    form, and the assignment is the float64 reference's."""
+    from scipy.optimize import linear_sum_assignment
+
+    gen = torch.Generator().manual_seed(7)
+    num_queries, num_targets, hw = 100, 7, (24, 32)
+    logits = torch.randn(num_queries, 134, generator=gen)
+    masks = torch.randn(num_queries, *hw, generator=gen) * 6  # logits beyond softplus' linear threshold (20) too
+    masks[0, 0, :8] = 30.0
+    labels = torch.randint(0, 133, (num_targets,), generator=gen)
+    tgt = torch.rand(num_targets, 48, 64, generator=gen) > 0.6
+    points = torch.rand(12544, 2, generator=gen)
+    cost = compute_cost_matrix(logits, masks, labels, tgt, points)
+
+    grid = (points.double() * 2 - 1)[None, :, None]  # the bilinear point sampling, in float64
+    x = torch.nn.functional.grid_sample(masks.double()[None], grid, align_corners=False)[0, :, :, 0]  # [Q, P]
+    t = torch.nn.functional.grid_sample(tgt.double()[None], grid, align_corners=False)[0, :, :, 0]  # [T, P]
+    probs = logits.double().softmax(-1)
+    reference = torch.empty(num_queries, num_targets, dtype=torch.float64)
+    for q in range(num_queries):
+        for j in range(num_targets):
+            bce = torch.nn.functional.binary_cross_entropy_with_logits(x[q], t[j])
+            p = x[q].sigmoid()
+            dice = 1 - (2 * (p * t[j]).sum() + 1) / (p.sum() + t[j].sum() + 1)
+            reference[q, j] = -2 * probs[q, labels[j]] + 5 * bce + 5 * dice
+    torch.testing.assert_close(cost.double(), reference, rtol=0, atol=2e-5)
+
+    official_bce = (  # Mask2Former's batch_sigmoid_ce_loss, in float64
+        torch.nn.functional.binary_cross_entropy_with_logits(x, torch.ones_like(x), reduction="none") @ t.T
+        + torch.nn.functional.binary_cross_entropy_with_logits(x, torch.zeros_like(x), reduction="none") @ (1 - t).T
+    ) / x.shape[1]
+    ours_bce = (torch.nn.functional.softplus(x).sum(-1, keepdim=True) - x @ t.T) / x.shape[1]
+    # exact algebra; softplus returns x above 20 (error < e^-20 per point, on the 8 points at logit 30)
+    torch.testing.assert_close(ours_bce, official_bce, rtol=0, atol=1e-10)
+
+    rows, cols = linear_sum_assignment(cost.numpy())
+    ref_rows, ref_cols = linear_sum_assignment(reference.numpy())
+    assert rows.tolist() == ref_rows.tolist() and cols.tolist() == ref_cols.tolist()

@@ -131,3 +131,23 @@ def test_heads_without_auxiliary_inputs_refuse_them():
     cfg = load_cfg(SEGFORMER_MINI, "MODEL.SEM_SEG_HEAD.AUX_IN_FEATURES", "['res3']")
     with pytest.raises(ValueError, match="SegFormerHead has no auxiliary heads.*AUX_IN_FEATURES empty"):
         build_model(cfg)
+
+
+@pytest.mark.parametrize("mask_hw", [(32, 32), (27, 30)])
+def test_prepare_targets_pads_masks_with_zeros_to_the_batch_size(mask_hw):
+    """Masks already at the padded size are used as they are (no copy), smaller ones are zero-padded: both equal a
+    hand-padded [n, 32, 32] bool tensor."""
+    from types import SimpleNamespace
+
+    from detectron2.structures import ImageList, Instances
+
+    gen = torch.Generator().manual_seed(0)
+    masks = torch.rand(3, *mask_hw, generator=gen) > 0.5
+    inst = Instances(mask_hw, gt_classes=torch.tensor([2, 0, 1]), gt_masks=masks)
+    model = SimpleNamespace(device=torch.device("cpu"), _instances_of=lambda x: x["instances"])
+    images = ImageList(torch.zeros(1, 3, 32, 32), [mask_hw])
+    (target,) = UniversalSegmentor.prepare_targets(model, [{"instances": inst}], images)
+    expected = torch.zeros(3, 32, 32, dtype=torch.bool)
+    expected[:, : mask_hw[0], : mask_hw[1]] = masks
+    assert target["masks"].dtype == torch.bool and torch.equal(target["masks"], expected)
+    assert target["labels"].tolist() == [2, 0, 1]

@@ -4,7 +4,8 @@
 - no weight decay on normalisation layers (SOLVER.WEIGHT_DECAY_NORM), embeddings (SOLVER.WEIGHT_DECAY_EMBED:
   nn.Embedding, position embeddings, cls tokens, relative position bias tables);
 - ``SOLVER.CLIP_GRADIENTS.CLIP_TYPE: full_model`` clips the norm of all gradients together (the official recipe,
-  0.01); "value" / "norm" use detectron2's per-parameter clipping.
+  0.01); "value" / "norm" use detectron2's per-parameter clipping;
+- AdamW is PyTorch's fused one when every parameter is an fp32 CPU tensor (:func:`_fused_applies`).
 """
 
 import itertools
@@ -58,8 +59,9 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
     """The optimizer named by SOLVER.OPTIMIZER ("ADAMW" or "SGD") over :func:`param_groups`."""
     solver = cfg.SOLVER
     name = solver.OPTIMIZER.upper()
+    fused = _fused_applies(model)
     if name == "ADAMW":
-        cls, kwargs = torch.optim.AdamW, {"lr": solver.BASE_LR}
+        cls, kwargs = torch.optim.AdamW, {"lr": solver.BASE_LR, "fused": fused or None}
     elif name == "SGD":
         cls, kwargs = torch.optim.SGD, {"lr": solver.BASE_LR, "momentum": solver.MOMENTUM}
     else:
@@ -70,4 +72,25 @@ def build_optimizer(cfg, model: nn.Module) -> torch.optim.Optimizer:
         optimizer = cls(param_groups(cfg, model), **kwargs)
     else:
         optimizer = maybe_add_gradient_clipping(cfg, cls)(param_groups(cfg, model), **kwargs)
+    if name == "ADAMW":
+        optimizer.register_load_state_dict_post_hook(_keep_fused(fused))
     return optimizer
+
+
+def _fused_applies(model: nn.Module) -> bool:
+    """Fused AdamW (one pass over each tensor instead of one per operation) for fp32 parameters all on the CPU,
+    where PyTorch's default is the per-operation loop; elsewhere PyTorch's default (foreach on CUDA). Not on CUDA:
+    there AMP's GradScaler would hand a fused optimizer still-scaled gradients, before the full-model clipping."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    return bool(params) and all(p.device.type == "cpu" and p.dtype == torch.float32 for p in params)
+
+
+def _keep_fused(fused: bool):
+    """A load_state_dict post-hook: a checkpoint's param groups carry the saving run's ``fused`` flag; this run's
+    devices decide it (a CPU run's checkpoint resumed on CUDA must not turn fusing on there, and vice versa)."""
+
+    def hook(optimizer: torch.optim.Optimizer) -> None:
+        for group in optimizer.param_groups:
+            group["fused"] = fused or None  # None, not False: False would also turn off CUDA's default foreach
+
+    return hook

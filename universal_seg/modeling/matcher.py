@@ -22,6 +22,10 @@ __all__ = ["HungarianMatcher", "compute_cost_matrix", "pairwise_sigmoid_bce", "p
 def pairwise_sigmoid_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Mean sigmoid binary cross-entropy for every (prediction, target) pair.
 
+    BCE(x, t) = softplus(x) - x t, so the mean over points is (sum_p softplus(x_p) - x . t) / P: one product
+    [Q, P] x [P, T] and one softplus (the official form, softplus(-x) @ t + softplus(x) @ (1 - t), takes two
+    products, two softplus and two [Q, P] constant tensors).
+
     Args:
         logits: [Q, P] mask logits at P points.
         targets: [T, P] target values in [0, 1] at the same points.
@@ -29,9 +33,7 @@ def pairwise_sigmoid_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.T
         [Q, T]: entry (q, t) = mean over points of BCE(sigmoid(logits[q]), targets[t]).
     """
     num_points = logits.shape[1]
-    loss_if_one = F.binary_cross_entropy_with_logits(logits, torch.ones_like(logits), reduction="none")
-    loss_if_zero = F.binary_cross_entropy_with_logits(logits, torch.zeros_like(logits), reduction="none")
-    return (loss_if_one @ targets.T + loss_if_zero @ (1 - targets).T) / num_points
+    return (F.softplus(logits).sum(-1, keepdim=True) - logits @ targets.T) / num_points
 
 
 def pairwise_dice(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

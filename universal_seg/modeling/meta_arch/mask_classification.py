@@ -327,8 +327,11 @@ class UniversalSegmentor(SegmentorBase):
             inst = self._instances_of(x).to(self.device)
             masks = inst.gt_masks
             masks = masks.tensor if hasattr(masks, "tensor") else masks
-            padded = masks.new_zeros((masks.shape[0], h_pad, w_pad), dtype=torch.bool)
-            padded[:, : masks.shape[1], : masks.shape[2]] = masks.bool()
+            if masks.shape[-2:] == (h_pad, w_pad):  # already at the padded size (fixed-size LSJ crops): no copy
+                padded = masks.bool()
+            else:
+                padded = masks.new_zeros((masks.shape[0], h_pad, w_pad), dtype=torch.bool)
+                padded[:, : masks.shape[1], : masks.shape[2]] = masks.bool()
             targets.append({"labels": inst.gt_classes.long(), "masks": padded})
         return targets
 

@@ -131,3 +131,34 @@ def test_mask2former_r50_batch_equals_alone_bit_for_bit():
     for b, s in zip(batched, alone):
         assert torch.equal(b["sem_seg"], s["sem_seg"]) and torch.equal(b["panoptic_seg"][0], s["panoptic_seg"][0])
         assert b["panoptic_seg"][1] == s["panoptic_seg"][1]
+
+
+def test_tokens_to_map_is_channels_last_contiguous_for_every_batch_size():
+    """For one image the old transpose + reshape view had batch stride C, which PyTorch reads as NCHW; a level split
+    off a batch of token sequences was not contiguous for B > 1."""
+    from universal_seg.layers import tokens_to_map
+
+    for b in (1, 3):
+        tokens = torch.randn(b, 20 + 12, 8)
+        level = tokens.split([20, 12], dim=1)[0]  # [B, 4*5, C], as the pixel decoder splits its levels
+        out, old = tokens_to_map(level, 4, 5), level.transpose(1, 2).reshape(b, 8, 4, 5)
+        assert out.is_contiguous(memory_format=torch.channels_last) and torch.equal(out, old)
+        w = torch.randn(6, 8, 3, 3)  # a convolution's output keeps the layout PyTorch detected in its input
+        assert F.conv2d(out, w, padding=1).is_contiguous(memory_format=torch.channels_last)
+        if b == 1:
+            assert F.conv2d(old, w, padding=1).is_contiguous()  # the old view: read as NCHW
+
+
+def test_segformer_b0_batch_equals_alone_bit_for_bit():
+    from detectron2.modeling import build_model
+
+    import universal_seg.modeling  # noqa: F401
+
+    cfg = load_config(os.path.join(ROOT, "configs", "ade20k", "semantic", "segformer_b0.yaml"), ["MODEL.DEVICE", "cpu"])
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    inputs = [{"image": torch.randint(0, 256, (3, 160, 224), dtype=torch.uint8)} for _ in range(3)]
+    with torch.no_grad():
+        batched = model(inputs)
+        alone = [model([x])[0] for x in inputs]
+    assert all(torch.equal(b["sem_seg"], s["sem_seg"]) for b, s in zip(batched, alone))

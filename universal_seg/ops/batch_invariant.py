@@ -1,8 +1,10 @@
 """Batch-invariant CPU inference: an image's outputs are bit for bit those it gets alone, whatever else is in its batch.
 
 Found by comparing every module's output for a batch with its output for each image alone (Mask2Former R18 and
-R50, SegFormer, CGRSeg on the CPU; ``tests/test_batch_invariant.py``). Two PyTorch CPU kernels make an image's
-result depend on its batch; every other op of these models computes each image independently of the others:
+R50, SegFormer-B0 on the CPU; ``tests/test_batch_invariant.py``). Two PyTorch CPU kernels make an image's result
+depend on its batch even for identical inputs and layouts; the other ops of these models compute each image
+independently of the others, given the same memory layout (which :func:`universal_seg.layers.tokens_to_map` keeps
+the same for every batch size):
 
 - **Convolution.** PyTorch sends a float32 CPU convolution to oneDNN or to its native im2col + GEMM kernel by a size
   heuristic (``use_mkldnn`` in ``aten/src/ATen/native/Convolution.cpp``) in which the batch size enters: a batch of

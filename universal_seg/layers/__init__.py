@@ -12,6 +12,7 @@ from .frozen_bn import FoldedFrozenBNConv2d, fold_frozen_batchnorm
 from .mlp import Mlp
 from .norm import LayerNorm2d
 from .padding import ceil_div, pad_to_multiple
+from .tokens import tokens_to_map
 from .weight_init import init_transformer_weights
 
 __all__ = [
@@ -25,4 +26,5 @@ __all__ = [
     "init_transformer_weights",
     "linear_drop_path_rates",
     "pad_to_multiple",
+    "tokens_to_map",
 ]

@@ -7,16 +7,20 @@ convolution over a [1, K, M, 1] image, and a row-major [M, K] matrix already *is
 layout, so the convolution needs no copy in or out. The results are fp32 products with a different summation
 order (differences of a few ulp, as between any two BLAS libraries).
 
-The oneDNN path is taken only where it is a plain fp32 CPU product of at least ``MIN_ROWS`` rows, outside autocast,
-tracing, scripting and export (those keep a standard ``linear`` op in their graphs); everything else calls
+The oneDNN path is taken for every plain fp32 CPU product (a matrix or a batch of them, any number of rows) outside
+autocast, tracing, scripting and export (those keep a standard ``linear`` op in their graphs); everything else calls
 ``F.linear``. Autograd works through both paths.
+
+Batch invariance: the path and oneDNN's kernel do not depend on the number of rows, so a row's result does not
+depend on the other rows of the call (another image of the batch, say). Hence no minimum row count (with one, the
+decoder's [B, Q, C] products took MKL for one image and oneDNN for a batch), and the convolution is called as
+``aten.mkldnn_convolution`` rather than ``F.conv2d``, whose backend heuristic sends a [1, K, M, 1] image with at
+most 20480 values to PyTorch's native kernel (see :mod:`universal_seg.ops.batch_invariant`).
 """
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-
-MIN_ROWS = 128  # below this, the call overheads of the two paths dominate and neither wins clearly
 
 
 def _onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
@@ -32,7 +36,7 @@ def _onednn_applies(x: torch.Tensor, weight: torch.Tensor) -> bool:
         and x.dtype == torch.float32
         and weight.dtype == torch.float32
         and x.dim() >= 2
-        and x.numel() >= MIN_ROWS * x.shape[-1] > 0
+        and x.numel() > 0
         and torch.backends.mkldnn.is_available()
         and torch.backends.mkldnn.enabled
         and not torch.is_autocast_enabled("cpu")
@@ -48,7 +52,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     if rows.stride() != (k, 1):
         rows = rows.contiguous()
     image = rows.view(1, rows.shape[0], 1, k).permute(0, 3, 1, 2)  # [1, K, M, 1], channels-last strides
-    out = F.conv2d(image, weight.view(n, k, 1, 1), bias)  # [1, N, M, 1], channels-last: memory is [M, N]
+    # [1, N, M, 1], channels-last: memory is [M, N]; oneDNN whatever M (F.conv2d would pick by size)
+    out = torch.ops.aten.mkldnn_convolution(image, weight.view(n, k, 1, 1), bias, (0, 0), (1, 1), (1, 1), 1)
     return out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], n)
 
 

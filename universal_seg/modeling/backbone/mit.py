@@ -12,7 +12,7 @@ from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY
 from torch import nn
 
-from ...layers import DropPath, init_transformer_weights, linear_drop_path_rates
+from ...layers import DropPath, init_transformer_weights, linear_drop_path_rates, tokens_to_map
 from ...ops import Linear
 from .common import RES_NAMES, FreezableBackbone, check_out_features, check_variant
 
@@ -66,7 +66,7 @@ class EfficientAttention(nn.Module):
         nh = self.num_heads
         q = self.q(x).reshape(B, N, nh, C // nh).transpose(1, 2)
         if self.sr_ratio > 1:
-            r = self.sr(x.transpose(1, 2).reshape(B, C, h, w)).flatten(2).transpose(1, 2)
+            r = self.sr(tokens_to_map(x, h, w)).flatten(2).transpose(1, 2)
             r = self.norm(r)
         else:
             r = x
@@ -85,8 +85,7 @@ class DWConv(nn.Module):
         self.dwconv = nn.Conv2d(dim, dim, 3, 1, 1, bias=True, groups=dim)
 
     def forward(self, x, h, w):
-        B, N, C = x.shape
-        return self.dwconv(x.transpose(1, 2).reshape(B, C, h, w)).flatten(2).transpose(1, 2)
+        return self.dwconv(tokens_to_map(x, h, w)).flatten(2).transpose(1, 2)
 
 
 class MixFFN(nn.Module):
@@ -192,7 +191,7 @@ class MixVisionTransformer(FreezableBackbone):
             for blk in getattr(self, f"block{i + 1}"):
                 x = blk(x, h, w)
             x = getattr(self, f"norm{i + 1}")(x)
-            x = x.transpose(1, 2).reshape(x.shape[0], -1, h, w)
+            x = tokens_to_map(x, h, w)
             if RES_NAMES[i] in self._out_features:
                 outs[RES_NAMES[i]] = x
         return outs

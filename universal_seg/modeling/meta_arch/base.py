@@ -7,6 +7,8 @@ from detectron2.modeling import build_backbone
 from detectron2.structures import ImageList
 from torch import nn
 
+from ...ops.batch_invariant import batch_invariant
+
 
 def resize_to_output(x: torch.Tensor, image_size: tuple[int, int], height: int, width: int) -> torch.Tensor:
     """[C, H_pad, W_pad] -> crop the padding to image_size -> bilinear to (height, width) ([C, height, width]).
@@ -31,7 +33,9 @@ class SegmentorBase(nn.Module):
     training also the targets the subclass reads, optionally "height" / "width" (the output size; default the
     image's). ``forward`` normalises and pads the batch (:meth:`preprocess`), then calls :meth:`forward_train`
     (dict of weighted losses) or :meth:`forward_inference` (one dict per image, every map at "height" x "width",
-    resized with :func:`resize_to_output`).
+    resized with :func:`resize_to_output`). CPU inference on a batch runs under
+    :func:`universal_seg.ops.batch_invariant.batch_invariant`, so each image's outputs are bit for bit those it gets
+    alone (in a batch of images of the same padded size: padding further changes the input).
 
     Args:
         backbone: detectron2 Backbone (``output_shape()``, ``size_divisibility``).
@@ -104,7 +108,8 @@ class SegmentorBase(nn.Module):
         images = self.preprocess(batched_inputs)
         if self.training:
             return self.forward_train(batched_inputs, images)
-        return self.forward_inference(batched_inputs, images)
+        with batch_invariant(images.tensor):  # CPU batches: each image's outputs equal its outputs alone
+            return self.forward_inference(batched_inputs, images)
 
     def forward_train(self, batched_inputs: list[dict], images: ImageList) -> dict[str, torch.Tensor]:
         raise NotImplementedError

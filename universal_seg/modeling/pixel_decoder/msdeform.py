@@ -14,6 +14,7 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d, ShapeSpec, get_norm
 from torch import nn
 
+from ...layers import tokens_to_map
 from ...ops import Linear, MSDeformAttn
 from ..position_encoding import PositionEmbeddingSine
 from .build import PIXEL_DECODER_REGISTRY
@@ -237,7 +238,7 @@ class MSDeformAttnPixelDecoder(nn.Module):
         memory, shapes = self.transformer(srcs, pos)
         B, _, C = memory.shape
         chunks = memory.split([h * w for h, w in shapes], dim=1)
-        out = [chunk.transpose(1, 2).reshape(B, C, h, w) for chunk, (h, w) in zip(chunks, shapes)]
+        out = [tokens_to_map(chunk, h, w) for chunk, (h, w) in zip(chunks, shapes)]
         for idx, name in enumerate(reversed(self.in_features[: self.num_fpn_levels])):
             lateral = self.lateral_convs[idx](features[name])
             y = lateral + F.interpolate(out[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False)

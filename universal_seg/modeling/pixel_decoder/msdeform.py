@@ -237,7 +237,10 @@ class MSDeformAttnPixelDecoder(nn.Module):
         memory, shapes = self.transformer(srcs, pos)
         B, _, C = memory.shape
         chunks = memory.split([h * w for h, w in shapes], dim=1)
-        out = [chunk.transpose(1, 2).reshape(B, C, h, w) for chunk, (h, w) in zip(chunks, shapes)]
+        # channels-last views [B, C, h, w] of the [B, h*w, C] chunks. Not transpose(1, 2).reshape(B, C, h, w): for
+        # B = 1 that view gets batch stride C, which PyTorch reads as ambiguous (not channels-last), so the CPU
+        # upsampling below wrote a contiguous result and converted it back (two [B, C, H/4, W/4] copies per image)
+        out = [chunk.view(B, h, w, C).permute(0, 3, 1, 2) for chunk, (h, w) in zip(chunks, shapes)]
         for idx, name in enumerate(reversed(self.in_features[: self.num_fpn_levels])):
             lateral = self.lateral_convs[idx](features[name])
             y = lateral + F.interpolate(out[-1], size=lateral.shape[-2:], mode="bilinear", align_corners=False)

@@ -51,7 +51,11 @@ void check_levels_cpu(const at::Tensor& spatial_shapes, const at::Tensor& level_
 // their own; each variant is a function with a target attribute that inlines them, so the same source is compiled
 // once per instruction set. Only those functions (internal linkage) contain AVX code: nothing shared with the rest
 // of the binary (inline library functions, templates instantiated elsewhere) is compiled for a wider ISA.
+#if defined(__GNUC__)
 #define US_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define US_ALWAYS_INLINE inline
+#endif
 #if defined(__GNUC__) && defined(__x86_64__)
 #define US_X86_VARIANTS 1
 #define US_TARGET_AVX2 __attribute__((target("avx2,fma")))

@@ -5,7 +5,9 @@ that the shared machine's drift hits both alike.
     python benchmarks/compare_commits.py --base REV [--rounds 5] -- benchmarks/m2f_inference.py --size 512
 
 The base commit is checked out in a temporary git worktree; its compiled op is copied from this checkout when
-``universal_seg/ops/csrc`` and ``setup.py`` are unchanged between the commits, else built there (minutes). Each
+``universal_seg/ops/csrc`` and ``setup.py`` are unchanged between the commits, else built there (minutes; set
+UNIVERSAL_SEG_CUDA=0 for a CPU-only build), unless ``--base-op FILE`` names an op already built from the base
+commit's sources, which is then copied. Each
 round runs the script once per tree and reads the number after "median" in its output (``--metric`` changes the
 pattern). Prints every round, the median of each side, the spread (min-max), and head / base.
 """
@@ -27,14 +29,16 @@ def git(*args: str) -> str:
     return subprocess.run(["git", "-C", ROOT, *args], check=True, capture_output=True, text=True).stdout.strip()
 
 
-def prepare_base(rev: str, where: str) -> str:
+def prepare_base(rev: str, where: str, base_op: str | None = None) -> str:
     """A worktree of ``rev`` under ``where`` with a usable compiled op and the bundled mini data."""
     tree = os.path.join(where, "base")
     git("worktree", "add", "--detach", tree, rev)
     same_op = subprocess.run(
         ["git", "-C", ROOT, "diff", "--quiet", rev, "HEAD", "--", "universal_seg/ops/csrc", "setup.py"]
     ).returncode
-    if same_op == 0:
+    if base_op is not None:
+        shutil.copy(base_op, os.path.join(tree, "universal_seg", os.path.basename(base_op)))
+    elif same_op == 0:
         for so in glob.glob(os.path.join(ROOT, "universal_seg", "_C*.so")):
             shutil.copy(so, os.path.join(tree, "universal_seg"))
     else:
@@ -61,6 +65,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--base", required=True, help="the commit to compare against (e.g. HEAD~3, a hash)")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--base-op", help="universal_seg/_C*.so built from the base commit's sources (no build)")
     parser.add_argument("--metric", default=r"median ([0-9.]+)", help="regex whose group 1 is the number")
     parser.add_argument("script", nargs=argparse.REMAINDER, help="-- SCRIPT [ARGS]: run from each tree's root")
     args = parser.parse_args()
@@ -71,7 +76,7 @@ def main() -> int:
     rev = git("rev-parse", "--short", args.base)
     head = git("rev-parse", "--short", "HEAD")
     with tempfile.TemporaryDirectory() as where:
-        base_tree = prepare_base(rev, where)
+        base_tree = prepare_base(rev, where, args.base_op)
         try:
             times = {"base": [], "head": []}
             for r in range(args.rounds):

@@ -10,6 +10,11 @@ Reported: median over --repeats timed runs after --warmup runs, of the forward a
 extra peak memory above the inputs, and the compiled / reference ratios. Usage:
 
     python benchmarks/ms_deform_attn.py [--device cpu|cuda|all] [--threads 2] [--repeats 5]
+    python benchmarks/ms_deform_attn.py --compare-cpu-isas [--rounds 5]
+
+--compare-cpu-isas times the compiled CPU kernels (float32) once per instruction-set variant this CPU supports
+(UNIVERSAL_SEG_CPU_ISA=default / avx2 / avx512, each in its own process), in alternating rounds, and prints each
+variant's median and spread over the rounds and its ratio to "default".
 """
 
 import argparse
@@ -114,7 +119,7 @@ def worker(impl, device, dtype_name, repeats, warmup, threads):
     print(json.dumps(result))
 
 
-def run_case(args, impl, device, dtype):
+def run_case(args, impl, device, dtype, cpu_isa=None):
     cmd = [
         sys.executable,
         __file__,
@@ -130,6 +135,8 @@ def run_case(args, impl, device, dtype):
         str(args.threads),
     ]
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    if cpu_isa is not None:
+        env["UNIVERSAL_SEG_CPU_ISA"] = cpu_isa
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
     if proc.returncode != 0:
         sys.exit(f"benchmark case {impl}/{device}/{dtype} failed:\n{proc.stderr[-3000:]}")
@@ -148,12 +155,35 @@ def accuracy(device, dtype_name):
     return float((ours - exact).abs().max() / exact.abs().max())
 
 
+def compare_cpu_isas(args, isas):
+    """Median and spread per variant over args.rounds alternating rounds (the order rotates every round)."""
+    times = {isa: {"forward_s": [], "forward_backward_s": []} for isa in isas}
+    for r in range(args.rounds):
+        for isa in isas[r % len(isas) :] + isas[: r % len(isas)]:
+            res = run_case(args, "compiled", "cpu", "float32", cpu_isa=isa)
+            for key in times[isa]:
+                times[isa][key].append(res[key])
+    base = {key: statistics.median(v) for key, v in times["default"].items()}
+    print(
+        f"{'isa':8} {'fwd ms (spread)':>24} {'fwd+bwd ms (spread)':>24} {'fwd vs default':>15} {'f+b vs default':>15}"
+    )
+    for isa in isas:
+        cols = []
+        for key in ("forward_s", "forward_backward_s"):
+            v = [t * 1e3 for t in times[isa][key]]
+            cols.append(f"{statistics.median(v):8.1f} ({min(v):6.1f}-{max(v):6.1f})")
+        ratios = [base[key] / statistics.median(times[isa][key]) for key in ("forward_s", "forward_backward_s")]
+        print(f"{isa:8} {cols[0]:>24} {cols[1]:>24} {ratios[0]:14.2f}x {ratios[1]:14.2f}x")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cpu", "cuda", "all"), default="all")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (default 2)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--compare-cpu-isas", action="store_true", help="time each CPU instruction-set variant")
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of --compare-cpu-isas")
     parser.add_argument("--worker", nargs=3, metavar=("IMPL", "DEVICE", "DTYPE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
@@ -167,6 +197,14 @@ def main():
     if load_extension() is None:
         sys.exit("universal_seg._C is not built: run `bash scripts/setup.sh` first.")
     torch.set_num_threads(args.threads)
+    if args.compare_cpu_isas:
+        isas = load_extension().supported_cpu_isas()
+        print(
+            f"compiled CPU kernels, float32, {args.threads} threads, variants {isas}, {args.rounds} rounds of "
+            f"(median of {args.repeats} after {args.warmup} warm-up)"
+        )
+        compare_cpu_isas(args, isas)
+        return
     cases = []
     if args.device in ("cpu", "all"):
         cases.append(("cpu", "float32"))

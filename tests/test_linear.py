@@ -6,8 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from universal_seg.ops import Linear, linear
-from universal_seg.ops.linear import _onednn_applies
+from universal_seg.ops import Linear, linear, matmul
+from universal_seg.ops.linear import _onednn_applies, matmul_uses_onednn
 
 
 def reference(x, w, b):
@@ -34,6 +34,29 @@ def test_forward_and_backward_match_float64(shape, out_features, bias):
     torch.testing.assert_close(layer.weight.grad.double(), wd.grad, rtol=1e-5, atol=1e-3)
     if bias:
         torch.testing.assert_close(layer.bias.grad.double(), bd.grad, rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("n", [1, 127, 3001])
+def test_matmul_matches_float64_product(n):
+    torch.manual_seed(0)
+    a, b = torch.randn(133, 100), torch.randn(100, n)
+    assert matmul_uses_onednn(a, b)
+    out = matmul(a, b)
+    assert out.shape == (133, n) and out.dtype == torch.float32 and out.is_contiguous()
+    torch.testing.assert_close(out.double(), a.double() @ b.double(), rtol=1e-5, atol=1e-4)
+    # a non-contiguous right factor (a column slice) and a transposed left factor give the same product
+    wide = torch.randn(100, n + 50)
+    at = a.t().contiguous().t()
+    expected = a.double() @ wide[:, 7 : 7 + n].double()
+    torch.testing.assert_close(matmul(at, wide[:, 7 : 7 + n]).double(), expected, rtol=1e-5, atol=1e-4)
+
+
+def test_matmul_falls_back_to_mm_where_onednn_does_not_apply():
+    a, b = torch.randn(5, 4).double(), torch.randn(4, 7).double()
+    assert not matmul_uses_onednn(a, b)
+    assert torch.equal(matmul(a, b), torch.mm(a, b))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert not matmul_uses_onednn(a, torch.randn(4, 500))
 
 
 def test_non_contiguous_input():

@@ -136,3 +136,36 @@ def test_mask_logits_any_layout_matches_einsum():
         out = mask_logits(embed, features.contiguous(memory_format=layout))
         assert out.shape == (2, 7, 12, 20)
         torch.testing.assert_close(out.double(), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_pixel_decoder_levels_are_channels_last_views_equal_to_the_plain_computation():
+    """For one image the encoder's levels are channels-last views of its output (so the CPU upsampling in the FPN
+    step writes channels-last without converting), and the FPN result equals the straightforward computation on
+    contiguous NCHW copies of those levels."""
+    import torch.nn.functional as F
+
+    cfg = load_cfg("configs/coco/panoptic/m2f_r50.yaml")
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    decoder = model.sem_seg_head.pixel_decoder
+    with torch.no_grad():
+        features = model.backbone(torch.randn(1, 3, 96, 128).contiguous(memory_format=torch.channels_last))
+        mask_features, ms = decoder(features)
+        for level in ms:
+            up = F.interpolate(level, scale_factor=2.0, mode="bilinear", align_corners=False)
+            assert up.is_contiguous(memory_format=torch.channels_last)
+        # written out: encoder memory -> NCHW levels -> FPN on the finest backbone feature -> mask features
+        srcs, pos = [], []
+        for idx, name in enumerate(reversed(decoder.transformer_in_features)):
+            srcs.append(decoder.input_proj[idx](features[name]))
+            pos.append(decoder.pe_layer(features[name]))
+        memory, shapes = decoder.transformer(srcs, pos)
+        chunks = memory.split([h * w for h, w in shapes], dim=1)
+        levels = [c.transpose(1, 2).reshape(1, -1, h, w).contiguous() for c, (h, w) in zip(chunks, shapes)]
+        for got, expected in zip(ms, levels):
+            torch.testing.assert_close(got, expected, rtol=0, atol=0)
+        y = levels[-1]
+        for idx, name in enumerate(reversed(decoder.in_features[: decoder.num_fpn_levels])):
+            lateral = decoder.lateral_convs[idx](features[name])
+            y = decoder.output_convs[idx](lateral + F.interpolate(y, size=lateral.shape[-2:], mode="bilinear"))
+        torch.testing.assert_close(mask_features, decoder.mask_features(y), rtol=1e-5, atol=1e-5)

@@ -2,6 +2,8 @@
 
 import os
 import shutil
+import subprocess
+import sys
 import warnings
 
 import pytest
@@ -19,6 +21,7 @@ SHAPES = [
     dict(N=1, M=2, D=7, shapes=((5, 6), (3, 3)), Lq=23, P=2),
     dict(N=2, M=2, D=3, shapes=((6, 5), (3, 4), (2, 2), (1, 1)), Lq=4, P=4),
     dict(N=1, M=4, D=33, shapes=((4, 4), (2, 2), (1, 2)), Lq=6, P=2),  # D > one CUDA warp
+    dict(N=2, M=2, D=32, shapes=((5, 7), (3, 4), (2, 2)), Lq=9, P=4),  # the CPU kernels' compile-time D (Mask2Former)
 ]
 CUDA = torch.cuda.is_available()
 
@@ -72,6 +75,65 @@ def test_gradcheck_cpu_kernel(cfg):
         return MSDeformAttnFunction.apply(v, ss, lsi, loc, a)
 
     assert torch.autograd.gradcheck(fn, (value, loc, attn), eps=1e-6, atol=1e-6, rtol=1e-5)
+
+
+# Run in a fresh process per instruction set (UNIVERSAL_SEG_CPU_ISA is read once per process): the forced variant
+# is the one in use, and its forward (float64, float32, bfloat16) and backward (float64) equal the float64
+# reference on the generic-D and the specialised-D (32) shapes, with points beyond the borders and a NaN location.
+_ISA_CHECK = """
+import sys, torch
+from conftest import make_ms_deform_attn_inputs
+from universal_seg import _C
+from universal_seg.ops import ms_deform_attn, ms_deform_attn_reference
+assert _C.cpu_isa() == sys.argv[1], (_C.cpu_isa(), sys.argv[1])
+torch.set_num_threads(2)
+for cfg in (dict(N=2, M=3, D=5, Lq=11, P=3), dict(N=2, M=2, D=32, shapes=((5, 7), (3, 4), (2, 2)), Lq=9, P=4)):
+    value, ss, lsi, loc, attn = make_ms_deform_attn_inputs(requires_grad=True, **cfg)
+    with torch.no_grad():  # a NaN location samples nothing, like a point far outside (the reference's input)
+        loc[0, 0, 0, 0, 0, 0] = 5.0
+        loc_nan = loc.detach().clone()
+        loc_nan[0, 0, 0, 0, 0, 0] = float("nan")
+    loc_nan.requires_grad_()
+    ref = ms_deform_attn_reference(value, ss, lsi, loc, attn)
+    ours = ms_deform_attn(value, ss, lsi, loc_nan, attn)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-10)
+    grad_out = torch.randn_like(ref)
+    ref_grads = torch.autograd.grad(ref, (value, loc, attn), grad_out)
+    our_grads = torch.autograd.grad(ours, (value, loc_nan, attn), grad_out)
+    for a, b in zip(our_grads, ref_grads):
+        torch.testing.assert_close(a, b, rtol=0, atol=1e-10)
+    for dtype, tol in ((torch.float32, 1e-5), (torch.bfloat16, 1e-2)):
+        low = ms_deform_attn(value.detach().to(dtype), ss, lsi, loc.detach().float(), attn.detach().float())
+        err = float((low.double() - ref).abs().max() / ref.abs().max())
+        assert err < tol, (dtype, err)
+print("ok", _C.cpu_isa())
+"""
+
+
+def _run_with_cpu_isa(isa: str) -> subprocess.CompletedProcess:
+    tests = os.path.dirname(os.path.abspath(__file__))
+    env = dict(os.environ, UNIVERSAL_SEG_CPU_ISA=isa, PYTHONPATH=os.pathsep.join([os.path.dirname(tests), tests]))
+    cmd = [sys.executable, "-c", _ISA_CHECK, isa]
+    return subprocess.run(cmd, cwd=tests, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_every_cpu_isa_the_machine_supports_equals_the_float64_reference():
+    isas = _ext().supported_cpu_isas()
+    assert isas[0] == "default" and set(isas) <= {"default", "avx2", "avx512"}
+    for isa in isas:
+        proc = _run_with_cpu_isa(isa)
+        assert proc.returncode == 0 and f"ok {isa}" in proc.stdout, f"{isa}:\n{proc.stderr[-3000:]}"
+
+
+def test_unknown_or_unsupported_cpu_isa_is_refused_with_the_fix():
+    ext = _ext()
+    proc = _run_with_cpu_isa("avx9000")
+    assert proc.returncode != 0
+    assert "UNIVERSAL_SEG_CPU_ISA=avx9000 is not a known instruction set; unset it" in proc.stderr
+    unsupported = [isa for isa in ("avx2", "avx512") if isa not in ext.supported_cpu_isas()]
+    if unsupported:  # only on a CPU (or a non-x86 build) without them
+        proc = _run_with_cpu_isa(unsupported[-1])
+        assert proc.returncode != 0 and "cannot run the" in proc.stderr and "one of: default" in proc.stderr
 
 
 def test_points_exactly_on_borders_and_outside():

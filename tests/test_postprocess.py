@@ -50,6 +50,52 @@ def test_semantic_inference_matches_hand_einsum():
                 assert out[c, y, x].item() == pytest.approx(expected, rel=1e-6)
 
 
+def _semantic_written_out(mask_cls, mask_pred):
+    """sum_q softmax(mask_cls)[q, k] * sigmoid(mask_pred[q]) in float64, no-object dropped: [K, H, W]."""
+    probs = mask_cls.double().softmax(-1)[:, :-1]
+    return torch.einsum("qk,qhw->khw", probs, mask_pred.double().sigmoid())
+
+
+def test_semantic_inference_blocked_onednn_product_equals_written_out(monkeypatch):
+    """fp32 on the CPU (the oneDNN product, in blocks: several, the last one partial) and float64 (torch.mm)."""
+    import universal_seg.modeling.postprocess as postprocess
+
+    torch.manual_seed(0)
+    mask_cls, mask_pred = torch.randn(9, 6), torch.randn(9, 37, 41) * 4
+    monkeypatch.setattr(postprocess, "_SEMANTIC_BLOCK_ELEMENTS_ONEDNN", 9 * 500)  # 500 pixels a block: 4 blocks
+    for dtype, tol in ((torch.float32, 1e-5), (torch.float64, 1e-12)):
+        out = semantic_inference(mask_cls.to(dtype), mask_pred.to(dtype))
+        assert out.dtype == dtype and out.shape == (5, 37, 41)
+        torch.testing.assert_close(out.double(), _semantic_written_out(mask_cls, mask_pred), rtol=tol, atol=tol)
+
+
+def test_semantic_and_instance_inference_under_bf16_autocast():
+    """Under CPU bf16 autocast (benchmarks/m2f_inference.py --amp) the semantic scores come in bf16 within bf16
+    rounding of the written-out product of the same bf16 inputs, and instance masks are exactly logit > 0."""
+    torch.manual_seed(0)
+    mask_cls, mask_pred = torch.randn(9, 6).bfloat16(), (torch.randn(9, 37, 41) * 4).bfloat16()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        sem = semantic_inference(mask_cls, mask_pred)
+        inst = instance_inference(mask_cls, mask_pred, num_classes=5, test_topk_per_image=12)
+    assert sem.dtype == torch.bfloat16 and sem.shape == (5, 37, 41)
+    expected = _semantic_written_out(mask_cls, mask_pred)
+    assert float((sem.double() - expected).abs().max() / expected.abs().max()) < 1e-2
+    probs = mask_cls.double().softmax(-1)[:, :-1].flatten()
+    top = probs.topk(12).indices
+    query = top // 5
+    assert torch.equal(inst.pred_masks, mask_pred[query] > 0)
+    torch.testing.assert_close(
+        inst.scores.double()[:3],
+        probs[top[:3]]
+        * (
+            (mask_pred[query[:3]].double().sigmoid() * (mask_pred[query[:3]] > 0)).flatten(1).sum(1)
+            / (mask_pred[query[:3]] > 0).flatten(1).sum(1)
+        ),
+        rtol=2e-2,
+        atol=1e-3,
+    )
+
+
 def test_sem_seg_postprocess_crops_padding_then_resizes():
     result = torch.full((2, 4, 4), 5.0)
     result[:, :2, :3] = torch.tensor([1.0, 2.0])[:, None, None]  # the valid 2x3 region

@@ -13,6 +13,7 @@ from detectron2.modeling.postprocessing import sem_seg_postprocess
 from detectron2.structures import Boxes, Instances
 
 from ..export_postprocess import assign_panoptic_segments
+from ..ops.linear import matmul, matmul_uses_onednn
 
 __all__ = [
     "semantic_inference",
@@ -25,6 +26,7 @@ __all__ = [
 
 
 _BLOCK_ELEMENTS = 1 << 18  # CPU: elements of one [rows, block] slice of mask logits (1 MiB in fp32, stays in cache)
+_SEMANTIC_BLOCK_ELEMENTS_ONEDNN = 1 << 21  # CPU fp32 semantic product through oneDNN: [Q, block] sigmoid (8 MiB)
 _BLOCK_ELEMENTS_ACCELERATOR = 1 << 24  # CUDA and other devices: 64 MiB in fp32, a few large kernels per image
 
 
@@ -77,6 +79,14 @@ def semantic_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor) -> torch
     out = mask_pred.new_empty((probs_t.shape[0], H * W))
     # blocks of pixels: the sigmoid of a [Q, block] slice stays in cache for the product, instead of a [Q, H, W]
     # temporary written to and read back from memory (the same sums, several times faster on the CPU)
+    if matmul_uses_onednn(probs_t, masks):
+        # fp32 on the CPU: the product through oneDNN (ops.matmul; MKL's sgemm runs its AVX2 code on AMD CPUs), in
+        # larger blocks (each call costs more than an mm); its [K, block] result is copied into place
+        step = max(1, _SEMANTIC_BLOCK_ELEMENTS_ONEDNN // max(Q, 1))
+        for start in range(0, H * W, step):
+            cols = slice(start, start + step)
+            out[:, cols] = matmul(probs_t, masks[:, cols].sigmoid())
+        return out.view(-1, H, W)
     for cols in _column_blocks(Q, H * W, mask_pred.device):
         torch.mm(probs_t, masks[:, cols].sigmoid(), out=out[:, cols])
     return out.view(-1, H, W)

@@ -2,7 +2,7 @@
 layer whose fp32 CPU products run through oneDNN."""
 
 from ._extension import cuda_kernels_compiled, load_extension
-from .linear import Linear, linear
+from .linear import Linear, linear, matmul
 from .ms_deform_attn_function import MSDeformAttnFunction, ms_deform_attn
 from .ms_deform_attn_layer import MSDeformAttn, active_ms_deform_attn_op, use_ms_deform_attn_op
 from .ms_deform_attn_reference import ms_deform_attn_reference
@@ -14,6 +14,7 @@ __all__ = [
     "active_ms_deform_attn_op",
     "cuda_kernels_compiled",
     "linear",
+    "matmul",
     "load_extension",
     "ms_deform_attn",
     "ms_deform_attn_reference",

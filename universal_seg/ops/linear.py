@@ -57,6 +57,26 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     return out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], n)
 
 
+def matmul_uses_onednn(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether :func:`matmul` (a [M, K] @ b [K, N]) runs through oneDNN: where :func:`linear` would (fp32 on the CPU,
+    any size, outside autocast, tracing and export)."""
+    return _onednn_applies(b.t(), a)
+
+
+def matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b``: a [M, K], b [K, N] -> [M, N], through oneDNN where :func:`matmul_uses_onednn`, else torch.mm.
+
+    There b is read as a [1, K, 1, N] NCHW image (a view when b is contiguous) and a as the weights of a 1x1
+    convolution [M, K, 1, 1], whose NCHW output [1, M, 1, N] is the row-major product.
+    """
+    if not matmul_uses_onednn(a, b):
+        return torch.mm(a, b)
+    m, k = a.shape
+    image, weight = b.contiguous().view(1, k, 1, -1), a.contiguous().view(m, k, 1, 1)
+    # aten.mkldnn_convolution, not F.conv2d: oneDNN whatever the size (F.conv2d sends small images elsewhere)
+    return torch.ops.aten.mkldnn_convolution(image, weight, None, (0, 0), (1, 1), (1, 1), 1).view(m, -1)
+
+
 class Linear(nn.Linear):
     """``nn.Linear`` (same parameters, init and state-dict names) computed by :func:`linear`."""
 

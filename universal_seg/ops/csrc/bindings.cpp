@@ -1,6 +1,7 @@
 // Python bindings of universal_seg._C: device dispatch for the multi-scale deformable attention kernels.
 #include <torch/extension.h>
 
+#include "cpu/cpu_isa.h"
 #include "ms_deform_attn.h"
 
 namespace universal_seg {
@@ -61,6 +62,8 @@ std::string cuda_targets() {
 #endif
 }
 
+std::string cpu_isa() { return cpu_isa_name(active_cpu_isa()); }
+
 }  // namespace
 }  // namespace universal_seg
 
@@ -72,4 +75,9 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "CUDA version the CUDA kernels were compiled with, 0 when the build has no CUDA kernels");
   m.def("cuda_targets", &universal_seg::cuda_targets,
         "CUDA targets of the kernels, e.g. 'sm_86;sm_90;compute_90' ('' when the build has no CUDA kernels)");
+  m.def("cpu_isa", &universal_seg::cpu_isa,
+        "Instruction set the CPU kernels run with in this process: 'default', 'avx2' or 'avx512' (the best the CPU "
+        "supports, or UNIVERSAL_SEG_CPU_ISA, read once); raises when that variable names one it cannot run");
+  m.def("supported_cpu_isas", &universal_seg::supported_cpu_isas,
+        "Instruction sets of the CPU kernels this build contains and this CPU can run, 'default' first");
 }

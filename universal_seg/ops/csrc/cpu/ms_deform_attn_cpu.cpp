@@ -16,6 +16,7 @@
 
 #include "../bilinear.h"
 #include "../ms_deform_attn.h"
+#include "cpu_isa.h"
 
 namespace universal_seg {
 namespace {
@@ -46,88 +47,205 @@ void check_levels_cpu(const at::Tensor& spatial_shapes, const at::Tensor& level_
               " positions but value has S = ", S);
 }
 
+// Instruction-set variants (see cpu_isa.h). The kernel bodies below are always-inline templates with no target of
+// their own; each variant is a function with a target attribute that inlines them, so the same source is compiled
+// once per instruction set. Only those functions (internal linkage) contain AVX code: nothing shared with the rest
+// of the binary (inline library functions, templates instantiated elsewhere) is compiled for a wider ISA.
+#if defined(__GNUC__)
+#define US_ALWAYS_INLINE inline __attribute__((always_inline))
+#else
+#define US_ALWAYS_INLINE inline
+#endif
+#if defined(__GNUC__) && defined(__x86_64__)
+#define US_X86_VARIANTS 1
+#define US_TARGET_AVX2 __attribute__((target("avx2,fma")))
+#define US_TARGET_AVX512 __attribute__((target("avx512f,avx512vl,avx512bw,avx512dq,avx2,fma")))
+#else
+#define US_X86_VARIANTS 0
+#endif
+
+// The channel count the variants are also specialised for (Mask2Former: 256 dims / 8 heads): a compile-time D lets
+// the compiler keep the accumulator of one (query, head) in vector registers.
+constexpr int kSpecialisedD = 32;
+
 template <typename scalar_t>
-void forward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
-                    const at::opmath_type<scalar_t>* loc, const at::opmath_type<scalar_t>* attn, scalar_t* out,
-                    const Dims& d) {
+struct KernelArgs {
   using acc_t = at::opmath_type<scalar_t>;
-  at::parallel_for(0, d.N * d.Lq, 16, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> acc(d.D);
-    for (int64_t nq = begin; nq < end; ++nq) {
-      const int64_t n = nq / d.Lq;
-      for (int64_t m = 0; m < d.M; ++m) {
-        std::fill(acc.begin(), acc.end(), acc_t(0));
-        const scalar_t* value_nm = value + (n * d.M + m) * d.S * d.D;  // head-major [N, M, S, D]
-        const int64_t sample0 = (nq * d.M + m) * d.L * d.P;  // index of this (n, q, m)'s first sample
-        for (int64_t l = 0; l < d.L; ++l) {
-          for (int64_t p = 0; p < d.P; ++p) {
-            const int64_t s = sample0 + l * d.P + p;
-            BilinearCorners<acc_t> c;
-            if (!bilinear_corners(loc[2 * s], loc[2 * s + 1], shapes[2 * l], shapes[2 * l + 1], starts[l], c)) {
-              continue;
-            }
-            for (int k = 0; k < 4; ++k) {
-              if (c.offset[k] < 0) continue;
-              const scalar_t* v = value_nm + c.offset[k] * d.D;
-              const acc_t w = attn[s] * c.weight[k];
-              acc_t* a = acc.data();
+  const scalar_t* value;  // head-major [N, M, S, D]
+  const int64_t* shapes;  // [L, 2]
+  const int64_t* starts;  // [L]
+  const acc_t* loc;       // [N, Lq, M, L, P, 2]
+  const acc_t* attn;      // [N, Lq, M, L, P]
+  scalar_t* out;          // forward: [N, Lq, M * D]
+  const scalar_t* grad_out;  // backward: [N, Lq, M * D]
+  acc_t* grad_value;      // backward: head-major [N, M, S, D]
+  acc_t* grad_loc;        // backward: like loc
+  acc_t* grad_attn;       // backward: like attn
+  Dims d;
+};
+
+// Forward of the (n, q) rows [begin, end): out[n, q, m, :] = sum over (l, p, corner) of attn * weight * value.
+// kD > 0: D == kD known at compile time (`scratch` unused); kD == 0: runtime D, `scratch` holds D accumulators.
+template <typename scalar_t, int kD>
+US_ALWAYS_INLINE void forward_rows(const KernelArgs<scalar_t>& a, int64_t begin, int64_t end,
+                                   at::opmath_type<scalar_t>* scratch) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Dims& d = a.d;
+  const int64_t D = kD > 0 ? kD : d.D;
+  acc_t local[kD > 0 ? kD : 1];
+  acc_t* acc = kD > 0 ? local : scratch;
+  for (int64_t nq = begin; nq < end; ++nq) {
+    const int64_t n = nq / d.Lq;
+    for (int64_t m = 0; m < d.M; ++m) {
+      for (int64_t ch = 0; ch < D; ++ch) acc[ch] = acc_t(0);
+      const scalar_t* value_nm = a.value + (n * d.M + m) * d.S * D;
+      const int64_t sample0 = (nq * d.M + m) * d.L * d.P;  // index of this (n, q, m)'s first sample
+      for (int64_t l = 0; l < d.L; ++l) {
+        for (int64_t p = 0; p < d.P; ++p) {
+          const int64_t s = sample0 + l * d.P + p;
+          BilinearCorners<acc_t> c;
+          if (!bilinear_corners(a.loc[2 * s], a.loc[2 * s + 1], a.shapes[2 * l], a.shapes[2 * l + 1], a.starts[l],
+                                c)) {
+            continue;
+          }
+          for (int k = 0; k < 4; ++k) {
+            if (c.offset[k] < 0) continue;
+            const scalar_t* v = value_nm + c.offset[k] * D;
+            const acc_t w = a.attn[s] * c.weight[k];
 #pragma omp simd
-              for (int64_t ch = 0; ch < d.D; ++ch) a[ch] += w * static_cast<acc_t>(v[ch]);
-            }
+            for (int64_t ch = 0; ch < D; ++ch) acc[ch] += w * static_cast<acc_t>(v[ch]);
           }
         }
-        scalar_t* o = out + (nq * d.M + m) * d.D;
-        for (int64_t ch = 0; ch < d.D; ++ch) o[ch] = static_cast<scalar_t>(acc[ch]);
+      }
+      scalar_t* o = a.out + (nq * d.M + m) * D;
+      for (int64_t ch = 0; ch < D; ++ch) o[ch] = static_cast<scalar_t>(acc[ch]);
+    }
+  }
+}
+
+// Backward of the (n, head, level) tasks [begin, end): each task owns its grad_value slice (no atomics).
+// kD / scratch as in forward_rows.
+template <typename scalar_t, int kD>
+US_ALWAYS_INLINE void backward_tasks(const KernelArgs<scalar_t>& a, int64_t begin, int64_t end,
+                                     at::opmath_type<scalar_t>* scratch) {
+  using acc_t = at::opmath_type<scalar_t>;
+  const Dims& d = a.d;
+  const int64_t D = kD > 0 ? kD : d.D;
+  acc_t local[kD > 0 ? kD : 1];
+  acc_t* g = kD > 0 ? local : scratch;
+  for (int64_t task = begin; task < end; ++task) {
+    const int64_t l = task % d.L, m = (task / d.L) % d.M, n = task / (d.L * d.M);
+    const int64_t H = a.shapes[2 * l], W = a.shapes[2 * l + 1];
+    const scalar_t* value_nm = a.value + (n * d.M + m) * d.S * D;
+    acc_t* grad_value_nm = a.grad_value + (n * d.M + m) * d.S * D;
+    for (int64_t q = 0; q < d.Lq; ++q) {
+      const int64_t nqm = (n * d.Lq + q) * d.M + m;
+      const scalar_t* go = a.grad_out + nqm * D;
+      for (int64_t ch = 0; ch < D; ++ch) g[ch] = static_cast<acc_t>(go[ch]);
+      for (int64_t p = 0; p < d.P; ++p) {
+        const int64_t s = (nqm * d.L + l) * d.P + p;
+        BilinearCorners<acc_t> c;
+        if (!bilinear_corners(a.loc[2 * s], a.loc[2 * s + 1], H, W, a.starts[l], c)) continue;
+        const acc_t w_attn = a.attn[s];
+        acc_t d_attn = 0, d_h = 0, d_w = 0;
+        for (int k = 0; k < 4; ++k) {
+          if (c.offset[k] < 0) continue;
+          const scalar_t* v = value_nm + c.offset[k] * D;
+          acc_t* gv = grad_value_nm + c.offset[k] * D;
+          const acc_t coef = w_attn * c.weight[k];
+          acc_t dot = 0;
+#pragma omp simd reduction(+ : dot)
+          for (int64_t ch = 0; ch < D; ++ch) {
+            dot += g[ch] * static_cast<acc_t>(v[ch]);
+            gv[ch] += coef * g[ch];
+          }
+          d_attn += c.weight[k] * dot;
+          d_h += c.dh[k] * dot;
+          d_w += c.dw[k] * dot;
+        }
+        a.grad_attn[s] = d_attn;
+        a.grad_loc[2 * s] = w_attn * static_cast<acc_t>(W) * d_w;
+        a.grad_loc[2 * s + 1] = w_attn * static_cast<acc_t>(H) * d_h;
       }
     }
-  });
+  }
 }
 
 template <typename scalar_t>
-void backward_kernel(const scalar_t* value, const int64_t* shapes, const int64_t* starts,
-                     const at::opmath_type<scalar_t>* loc, const at::opmath_type<scalar_t>* attn,
-                     const scalar_t* grad_out, at::opmath_type<scalar_t>* grad_value,
-                     at::opmath_type<scalar_t>* grad_loc, at::opmath_type<scalar_t>* grad_attn, const Dims& d) {
-  using acc_t = at::opmath_type<scalar_t>;
-  at::parallel_for(0, d.N * d.M * d.L, 1, [&](int64_t begin, int64_t end) {
-    std::vector<acc_t> g(d.D);
-    for (int64_t task = begin; task < end; ++task) {
-      const int64_t l = task % d.L, m = (task / d.L) % d.M, n = task / (d.L * d.M);
-      const int64_t H = shapes[2 * l], W = shapes[2 * l + 1];
-      const scalar_t* value_nm = value + (n * d.M + m) * d.S * d.D;  // head-major [N, M, S, D]
-      acc_t* grad_value_nm = grad_value + (n * d.M + m) * d.S * d.D;
-      for (int64_t q = 0; q < d.Lq; ++q) {
-        const int64_t nqm = (n * d.Lq + q) * d.M + m;
-        const scalar_t* go = grad_out + nqm * d.D;
-        for (int64_t ch = 0; ch < d.D; ++ch) g[ch] = static_cast<acc_t>(go[ch]);
-        const acc_t* gp = g.data();
-        for (int64_t p = 0; p < d.P; ++p) {
-          const int64_t s = (nqm * d.L + l) * d.P + p;
-          BilinearCorners<acc_t> c;
-          if (!bilinear_corners(loc[2 * s], loc[2 * s + 1], H, W, starts[l], c)) continue;
-          const acc_t a = attn[s];
-          acc_t d_attn = 0, d_h = 0, d_w = 0;
-          for (int k = 0; k < 4; ++k) {
-            if (c.offset[k] < 0) continue;
-            const scalar_t* v = value_nm + c.offset[k] * d.D;
-            acc_t* gv = grad_value_nm + c.offset[k] * d.D;
-            const acc_t coef = a * c.weight[k];
-            acc_t dot = 0;
-#pragma omp simd reduction(+ : dot)
-            for (int64_t ch = 0; ch < d.D; ++ch) {
-              dot += gp[ch] * static_cast<acc_t>(v[ch]);
-              gv[ch] += coef * gp[ch];
-            }
-            d_attn += c.weight[k] * dot;
-            d_h += c.dh[k] * dot;
-            d_w += c.dw[k] * dot;
-          }
-          grad_attn[s] = d_attn;
-          grad_loc[2 * s] = a * static_cast<acc_t>(W) * d_w;
-          grad_loc[2 * s + 1] = a * static_cast<acc_t>(H) * d_h;
-        }
-      }
-    }
+using RangeFn = void (*)(const KernelArgs<scalar_t>&, int64_t, int64_t, at::opmath_type<scalar_t>*);
+
+// One forward and one backward function per instruction set, each choosing the specialised D at run time.
+#define US_DEFINE_VARIANTS(SUFFIX, TARGET)                                                                        \
+  template <typename scalar_t>                                                                                     \
+  TARGET void forward_##SUFFIX(const KernelArgs<scalar_t>& a, int64_t begin, int64_t end,                          \
+                               at::opmath_type<scalar_t>* scratch) {                                               \
+    if (a.d.D == kSpecialisedD) {                                                                                  \
+      forward_rows<scalar_t, kSpecialisedD>(a, begin, end, scratch);                                               \
+    } else {                                                                                                       \
+      forward_rows<scalar_t, 0>(a, begin, end, scratch);                                                           \
+    }                                                                                                              \
+  }                                                                                                                \
+  template <typename scalar_t>                                                                                     \
+  TARGET void backward_##SUFFIX(const KernelArgs<scalar_t>& a, int64_t begin, int64_t end,                         \
+                                at::opmath_type<scalar_t>* scratch) {                                              \
+    if (a.d.D == kSpecialisedD) {                                                                                  \
+      backward_tasks<scalar_t, kSpecialisedD>(a, begin, end, scratch);                                             \
+    } else {                                                                                                       \
+      backward_tasks<scalar_t, 0>(a, begin, end, scratch);                                                         \
+    }                                                                                                              \
+  }
+
+US_DEFINE_VARIANTS(default, )
+#if US_X86_VARIANTS
+US_DEFINE_VARIANTS(avx2, US_TARGET_AVX2)
+US_DEFINE_VARIANTS(avx512, US_TARGET_AVX512)
+#endif
+
+template <typename scalar_t>
+RangeFn<scalar_t> forward_variant(CpuIsa isa) {
+  switch (isa) {
+#if US_X86_VARIANTS
+    case CpuIsa::kAvx512:
+      return &forward_avx512<scalar_t>;
+    case CpuIsa::kAvx2:
+      return &forward_avx2<scalar_t>;
+#endif
+    default:
+      return &forward_default<scalar_t>;
+  }
+}
+
+template <typename scalar_t>
+RangeFn<scalar_t> backward_variant(CpuIsa isa) {
+  switch (isa) {
+#if US_X86_VARIANTS
+    case CpuIsa::kAvx512:
+      return &backward_avx512<scalar_t>;
+    case CpuIsa::kAvx2:
+      return &backward_avx2<scalar_t>;
+#endif
+    default:
+      return &backward_default<scalar_t>;
+  }
+}
+
+// Forward parallelised over (n, query); each chunk gets its own accumulator scratch (used when D is not specialised).
+template <typename scalar_t>
+void forward_kernel(const KernelArgs<scalar_t>& a, CpuIsa isa) {
+  const RangeFn<scalar_t> fn = forward_variant<scalar_t>(isa);
+  at::parallel_for(0, a.d.N * a.d.Lq, 16, [&](int64_t begin, int64_t end) {
+    std::vector<at::opmath_type<scalar_t>> scratch(a.d.D);
+    fn(a, begin, end, scratch.data());
+  });
+}
+
+// Backward parallelised over (n, head, level): the grad_value slices of different tasks are disjoint.
+template <typename scalar_t>
+void backward_kernel(const KernelArgs<scalar_t>& a, CpuIsa isa) {
+  const RangeFn<scalar_t> fn = backward_variant<scalar_t>(isa);
+  at::parallel_for(0, a.d.N * a.d.M * a.d.L, 1, [&](int64_t begin, int64_t end) {
+    std::vector<at::opmath_type<scalar_t>> scratch(a.d.D);
+    fn(a, begin, end, scratch.data());
   });
 }
 
@@ -140,13 +258,23 @@ at::Tensor ms_deform_attn_forward_cpu(const at::Tensor& value, const at::Tensor&
   TORCH_CHECK(value.device().is_cpu(), "ms_deform_attn_forward_cpu: tensors must be on the CPU");
   const Dims d = dims_of(value, sampling_loc);
   check_levels_cpu(spatial_shapes, level_start_index, d.S);
+  const CpuIsa isa = active_cpu_isa();
   auto out = at::empty({d.N, d.Lq, d.M * d.D}, value.options());
   const auto value_hm = value.permute({0, 2, 1, 3}).contiguous();  // [N, M, S, D]
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_forward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    forward_kernel<scalar_t>(value_hm.data_ptr<scalar_t>(), spatial_shapes.data_ptr<int64_t>(),
-                             level_start_index.data_ptr<int64_t>(), sampling_loc.data_ptr<acc_t>(),
-                             attn_weight.data_ptr<acc_t>(), out.data_ptr<scalar_t>(), d);
+    KernelArgs<scalar_t> args{value_hm.data_ptr<scalar_t>(),
+                              spatial_shapes.data_ptr<int64_t>(),
+                              level_start_index.data_ptr<int64_t>(),
+                              sampling_loc.data_ptr<acc_t>(),
+                              attn_weight.data_ptr<acc_t>(),
+                              out.data_ptr<scalar_t>(),
+                              nullptr,
+                              nullptr,
+                              nullptr,
+                              nullptr,
+                              d};
+    forward_kernel<scalar_t>(args, isa);
   });
   return out;
 }
@@ -164,6 +292,7 @@ std::vector<at::Tensor> ms_deform_attn_backward_cpu(const at::Tensor& value, con
                   grad_output.device() == value.device(),
               "ms_deform_attn: grad_output must be a contiguous ", value.scalar_type(), " tensor of shape [",
               d.N, ", ", d.Lq, ", ", d.M * d.D, "], got ", grad_output.sizes());
+  const CpuIsa isa = active_cpu_isa();
   const auto acc_type = sampling_loc.scalar_type();
   // grad_value is accumulated in the opmath type (fp32 for half types) and cast at the end.
   const auto value_hm = value.permute({0, 2, 1, 3}).contiguous();  // [N, M, S, D]
@@ -172,11 +301,18 @@ std::vector<at::Tensor> ms_deform_attn_backward_cpu(const at::Tensor& value, con
   auto grad_attn = at::zeros_like(attn_weight);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, value.scalar_type(), "ms_deform_attn_backward_cpu", [&] {
     using acc_t = at::opmath_type<scalar_t>;
-    backward_kernel<scalar_t>(value_hm.data_ptr<scalar_t>(), spatial_shapes.data_ptr<int64_t>(),
-                              level_start_index.data_ptr<int64_t>(), sampling_loc.data_ptr<acc_t>(),
-                              attn_weight.data_ptr<acc_t>(), grad_output.data_ptr<scalar_t>(),
-                              grad_value_hm.data_ptr<acc_t>(), grad_loc.data_ptr<acc_t>(),
-                              grad_attn.data_ptr<acc_t>(), d);
+    KernelArgs<scalar_t> args{value_hm.data_ptr<scalar_t>(),
+                              spatial_shapes.data_ptr<int64_t>(),
+                              level_start_index.data_ptr<int64_t>(),
+                              sampling_loc.data_ptr<acc_t>(),
+                              attn_weight.data_ptr<acc_t>(),
+                              nullptr,
+                              grad_output.data_ptr<scalar_t>(),
+                              grad_value_hm.data_ptr<acc_t>(),
+                              grad_loc.data_ptr<acc_t>(),
+                              grad_attn.data_ptr<acc_t>(),
+                              d};
+    backward_kernel<scalar_t>(args, isa);
   });
   auto grad_value = grad_value_hm.permute({0, 2, 1, 3}).to(value.scalar_type()).contiguous();  // [N, S, M, D]
   return {grad_value, grad_loc, grad_attn};

@@ -5,8 +5,9 @@ MSDeformAttn.
     python benchmarks/onnx_vs_torch.py [--configs ...] [--size 512 512] [--threads 2] [--runs 10] [--op]
 
 Models: each config is built with untrained weights (seeded), exported with universal_seg.export.export_onnx (or
-read back from --onnx-dir when exported before) and run on one [1, 3, H, W] image: PyTorch eager runs
-OnnxExportWrapper with the compiled MSDeformAttn op (the same outputs as the graph), ONNX Runtime runs the file
+read back from --onnx-dir when exported before) and run on one [1, 3, H, W] image, eager and ONNX Runtime
+alternating run by run (the order rotating): PyTorch eager runs OnnxExportWrapper with the compiled MSDeformAttn
+op (the same outputs as the graph), ONNX Runtime runs the file
 (CPUExecutionProvider, intra-op threads = --threads, inter-op 1). Prints the median, min and max seconds of --runs
 timed runs after --warmup runs, and the ratio of the medians (ONNX Runtime / PyTorch: below 1 = ONNX Runtime is
 faster).
@@ -55,6 +56,19 @@ def timed_runs(fn, runs: int, warmup: int) -> list[float]:
     return times
 
 
+def alternating_runs(fns, runs: int, warmup: int) -> list[list[float]]:
+    """Times of each of ``fns`` over ``runs`` rounds after ``warmup`` rounds; every round runs each function once,
+    the order rotating from round to round, so that a change of the machine's load hits all of them alike."""
+    times = [[] for _ in fns]
+    for r in range(warmup + runs):
+        for i in [(r + j) % len(fns) for j in range(len(fns))]:
+            start = time.perf_counter()
+            fns[i]()
+            if r >= warmup:
+                times[i].append(time.perf_counter() - start)
+    return times
+
+
 def summary(times: list[float]) -> str:
     return f"median {statistics.median(times):.4f} s (min {min(times):.4f}, max {max(times):.4f}, n={len(times)})"
 
@@ -90,8 +104,7 @@ def bench_model(config: str, args) -> None:
         with torch.no_grad():
             wrapper(image)
 
-    t_torch = timed_runs(eager, args.runs, args.warmup)
-    t_onnx = timed_runs(lambda: sess.run(None, feed), args.runs, args.warmup)
+    t_torch, t_onnx = alternating_runs([eager, lambda: sess.run(None, feed)], args.runs, args.warmup)
     ratio = statistics.median(t_onnx) / statistics.median(t_torch)
     print(f"{config} at {args.size[0]}x{args.size[1]}, {args.threads} threads (max |onnx - torch| {diff:.1e}):")
     print(f"  pytorch eager : {summary(t_torch)}")

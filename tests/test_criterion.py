@@ -5,21 +5,11 @@ import math
 import pytest
 import torch
 import torch.distributed as dist
+from conftest import FixedMatcher
 from torch import nn
 
 from universal_seg.modeling.criterion import SetCriterion, build_weight_dict, count_masks
 from universal_seg.modeling.matcher import HungarianMatcher
-
-
-class FixedMatcher(nn.Module):
-    """Returns the given indices whatever the outputs, so the losses are tested apart from matching."""
-
-    def __init__(self, indices):
-        super().__init__()
-        self.indices = [(torch.tensor(r, dtype=torch.long), torch.tensor(c, dtype=torch.long)) for r, c in indices]
-
-    def forward(self, outputs, targets):
-        return self.indices
 
 
 def pixel_centres(height, width):

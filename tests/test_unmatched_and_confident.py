@@ -7,23 +7,13 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import FixedMatcher
 from detectron2.config import get_cfg as d2_cfg
 from torch import nn
 
 from universal_seg.config import add_universal_seg_config
 from universal_seg.modeling.criterion import SetCriterion, build_weight_dict
 from universal_seg.modeling.postprocess import confident_semantic_inference, semantic_inference
-
-
-class FixedMatcher(nn.Module):
-    """Returns the given (query, target) indices whatever the outputs."""
-
-    def __init__(self, indices):
-        super().__init__()
-        self.indices = [(torch.tensor(r, dtype=torch.long), torch.tensor(c, dtype=torch.long)) for r, c in indices]
-
-    def forward(self, outputs, targets):
-        return self.indices
 
 
 def bilinear_zero_padded(image, u, v):

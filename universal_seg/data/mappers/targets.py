@@ -47,11 +47,12 @@ def instances_from_semantic(sem_seg, ignore_label):
     return make_instances(sem_seg.shape, classes, masks)
 
 
-def instances_from_panoptic(compact, segments_info):
-    """One instance per non-crowd segment still visible in ``compact`` [H, W] (ids 1..n as from compact_panoptic)."""
+def instances_from_panoptic(compact, segments_info, things_only: bool = False):
+    """One instance per non-crowd segment (only the thing segments with ``things_only``) still visible in
+    ``compact`` [H, W] (ids 1..n as from compact_panoptic)."""
     classes, masks = [], []
     for k, segment in enumerate(segments_info):
-        if segment.get("iscrowd", 0):
+        if segment.get("iscrowd", 0) or (things_only and not segment.get("isthing", 0)):
             continue
         mask = compact == k + 1
         if mask.any():
@@ -67,15 +68,7 @@ def task_instances_from_panoptic(compact, segments_info, task):
     if task == "panoptic":
         return instances_from_panoptic(compact, segments_info)
     if task == "instance":
-        classes, masks = [], []
-        for k, segment in enumerate(segments_info):
-            if segment.get("iscrowd", 0) or not segment.get("isthing", 0):
-                continue
-            mask = compact == k + 1
-            if mask.any():
-                classes.append(int(segment["category_id"]))
-                masks.append(mask)
-        return make_instances(compact.shape, classes, masks)
+        return instances_from_panoptic(compact, segments_info, things_only=True)
     if task != "semantic":
         raise ValueError(f"task {task!r} is unknown; choose 'semantic', 'instance' or 'panoptic'.")
     by_class = {}

@@ -39,9 +39,10 @@ def _block_elements(device: torch.device) -> int:
     return _BLOCK_ELEMENTS if device.type == "cpu" else _BLOCK_ELEMENTS_ACCELERATOR
 
 
-def _column_blocks(rows: int, cols: int, device: torch.device):
-    """Column slices of a [rows, cols] matrix on ``device``, each slice about _block_elements(device) elements."""
-    step = max(1, _block_elements(device) // max(rows, 1))
+def _column_blocks(rows: int, cols: int, device: torch.device, block_elements: int | None = None):
+    """Column slices of a [rows, cols] matrix on ``device``, each slice about ``block_elements`` elements (default
+    _block_elements(device))."""
+    step = max(1, (block_elements or _block_elements(device)) // max(rows, 1))
     return (slice(start, start + step) for start in range(0, cols, step))
 
 
@@ -82,9 +83,7 @@ def semantic_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor) -> torch
     if matmul_uses_onednn(probs_t, masks):
         # fp32 on the CPU: the product through oneDNN (ops.matmul; MKL's sgemm runs its AVX2 code on AMD CPUs), in
         # larger blocks (each call costs more than an mm); its [K, block] result is copied into place
-        step = max(1, _SEMANTIC_BLOCK_ELEMENTS_ONEDNN // max(Q, 1))
-        for start in range(0, H * W, step):
-            cols = slice(start, start + step)
+        for cols in _column_blocks(Q, H * W, mask_pred.device, _SEMANTIC_BLOCK_ELEMENTS_ONEDNN):
             out[:, cols] = matmul(probs_t, masks[:, cols].sigmoid())
         return out.view(-1, H, W)
     for cols in _column_blocks(Q, H * W, mask_pred.device):

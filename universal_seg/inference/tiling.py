@@ -13,8 +13,11 @@ per-tile results are merged at output resolution.
   common region are one instance: the union of the parts' masks, the highest part score; top-k by score.
 
 Parts of the same tile are never merged (not even through a third tile). Memory: the network and the per-tile
-post-processing see one batch of tiles; the merged outputs ("sem_seg" [K, H, W] float, "panoptic_seg" [H, W] int32,
-"instances" pred_masks [N, H, W] bool) and the per-tile panoptic ids / instance masks are at output resolution.
+post-processing see one batch of tiles; the merges stream (:class:`PanopticMerger`, :class:`InstanceMerger`): a
+tile's panoptic ids and instance masks are kept only until the last tile overlapping it is merged, instance parts
+keep their masks cropped to their boxes, and only instance groups that can still reach the top-k are kept. What
+grows with the image is the outputs ("sem_seg" [K, H, W] float with its [1, H, W] count, "panoptic_seg" [H, W]
+int32, "instances" pred_masks [N, H, W] bool) and the tiles of about one row.
 """
 
 from dataclasses import dataclass
@@ -178,60 +181,116 @@ def merge_semantic(tiles: list[Tile], scores: list[torch.Tensor], out_size: tupl
     return acc.result()
 
 
+def last_neighbours(tiles: list[Tile]) -> list[int]:
+    """Per tile, the largest index of a tile whose output box intersects it (itself included): once that tile is
+    merged, nothing later needs this tile's results for a seam."""
+    if not tiles:
+        return []
+    boxes = torch.tensor([t.out for t in tiles], dtype=torch.int64)  # [T, 4]
+    index = torch.arange(len(tiles))
+    last = []
+    for y0, x0, y1, x1 in boxes.tolist():
+        hits = (
+            (boxes[:, 0] < y1) & (boxes[:, 2] > y0) & (boxes[:, 1] < x1) & (boxes[:, 3] > x0)
+        )  # [T] (boxes overlap with positive area)
+        last.append(int(index[hits].max()))
+    return last
+
+
+class PanopticMerger:
+    """Streaming :func:`merge_panoptic`: per-tile panoptic results are added in tile order, each tile's core is
+    painted into one int32 [H, W] map of part numbers at once, and a tile's segment ids are kept only until the
+    last tile overlapping it has been added (``retained`` is bounded by the tiles of about one row, not by the
+    image). Seam pairs are recorded as they appear and resolved at the end exactly as the all-at-once merge does
+    (stuff of one class first, then thing pairs by decreasing IoU, ties in tile order).
+    """
+
+    def __init__(self, tiles: list[Tile], out_size: tuple[int, int], merge_iou: float):
+        self.tiles, self.out_size, self.merge_iou = tiles, out_size, merge_iou
+        self.last = last_neighbours(tiles)
+        self.parts: list[tuple[int, int, int, bool]] = []  # (tile, local id, category, isthing)
+        self.index: dict[tuple[int, int], int] = {}
+        self.pairs: list[tuple[float, int, int, int, int]] = []  # (iou, tile a, tile b, part a, part b)
+        self.retained: dict[int, torch.Tensor] = {}  # tile -> int32 [h_t, w_t] local ids
+        self.painted: torch.Tensor | None = None  # int32 [H, W]: part number + 1, 0 = void
+        self.added = 0
+
+    def add(self, seg: torch.Tensor, infos: list[dict]) -> None:
+        """The next tile's result: seg int32 [h_t, w_t] local segment ids (0 = void), infos its segments_info."""
+        b, tile = self.added, self.tiles[self.added]
+        table = torch.zeros(max([int(i["id"]) for i in infos], default=0) + 1, dtype=torch.int32)
+        for info in infos:
+            self.index[(b, int(info["id"]))] = len(self.parts)
+            table[int(info["id"])] = len(self.parts) + 1
+            self.parts.append((b, int(info["id"]), int(info["category_id"]), bool(info["isthing"])))
+        for a, seg_a in self.retained.items():
+            region = _intersection(self.tiles[a].out, tile.out)
+            if region is not None:
+                self._pairs(a, b, seg_a[_local(region, self.tiles[a].out)], seg[_local(region, tile.out)])
+        if self.painted is None:
+            self.painted = torch.zeros(self.out_size, dtype=torch.int32, device=seg.device)
+        c = tile.core
+        self.painted[c[0] : c[2], c[1] : c[3]] = table.to(seg.device)[seg[_local(c, tile.out)].long()]
+        self.retained[b] = seg
+        self.added += 1
+        for a in [a for a in self.retained if self.last[a] < self.added]:
+            del self.retained[a]
+
+    def _pairs(self, a: int, b: int, seg_a: torch.Tensor, seg_b: torch.Tensor) -> None:
+        """Thing parts of tiles a < b with the same category and their IoU inside the common region."""
+        seg_a, seg_b = seg_a.reshape(-1).long(), seg_b.reshape(-1).long()
+        n_b = int(seg_b.max()) + 1 if seg_b.numel() else 1
+        joint = torch.bincount(seg_a * n_b + seg_b).tolist()
+        area_a = torch.bincount(seg_a).tolist()
+        area_b = torch.bincount(seg_b, minlength=n_b).tolist()
+        for code, inter in enumerate(joint):
+            ia, ib = divmod(code, n_b)
+            if inter == 0 or ia == 0 or ib == 0 or (a, ia) not in self.index or (b, ib) not in self.index:
+                continue
+            i, j = self.index[(a, ia)], self.index[(b, ib)]
+            if self.parts[i][3] and self.parts[j][3] and self.parts[i][2] == self.parts[j][2]:
+                self.pairs.append((inter / (area_a[ia] + area_b[ib] - inter), a, b, i, j))
+
+    def result(self) -> tuple[torch.Tensor, list[dict]]:
+        """(int32 [H, W], segments_info) with ids 1..S in order of first appearance; consumes the merger."""
+        if self.added != len(self.tiles):
+            raise RuntimeError(f"PanopticMerger: {self.added} of {len(self.tiles)} tiles were added.")
+        groups = _Groups([p[0] for p in self.parts])
+        stuff_first: dict[int, int] = {}
+        for i, (_, _, category, isthing) in enumerate(self.parts):
+            if not isthing:
+                groups.union(stuff_first.setdefault(category, i), i, allow_same_tile=True)
+        # (tile a, tile b) in order, then the pairs' own order: the order of the all-at-once loop over tile pairs
+        _merge_candidates(
+            [(iou, i, j) for iou, _, _, i, j in sorted(self.pairs, key=lambda p: p[1:3])], groups, self.merge_iou
+        )
+        painted, self.painted = self.painted, None
+        if painted is None:
+            painted = torch.zeros(self.out_size, dtype=torch.int32)
+        present = [p - 1 for p in torch.unique(painted).tolist() if p > 0]
+        roots = sorted({groups.find(p) for p in present})  # parts are numbered row-major: order of first appearance
+        new_id = {root: n for n, root in enumerate(roots, start=1)}
+        table = torch.zeros(len(self.parts) + 1, dtype=torch.int32)
+        for p in present:
+            table[p + 1] = new_id[groups.find(p)]
+        table = table.to(painted.device)
+        rows = max(1, _PIXEL_BLOCK * 4 // max(painted.shape[1], 1))
+        for y in range(0, painted.shape[0], rows):  # relabelled in place, in bands (no int64 copy of the map)
+            painted[y : y + rows] = table[painted[y : y + rows].long()]
+        infos = [{"id": new_id[r], "category_id": self.parts[r][2], "isthing": self.parts[r][3]} for r in roots]
+        return painted, infos
+
+
 def merge_panoptic(
     tiles: list[Tile], results: list[tuple[torch.Tensor, list[dict]]], out_size: tuple[int, int], merge_iou: float
 ) -> tuple[torch.Tensor, list[dict]]:
-    """Per-tile panoptic results (int32 [h_t, w_t] segment ids, segments_info) -> one (int32 [H, W], segments_info)
-    with ids 1..S consecutive in order of first appearance (row-major over tiles), 0 = void."""
-    parts, first_part = [], []  # parts: (tile index, local id, category, isthing)
-    for t, (_, infos) in enumerate(results):
-        first_part.append(len(parts))
-        parts.extend((t, int(info["id"]), int(info["category_id"]), bool(info["isthing"])) for info in infos)
-    index = {(t, local): i for i, (t, local, _, _) in enumerate(parts)}
-    groups = _Groups([p[0] for p in parts])
-    stuff_first: dict[int, int] = {}
-    for i, (_, _, category, isthing) in enumerate(parts):
-        if not isthing:
-            groups.union(stuff_first.setdefault(category, i), i, allow_same_tile=True)
-    pairs = []
-    for a in range(len(tiles)):
-        for b in range(a + 1, len(tiles)):
-            region = _intersection(tiles[a].out, tiles[b].out)
-            if region is None:
-                continue
-            seg_a = results[a][0][_local(region, tiles[a].out)].reshape(-1).long()
-            seg_b = results[b][0][_local(region, tiles[b].out)].reshape(-1).long()
-            n_b = int(seg_b.max()) + 1 if seg_b.numel() else 1
-            joint = torch.bincount(seg_a * n_b + seg_b).tolist()
-            area_a = torch.bincount(seg_a).tolist()
-            area_b = torch.bincount(seg_b, minlength=n_b).tolist()
-            for code, inter in enumerate(joint):
-                ia, ib = divmod(code, n_b)
-                if inter == 0 or ia == 0 or ib == 0 or (a, ia) not in index or (b, ib) not in index:
-                    continue
-                i, j = index[(a, ia)], index[(b, ib)]
-                if parts[i][3] and parts[j][3] and parts[i][2] == parts[j][2]:
-                    pairs.append((inter / (area_a[ia] + area_b[ib] - inter), i, j))
-    _merge_candidates(pairs, groups, merge_iou)
-
-    device = results[0][0].device if results else torch.device("cpu")
-    painted = torch.zeros(out_size, dtype=torch.int64, device=device)  # group root + 1, 0 = void
-    for t, (tile, (seg, infos)) in enumerate(zip(tiles, results)):
-        table = torch.zeros(max([int(i["id"]) for i in infos], default=0) + 1, dtype=torch.int64)
-        for info in infos:
-            table[int(info["id"])] = groups.find(index[(t, int(info["id"]))]) + 1
-        c = tile.core
-        local = seg[_local(c, tile.out)].long()
-        painted[c[0] : c[2], c[1] : c[3]] = table.to(device)[local]
-    present = torch.unique(painted).tolist()
-    roots = [r - 1 for r in present if r > 0]
-    order = sorted(roots)  # parts are numbered row-major over tiles, so this is order of first appearance
-    final = torch.zeros(len(parts) + 1, dtype=torch.int32)
-    segments_info = []
-    for new_id, root in enumerate(order, start=1):
-        final[root + 1] = new_id
-        segments_info.append({"id": new_id, "category_id": parts[root][2], "isthing": parts[root][3]})
-    return final.to(device)[painted], segments_info
+    """Per-tile panoptic results (int32 [h_t, w_t] segment ids, segments_info), in tile order -> one
+    (int32 [H, W], segments_info) with ids 1..S consecutive in order of first appearance (row-major over tiles),
+    0 = void. (All at once through :class:`PanopticMerger`.)"""
+    merger = PanopticMerger(tiles, out_size, merge_iou)
+    for seg, infos in results:
+        merger.add(seg, infos)
+    return merger.result()
 
 
 def _mask_iou_pairs(masks_a: torch.Tensor, masks_b: torch.Tensor) -> torch.Tensor:
@@ -247,55 +306,134 @@ def _mask_iou_pairs(masks_a: torch.Tensor, masks_b: torch.Tensor) -> torch.Tenso
     return torch.where(union > 0, inter / union.clamp_min(1), torch.zeros_like(inter))
 
 
+class InstanceMerger:
+    """Streaming :func:`merge_instances`: per-tile Instances are added in tile order.
+
+    A tile's full masks are kept only until the last tile overlapping it has been added (for the IoU of its parts
+    with their neighbours' inside the common region); each part keeps its mask cropped to its box. Seam pairs
+    (same class, IoU >= merge_iou) join parts into components; a component is *settled* once every tile that could
+    still pair with one of its parts has been added. It is then resolved exactly as the all-at-once merge resolves
+    it (pairs by decreasing IoU, ties in tile order, never two parts of one tile), and of its groups only those
+    that can still be among the ``topk`` best by (score, first part) are kept, with their parts' crops: the final
+    top-k can only be drawn from them, so the result is that of the all-at-once merge while the memory holds the
+    open components (parts of about one row of tiles) and at most ``topk`` settled groups.
+    """
+
+    def __init__(self, tiles: list[Tile], out_size: tuple[int, int], merge_iou: float, topk: int):
+        self.tiles, self.out_size, self.merge_iou, self.topk = tiles, out_size, merge_iou, topk
+        self.last = last_neighbours(tiles)
+        self.part_tile: list[int] = []
+        self.part_score: list[float] = []
+        self.part_class: list[int] = []
+        self.first: list[int] = []  # first part number of each added tile
+        self.crops: dict[int, tuple[tuple[int, int, int, int], torch.Tensor]] = {}  # part -> (global box, mask)
+        self.retained: dict[int, Instances] = {}  # tile -> its Instances (full-tile masks)
+        self.parent: list[int] = []  # components of the seam-pair graph (plain union-find)
+        self.members: dict[int, list[int]] = {}  # open component root -> its parts
+        self.pairs: dict[int, list[tuple]] = {}  # open component root -> (a, b, ia, ib, iou, part i, part j)
+        self.open_last: dict[int, int] = {}  # open component root -> largest last neighbour of its parts' tiles
+        self.kept: list[tuple[float, int, list[int]]] = []  # settled groups: (score, root part, parts)
+        self.device = torch.device("cpu")
+        self.added = 0
+
+    def _find(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
+        return i
+
+    def _join(self, i: int, j: int) -> int:
+        ri, rj = self._find(i), self._find(j)
+        if ri != rj:
+            self.parent[rj] = ri
+            self.members[ri] += self.members.pop(rj)
+            self.pairs[ri] += self.pairs.pop(rj)
+            self.open_last[ri] = max(self.open_last[ri], self.open_last.pop(rj))
+        return ri
+
+    def add(self, inst: Instances) -> None:
+        """The next tile's Instances (pred_masks bool [n, h_t, w_t], scores [n], pred_classes [n])."""
+        b, tile = self.added, self.tiles[self.added]
+        self.device = inst.pred_masks.device
+        self.first.append(len(self.part_tile))
+        boxes = masks_to_boxes(inst.pred_masks).long().tolist() if len(inst) else []  # [n] x (x0, y0, x1, y1)
+        for k, (x0, y0, x1, y1) in enumerate(boxes):
+            i = len(self.part_tile)
+            self.part_tile.append(b)
+            self.part_score.append(float(inst.scores[k]))
+            self.part_class.append(int(inst.pred_classes[k]))
+            box = (tile.out[0] + y0, tile.out[1] + x0, tile.out[0] + y1, tile.out[1] + x1)
+            self.crops[i] = (box, inst.pred_masks[k, y0:y1, x0:x1].clone())
+            self.parent.append(i)
+            self.members[i], self.pairs[i], self.open_last[i] = [i], [], self.last[b]
+        for a, inst_a in self.retained.items():
+            region = _intersection(self.tiles[a].out, tile.out)
+            if region is None or len(inst_a) == 0 or len(inst) == 0:
+                continue
+            ma = inst_a.pred_masks[(slice(None), *_local(region, self.tiles[a].out))].flatten(1)
+            mb = inst.pred_masks[(slice(None), *_local(region, tile.out))].flatten(1)
+            iou = _mask_iou_pairs(ma, mb)
+            same = inst_a.pred_classes[:, None] == inst.pred_classes[None, :]
+            for ia, ib in ((iou >= self.merge_iou) & same).nonzero().tolist():
+                i, j = self.first[a] + ia, self.first[b] + ib
+                self.pairs[self._join(i, j)].append((a, b, ia, ib, float(iou[ia, ib]), i, j))
+        self.retained[b] = inst
+        self.added += 1
+        for a in [a for a in self.retained if self.last[a] < self.added]:
+            del self.retained[a]
+        for root in [r for r, last in self.open_last.items() if last < self.added]:
+            self._settle(root)
+
+    def _settle(self, root: int) -> None:
+        """Resolves a component no later tile can reach into groups; keeps those that can reach the top-k."""
+        parts = sorted(self.members.pop(root))
+        pairs = sorted(self.pairs.pop(root), key=lambda p: p[:4])  # the all-at-once loop's order
+        del self.open_last[root]
+        local = {p: n for n, p in enumerate(parts)}
+        groups = _Groups([self.part_tile[p] for p in parts])
+        _merge_candidates([(iou, local[i], local[j]) for _, _, _, _, iou, i, j in pairs], groups, self.merge_iou)
+        by_root: dict[int, list[int]] = {}
+        for p in parts:
+            by_root.setdefault(parts[groups.find(local[p])], []).append(p)
+        for group_root, group in by_root.items():
+            self.kept.append((max(self.part_score[p] for p in group), group_root, group))
+        self.kept.sort(key=lambda g: (-g[0], g[1]))
+        for _, _, group in self.kept[self.topk :]:
+            for p in group:
+                del self.crops[p]
+        del self.kept[self.topk :]
+
+    def result(self) -> Instances:
+        """Instances of ``out_size``: the ``topk`` best groups by score, the union of their parts' masks."""
+        if self.added != len(self.tiles):
+            raise RuntimeError(f"InstanceMerger: {self.added} of {len(self.tiles)} tiles were added.")
+        masks = torch.zeros((len(self.kept), *self.out_size), dtype=torch.bool, device=self.device)
+        classes = torch.zeros(len(self.kept), dtype=torch.int64, device=self.device)
+        for n, (_, _, group) in enumerate(self.kept):
+            for p in group:
+                (y0, x0, y1, x1), crop = self.crops.pop(p)
+                masks[n, y0:y1, x0:x1] |= crop
+            classes[n] = self.part_class[group[-1]]
+        merged = Instances(self.out_size)
+        merged.pred_masks = masks
+        merged.pred_boxes = Boxes(masks_to_boxes(masks))
+        merged.scores = torch.tensor([s for s, _, _ in self.kept], dtype=torch.float32, device=self.device)
+        merged.pred_classes = classes
+        self.kept = []
+        return merged
+
+
 def merge_instances(
     tiles: list[Tile], results: list[Instances], out_size: tuple[int, int], merge_iou: float, topk: int
 ) -> Instances:
-    """Per-tile Instances (pred_masks bool [n, h_t, w_t], scores, pred_classes) -> one Instances of ``out_size``:
-    groups of parts merged across seams, the union of their masks, the highest part score; the ``topk`` best by
-    score, ordered by decreasing score; pred_boxes the tight boxes of the merged masks."""
-    parts = [(t, k) for t, inst in enumerate(results) for k in range(len(inst))]
-    first = [0]
+    """Per-tile Instances (pred_masks bool [n, h_t, w_t], scores, pred_classes), in tile order -> one Instances of
+    ``out_size``: groups of parts merged across seams, the union of their masks, the highest part score; the
+    ``topk`` best by score, ordered by decreasing score; pred_boxes the tight boxes of the merged masks. (All at once
+    through :class:`InstanceMerger`.)"""
+    merger = InstanceMerger(tiles, out_size, merge_iou, topk)
     for inst in results:
-        first.append(first[-1] + len(inst))
-    groups = _Groups([t for t, _ in parts])
-    pairs = []
-    for a in range(len(tiles)):
-        for b in range(a + 1, len(tiles)):
-            region = _intersection(tiles[a].out, tiles[b].out)
-            if region is None or len(results[a]) == 0 or len(results[b]) == 0:
-                continue
-            ma = results[a].pred_masks[(slice(None), *_local(region, tiles[a].out))].flatten(1)
-            mb = results[b].pred_masks[(slice(None), *_local(region, tiles[b].out))].flatten(1)
-            iou = _mask_iou_pairs(ma, mb)
-            same = results[a].pred_classes[:, None] == results[b].pred_classes[None, :]
-            for ia, ib in ((iou >= merge_iou) & same).nonzero().tolist():
-                pairs.append((float(iou[ia, ib]), first[a] + ia, first[b] + ib))
-    _merge_candidates(pairs, groups, merge_iou)
-
-    members: dict[int, list[int]] = {}
-    for i in range(len(parts)):
-        members.setdefault(groups.find(i), []).append(i)
-    device = results[0].pred_masks.device if results else torch.device("cpu")
-    scored = []
-    for root, group in members.items():
-        score = max(float(results[parts[i][0]].scores[parts[i][1]]) for i in group)
-        scored.append((score, root))
-    scored.sort(key=lambda s: (-s[0], s[1]))
-    scored = scored[:topk]
-    masks = torch.zeros((len(scored), *out_size), dtype=torch.bool, device=device)
-    classes = torch.zeros(len(scored), dtype=torch.int64, device=device)
-    for n, (_, root) in enumerate(scored):
-        for i in members[root]:
-            t, k = parts[i]
-            y0, x0, y1, x1 = tiles[t].out
-            masks[n, y0:y1, x0:x1] |= results[t].pred_masks[k]
-            classes[n] = results[t].pred_classes[k]
-    merged = Instances(out_size)
-    merged.pred_masks = masks
-    merged.pred_boxes = Boxes(masks_to_boxes(masks))
-    merged.scores = torch.tensor([s for s, _ in scored], dtype=torch.float32, device=device)
-    merged.pred_classes = classes
-    return merged
+        merger.add(inst)
+    return merger.result()
 
 
 def tiled_inference(model, image: torch.Tensor, out_size: tuple[int, int], tiling: TilingConfig) -> dict:
@@ -306,7 +444,8 @@ def tiled_inference(model, image: torch.Tensor, out_size: tuple[int, int], tilin
     from ..modeling.meta_arch import PerPixelSegmentor
 
     sem = SemanticAccumulator(out_size, log_probs=isinstance(model, PerPixelSegmentor))
-    pan, ins = [], []
+    pan = PanopticMerger(tiles, out_size, tiling.merge_iou)
+    ins = InstanceMerger(tiles, out_size, tiling.merge_iou, getattr(model, "test_topk_per_image", 100))
     for start in range(0, len(tiles), tiling.batch_size):
         batch = tiles[start : start + tiling.batch_size]
         inputs = [
@@ -321,14 +460,14 @@ def tiled_inference(model, image: torch.Tensor, out_size: tuple[int, int], tilin
             if "sem_seg" in out:
                 sem.add(tile, out.pop("sem_seg"))
             if "panoptic_seg" in out:
-                pan.append(out["panoptic_seg"])
+                pan.add(*out.pop("panoptic_seg"))
             if "instances" in out:
-                ins.append(out["instances"])
+                ins.add(out.pop("instances"))
     result = {}
     if sem.total is not None:
         result["sem_seg"] = sem.result()
-    if pan:
-        result["panoptic_seg"] = merge_panoptic(tiles, pan, out_size, tiling.merge_iou)
-    if ins:
-        result["instances"] = merge_instances(tiles, ins, out_size, tiling.merge_iou, model.test_topk_per_image)
+    if pan.added:
+        result["panoptic_seg"] = pan.result()
+    if ins.added:
+        result["instances"] = ins.result()
     return result

@@ -25,6 +25,8 @@ from universal_seg.inference.tiling import (
     merge_instances,
     merge_panoptic,
     merge_semantic,
+    pack_mask,
+    unpack_mask,
 )
 
 
@@ -367,3 +369,14 @@ def test_streaming_merges_hold_about_one_row_of_tiles():
     assert most_kept <= 5
     assert torch.equal(pm.result()[0], reference_merge_panoptic(tiles, pan, out, 0.5)[0])
     assert torch.equal(im.result().pred_masks, reference_merge_instances(tiles, ins, out, 0.5, 5).pred_masks)
+
+
+@pytest.mark.parametrize("shape", [(1, 1), (3, 5), (7, 8), (64, 33), (0, 4)])
+def test_packed_masks_equal_numpys_packbits_and_round_trip(shape):
+    import numpy as np
+
+    mask = torch.rand(shape, generator=torch.Generator().manual_seed(shape[0] * 100 + shape[1])) > 0.5
+    packed_shape, packed = pack_mask(mask)
+    assert packed_shape == shape and packed.dtype == torch.uint8
+    assert packed.tolist() == np.packbits(mask.numpy().reshape(-1), bitorder="little").tolist()
+    assert torch.equal(unpack_mask(packed_shape, packed), mask)

@@ -14,10 +14,11 @@ per-tile results are merged at output resolution.
 
 Parts of the same tile are never merged (not even through a third tile). Memory: the network and the per-tile
 post-processing see one batch of tiles; the merges stream (:class:`PanopticMerger`, :class:`InstanceMerger`): a
-tile's panoptic ids and instance masks are kept only until the last tile overlapping it is merged, instance parts
-keep their masks cropped to their boxes, and only instance groups that can still reach the top-k are kept. What
-grows with the image is the outputs ("sem_seg" [K, H, W] float with its [1, H, W] count, "panoptic_seg" [H, W]
-int32, "instances" pred_masks [N, H, W] bool) and the tiles of about one row.
+tile's panoptic ids and instance masks are kept only until the last tile overlapping it is merged; instance parts
+keep their masks cropped to their boxes and bit-packed until their seam component is settled, and then only groups
+that can still reach the top-k are kept. What grows with the image is the outputs ("sem_seg" [K, H, W] float with
+its [1, H, W] count, "panoptic_seg" [H, W] int32, "instances" pred_masks [N, H, W] bool), the tiles of about one row,
+and the packed masks of components that span many tiles (one byte per 8 pixels of their parts' boxes).
 """
 
 from dataclasses import dataclass
@@ -181,6 +182,23 @@ def merge_semantic(tiles: list[Tile], scores: list[torch.Tensor], out_size: tupl
     return acc.result()
 
 
+_BIT_WEIGHTS = (1, 2, 4, 8, 16, 32, 64, 128)
+
+
+def pack_mask(mask: torch.Tensor) -> tuple[tuple[int, int], torch.Tensor]:
+    """bool [h, w] -> ((h, w), uint8 [ceil(h * w / 8)]): 8 pixels per byte, row-major, the first in the low bit."""
+    flat = mask.reshape(-1).to(torch.uint8)
+    flat = torch.cat([flat, flat.new_zeros((-flat.numel()) % 8)])
+    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=mask.device)
+    return tuple(mask.shape), (flat.view(-1, 8) * weights).sum(1, dtype=torch.uint8)
+
+
+def unpack_mask(shape: tuple[int, int], packed: torch.Tensor) -> torch.Tensor:
+    """The inverse of :func:`pack_mask`: bool [h, w]."""
+    weights = torch.tensor(_BIT_WEIGHTS, dtype=torch.uint8, device=packed.device)
+    return (packed[:, None] & weights).ne(0).view(-1)[: shape[0] * shape[1]].view(shape)
+
+
 def last_neighbours(tiles: list[Tile]) -> list[int]:
     """Per tile, the largest index of a tile whose output box intersects it (itself included): once that tile is
     merged, nothing later needs this tile's results for a seam."""
@@ -309,14 +327,15 @@ def _mask_iou_pairs(masks_a: torch.Tensor, masks_b: torch.Tensor) -> torch.Tenso
 class InstanceMerger:
     """Streaming :func:`merge_instances`: per-tile Instances are added in tile order.
 
-    A tile's full masks are kept only until the last tile overlapping it has been added (for the IoU of its parts
-    with their neighbours' inside the common region); each part keeps its mask cropped to its box. Seam pairs
-    (same class, IoU >= merge_iou) join parts into components; a component is *settled* once every tile that could
-    still pair with one of its parts has been added. It is then resolved exactly as the all-at-once merge resolves
-    it (pairs by decreasing IoU, ties in tile order, never two parts of one tile), and of its groups only those
-    that can still be among the ``topk`` best by (score, first part) are kept, with their parts' crops: the final
-    top-k can only be drawn from them, so the result is that of the all-at-once merge while the memory holds the
-    open components (parts of about one row of tiles) and at most ``topk`` settled groups.
+        A tile's full masks are kept only until the last tile overlapping it has been added (for the IoU of its parts
+        with their neighbours' inside the common region); each part keeps its mask cropped to its box, 8 pixels per
+    byte (:func:`pack_mask`). Seam pairs
+        (same class, IoU >= merge_iou) join parts into components; a component is *settled* once every tile that could
+        still pair with one of its parts has been added. It is then resolved exactly as the all-at-once merge resolves
+        it (pairs by decreasing IoU, ties in tile order, never two parts of one tile), and of its groups only those
+        that can still be among the ``topk`` best by (score, first part) are kept, with their parts' crops: the final
+        top-k can only be drawn from them, so the result is that of the all-at-once merge while the memory holds the
+        open components (parts of about one row of tiles) and at most ``topk`` settled groups.
     """
 
     def __init__(self, tiles: list[Tile], out_size: tuple[int, int], merge_iou: float, topk: int):
@@ -326,7 +345,7 @@ class InstanceMerger:
         self.part_score: list[float] = []
         self.part_class: list[int] = []
         self.first: list[int] = []  # first part number of each added tile
-        self.crops: dict[int, tuple[tuple[int, int, int, int], torch.Tensor]] = {}  # part -> (global box, mask)
+        self.crops: dict[int, tuple] = {}  # part -> (global box, its mask in the box packed by pack_mask)
         self.retained: dict[int, Instances] = {}  # tile -> its Instances (full-tile masks)
         self.parent: list[int] = []  # components of the seam-pair graph (plain union-find)
         self.members: dict[int, list[int]] = {}  # open component root -> its parts
@@ -363,7 +382,7 @@ class InstanceMerger:
             self.part_score.append(float(inst.scores[k]))
             self.part_class.append(int(inst.pred_classes[k]))
             box = (tile.out[0] + y0, tile.out[1] + x0, tile.out[0] + y1, tile.out[1] + x1)
-            self.crops[i] = (box, inst.pred_masks[k, y0:y1, x0:x1].clone())
+            self.crops[i] = (box, pack_mask(inst.pred_masks[k, y0:y1, x0:x1]))
             self.parent.append(i)
             self.members[i], self.pairs[i], self.open_last[i] = [i], [], self.last[b]
         for a, inst_a in self.retained.items():
@@ -412,7 +431,7 @@ class InstanceMerger:
         for n, (_, _, group) in enumerate(self.kept):
             for p in group:
                 (y0, x0, y1, x1), crop = self.crops.pop(p)
-                masks[n, y0:y1, x0:x1] |= crop
+                masks[n, y0:y1, x0:x1] |= unpack_mask(*crop)
             classes[n] = self.part_class[group[-1]]
         merged = Instances(self.out_size)
         merged.pred_masks = masks

@@ -10,8 +10,8 @@ Each case runs in a fresh process: the model is built and warmed up on a 64x64 i
 outputs are at the image's size either way). Printed per case: the peak resident memory above the warmed-up
 process (ru_maxrss), the bytes of the returned outputs ("sem_seg" [K, H, W] float32, "panoptic_seg" ids,
 "instances" masks [N, H, W] bool), and the rest (working memory, less the input image). Tiled inference keeps the
-network's share bounded by the tile size; the outputs, and the per-tile panoptic ids / instance masks kept for
-the seam merge, grow with the image.
+network's share bounded by the tile size and merges the tiles as they come (universal_seg/inference/tiling.py says
+what the merges hold); the outputs grow with the image.
 """
 
 import argparse

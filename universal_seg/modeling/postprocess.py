@@ -112,13 +112,18 @@ def confident_semantic_inference(
     Returns:
         [K, H, W] semantic scores (no-object dropped).
     """
+    return semantic_inference(_confident(mask_cls, object_threshold), mask_pred)
+
+
+def _confident(mask_cls: torch.Tensor, object_threshold: float) -> torch.Tensor:
+    """The class logits [Q, K+1] of :func:`confident_semantic_inference`: those of the dropped queries replaced."""
     p_object = 1 - F.softmax(mask_cls, dim=-1)[:, -1]  # [Q]
     keep = (p_object > object_threshold) | (p_object == p_object.max())  # [Q]
     # a dropped query gets the logits of certain no-object (class probabilities exactly 0), so it adds nothing to
     # the sum: the same result as summing over the kept queries, without a data-dependent shape (traceable, ONNX)
     certain_no_object = torch.full_like(mask_cls, float("-inf"))
     certain_no_object[:, -1] = 0
-    return semantic_inference(torch.where(keep[:, None], mask_cls, certain_no_object), mask_pred)
+    return torch.where(keep[:, None], mask_cls, certain_no_object)
 
 
 def _count(index: torch.Tensor, bins: int) -> torch.Tensor:
@@ -498,13 +503,7 @@ def banded_inference(
     out: Dict[str, object] = {}
     sinks = []
     if semantic:
-        cls_sem = mask_cls
-        if semantic_object_threshold > 0:
-            p_object = 1 - F.softmax(mask_cls, dim=-1)[:, -1]
-            keep = (p_object > semantic_object_threshold) | (p_object == p_object.max())
-            certain_no_object = torch.full_like(mask_cls, float("-inf"))
-            certain_no_object[:, -1] = 0
-            cls_sem = torch.where(keep[:, None], mask_cls, certain_no_object)
+        cls_sem = mask_cls if semantic_object_threshold <= 0 else _confident(mask_cls, semantic_object_threshold)
         sinks.append(_SemanticSink(cls_sem, num_queries, pixels, bands.dtype, device, bands.flat_contiguous))
     if panoptic:
         scores, labels, kept = _panoptic_kept(mask_cls, num_classes, object_mask_threshold)
@@ -516,9 +515,9 @@ def banded_inference(
         top_scores, labels_i, query_idx = _instance_pairs(
             mask_cls, num_classes, test_topk_per_image, instance_things_only, thing_ids
         )
-        sinks.append(_InstanceSink(query_idx, num_queries, height, width, device, bands.low_res.dtype))
+        sinks.append(_InstanceSink(query_idx, num_queries, height, width, device))
     if sinks:
-        # only panoptic: upsample the kept queries alone
+        # only panoptic: the bands hold the kept queries alone (rows 0..N-1)
         queries = sinks[0].kept if len(sinks) == 1 and isinstance(sinks[0], _PanopticSink) else None
         if queries is not None:
             sinks[0].kept = torch.arange(queries.numel(), device=device)
@@ -575,7 +574,7 @@ class _InstanceSink:
     """Positive areas and sigmoid sums (blocks of :func:`_positive_area_and_sigmoid_sum`) and the bool masks of
     the selected queries (pixel-wise) of :func:`instance_inference`, from bands."""
 
-    def __init__(self, query_idx, num_queries, height, width, device, dtype):
+    def __init__(self, query_idx, num_queries, height, width, device):
         self.query_idx = query_idx
         self.area = torch.zeros(num_queries, dtype=torch.float32, device=device)
         self.shifted = torch.zeros_like(self.area)
@@ -588,7 +587,8 @@ class _InstanceSink:
             r = block.float().clamp_min(0)
             self.area += r.sign().sum(1)
             self.shifted += r.sigmoid_().sub_(0.5).sum(1)
-        self.masks.view(self.masks.shape[0], -1)[:, start:end] = (band > 0)[self.query_idx]
+        n, height, width = self.masks.shape
+        self.masks.view(n, height * width)[:, start:end] = (band > 0)[self.query_idx]
 
     def inside(self):
         return self.shifted + 0.5 * self.area

@@ -23,6 +23,9 @@ from ..oneformer import (
     image_texts,
 )
 from ..postprocess import (
+    MaskLogitBands,
+    banded_inference,
+    banded_rows_exact,
     confident_semantic_inference,
     instance_inference,
     panoptic_inference,
@@ -340,19 +343,49 @@ class UniversalSegmentor(SegmentorBase):
         self, outputs: dict, batched_inputs: list[dict], images: ImageList, only: str | None = None
     ) -> list[dict]:
         """Decoder outputs -> per image {"sem_seg", "panoptic_seg", "instances"} (those enabled; with ``only``, just
-        that task's), at the output size; mask logits are upsampled to the padded image first."""
+        that task's), at the output size. The mask logits [B, Q, h, w] are upsampled to the padded image
+        [B, Q, H_pad, W_pad] and cropped / resized per image, then post-processed; on the CPU
+        (:meth:`_banded_inference_applies`) an image whose output size is its size is post-processed from the
+        low-resolution logits in bands of rows instead (bit for bit the same logits; see banded_inference)."""
         on = {t: v and only in (None, t) for t, v in self._outputs_on().items()}
-        mask_cls = outputs["pred_logits"]
-        mask_pred = F.interpolate(
-            outputs["pred_masks"], size=images.tensor.shape[-2:], mode="bilinear", align_corners=False
-        )
+        mask_cls, low_res = outputs["pred_logits"], outputs["pred_masks"]
+        padded_size = tuple(images.tensor.shape[-2:])
+        banded = self._banded_inference_applies(mask_cls, low_res, padded_size)
+        mask_pred = None
+        if not banded:
+            mask_pred = F.interpolate(low_res, size=padded_size, mode="bilinear", align_corners=False)
         thing_map = getattr(self.metadata, "thing_dataset_id_to_contiguous_id", None)
         thing_ids = set(thing_map.values()) if thing_map is not None else set()
         num_classes = mask_cls.shape[-1] - 1
         results = []
-        for cls_i, mask_i, x, image_size in zip(mask_cls, mask_pred, batched_inputs, images.image_sizes):
+        for i, (cls_i, x, image_size) in enumerate(zip(mask_cls, batched_inputs, images.image_sizes)):
             height, width = self.output_size(x, image_size)
-            if self.sem_seg_postprocess_before_inference:
+            before = self.sem_seg_postprocess_before_inference
+            if banded and (not before or tuple(image_size) == (height, width)):
+                bands = MaskLogitBands(low_res[i], padded_size, tuple(image_size) if before else padded_size)
+                out = banded_inference(
+                    cls_i,
+                    bands,
+                    num_classes,
+                    semantic=on["semantic"],
+                    semantic_object_threshold=self.semantic_object_threshold,
+                    panoptic=on["panoptic"],
+                    object_mask_threshold=self.object_mask_threshold,
+                    overlap_threshold=self.overlap_threshold,
+                    thing_ids=thing_ids,
+                    instance=on["instance"],
+                    test_topk_per_image=self.test_topk_per_image,
+                    instance_things_only=self.panoptic_on,
+                )
+                if "sem_seg" in out and not before:
+                    out["sem_seg"] = resize_to_output(out["sem_seg"], image_size, height, width)
+                results.append(out)
+                continue
+            if mask_pred is not None:
+                mask_i = mask_pred[i]
+            else:  # (banded, but resized to another output size: the whole upsample of this image)
+                mask_i = F.interpolate(low_res[i : i + 1], size=padded_size, mode="bilinear", align_corners=False)[0]
+            if before:
                 mask_i = resize_to_output(mask_i, image_size, height, width)
             out = {}
             if on["semantic"]:
@@ -360,7 +393,7 @@ class UniversalSegmentor(SegmentorBase):
                     sem = confident_semantic_inference(cls_i, mask_i, self.semantic_object_threshold)
                 else:
                     sem = semantic_inference(cls_i, mask_i)
-                if not self.sem_seg_postprocess_before_inference:
+                if not before:
                     sem = resize_to_output(sem, image_size, height, width)
                 out["sem_seg"] = sem
             if on["panoptic"]:
@@ -373,3 +406,19 @@ class UniversalSegmentor(SegmentorBase):
                 )
             results.append(out)
         return results
+
+    # Whether inference runs through postprocess.banded_inference (class attribute: tests compare both paths)
+    banded_postprocess = True
+
+    def _banded_inference_applies(self, mask_cls: torch.Tensor, low_res: torch.Tensor, padded_size) -> bool:
+        """Post-processing from the low-resolution mask logits [B, Q, h, w] in bands of rows
+        (:func:`~universal_seg.modeling.postprocess.banded_inference`, no [Q, H_pad, W_pad] float map): on the CPU,
+        without autograd, when the bands are exact (:func:`banded_rows_exact`). Images whose output size differs
+        from their size (a second, arbitrary-scale resize) still take the whole upsample: see :meth:`inference`."""
+        needs_grad = torch.is_grad_enabled() and (mask_cls.requires_grad or low_res.requires_grad)
+        return (
+            self.banded_postprocess
+            and low_res.device.type == "cpu"
+            and not needs_grad
+            and banded_rows_exact(tuple(low_res.shape[-2:]), padded_size)
+        )

@@ -187,3 +187,35 @@ def test_panoptic_mappers_sample_a_task_and_derive_its_targets(mapper):
                 assert set(classes) <= things
     assert seen == {"semantic", "instance", "panoptic"}
     assert "task" not in build_mapper(cfg, is_train=False)(copy.deepcopy(record))
+
+
+@pytest.mark.parametrize("task,probs", [("semantic", (1.0, 1.0)), ("instance", (0.0, 1.0))])
+def test_task_probabilities_at_0_or_1_give_every_image_that_tasks_targets(task, probs):
+    """A task-specific Mask2Former (benchmarks/oneformer_mini_vs_task_specific.py) trains on one task's targets:
+    INPUT.TASK_SAMPLING with INPUT.TASK_PROB at 0 / 1. Checked against the mapper's semantic labels (which come from
+    the panoptic segments independently of the task): semantic -> one target per class present, instance -> one or
+    more per thing class present and none for stuff."""
+    import copy
+
+    from detectron2.data import DatasetCatalog, MetadataCatalog
+    from test_mappers import _cfg
+
+    from universal_seg.data.mappers import build_mapper
+
+    cfg = _cfg("coco_panoptic_lsj", "mini_panoptic_train")
+    cfg.INPUT.IMAGE_SIZE = 256
+    cfg.INPUT.TASK_SAMPLING = True
+    cfg.INPUT.TASK_PROB.SEMANTIC, cfg.INPUT.TASK_PROB.INSTANCE = probs
+    things = set(MetadataCatalog.get("mini_panoptic_train").thing_dataset_id_to_contiguous_id.values())
+    mapper = build_mapper(cfg, is_train=True)
+    np.random.seed(0)
+    for _ in range(3):
+        for record in DatasetCatalog.get("mini_panoptic_train"):
+            out = mapper(copy.deepcopy(record))
+            assert out["task"] == task
+            classes = out["instances"].gt_classes.tolist()
+            present = set(out["sem_seg"].unique().tolist()) - {255}
+            if task == "semantic":
+                assert sorted(classes) == sorted(present)
+            else:
+                assert set(classes) == present & things and len(classes) >= len(present & things)

@@ -24,7 +24,10 @@ def add_data_config(cfg):
     # unreadable ones are skipped, counted and reported until then; missing files are an error before training)
     cfg.DATALOADER.MAX_UNREADABLE_FRACTION = 0.01
     # OneFormer: the panoptic mappers sample a task per training image and derive its ground truth from the
-    # panoptic annotation (semantic: one mask per class; instance: things only; panoptic: every segment)
+    # panoptic annotation (semantic: one mask per class; instance: things only; panoptic: every segment). With the
+    # probabilities at 0 / 1 every image gets one task's targets, which also trains a task-specific Mask2Former
+    # (a model without the task token ignores the task): SEMANTIC 1.0 (and INSTANCE 1.0) semantic targets, SEMANTIC
+    # 0.0 INSTANCE 1.0 instance targets (benchmarks/oneformer_mini_vs_task_specific.py)
     cfg.INPUT.TASK_SAMPLING = False
     cfg.INPUT.TASK_PROB = CN()
     cfg.INPUT.TASK_PROB.SEMANTIC = 0.33  # cumulative, as the official config: u < 0.33 semantic,

@@ -184,7 +184,23 @@ def test_per_pixel_onnx_equals_eager(name, tmp_path):
         np.testing.assert_allclose(got["sem_seg_logits"], logits.numpy(), atol=TOL, rtol=TOL)
         for i, result in enumerate(eager):
             np.testing.assert_allclose(got["sem_seg"][i], result["sem_seg"].numpy(), atol=TOL, rtol=TOL)
-            np.testing.assert_array_equal(got["sem_seg_map"][i], result["sem_seg"].argmax(0).numpy())
+            assert_map_is_eagers_argmax_outside_ties(
+                got["sem_seg_map"][i], got["sem_seg"][i], result["sem_seg"].numpy()
+            )
+
+
+def assert_map_is_eagers_argmax_outside_ties(got_map: np.ndarray, got: np.ndarray, scores: np.ndarray) -> None:
+    """got_map [H, W] (argmax of ONNX's scores ``got`` [K, H, W]) equals the argmax of eager's ``scores`` wherever
+    eager's top two classes are further apart than twice the largest ONNX-eager score difference at that pixel (there
+    the argmax cannot flip); such pixels are at least 99.9%, and elsewhere (near-ties) the class picked scores within
+    that margin of eager's best."""
+    margin = 2 * np.abs(got - scores).max(0)  # [H, W]
+    top2 = np.sort(scores, axis=0)[-2:]
+    decided = top2[1] - top2[0] > margin
+    assert decided.mean() >= 0.999
+    np.testing.assert_array_equal(got_map[decided], scores.argmax(0)[decided])
+    picked = np.take_along_axis(scores, got_map[None].astype(np.int64), 0)[0]
+    assert (picked >= top2[1] - margin).all()
 
 
 def test_r50_mask2former_onnx_equals_eager(tmp_path):

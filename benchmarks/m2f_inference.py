@@ -4,8 +4,9 @@
     python benchmarks/m2f_inference.py [--size 512] [--threads 2] [--device cpu] [--amp] [--runs 5]
     python benchmarks/m2f_inference.py --peak-memory [--memory-sizes 512 1024x2048]
 
-Reports the median seconds per image over --runs timed runs after --warmup runs (untrained weights: the work
-per image does not depend on them, except for post-processing of kept segments).
+Reports the median seconds per image over --runs timed runs after --warmup runs (untrained weights from torch
+seed 0 and a random image from the same seed: the work per image does not depend on the weights, except for the
+post-processing of kept segments, which the seed fixes).
 
 ``--peak-memory`` instead reports, per image size, the peak resident memory of inference above the loaded model
 (CPU): each size runs in a fresh process, which builds the model, resets the kernel's peak (VmHWM, through
@@ -92,6 +93,8 @@ def main():
     if args.peak_memory:
         return report_peak_memory(args)
     torch.set_num_threads(args.threads)
+    torch.manual_seed(0)  # the same untrained weights and image in every process: post-processing work (kept
+    # segments) depends on them, so unseeded runs differ in time and memory
     cfg = load_config(args.config_file, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", args.device])
     model = build_model(cfg).eval()
     if args.memory_case:

@@ -11,7 +11,10 @@ with MODEL.TEST.TASK "per_output" (PQ from the panoptic token, AP from the insta
 token); Mask2Former (configs/mini/panoptic/m2f_r18.yaml) trained on panoptic targets (every segment: the mini
 recipe), on instance targets (things only) and on semantic targets (one mask per class, things merged). The
 task-specific targets are the ones OneFormer samples (``task_instances_from_panoptic``), fixed for the whole run by
-INPUT.TASK_SAMPLING True with INPUT.TASK_PROB at 0/1 (a model without the task token ignores the task itself). Each
+INPUT.TASK_SAMPLING True with INPUT.TASK_PROB at 0/1 (a model without the task token ignores the task itself). The
+ablation row "OneFormer panoptic only" trains OneFormer on panoptic targets with the panoptic task token on every
+image (as Mask2Former panoptic) and takes all three metrics from that token: it separates the cost of sharing one
+model between three tasks from that of OneFormer's other parts (task-token queries, contrastive loss). Each
 Mask2Former is evaluated on all three outputs; its own task's metric is the one it is trained for. ``--per-token``
 adds, for OneFormer, all three metrics from each single task token (MODEL.TEST.TASK panoptic / instance /
 semantic). Prints one table (train seconds: wall time of the training loop alone).
@@ -32,6 +35,9 @@ from universal_seg.config import load_config  # noqa: E402
 from universal_seg.engine import Trainer  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+from test_end_to_end import metrics, mini_opts  # noqa: E402  (the end-to-end tests' length, sizes and metrics)
+
 M2F = "configs/mini/panoptic/m2f_r18.yaml"
 ONEFORMER = "configs/mini/panoptic/oneformer_r18.yaml"
 
@@ -47,36 +53,20 @@ def fixed_task(task: str) -> list[str]:
 # name -> (config, overrides, the metric of the task it is trained for; None: all three)
 RUNS = {
     "OneFormer joint (per-task token)": (ONEFORMER, [], None),
+    "OneFormer panoptic only (panoptic token)": (
+        ONEFORMER,
+        [*fixed_task("panoptic"), "MODEL.TEST.TASK", "panoptic"],
+        "PQ",
+    ),
     "Mask2Former panoptic": (M2F, [], "PQ"),
     "Mask2Former instance": (M2F, fixed_task("instance"), "AP"),
     "Mask2Former semantic": (M2F, fixed_task("semantic"), "mIoU"),
 }
 
 
-def mini_opts(output_dir: str, iters: int = 120) -> list[str]:
-    """The end-to-end test's length and sizes as config overrides: ``iters`` iterations (LR step 20 before the
-    end), 192-pixel crops, test images resized to 192 (max 320), SEED 3, no periodic checkpoints (model_final.pth
-    is still written), loading in-process."""
-    return [
-        "INPUT.IMAGE_SIZE", "192",
-        "INPUT.MIN_SIZE_TEST", "192",
-        "INPUT.MAX_SIZE_TEST", "320",
-        "SOLVER.MAX_ITER", str(iters),
-        "SOLVER.STEPS", f"({iters - 20},)",
-        "SOLVER.CHECKPOINT_PERIOD", "100000",
-        "DATALOADER.NUM_WORKERS", "0",
-        "SEED", "3",
-        "OUTPUT_DIR", str(output_dir),
-    ]  # fmt: skip
-
-
 def mini_cfg(config: str, output_dir: str, iters: int = 120, opts=()):
     """``config`` (a path under the repository) with :func:`mini_opts` and then ``opts``."""
     return load_config(os.path.join(ROOT, config), [*mini_opts(output_dir, iters), *opts])
-
-
-def metrics(results: dict) -> dict:
-    return {"PQ": results["panoptic_seg"]["PQ"], "AP": results["segm"]["AP"], "mIoU": results["sem_seg"]["mIoU"]}
 
 
 def evaluate(cfg, model, test_task: str | None = None) -> dict:

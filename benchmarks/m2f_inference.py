@@ -3,10 +3,17 @@
 
     python benchmarks/m2f_inference.py [--size 512] [--threads 2] [--device cpu] [--amp] [--runs 5]
     python benchmarks/m2f_inference.py --peak-memory [--memory-sizes 512 1024x2048]
+    python benchmarks/m2f_inference.py --stages [--profile 15]
 
 Reports the median seconds per image over --runs timed runs after --warmup runs (untrained weights from torch
 seed 0 and a random image from the same seed: the work per image does not depend on the weights, except for the
 post-processing of kept segments, which the seed fixes).
+
+``--stages`` adds the medians of the stages over the timed runs, timed with module hooks as in
+benchmarks/m2f_train_step.py: backbone, pixel decoder, decoder (the transformer decoder with its mask predictions)
+and the rest (normalisation, mask upsampling and post-processing). ``--profile N`` adds torch.profiler's N
+operators with the most self CPU time over one more run (with their share of that run and, for convolutions and
+matrix products, the achieved GFLOP/s).
 
 ``--peak-memory`` instead reports, per image size, the peak resident memory of inference above the loaded model
 (CPU): each size runs in a fresh process, which builds the model, resets the kernel's peak (VmHWM, through
@@ -29,6 +36,8 @@ from detectron2.modeling import build_model  # noqa: E402
 import universal_seg.data  # noqa: E402,F401  (dataset metadata: thing classes)
 import universal_seg.modeling  # noqa: E402,F401
 from universal_seg.config import load_config  # noqa: E402
+
+STAGES = ("backbone", "pixel decoder", "decoder", "rest")
 
 
 def _timed(fn) -> float:
@@ -86,6 +95,8 @@ def main():
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--stages", action="store_true", help="also print the median time of each stage")
+    parser.add_argument("--profile", type=int, default=0, metavar="N", help="also print the top N operators")
     parser.add_argument("--peak-memory", action="store_true", help="report peak RSS above the model instead")
     parser.add_argument("--memory-sizes", nargs="+", default=["512", "1024x2048"], help="H or HxW per case")
     parser.add_argument("--memory-case", action="store_true", help=argparse.SUPPRESS)  # internal: one case here
@@ -103,17 +114,34 @@ def main():
     image = torch.randint(0, 256, (3, h, w), dtype=torch.uint8)
     inputs = [{"image": image, "height": h, "width": w} for _ in range(args.batch)]
     dtype = torch.bfloat16 if args.device == "cpu" else torch.float16
-    times = []
-    for i in range(args.warmup + args.runs):
-        if args.device.startswith("cuda"):
-            torch.cuda.synchronize()
-        start = time.perf_counter()
+
+    def infer():
         with torch.no_grad(), torch.autocast(args.device.split(":")[0], dtype=dtype, enabled=args.amp):
             model(inputs)
         if args.device.startswith("cuda"):
             torch.cuda.synchronize()
+
+    if args.stages:
+        from m2f_train_step import StageTimer
+
+        timer = StageTimer()
+        timer.attach(model.backbone, "backbone")
+        timer.attach(model.sem_seg_head.pixel_decoder, "pixel decoder")
+        timer.attach(model.sem_seg_head.predictor, "decoder")
+    times, per_stage = [], {stage: [] for stage in STAGES}
+    for i in range(args.warmup + args.runs):
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+        if args.stages:
+            timer.seconds.clear()
+        start = time.perf_counter()
+        infer()
         if i >= args.warmup:
             times.append(time.perf_counter() - start)
+            if args.stages:
+                timer.seconds["rest"] = times[-1] - sum(timer.seconds[k] for k in STAGES[:-1])
+                for stage in STAGES:
+                    per_stage[stage].append(timer.seconds[stage])
     med = statistics.median(times)
     if args.device == "cpu":  # the machine's state: shared VMs vary by tens of percent from minute to minute
         a = torch.randn(2048, 2048)
@@ -124,6 +152,35 @@ def main():
         f"amp={args.amp}): median {med:.3f} s per batch, {args.batch / med:.2f} images/s "
         f"(runs: {', '.join(f'{t:.3f}' for t in times)})"
     )
+    if args.stages:
+        print(f"{'stage':<14} {'median s':>9} {'min':>7} {'max':>7} {'share':>6}")
+        for stage in STAGES:
+            v = per_stage[stage]
+            print(
+                f"{stage:<14} {statistics.median(v):9.3f} {min(v):7.3f} {max(v):7.3f} {statistics.median(v) / med:6.1%}"
+            )
+    if args.profile:
+        print_profile(infer, args.profile)
+
+
+def print_profile(infer, top: int) -> None:
+    """torch.profiler over one call of ``infer``: the ``top`` operators by self CPU time, then the operators that
+    torch counts FLOPs for (convolutions, matrix products) with their total time including the kernels they call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+        infer()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
+    total = sum(e.self_cpu_time_total for e in events)
+    print(f"profile of one run: {total / 1e6:.3f} s of operator self time")
+    print(f"{'operator':<44} {'calls':>6} {'self s':>8} {'share':>6}")
+    for e in events[:top]:
+        print(f"{e.key[:44]:<44} {e.count:6d} {e.self_cpu_time_total / 1e6:8.3f} {e.self_cpu_time_total / total:6.1%}")
+    print(f"{'operator (with FLOP count)':<44} {'calls':>6} {'total s':>8} {'share':>6} {'GFLOP':>7} {'GFLOP/s':>8}")
+    for e in sorted((e for e in events if e.flops), key=lambda e: e.cpu_time_total, reverse=True):
+        seconds = e.cpu_time_total / 1e6
+        print(f"{e.key[:44]:<44} {e.count:6d} {seconds:8.3f} {seconds * 1e6 / total:6.1%} {e.flops / 1e9:7.1f} "
+              f"{e.flops / 1e9 / seconds:8.0f}")  # fmt: skip
 
 
 if __name__ == "__main__":

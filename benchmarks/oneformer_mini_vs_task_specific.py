@@ -23,7 +23,6 @@ semantic). Prints one table (train seconds: wall time of the training loop alone
 import argparse
 import os
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -31,15 +30,12 @@ import torch  # noqa: E402
 
 import universal_seg.data  # noqa: E402,F401  (registers the datasets)
 import universal_seg.modeling  # noqa: E402,F401
-from universal_seg.config import load_config  # noqa: E402
 from universal_seg.engine import Trainer  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, "tests"))
-from test_end_to_end import metrics, mini_opts  # noqa: E402  (the end-to-end tests' length, sizes and metrics)
-
-M2F = "configs/mini/panoptic/m2f_r18.yaml"
-ONEFORMER = "configs/mini/panoptic/oneformer_r18.yaml"
+# the end-to-end tests' configs, recipe and metrics, so that this comparison cannot drift from them
+from test_end_to_end import M2F, ONEFORMER, metrics, mini_cfg, train_and_evaluate  # noqa: E402
 
 
 def fixed_task(task: str) -> list[str]:
@@ -64,11 +60,6 @@ RUNS = {
 }
 
 
-def mini_cfg(config: str, output_dir: str, iters: int = 120, opts=()):
-    """``config`` (a path under the repository) with :func:`mini_opts` and then ``opts``."""
-    return load_config(os.path.join(ROOT, config), [*mini_opts(output_dir, iters), *opts])
-
-
 def evaluate(cfg, model, test_task: str | None = None) -> dict:
     """PQ, AP and mIoU on DATASETS.TEST; ``test_task`` sets a task-conditioned model's MODEL.TEST.TASK for this
     evaluation."""
@@ -79,24 +70,6 @@ def evaluate(cfg, model, test_task: str | None = None) -> dict:
         return metrics(Trainer.test(cfg, model))
     finally:
         model.test_task = saved
-
-
-def train_and_evaluate(config: str, output_dir: str, iters: int = 120, opts=(), tokens=()):
-    """Trains ``config`` (mini_cfg) from torch seed 0. Returns dict(before, after, losses, seconds, per_token):
-    metrics of the untrained and the trained model (the config's MODEL.TEST.TASK), the total loss per iteration,
-    the training loop's wall time, and the trained model's metrics with each of ``tokens`` as MODEL.TEST.TASK."""
-    torch.manual_seed(0)
-    cfg = mini_cfg(config, output_dir, iters, opts)
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=False)
-    before = evaluate(cfg, trainer.model)
-    start = time.perf_counter()
-    trainer.train()
-    seconds = time.perf_counter() - start
-    after = evaluate(cfg, trainer.model)
-    per_token = {t: evaluate(cfg, trainer.model, t) for t in tokens}
-    losses = [value for value, _ in trainer.storage.history("total_loss").values()]
-    return {"before": before, "after": after, "losses": losses, "seconds": seconds, "per_token": per_token}
 
 
 def main():
@@ -114,11 +87,11 @@ def main():
             continue
         tokens = ("panoptic", "instance", "semantic") if args.per_token and config == ONEFORMER else ()
         out = os.path.join(args.output_dir, name.split(" (")[0].replace(" ", "_").lower())
-        r = train_and_evaluate(config, out, args.iters, opts, tokens)
-        first, last = sum(r["losses"][:10]) / 10, sum(r["losses"][-10:]) / 10
-        print(f"{name}: loss {first:.2f} -> {last:.2f}; untrained {r['before']}; trained {r['after']}", flush=True)
+        print(f"{name}:", flush=True)
+        r = train_and_evaluate(mini_cfg(out, config, args.iters, opts))
         rows.append((name, own, r["after"], r["seconds"], r["before"]))
-        for token, m in r["per_token"].items():
+        for token in tokens:
+            m = evaluate(mini_cfg(out, config, args.iters, opts), r["trainer"].model, token)
             rows.append((f"  OneFormer, {token} token only", None, m, None, None))
     print(f"\n{args.iters} iterations, 192-pixel crops, {args.threads} threads; metrics on the 3 training images")
     print("| method | trained for | PQ | AP | mIoU | train s |")

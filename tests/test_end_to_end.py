@@ -13,16 +13,16 @@ both VMs).
 """
 
 import importlib.util
+import time
 from pathlib import Path
 
 import pytest
 import torch
-from detectron2.config import get_cfg
 from detectron2.engine import default_argument_parser
 
 import universal_seg.data  # noqa: F401
 import universal_seg.modeling  # noqa: F401
-from universal_seg.config import add_universal_seg_config
+from universal_seg.config import load_config
 from universal_seg.engine import Trainer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,32 +55,40 @@ def mini_opts(output_dir, iters=ITERS) -> list[str]:
     ]  # fmt: skip
 
 
-def mini_cfg(output_dir, config=M2F, iters=ITERS):
-    cfg = get_cfg()
-    add_universal_seg_config(cfg)
-    cfg.merge_from_file(str(ROOT / config))
-    cfg.merge_from_list(mini_opts(output_dir, iters))
-    return cfg
+def mini_cfg(output_dir, config=M2F, iters=ITERS, opts=()):
+    """``config`` (a path under the repository) with :func:`mini_opts` and then ``opts`` (KEY VALUE list)."""
+    return load_config(str(ROOT / config), [*mini_opts(output_dir, iters), *opts])
 
 
 def metrics(results: dict) -> dict:
     return {"PQ": results["panoptic_seg"]["PQ"], "AP": results["segm"]["AP"], "mIoU": results["sem_seg"]["mIoU"]}
 
 
-def test_training_on_mini_lowers_loss_and_beats_untrained_model(tmp_path):
+def train_and_evaluate(cfg) -> dict:
+    """Trains ``cfg`` from torch seed 0 and evaluates on DATASETS.TEST before and after. Returns dict(before, after,
+    losses, first, last, seconds, trainer): the untrained and trained model's :func:`metrics`, the total loss per
+    iteration, the mean loss of the first and of the last 10 iterations, the training loop's wall time, and the
+    trainer (``trainer.model`` is the trained model)."""
     torch.manual_seed(0)
-    cfg = mini_cfg(tmp_path)
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
     before = metrics(Trainer.test(cfg, trainer.model))
+    start = time.perf_counter()
     trainer.train()
+    seconds = time.perf_counter() - start
     after = metrics(Trainer.test(cfg, trainer.model))
-
     losses = [value for value, _ in trainer.storage.history("total_loss").values()]
-    assert len(losses) == ITERS
     first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
-    print(f"loss {first:.2f} -> {last:.2f}; untrained {before}; trained {after}")
-    assert last < 0.45 * first
+    print(f"loss {first:.2f} -> {last:.2f} in {seconds:.0f} s; untrained {before}; trained {after}")
+    return {"before": before, "after": after, "losses": losses, "first": first, "last": last, "seconds": seconds,
+            "trainer": trainer}  # fmt: skip
+
+
+def test_training_on_mini_lowers_loss_and_beats_untrained_model(tmp_path):
+    r = train_and_evaluate(mini_cfg(tmp_path))
+    before, after = r["before"], r["after"]
+    assert len(r["losses"]) == ITERS
+    assert r["last"] < 0.45 * r["first"]
     for key in ("PQ", "AP", "mIoU"):
         assert after[key] >= before[key] + 30, f"{key}: untrained {before[key]:.1f}, trained {after[key]:.1f}"
 
@@ -97,19 +105,10 @@ def test_oneformer_joint_training_on_mini_beats_untrained_model_with_each_task_t
     """One OneFormer trained with a task sampled per image (configs/mini/panoptic/oneformer_r18.yaml), evaluated with
     MODEL.TEST.TASK "per_output": PQ from the panoptic token, AP from the instance token, mIoU from the semantic
     token; then the same metrics from model_final.pth through tools/train_net.py --eval-only."""
-    torch.manual_seed(0)
-    cfg = mini_cfg(tmp_path / "train", ONEFORMER, ONEFORMER_ITERS)
-    trainer = Trainer(cfg)
-    trainer.resume_or_load(resume=False)
-    before = metrics(Trainer.test(cfg, trainer.model))
-    trainer.train()
-    after = metrics(Trainer.test(cfg, trainer.model))
-
-    losses = [value for value, _ in trainer.storage.history("total_loss").values()]
-    assert len(losses) == ONEFORMER_ITERS
-    first, last = sum(losses[:10]) / 10, sum(losses[-10:]) / 10
-    print(f"loss {first:.2f} -> {last:.2f}; untrained {before}; trained {after}")
-    assert last < ONEFORMER_LOSS_RATIO * first
+    r = train_and_evaluate(mini_cfg(tmp_path / "train", ONEFORMER, ONEFORMER_ITERS))
+    before, after = r["before"], r["after"]
+    assert len(r["losses"]) == ONEFORMER_ITERS
+    assert r["last"] < ONEFORMER_LOSS_RATIO * r["first"]
     for key, margin in ONEFORMER_MARGINS.items():
         assert after[key] >= before[key] + margin, f"{key}: untrained {before[key]:.1f}, trained {after[key]:.1f}"
 

@@ -143,10 +143,12 @@ def main():
                 for stage in STAGES:
                     per_stage[stage].append(timer.seconds[stage])
     med = statistics.median(times)
+    gflops_peak = None
     if args.device == "cpu":  # the machine's state: shared VMs vary by tens of percent from minute to minute
         a = torch.randn(2048, 2048)
         gemm = min(_timed(lambda: torch.mm(a, a)) for _ in range(5))
-        print(f"machine check: fp32 2048^3 sgemm {2 * 2048**3 / gemm / 1e9:.0f} GFLOP/s on {args.threads} threads")
+        gflops_peak = 2 * 2048**3 / gemm / 1e9
+        print(f"machine check: fp32 2048^3 sgemm {gflops_peak:.0f} GFLOP/s on {args.threads} threads")
     print(
         f"{args.config_file} {h}x{w} batch {args.batch} on {args.device} ({args.threads} threads, "
         f"amp={args.amp}): median {med:.3f} s per batch, {args.batch / med:.2f} images/s "
@@ -160,15 +162,27 @@ def main():
                 f"{stage:<14} {statistics.median(v):9.3f} {min(v):7.3f} {max(v):7.3f} {statistics.median(v) / med:6.1%}"
             )
     if args.profile:
-        print_profile(infer, args.profile)
+        print_profile(infer, args.profile, gflops_peak)
 
 
-def print_profile(infer, top: int) -> None:
-    """torch.profiler over one call of ``infer``: the ``top`` operators by self CPU time, then the operators that
-    torch counts FLOPs for (convolutions, matrix products) with their total time including the kernels they call."""
+def _product_flops(event) -> float:
+    """FLOPs of an aten::mkldnn_convolution call that is a matrix product of ops.linear / ops.matmul (a 1x1 kernel
+    over a [1, K, M, 1] or [1, K, 1, M] image; torch counts no FLOPs for it), else 0."""
+    shapes = event.input_shapes
+    if event.key != "aten::mkldnn_convolution" or len(shapes) < 2 or len(shapes[0]) != 4 or len(shapes[1]) != 4:
+        return 0.0
+    (n, c, h, w), (o, _, kh, kw) = shapes[0], shapes[1]
+    return 2.0 * n * o * c * h * w * event.count if (kh, kw) == (1, 1) and 1 in (h, w) else 0.0
+
+
+def print_profile(infer, top: int, gflops_peak: float | None) -> None:
+    """torch.profiler over one call of ``infer``: the ``top`` operators by self CPU time; then the convolutions and
+    products with their FLOPs (torch's count for conv2d / addmm / bmm, the shapes for ops.linear's oneDNN products),
+    their total time including the kernels they call, and the time these FLOPs take at ``gflops_peak`` (the machine
+    check's sgemm rate): the floor that faster non-GEMM code cannot go below."""
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+    with profile(activities=[ProfilerActivity.CPU], with_flops=True, record_shapes=True) as prof:
         infer()
     events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     total = sum(e.self_cpu_time_total for e in events)
@@ -176,11 +190,19 @@ def print_profile(infer, top: int) -> None:
     print(f"{'operator':<44} {'calls':>6} {'self s':>8} {'share':>6}")
     for e in events[:top]:
         print(f"{e.key[:44]:<44} {e.count:6d} {e.self_cpu_time_total / 1e6:8.3f} {e.self_cpu_time_total / total:6.1%}")
-    print(f"{'operator (with FLOP count)':<44} {'calls':>6} {'total s':>8} {'share':>6} {'GFLOP':>7} {'GFLOP/s':>8}")
-    for e in sorted((e for e in events if e.flops), key=lambda e: e.cpu_time_total, reverse=True):
-        seconds = e.cpu_time_total / 1e6
-        print(f"{e.key[:44]:<44} {e.count:6d} {seconds:8.3f} {seconds * 1e6 / total:6.1%} {e.flops / 1e9:7.1f} "
-              f"{e.flops / 1e9 / seconds:8.0f}")  # fmt: skip
+    rows = [(e.key, e.count, e.cpu_time_total / 1e6, e.flops) for e in events if e.flops and e.key != "aten::add"]
+    products = [e for e in prof.key_averages(group_by_input_shape=True) if _product_flops(e)]
+    if products:
+        seconds = sum(e.cpu_time_total for e in products) / 1e6
+        flops = sum(_product_flops(e) for e in products)
+        rows.append(("oneDNN products (ops.linear, ops.matmul)", sum(e.count for e in products), seconds, flops))
+    print(f"{'convolutions and products':<44} {'calls':>6} {'total s':>8} {'share':>6} {'GFLOP':>7} {'GFLOP/s':>8}")
+    for key, count, seconds, flops in sorted(rows, key=lambda r: r[2], reverse=True):
+        print(f"{key[:44]:<44} {count:6d} {seconds:8.3f} {seconds * 1e6 / total:6.1%} {flops / 1e9:7.1f} "
+              f"{flops / 1e9 / seconds:8.0f}")  # fmt: skip
+    gflop = sum(r[3] for r in rows) / 1e9
+    if gflops_peak:
+        print(f"{gflop:.1f} GFLOP in all: {gflop / gflops_peak:.3f} s at the machine check's {gflops_peak:.0f} GFLOP/s")
 
 
 if __name__ == "__main__":

@@ -267,3 +267,28 @@ def test_banded_panoptic_on_the_tie_heavy_random_cases(monkeypatch, band_element
                 thing_ids=things, semantic=others, instance=others,
             )["panoptic_seg"]  # fmt: skip
             assert torch.equal(got[0], expected[0]) and got[1] == expected[1], seed
+
+
+def test_band_rows_reuse_one_buffer_on_the_cpu_and_stay_exact():
+    """Successive bands are written into the same storage (no fresh mapping per band), both the upsample and the
+    cropped copy, and each is still bit for bit the rows of the whole upsample; under autograd a band is a fresh
+    differentiable tensor."""
+    torch.manual_seed(2)
+    low_res = torch.randn(5, 12, 10) * 4
+    padded, crop = (48, 40), (45, 37)
+    whole = F.interpolate(low_res[None], size=padded, mode="bilinear", align_corners=False)[0]
+    for size in (padded, crop):
+        bands = MaskLogitBands(low_res, padded, size)
+        pointers = []
+        for r0 in range(0, size[0], 8):
+            r1 = min(size[0], r0 + 8)
+            band = bands.rows(r0, r1)
+            pointers.append(band.untyped_storage().data_ptr())
+            assert torch.equal(band.view(5, r1 - r0, size[1]), whole[:, r0:r1, : size[1]])
+        # the first band has a halo row on one side only, so the buffer grows once, at the second band
+        assert len(pointers) == 6 and len(set(pointers[1:])) == 1, (size, pointers)
+    leaf = low_res.clone().requires_grad_(True)
+    band = MaskLogitBands(leaf, padded, padded).rows(0, 8)
+    assert band.requires_grad
+    band.sum().backward()
+    assert leaf.grad is not None and leaf.grad.abs().sum() > 0

@@ -334,6 +334,11 @@ class MaskLogitBands:
     H + W <= 128, the generic one otherwise): a band is made at least 129 - W_pad rows high when the whole upsample
     is generic, and its input channels-last when the whole one's is.
 
+    On the CPU, outside autocast and autograd, the bands are written into two buffers kept for all bands (the
+    upsample through aten's ``upsample_bilinear2d.out``, the same kernel): a fresh tensor of that size would be
+    mapped anew by the allocator for every band and pay its first-touch page faults again. Hence a result of
+    :meth:`rows` is valid until the next call.
+
     Args:
         low_res: [Q, h, w] mask logits (any float dtype; the upsample follows F.interpolate's, autocast included).
         padded_size: (H_pad, W_pad), the size of the whole upsample (H_pad = s * h, s a power of two).
@@ -353,13 +358,40 @@ class MaskLogitBands:
         self.flat_contiguous = self.shape[2] < self.padded_size[1] or self.shape[1] == self.padded_size[0]
         one = F.interpolate(low_res[None, :1, :1, :1], size=(1, 1), mode="bilinear", align_corners=False)
         self.dtype = one.dtype  # of the upsampled logits (autocast may change it)
+        self._buffers: Dict[str, torch.Tensor] = {}  # "up", "crop": flat storage reused by every band (CPU)
+
+    def _buffer(self, slot: str, numel: int, dtype: torch.dtype) -> torch.Tensor:
+        """The first ``numel`` elements of the reused flat buffer ``slot`` (grown when too small)."""
+        buffer = self._buffers.get(slot)
+        if buffer is None or buffer.numel() < numel or buffer.dtype != dtype:
+            buffer = self._buffers[slot] = torch.empty(numel, dtype=dtype, device=self.device)
+        return buffer[:numel]
+
+    def _reuses_buffers(self, source: torch.Tensor) -> bool:
+        return (
+            self.device.type == "cpu"
+            and not torch.is_autocast_enabled("cpu")
+            and not (torch.is_grad_enabled() and source.requires_grad)
+        )
+
+    def _upsample(self, source: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+        """``F.interpolate(source, size, mode="bilinear", align_corners=False)`` of [1, Q', rows, w], into the "up"
+        buffer where :meth:`_reuses_buffers` (a channels-last view for a channels-last source, as F.interpolate's)."""
+        if not self._reuses_buffers(source):
+            return F.interpolate(source, size=size, mode="bilinear", align_corners=False)
+        n, c, (h, w) = source.shape[0], source.shape[1], size
+        flat = self._buffer("up", n * c * h * w, source.dtype)
+        channels_last = source.is_contiguous(memory_format=torch.channels_last) and not source.is_contiguous()
+        out = flat.view(n, h, w, c).permute(0, 3, 1, 2) if channels_last else flat.view(n, c, h, w)
+        return torch.ops.aten.upsample_bilinear2d.out(source, [h, w], False, None, None, out=out)
 
     def rows(self, r0: int, r1: int, queries: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Upsampled rows r0..r1-1 of the (cropped) logits, flattened: [Q', (r1 - r0) * W], Q' = len(queries) (int64
         indices) or Q. Rows of the whole padded width are a view of the band's upsample, others a copy into a
         buffer of row stride (r1 - r0) * W + 1: either way a strided view (contiguous only for a band of the
         whole uncropped map), as a column slice of the whole [Q, H * W] map is, so elementwise kernels split
-        column blocks of it the same way."""
+        column blocks of it the same way. On the CPU the result lives in buffers that the next call overwrites
+        (see the class docstring): consume or copy it first."""
         s, h = self.scale, self.low_res.shape[-2]
         width, padded_width = self.shape[2], self.padded_size[1]
         # the source rows of the first and the last kept row, as aten computes them (exact here)
@@ -377,14 +409,17 @@ class MaskLogitBands:
                 source = picked
             else:  # (a channels-last whole upsample, 3 queries or fewer): upsample all, then pick
                 select_after = queries
-        up = F.interpolate(source, size=((hi - lo) * s, padded_width), mode="bilinear", align_corners=False)[0]
+        up = self._upsample(source, ((hi - lo) * s, padded_width))[0]
         if select_after is not None:
             up = up.index_select(0, select_after)
         kept = up[:, r0 - lo * s : r1 - lo * s, :width]  # [Q', r1 - r0, W]
         if width == padded_width:  # rows of whole width: a view (strided unless the band is the whole map)
             return kept.reshape(up.shape[0], -1)
         length = (r1 - r0) * width
-        out = up.new_empty((up.shape[0], length + 1))[:, :length]
+        if self._reuses_buffers(up):
+            out = self._buffer("crop", up.shape[0] * (length + 1), up.dtype).view(up.shape[0], length + 1)[:, :length]
+        else:
+            out = up.new_empty((up.shape[0], length + 1))[:, :length]
         out.view(up.shape[0], r1 - r0, width).copy_(kept)
         return out
 

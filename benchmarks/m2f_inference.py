@@ -12,8 +12,9 @@ post-processing of kept segments, which the seed fixes).
 ``--stages`` adds the medians of the stages over the timed runs, timed with module hooks as in
 benchmarks/m2f_train_step.py: backbone, pixel decoder, decoder (the transformer decoder with its mask predictions)
 and the rest (normalisation, mask upsampling and post-processing). ``--profile N`` adds torch.profiler's N
-operators with the most self CPU time over one more run (with their share of that run and, for convolutions and
-matrix products, the achieved GFLOP/s).
+operators with the most self CPU time over one more run (with their share of that run), then the convolutions and
+matrix products with their FLOPs and achieved GFLOP/s, and the time all those FLOPs take at the machine check's
+sgemm rate (the floor for fp32 on this machine).
 
 ``--peak-memory`` instead reports, per image size, the peak resident memory of inference above the loaded model
 (CPU): each size runs in a fresh process, which builds the model, resets the kernel's peak (VmHWM, through
@@ -157,10 +158,8 @@ def main():
     if args.stages:
         print(f"{'stage':<14} {'median s':>9} {'min':>7} {'max':>7} {'share':>6}")
         for stage in STAGES:
-            v = per_stage[stage]
-            print(
-                f"{stage:<14} {statistics.median(v):9.3f} {min(v):7.3f} {max(v):7.3f} {statistics.median(v) / med:6.1%}"
-            )
+            v, m = per_stage[stage], statistics.median(per_stage[stage])
+            print(f"{stage:<14} {m:9.3f} {min(v):7.3f} {max(v):7.3f} {m / med:6.1%}")
     if args.profile:
         print_profile(infer, args.profile, gflops_peak)
 

@@ -123,7 +123,7 @@ def main():
             torch.cuda.synchronize()
 
     if args.stages:
-        from m2f_train_step import StageTimer
+        from m2f_train_step import StageTimer, print_stages
 
         timer = StageTimer()
         timer.attach(model.backbone, "backbone")
@@ -156,10 +156,7 @@ def main():
         f"(runs: {', '.join(f'{t:.3f}' for t in times)})"
     )
     if args.stages:
-        print(f"{'stage':<14} {'median s':>9} {'min':>7} {'max':>7} {'share':>6}")
-        for stage in STAGES:
-            v, m = per_stage[stage], statistics.median(per_stage[stage])
-            print(f"{stage:<14} {m:9.3f} {min(v):7.3f} {max(v):7.3f} {m / med:6.1%}")
+        print_stages(per_stage, STAGES, med)
     if args.profile:
         print_profile(infer, args.profile, gflops_peak)
 

@@ -63,6 +63,16 @@ class StageTimer:
         module.register_forward_hook(post)
 
 
+def print_stages(per_stage: dict, stages, total: float) -> None:
+    """One row per stage: median, min and max seconds over the timed iterations, and the median's share of
+    ``total`` (the median of the whole)."""
+    print(f"{'stage':<14} {'median s':>9} {'min':>7} {'max':>7} {'share':>6}")
+    for stage in stages:
+        v = per_stage[stage]
+        m = statistics.median(v)
+        print(f"{stage:<14} {m:9.3f} {min(v):7.3f} {max(v):7.3f} {m / total:6.1%}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--config-file", default="configs/coco/panoptic/m2f_r50.yaml")
@@ -138,11 +148,7 @@ def main():
         f"{args.config_file}: batch {args.batch}, {args.size}x{args.size} crops of {args.dataset}, "
         f"{args.threads} threads, fp32, loss {float(loss.detach()):.3f} (last iteration)"
     )
-    print(f"{'stage':<14} {'median s':>9} {'min':>7} {'max':>7} {'share':>6}")
-    for stage in STAGES:
-        v = per_stage[stage]
-        m = statistics.median(v)
-        print(f"{stage:<14} {m:9.3f} {min(v):7.3f} {max(v):7.3f} {m / med:6.1%}")
+    print_stages(per_stage, STAGES, med)
     print(
         f"median {med:.3f} s per iteration (spread {min(totals):.3f}-{max(totals):.3f}, {len(totals)} iterations, "
         f"{args.warmup} warm-up)"

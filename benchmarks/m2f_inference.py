@@ -39,6 +39,9 @@ import universal_seg.modeling  # noqa: E402,F401
 from universal_seg.config import load_config  # noqa: E402
 
 STAGES = ("backbone", "pixel decoder", "decoder", "rest")
+# the operators whose FLOPs torch.profiler counts and that are convolutions or matrix products (it also counts
+# elementwise add / mul, which do not belong in the GEMM floor)
+GEMM_OPS = ("aten::conv2d", "aten::mm", "aten::addmm", "aten::bmm", "aten::baddbmm")
 
 
 def _timed(fn) -> float:
@@ -173,7 +176,7 @@ def _product_flops(event) -> float:
 
 def print_profile(infer, top: int, gflops_peak: float | None) -> None:
     """torch.profiler over one call of ``infer``: the ``top`` operators by self CPU time; then the convolutions and
-    products with their FLOPs (torch's count for conv2d / addmm / bmm, the shapes for ops.linear's oneDNN products),
+    products with their FLOPs (torch's count for GEMM_OPS, the shapes for ops.linear's oneDNN products),
     their total time including the kernels they call, and the time these FLOPs take at ``gflops_peak`` (the machine
     check's sgemm rate): the floor that faster non-GEMM code cannot go below."""
     from torch.profiler import ProfilerActivity, profile
@@ -186,7 +189,7 @@ def print_profile(infer, top: int, gflops_peak: float | None) -> None:
     print(f"{'operator':<44} {'calls':>6} {'self s':>8} {'share':>6}")
     for e in events[:top]:
         print(f"{e.key[:44]:<44} {e.count:6d} {e.self_cpu_time_total / 1e6:8.3f} {e.self_cpu_time_total / total:6.1%}")
-    rows = [(e.key, e.count, e.cpu_time_total / 1e6, e.flops) for e in events if e.flops and e.key != "aten::add"]
+    rows = [(e.key, e.count, e.cpu_time_total / 1e6, e.flops) for e in events if e.flops and e.key in GEMM_OPS]
     products = [e for e in prof.key_averages(group_by_input_shape=True) if _product_flops(e)]
     if products:
         seconds = sum(e.cpu_time_total for e in products) / 1e6

@@ -8,6 +8,13 @@ sample a few pixels around their own position, as in the real encoder.
 For each (batch, dtype) it reports the median (and min-max) over --repeats CUDA-event-timed calls after --warmup
 calls of the forward and of forward + backward, the speed-up over the reference, and the achieved bandwidth as
 a fraction of the device's peak, measured in the same run as a device-to-device copy (bytes read + written).
+Each call is timed alone (events around one call, then a synchronisation), so the host's launch latency before
+the first kernel counts. Two diagnostics of the compiled op say where the time goes:
+- "queued": the same calls issued back to back, --repeats per pair of events (the host runs ahead of the GPU, as
+  in a training loop), time per call: what is left of a call once the host's latency is hidden;
+- "kernels": the device time of each kernel of one call (torch.profiler over --repeats calls, per call), e.g. the
+  forward and backward kernels, the gradient buffer's zero fill and its cast; their sum against the event time
+  is the share of the call the GPU spends idle. In --dry-run, the CPU self time of each operator instead.
 Two byte counts are given, because the op is a gather whose traffic mostly hits the L2 cache:
 - "min bytes": every input read once and every output written once (what DRAM must move at the least);
 - "gather bytes": every bilinear corner's channel vector read (4 per sample), plus the same inputs / outputs.
@@ -80,6 +87,67 @@ def timed(fn, repeats, warmup, device):
     return statistics.median(times), min(times), max(times)
 
 
+def timed_queued(fn, repeats, warmup, device, rounds=5):
+    """Seconds per call with `repeats` calls issued back to back between two events: (median, min, max) of
+    `rounds` such batches."""
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(rounds):
+        if device == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(repeats):
+                fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end) / 1e3 / repeats)
+        else:
+            import time
+
+            t0 = time.perf_counter()
+            for _ in range(repeats):
+                fn()
+            times.append((time.perf_counter() - t0) / repeats)
+    return statistics.median(times), min(times), max(times)
+
+
+def short_kernel_name(name):
+    """'void ns::(anonymous namespace)::backward_kernel<float, float, 4, 8>(float const*, ...)' ->
+    'ns::backward_kernel<float, float, 4, 8>' (at most 90 characters)."""
+    name = name.replace("(anonymous namespace)::", "")
+    name = name[5:] if name.startswith("void ") else name
+    name = name.split("(", 1)[0] if "(" in name else name
+    return name if len(name) <= 90 else name[:87] + "..."
+
+
+def kernel_breakdown(fn, repeats, device):
+    """[(kernel name, seconds per call)] largest first: each CUDA kernel's (and memset's / memcpy's) device time
+    over `repeats` profiled calls, divided by `repeats`; on the CPU, each operator's self time instead."""
+    from torch.autograd import DeviceType
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(repeats):
+            fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    rows = []
+    for avg in prof.key_averages():
+        if device == "cuda":
+            if avg.device_type != DeviceType.CUDA or avg.self_device_time_total <= 0:
+                continue
+            seconds = avg.self_device_time_total / 1e6 / repeats
+        else:
+            if avg.self_cpu_time_total <= 0:
+                continue
+            seconds = avg.self_cpu_time_total / 1e6 / repeats
+        rows.append((short_kernel_name(avg.key), seconds))
+    return sorted(rows, key=lambda r: -r[1])
+
+
 def copy_bandwidth(device, repeats, warmup):
     """Device-to-device copy bandwidth in bytes/s (read + write), the practical peak of this device's memory."""
     n = (1 << 30) if device == "cuda" else (1 << 24)
@@ -138,6 +206,11 @@ def run_case(levels, batch, dtype, device, repeats, warmup, peak, with_reference
         for phase, call in (("fwd", forward), ("fwd_bwd", forward_backward)):
             try:
                 results[f"{name}_{phase}_s"] = timed(call, repeats, warmup, device)
+                if name == "compiled":
+                    results[f"{name}_{phase}_queued_s"] = timed_queued(call, repeats, warmup, device)
+                    kernels = kernel_breakdown(call, repeats, device)
+                    results[f"{name}_{phase}_kernels"] = kernels
+                    results[f"{name}_{phase}_kernel_sum_s"] = sum(seconds for _, seconds in kernels)
             except torch.cuda.OutOfMemoryError:
                 results[f"{name}_{phase}_s"] = "OOM"
                 torch.cuda.empty_cache()
@@ -209,9 +282,28 @@ def main():
                 f"{r.get('min_bw_fwd_bwd_fraction', float('nan')):.0%} |",
                 flush=True,
             )
+    print_breakdown(info["cases"])
     if args.json:
         with open(args.json, "w") as f:
             json.dump(info, f, indent=1)
+
+
+def print_breakdown(cases, top=4):
+    """Where the compiled op's time goes: event-timed call, back-to-back ("queued") call, the kernels' sum, and
+    the largest kernels (ms per call)."""
+    print("\n| batch | dtype | phase | call ms | queued ms | kernels ms | largest kernels (ms per call) |", flush=True)
+    print("|---|---|---|---|---|---|---|", flush=True)
+    for r in cases:
+        for phase in ("fwd", "fwd_bwd"):
+            if not isinstance(r.get(f"compiled_{phase}_kernels"), list):
+                continue
+            largest = "; ".join(f"{name} {seconds * 1e3:.3f}" for name, seconds in r[f"compiled_{phase}_kernels"][:top])
+            print(
+                f"| {r['batch']} | {r['dtype']} | {phase} | {r[f'compiled_{phase}_s'][0] * 1e3:.3f} "
+                f"| {r[f'compiled_{phase}_queued_s'][0] * 1e3:.3f} | {r[f'compiled_{phase}_kernel_sum_s'] * 1e3:.3f} "
+                f"| {largest} |",
+                flush=True,
+            )
 
 
 if __name__ == "__main__":

@@ -104,6 +104,54 @@ def test_tool_turns_the_error_into_a_one_line_exit(tmp_path):
     )
 
 
+def test_unknown_key_names_the_closest_known_keys_in_a_file_and_on_the_command_line(tmp_path):
+    """yacs raises a bare AssertionError (command line) or KeyError (file); load_config turns both into one
+    sentence that says where the key came from and suggests the known keys it is closest to."""
+    with pytest.raises(
+        ValueError,
+        match=r"^unknown config key SOLVER\.MAX_ITERS on the command line; did you mean "
+        r"SOLVER\.MAX_ITER[ ?]",
+    ):
+        load_config(str(ROOT / YAMLS[0]), ["SOLVER.MAX_ITERS", "10"])
+    path = tmp_path / "typo.yaml"
+    path.write_text("MODEL:\n  SEM_SEG_HEAD:\n    NUM_CLASSE: 3\n")
+    with pytest.raises(
+        ValueError,
+        match=rf"^unknown config key MODEL\.SEM_SEG_HEAD\.NUM_CLASSE in {path} \(or a "
+        r"_BASE_ file it names\); did you mean MODEL\.SEM_SEG_HEAD\.NUM_CLASSES\?$",
+    ):
+        load_config(str(path))
+    with pytest.raises(ValueError, match=r"^unknown config key ZZZ\.QQQ on the command line; check its spelling"):
+        load_config(str(ROOT / YAMLS[0]), ["ZZZ.QQQ", "1"])
+
+
+def test_odd_override_list_names_a_flag_after_the_overrides():
+    with pytest.raises(
+        ValueError,
+        match=r"KEY VALUE pairs, got 3 words \(MODEL\.WEIGHTS x\.pth --eval-only\).*put "
+        r"flags first",
+    ):
+        load_config(str(ROOT / YAMLS[0]), ["MODEL.WEIGHTS", "x.pth", "--eval-only"])
+
+
+def test_train_net_exits_with_one_line_on_an_unknown_key():
+    cmd = [
+        sys.executable,
+        str(ROOT / "tools" / "train_net.py"),
+        "--config-file",
+        str(ROOT / YAMLS[0]),
+        "SOLVER.MAX_ITERS",
+        "10",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: unknown config key SOLVER.MAX_ITERS on the command line; did you mean SOLVER.MAX_ITER")
+    )
+
+
 def test_reader_sees_attribute_reads_and_strings_but_not_writes(tmp_path):
     src = tmp_path / "m.py"
     src.write_text(
@@ -132,6 +180,8 @@ def test_official_encoder_dropout_key_names_its_new_home(tmp_path):
     path = tmp_path / "official.yaml"
     path.write_text("MODEL:\n  MASK_FORMER:\n    DROPOUT: 0.1\n")
     with pytest.raises(KeyError, match="renamed to MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_DROPOUT"):
+        load_config(str(path))
+    with pytest.raises(ValueError, match="renamed to MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_DROPOUT"):  # the tools' exit
         load_config(str(path))
     path.write_text('MODEL:\n  DEVICE: "cpu"\n  SEM_SEG_HEAD:\n    TRANSFORMER_ENC_DROPOUT: 0.1\n')
     assert load_config(str(path)).MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_DROPOUT == 0.1

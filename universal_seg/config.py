@@ -127,12 +127,47 @@ def add_universal_seg_config(cfg) -> None:
     add_inference_config(cfg)
 
 
+class ConfigKeyError(ValueError, KeyError):
+    """An unknown or renamed config key (a ValueError for the tools' one-line exits, a KeyError as yacs raises)."""
+
+    __str__ = Exception.__str__
+
+
+def _flat_keys(node, prefix: str = "") -> list[str]:
+    """Every full key of a config node ("MODEL.WEIGHTS", ...), sub-nodes included."""
+    from detectron2.config import CfgNode
+
+    keys = []
+    for name, value in node.items():
+        keys.append(prefix + name)
+        if isinstance(value, CfgNode):
+            keys.extend(_flat_keys(value, f"{prefix}{name}."))
+    return keys
+
+
+def _key_error(err: Exception, keys: list[str], where: str) -> Exception:
+    """yacs' KeyError / AssertionError about a key as one sentence: an unknown key gets the closest known names."""
+    import difflib
+    import re
+
+    message = err.args[0] if err.args else str(err)
+    unknown = re.fullmatch(r"Non-existent (?:config )?key: (\S+)", str(message))
+    if unknown is None:  # renamed keys ("Key A was renamed to B; please update your config.") and anything else
+        return ConfigKeyError(f"{message} ({where})")
+    key = unknown.group(1)
+    ratio = {k: difflib.SequenceMatcher(None, key, k).ratio() for k in difflib.get_close_matches(key, keys, 3, 0.75)}
+    close = [k for k in ratio if ratio[k] >= max(ratio.values()) - 0.03]  # the best, and any as good
+    hint = f"did you mean {' or '.join(close)}?" if close else "check its spelling against configs/ and the docs."
+    return ConfigKeyError(f"unknown config key {key} {where}; {hint}")
+
+
 def load_config(config_file: str, opts=(), cpu_hint: str = "append `MODEL.DEVICE cpu` to the command line"):
     """detectron2's defaults + every universal_seg key + ``config_file`` + ``opts`` (KEY VALUE list); not frozen.
 
     The YAML is read with yaml.safe_load only. Raises ValueError (one sentence naming the fix) when the file is
-    missing, holds a Python-object tag (``!!python/...``), or asks for CUDA on a machine without it; command-line
-    tools turn it into a one-line exit.
+    missing, holds a Python-object tag (``!!python/...``), names an unknown key (ConfigKeyError, with the closest
+    known keys) or a renamed one, has an odd-length override list, or asks for CUDA on a machine without it;
+    command-line tools turn it into a one-line exit.
     """
     import os
 
@@ -145,6 +180,7 @@ def load_config(config_file: str, opts=(), cpu_hint: str = "append `MODEL.DEVICE
 
     cfg = get_cfg()
     add_universal_seg_config(cfg)
+    keys = sorted(_flat_keys(cfg))
     try:
         # allow_unsafe=False: detectron2 would otherwise retry a file safe_load refuses with yaml.unsafe_load, and
         # a `!!python/...` tag in a config (or one of its _BASE_ files) could construct objects or run code
@@ -155,7 +191,18 @@ def load_config(config_file: str, opts=(), cpu_hint: str = "append `MODEL.DEVICE
             f"{config_file} (or a _BASE_ file it names) uses a YAML tag that would create a Python object{tag}, which "
             f"configs never need and which could run code: remove the tag and write the plain value."
         ) from err
-    cfg.merge_from_list(list(opts))
+    except KeyError as err:
+        raise _key_error(err, keys, f"in {config_file} (or a _BASE_ file it names)") from None
+    opts = list(opts)
+    if len(opts) % 2:
+        raise ValueError(
+            f"the config overrides must be KEY VALUE pairs, got {len(opts)} words ({' '.join(map(str, opts))}): "
+            f"a value is missing, or a flag such as --eval-only stands after the overrides (put flags first)."
+        )
+    try:
+        cfg.merge_from_list(opts)
+    except (KeyError, AssertionError) as err:
+        raise _key_error(err, keys, "on the command line") from None
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no CUDA device is available: {cpu_hint}.")
     return cfg

@@ -76,11 +76,49 @@ def test_export_torchscript_equals_eager_sem_seg(tmp_path, mini_weights):
     image = torch.randint(0, 256, (3, 128, 160), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         eager = model([{"image": image, "height": 128, "width": 160}])[0]["sem_seg"]
-        exported = traced(image.float()[None])
-    assert exported.shape == (1, 21, 128, 160)
+    exported = traced(image.float()[None])  # a plain call: the saved module runs without autograd itself
+    assert exported.shape == (1, 21, 128, 160) and not exported.requires_grad
     torch.testing.assert_close(exported[0], eager, atol=1e-4, rtol=1e-4)
     # the trace holds no opaque Python call: the reference op was recorded
     assert "PythonOp" not in str(traced.inlined_graph)
+    # the level sizes are constants of the trace: any other input shape is refused, naming the traced size
+    for shape in [(1, 3, 160, 128), (2, 3, 128, 160), (1, 3, 128, 168)]:
+        with pytest.raises(torch.jit.Error, match=r"traced for images \[1, 3, 128, 160\]: resize or pad"):
+            traced(torch.zeros(shape))
+
+
+def test_export_that_fails_its_check_leaves_no_file(tmp_path, mini_weights, capsys):
+    """The file is written under a temporary name and renamed only once the check passes: a rejected export (here
+    a tolerance no float export can meet) leaves neither the output nor a temporary file."""
+    _, weights = mini_weights
+    export_model = load_tool("export_model")
+    out = tmp_path / "out" / "mini.ts"
+    argv = ["--config-file", CONFIG, "--output", str(out), "--size", "64", "96", "--check-tolerance", "-1"]
+    assert export_model.main(argv + ["MODEL.WEIGHTS", weights]) == 1
+    assert f"{out} was not written." in capsys.readouterr().err
+    assert list((tmp_path / "out").iterdir()) == []
+
+
+def test_missing_or_mismatched_weights_are_one_line_errors(tmp_path, capsys):
+    """A mistyped MODEL.WEIGHTS path and a checkpoint of another model are one line (exit 2), before any work."""
+    export_model = load_tool("export_model")
+    predict = load_tool("predict")
+    missing = str(tmp_path / "model_fianl.pth")
+    other = tmp_path / "other.pth"
+    torch.save({"model": {"backbone.stem.conv1.weight": torch.zeros(1)}}, other)
+    for weights, expected in [
+        (missing, f"error: checkpoint {missing!r} (MODEL.WEIGHTS) does not exist; check the path."),
+        (str(other), f"error: {other}: "),
+    ]:
+        assert (
+            export_model.main(["--config-file", CONFIG, "--output", str(tmp_path / "m.ts"), "MODEL.WEIGHTS", weights])
+            == 2
+        )
+        assert capsys.readouterr().err.strip().startswith(expected)
+        argv = ["--config-file", CONFIG, "--input", os.path.join(ROOT, "datasets", "mini", "images"), "--output"]
+        assert predict.main(argv + [str(tmp_path / "pred"), "--opts", "MODEL.WEIGHTS", weights]) == 2
+        assert capsys.readouterr().err.strip().splitlines()[-1].startswith(expected)
+    assert not (tmp_path / "m.ts").exists()
 
 
 def _small_msdeform_case():

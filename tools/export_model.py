@@ -34,7 +34,8 @@ from detectron2.modeling import build_model  # noqa: E402
 
 import universal_seg.data  # noqa: E402,F401  (dataset metadata)
 import universal_seg.modeling  # noqa: E402,F401  (registers the models)
-from universal_seg.checkpoint import UniversalSegCheckpointer  # noqa: E402
+from universal_seg.atomic import atomic_path  # noqa: E402
+from universal_seg.checkpoint import CHECKPOINT_ERRORS, UniversalSegCheckpointer  # noqa: E402
 from universal_seg.config import load_config  # noqa: E402
 from universal_seg.export import OnnxExportWrapper, SemanticSegmentationWrapper, export_onnx, trace_semantic  # noqa: E402
 
@@ -90,7 +91,7 @@ def export(cfg, output: str, size: tuple[int, int], normalized_input: bool = Fal
     traced, example = trace_semantic(model, size[0], size[1], normalized_input)
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     traced.save(output)
-    print(f"traced in {time.perf_counter() - start:.1f} s, saved {output} ({os.path.getsize(output) / 2**20:.1f} MiB)")
+    print(f"traced in {time.perf_counter() - start:.1f} s ({os.path.getsize(output) / 2**20:.1f} MiB)")
     loaded = torch.jit.load(output, map_location=example.device)
     with torch.no_grad():
         exported = loaded(example)
@@ -119,9 +120,7 @@ def export_onnx_file(cfg, output: str, size: tuple[int, int], normalized_input: 
     start = time.perf_counter()
     os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
     export_onnx(model, output, size, normalized_input)
-    print(
-        f"exported in {time.perf_counter() - start:.1f} s, saved {output} ({os.path.getsize(output) / 2**20:.1f} MiB)"
-    )
+    print(f"exported in {time.perf_counter() - start:.1f} s ({os.path.getsize(output) / 2**20:.1f} MiB)")
     session = ort.InferenceSession(output, providers=["CPUExecutionProvider"])
     eager = OnnxExportWrapper(model, normalized_input).eval()
     diffs = {name: 0.0 for name in eager.output_names}
@@ -149,25 +148,36 @@ def export_onnx_file(cfg, output: str, size: tuple[int, int], normalized_input: 
     return diffs
 
 
+class ExportRejected(Exception):
+    """The exported file does not reproduce the eager model; it is not kept."""
+
+
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     cfg = build_cfg(args.config_file, args.opts)
-    if args.format == "onnx":
-        diffs = export_onnx_file(cfg, args.output, tuple(args.size), args.normalized_input)
-        mismatches = diffs.pop("sem_seg_map_mismatches")
-        diff = max(diffs.values())
-        if mismatches:
-            print(f"the exported semantic map differs from eager's at {mismatches} pixels.", file=sys.stderr)
-            return 1
-    else:
-        diff = export(cfg, args.output, tuple(args.size), args.normalized_input)
-    if diff > args.check_tolerance:
-        print(
-            f"exported and eager outputs differ by {diff:.2e} > --check-tolerance {args.check_tolerance}; "
-            "the export is not faithful at this size.",
-            file=sys.stderr,
-        )
+    try:
+        # written under a temporary name and renamed once checked: an interrupted or unfaithful export leaves no file
+        with atomic_path(args.output) as tmp:
+            if args.format == "onnx":
+                diffs = export_onnx_file(cfg, tmp, tuple(args.size), args.normalized_input)
+                mismatches = diffs.pop("sem_seg_map_mismatches")
+                diff = max(diffs.values())
+                if mismatches:
+                    raise ExportRejected(f"the exported semantic map differs from eager's at {mismatches} pixels")
+            else:
+                diff = export(cfg, tmp, tuple(args.size), args.normalized_input)
+            if diff > args.check_tolerance:
+                raise ExportRejected(
+                    f"exported and eager outputs differ by {diff:.2e} > --check-tolerance {args.check_tolerance}; "
+                    "the export is not faithful at this size"
+                )
+    except ExportRejected as err:
+        print(f"{err}: {args.output} was not written.", file=sys.stderr)
         return 1
+    except CHECKPOINT_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"saved {args.output}")
     return 0
 
 

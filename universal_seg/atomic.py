@@ -64,6 +64,26 @@ def atomic_open(path: str, mode: str = "wb"):
     _fsync_dir(directory)
 
 
+@contextlib.contextmanager
+def atomic_path(path: str):
+    """``with atomic_path(path) as tmp: library_that_writes(tmp)``: for writers that take a file name. ``tmp`` is a
+    fresh name in ``path``'s directory with its extension; it replaces ``path`` when the block finishes without an
+    exception, and is removed otherwise (``path`` untouched)."""
+    directory = os.path.dirname(os.path.abspath(path))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX, suffix=os.path.splitext(path)[1])
+    os.close(fd)
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.remove(tmp)
+        raise
+    _fsync_dir(directory)
+
+
 def atomic_write_bytes(path: str, data: bytes) -> None:
     """Writes ``data`` to ``path`` atomically (see module docstring)."""
     with atomic_open(path, "wb") as f:

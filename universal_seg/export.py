@@ -267,10 +267,35 @@ def export_onnx(
     return wrapper
 
 
-def trace_semantic(model: nn.Module, height: int, width: int, normalized_input: bool = False):
-    """TorchScript trace of SemanticSegmentationWrapper(model) for one [1, 3, height, width] input (CPU/eval).
+class FixedSizeTrace(nn.Module):
+    """A traced module behind a shape check, scripted: the trace holds the level sizes of its example as constants
+    (an input of another size would run and give wrong scores, or fail deep inside), so an image that is not
+    [1, 3, height, width] raises a RuntimeError naming the traced size (``torch.jit.Error`` once scripted, with
+    that message on its last line). Runs without autograd, so callers need no ``torch.no_grad()``."""
 
-    Returns (traced module, example input [1, 3, height, width]). The size is fixed in the trace.
+    def __init__(self, traced: nn.Module, height: int, width: int):
+        super().__init__()
+        self.traced = traced
+        self.height, self.width = height, width
+        self.message = (
+            f"this TorchScript model was traced for images [1, 3, {height}, {width}]: resize or pad the image to "
+            f"{height}x{width}, export again with --size H W, or use the ONNX export (any batch and size)"
+        )
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if image.dim() != 4 or image.shape[0] != 1 or image.shape[1] != 3:
+            raise RuntimeError(self.message)
+        if image.shape[2] != self.height or image.shape[3] != self.width:
+            raise RuntimeError(self.message)
+        with torch.no_grad():
+            return self.traced(image)
+
+
+def trace_semantic(model: nn.Module, height: int, width: int, normalized_input: bool = False):
+    """TorchScript trace of SemanticSegmentationWrapper(model) for one [1, 3, height, width] input (CPU/eval),
+    scripted inside :class:`FixedSizeTrace` (other sizes raise; no autograd).
+
+    Returns (scripted module, example input [1, 3, height, width]). The size is fixed in the trace.
     """
     wrapper = SemanticSegmentationWrapper(model.eval(), normalized_input).eval()
     device = wrapper.pixel_mean.device
@@ -281,4 +306,4 @@ def trace_semantic(model: nn.Module, height: int, width: int, normalized_input: 
     example = example.to(device)
     with torch.no_grad(), reference_ms_deform_attn():
         traced = torch.jit.trace(wrapper, example, check_trace=False)
-    return traced, example
+    return torch.jit.script(FixedSizeTrace(traced, height, width)), example

@@ -353,3 +353,20 @@ def test_amp_runs_in_bfloat16_on_the_cpu_and_stays_close(m2f_predictor):
         hook.remove()
     assert dtypes == [torch.float32, torch.bfloat16]
     assert amp.dtype == torch.float32 and (amp - fp32).abs().max() < 0.1
+
+
+def test_predict_tool_on_a_semantic_dataset_names_files_by_stem(tmp_path):
+    """Semantic datasets (detectron2's sem_seg loader) carry no image_id: --dataset writes one label PNG per image,
+    named by its file stem, at the image's size."""
+    from detectron2.data import DatasetCatalog
+
+    dicts = DatasetCatalog.get("mini_sem_seg_val")
+    assert "image_id" not in dicts[0]  # the case this test is about
+    out = tmp_path / "out"
+    opts = ["--opts", "MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "64", "INPUT.MAX_SIZE_TEST", "96"]
+    argv = ["--config-file", SEGFORMER, "--dataset", "mini_sem_seg_val", "--output", str(out), *opts]
+    assert predict_tool.main(argv) == 0
+    for d in dicts:
+        stem = os.path.splitext(os.path.basename(d["file_name"]))[0]
+        png = np.asarray(Image.open(out / "semantic" / f"{stem}.png"))
+        assert png.shape == np.asarray(Image.open(d["file_name"])).shape[:2] and png.max() < 21

@@ -27,6 +27,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 
 import universal_seg.data  # noqa: E402,F401  (registers the datasets)
 import universal_seg.modeling  # noqa: E402,F401  (registers the models)
+from universal_seg.checkpoint import CHECKPOINT_ERRORS  # noqa: E402
 from universal_seg.config import load_config  # noqa: E402
 from universal_seg.inference import Predictor  # noqa: E402
 from universal_seg.inference.inputs import expand_inputs  # noqa: E402
@@ -102,9 +103,9 @@ def dataset_inputs(name: str) -> tuple[list[str], dict]:
     if name not in DatasetCatalog.list():
         raise ValueError(f"--dataset {name!r} is not registered; choose one of the names in universal_seg/data.")
     dicts = DatasetCatalog.get(name)
-    return [d["file_name"] for d in dicts], {
-        os.path.splitext(os.path.basename(d["file_name"]))[0]: d["image_id"] for d in dicts
-    }
+    stems = [os.path.splitext(os.path.basename(d["file_name"]))[0] for d in dicts]
+    # semantic datasets (detectron2's sem_seg loader) have no image_id: their predictions are matched by file stem
+    return [d["file_name"] for d in dicts], {stem: d.get("image_id", stem) for stem, d in zip(stems, dicts)}
 
 
 def main(argv=None) -> int:
@@ -131,7 +132,11 @@ def main(argv=None) -> int:
     names = [args.dataset] if args.dataset else (list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN))
     metadata = MetadataCatalog.get(names[0]) if names else None
     writer = PredictionWriter(args.output, tasks, metadata)
-    predictor = Predictor(cfg, batch_size=args.batch_size, amp=args.amp)
+    try:
+        predictor = Predictor(cfg, batch_size=args.batch_size, amp=args.amp)
+    except CHECKPOINT_ERRORS as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     logger.info(f"tasks {tasks}, {len(paths)} inputs, weights {cfg.MODEL.WEIGHTS or '(none: untrained)'}")
     errors = predict_files(predictor, writer, paths, image_ids, args.overwrite)
     stems = [os.path.splitext(os.path.basename(p))[0] for p in paths if p not in errors]

@@ -22,11 +22,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 
 import universal_seg.data  # noqa: E402,F401  (registers the datasets)
 import universal_seg.modeling  # noqa: E402,F401  (registers the models)
-from universal_seg.checkpoint import (  # noqa: E402
-    CheckpointMismatchError,
-    CheckpointUnreadableError,
-    UniversalSegCheckpointer,
-)
+from universal_seg.checkpoint import CHECKPOINT_ERRORS, UniversalSegCheckpointer  # noqa: E402
 from universal_seg.config import load_config  # noqa: E402
 from universal_seg.data.loader import MissingDataError, UnreadableDataError  # noqa: E402
 from universal_seg.engine import Trainer, launch  # noqa: E402
@@ -56,7 +52,7 @@ def main(args):
             )
         try:
             checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
-        except (CheckpointMismatchError, CheckpointUnreadableError) as err:
+        except CHECKPOINT_ERRORS as err:
             sys.exit(f"error: {err}")
         res = Trainer.test(cfg, model)
         if cfg.TEST.AUG.ENABLED:
@@ -70,7 +66,7 @@ def main(args):
     try:  # configuration and data problems found before training: one line each
         trainer = Trainer(cfg)
         trainer.resume_or_load(resume=args.resume)
-    except (ValueError, MissingDataError, CheckpointUnreadableError) as err:
+    except (ValueError, MissingDataError, *CHECKPOINT_ERRORS) as err:
         sys.exit(f"error: {err}")
     try:
         return trainer.train()

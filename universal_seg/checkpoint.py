@@ -113,6 +113,14 @@ class CheckpointUnreadableError(RuntimeError):
     """A checkpoint file is truncated or corrupt (e.g. a run killed while it was written by an older version)."""
 
 
+class CheckpointNotFoundError(CheckpointUnreadableError):
+    """MODEL.WEIGHTS (or another checkpoint path) names a local file that does not exist."""
+
+
+#: what loading a checkpoint raises for a bad file: tools turn these into a one-line exit
+CHECKPOINT_ERRORS = (CheckpointMismatchError, CheckpointUnreadableError, UnsafeCheckpointError)
+
+
 class UniversalSegCheckpointer(DetectionCheckpointer):
     """detectron2's DetectionCheckpointer with safe loading of ``.pkl`` and ``.pth`` files, strict matching, atomic
     saves that refuse non-finite weights, and a resume that falls back to the newest intact checkpoint (module
@@ -139,7 +147,10 @@ class UniversalSegCheckpointer(DetectionCheckpointer):
             )
 
     def load(self, path: str, checkpointables=None) -> dict:
-        """As detectron2's; a CheckpointMismatchError names ``path``."""
+        """As detectron2's; a CheckpointMismatchError names ``path``, and a local ``path`` that does not exist
+        raises CheckpointNotFoundError (URLs and detectron2:// names are fetched by detectron2)."""
+        if path and "://" not in path and not os.path.isfile(path):
+            raise CheckpointNotFoundError(f"checkpoint {path!r} (MODEL.WEIGHTS) does not exist; check the path.")
         try:
             return super().load(path, checkpointables)
         except CheckpointMismatchError as err:

@@ -20,8 +20,10 @@ order. The exit status is non-zero when any input could not be read, predicted o
 import argparse
 import logging
 import os
+import signal
 import sys
 import tempfile
+import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
@@ -37,9 +39,11 @@ from predictor import TASKS, AsyncPredictor, VisualizationDemo, enable_output_ta
 
 import universal_seg.data  # noqa: E402,F401  (registers the datasets: metadata for drawing)
 import universal_seg.modeling  # noqa: E402,F401  (registers the models)
+from universal_seg.atomic import TEMP_PREFIX, atomic_write_bytes  # noqa: E402
+from universal_seg.checkpoint import CHECKPOINT_ERRORS  # noqa: E402
 from universal_seg.config import load_config  # noqa: E402
 from universal_seg.data.mappers.image_io import decode_rgb_image  # noqa: E402
-from universal_seg.inference.inputs import expand_inputs  # noqa: E402
+from universal_seg.inference.inputs import colliding_inputs, expand_inputs, file_stem  # noqa: E402
 from universal_seg.inference.writers import PredictionWriter, default_image_id  # noqa: E402
 
 VIDEO_CODECS = (("mp4v", ".mp4"), ("XVID", ".avi"), ("MJPG", ".avi"))  # tried in this order
@@ -90,25 +94,33 @@ def setup_cfg(args):
     """The frozen config: file, --opts, the requested task switched on and the panoptic threshold."""
     try:
         cfg = load_config(args.config_file, args.opts, cpu_hint="add `--opts MODEL.DEVICE cpu`")
+        enabled = output_tasks(cfg)
+        args.task = args.task or (enabled[0] if enabled else "semantic")
+        enable_output_task(cfg, args.task)
     except ValueError as err:
         sys.exit(f"error: {err}")
-    enabled = output_tasks(cfg)
-    args.task = args.task or (enabled[0] if enabled else "semantic")
-    enable_output_task(cfg, args.task)
     if args.task == "panoptic" and args.confidence_threshold is not None:
         cfg.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD = args.confidence_threshold
     cfg.freeze()
     return cfg
 
 
-def output_path(output: str, input_path: str, single: bool) -> str:
+def target_path(output: str, input_path: str, single: bool) -> str:
     """Where the drawing of ``input_path`` goes: ``output`` itself for a single input named like a file, else
     ``output``/<input file name>."""
     if single and os.path.splitext(output)[1] and not os.path.isdir(output):
-        os.makedirs(os.path.dirname(os.path.abspath(output)), exist_ok=True)
         return output
-    os.makedirs(output, exist_ok=True)
     return os.path.join(output, os.path.basename(input_path))
+
+
+def write_drawing(target: str, drawing_rgb: np.ndarray) -> bool:
+    """Encodes by ``target``'s extension and writes it atomically (never a half-written file); False when the
+    extension is no image format OpenCV writes."""
+    ok, encoded = cv2.imencode(os.path.splitext(target)[1] or ".png", drawing_rgb[:, :, ::-1])
+    if not ok:
+        return False
+    atomic_write_bytes(target, encoded.tobytes())
+    return True
 
 
 def show(window: str, image_bgr: np.ndarray) -> bool:
@@ -123,43 +135,66 @@ def show(window: str, image_bgr: np.ndarray) -> bool:
 
 def run_images(demo: VisualizationDemo, paths: list[str], output: str | None, writer=None) -> int:
     """Draws every image (and writes its predictions with ``writer``, a PredictionWriter); returns the number of
-    inputs that failed (each reported with its reason)."""
+    inputs that failed (each reported with its reason). Inputs whose drawings or predictions would land on the same
+    file as an earlier input's are reported and skipped. Ctrl-C stops after the current image and still finishes
+    the writer's combined files."""
     failed, done, start = 0, 0, time.perf_counter()
     saved: list[str] = []
-    for path in tqdm.tqdm(paths, disable=len(paths) < 2, desc="images"):
-        try:
-            image = decode_rgb_image(path, "RGB")  # the training / evaluation reader: the same pixels
-        except OSError as err:  # UnreadableImageError: missing, truncated or not an image
-            error(f"{err}; check that it exists and is an image file.")
-            failed += 1
-            continue
-        t0 = time.perf_counter()
-        try:
-            outputs, drawing = demo.run_on_image(image)
-        except Exception as err:  # noqa: BLE001 - one input's failure (too large, out of memory): go on
-            error(f"cannot predict image {path!r}: {err}")
-            failed += 1
-            continue
-        if writer is not None:
-            stem = os.path.splitext(os.path.basename(path))[0]
+    single = len(paths) == 1
+    collisions = colliding_inputs(paths, file_stem) if writer is not None else {}
+    if output and not (single and os.path.splitext(output)[1] and not os.path.isdir(output)):
+        collisions = {**colliding_inputs(paths, os.path.basename), **collisions}  # drawings: output/<file name>
+    for path, reason in collisions.items():
+        error(f"skipping {path!r}: {reason} Rename one of them.")
+    failed += len(collisions)
+    paths = [p for p in paths if p not in collisions]
+    try:
+        for path in tqdm.tqdm(paths, disable=len(paths) < 2, desc="images"):
             try:
-                writer.write(stem, default_image_id(path), outputs)
-                saved.append(stem)
-            except Exception as err:  # noqa: BLE001
-                error(f"cannot save the predictions of {path!r} ({type(err).__name__}: {err}).")
+                image = decode_rgb_image(path, "RGB")  # the training / evaluation reader: the same pixels
+            except OSError as err:  # UnreadableImageError: missing, truncated or not an image
+                error(f"{err}; check that it exists and is an image file.")
                 failed += 1
-        logger.info(f"{path}: {describe(outputs, demo.task)} in {time.perf_counter() - t0:.2f} s")
-        done += 1
-        if output:
-            target = output_path(output, path, len(paths) == 1)
-            if not cv2.imwrite(target, drawing[:, :, ::-1]):
-                error(f"cannot write {target!r}; check the directory is writable and the extension is an image format.")
+                continue
+            t0 = time.perf_counter()
+            try:
+                outputs, drawing = demo.run_on_image(image)
+            except Exception as err:  # noqa: BLE001 - one input's failure (too large, out of memory): go on
+                error(f"cannot predict image {path!r}: {err}")
                 failed += 1
-        elif not show("image", drawing[:, :, ::-1]):
-            break
-    if writer is not None:
-        for written in writer.finish(saved):
-            logger.info(f"wrote {written}")
+                continue
+            if writer is not None:
+                try:
+                    writer.write(file_stem(path), default_image_id(path), outputs)
+                    saved.append(file_stem(path))
+                except Exception as err:  # noqa: BLE001
+                    error(f"cannot save the predictions of {path!r} ({type(err).__name__}: {err}).")
+                    failed += 1
+            logger.info(f"{path}: {describe(outputs, demo.task)} in {time.perf_counter() - t0:.2f} s")
+            done += 1
+            if output:
+                target = target_path(output, path, single)
+                try:
+                    written = write_drawing(target, drawing)
+                except OSError as err:
+                    written = False
+                    logger.debug(f"{target}: {err}")
+                if not written:
+                    error(
+                        f"cannot write {target!r}; check the directory is writable and the extension is an image "
+                        "format."
+                    )
+                    failed += 1
+            elif not show("image", drawing[:, :, ::-1]):
+                break
+    except KeyboardInterrupt:
+        left = len(paths) - done
+        logger.warning(f"interrupted after {done} of {len(paths)} images; the results so far are kept.")
+        failed += max(left, 1)
+    finally:
+        if writer is not None:
+            for written_file in writer.finish(saved):
+                logger.info(f"wrote {written_file}")
     elapsed = time.perf_counter() - start
     print(f"processed {done} images in {elapsed:.1f} s ({done / max(elapsed, 1e-9):.2f} images/s), {failed} failed")
     return failed
@@ -197,21 +232,36 @@ def probe_codec(extension: str | None) -> tuple[str, str]:
     )
 
 
+def video_target(output: str, input_name: str, codec_ext: str | None = None) -> str:
+    """The video file written for ``input_name``: ``output`` (a file name) or ``output``/<input stem>, with the
+    codec's extension when given."""
+    is_file = bool(os.path.splitext(output)[1]) and not os.path.isdir(output)
+    target = output if is_file else os.path.join(output, file_stem(input_name) + os.path.splitext(input_name)[1])
+    return os.path.splitext(target)[0] + codec_ext if codec_ext else target
+
+
 def open_writer(output: str, input_name: str, fps: float, size: tuple[int, int]) -> tuple[cv2.VideoWriter, str]:
     """A VideoWriter for (width, height) ``size`` at ``fps``, at ``output`` (a file) or ``output``/<input name>,
-    with a working codec (the extension is changed to the codec's container if needed)."""
+    with a working codec (the extension is changed to the codec's container if needed). Returns (writer, target);
+    the writer writes to a temporary name next to the target, renamed by :func:`run_video` when the video ends."""
     is_file = bool(os.path.splitext(output)[1]) and not os.path.isdir(output)
-    target = output if is_file else os.path.join(output, os.path.splitext(os.path.basename(input_name))[0])
-    base, ext = os.path.splitext(target) if is_file else (target, None)
+    ext = os.path.splitext(output)[1] if is_file else None
     fourcc, codec_ext = probe_codec(ext.lower() if ext else None)
+    target = video_target(output, input_name, codec_ext)
     if ext and ext.lower() != codec_ext:
-        logger.warning(f"no codec for {ext!r} files here: writing {base + codec_ext!r} ({fourcc}) instead.")
-    target = base + codec_ext
+        logger.warning(f"no codec for {ext!r} files here: writing {target!r} ({fourcc}) instead.")
     os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
-    writer = cv2.VideoWriter(target, cv2.VideoWriter_fourcc(*fourcc), fps, size, True)
+    writer = cv2.VideoWriter(temporary_video(target), cv2.VideoWriter_fourcc(*fourcc), fps, size, True)
     if not writer.isOpened():
         sys.exit(f"cannot open {target!r} for writing; check the directory is writable.")
     return writer, target
+
+
+def temporary_video(target: str) -> str:
+    """The name a video is written under until it is complete (a killed run leaves no unplayable file at
+    ``target``); same directory and extension, hidden."""
+    directory, name = os.path.split(os.path.abspath(target))
+    return os.path.join(directory, f"{TEMP_PREFIX}{os.getpid()}-{name}")
 
 
 def read_frames(capture: cv2.VideoCapture):
@@ -233,7 +283,7 @@ def run_video(demo: VisualizationDemo, source, output: str | None) -> int:
     fps = capture.get(cv2.CAP_PROP_FPS) or 30.0
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if isinstance(source, str) else None
     writer, target = open_writer(output, str(source), fps, (width, height)) if output else (None, None)
-    count, start = 0, time.perf_counter()
+    count, start, interrupted = 0, time.perf_counter(), False
     try:
         for drawing in tqdm.tqdm(demo.run_on_frames(read_frames(capture)), total=total or None, desc="frames"):
             count += 1
@@ -241,21 +291,24 @@ def run_video(demo: VisualizationDemo, source, output: str | None) -> int:
                 writer.write(np.ascontiguousarray(drawing[:, :, ::-1]))
             elif not show("video", drawing[:, :, ::-1]):
                 break
-    except KeyboardInterrupt:
-        logger.warning("interrupted: the video written so far is kept.")
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (main turns it into this)
+        interrupted = True
+        logger.warning("interrupted: the video written so far is kept." if count and writer else "interrupted.")
     finally:
         capture.release()
         if writer is not None:
-            writer.release()
+            writer.release()  # completes the container; only then does it get its name
+            if count:
+                os.replace(temporary_video(target), target)
+            elif os.path.exists(temporary_video(target)):
+                os.remove(temporary_video(target))  # an empty container, not a result
     elapsed = time.perf_counter() - start
-    if count == 0:
-        if target and os.path.exists(target):
-            os.remove(target)  # an empty container, not a result
+    if count == 0 and not interrupted:
         error(f"no frame could be read from {source!r}; nothing was written. Check that it is a video with frames.")
         return 1
-    where = f", written to {target}" if target else ""
+    where = f", written to {target}" if target and count else ""
     print(f"processed {count} frames in {elapsed:.1f} s ({count / max(elapsed, 1e-9):.2f} frames/s){where}")
-    return 0
+    return 130 if interrupted and isinstance(source, str) else 0  # stopping a webcam with Ctrl-C is its normal end
 
 
 def make_predictor(cfg, video: bool):
@@ -292,14 +345,42 @@ def check_inputs(args) -> list[str] | None:
     return paths
 
 
+def check_not_overwriting_inputs(args, paths: list[str] | None) -> None:
+    """Exits with one line when a drawing (or the output video) would be written over one of its inputs."""
+    if not args.output:
+        return
+    if args.video_input:
+        targets = {args.video_input: video_target(args.output, args.video_input)}
+    else:
+        targets = {p: target_path(args.output, p, len(paths) == 1) for p in paths or []}
+    for source, target in targets.items():
+        if os.path.exists(target) and os.path.samefile(source, target):
+            sys.exit(f"error: --output {args.output!r} would overwrite the input {source!r}; write elsewhere.")
+
+
+def _terminate(signum, frame):
+    """SIGTERM ends a run as Ctrl-C does: the current image or frame finishes being written, outputs are completed."""
+    raise KeyboardInterrupt
+
+
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
     setup_logger(name="fvcore")
     setup_logger(name="universal_seg")
     paths = check_inputs(args)
     check_output(args.output)
+    if paths and args.output and os.path.splitext(args.output)[1] and not os.path.isdir(args.output):
+        if not cv2.haveImageWriter(args.output):
+            sys.exit(f"error: --output {args.output!r}: OpenCV writes no image format with that extension; use .png.")
     cfg = setup_cfg(args)
-    logger.info(f"task {args.task}, config {args.config_file}, weights {cfg.MODEL.WEIGHTS or '(none: untrained)'}")
+    check_not_overwriting_inputs(args, paths)
+    if cfg.MODEL.WEIGHTS:
+        logger.info(f"task {args.task}, config {args.config_file}, weights {cfg.MODEL.WEIGHTS}")
+    else:
+        logger.warning(
+            f"task {args.task}, config {args.config_file}: MODEL.WEIGHTS is empty, so the drawings show an untrained "
+            "model; add `--opts MODEL.WEIGHTS path/to/model_final.pth`."
+        )
     video = bool(args.video_input or args.webcam)
     writer = None
     if args.save:
@@ -310,9 +391,14 @@ def main(argv=None) -> int:
             writer = PredictionWriter(args.save, output_tasks(cfg), MetadataCatalog.get(names[0]) if names else None)
         except OSError as err:
             sys.exit(f"error: {err}")
-    predictor = make_predictor(cfg, video)
     threshold = 0.5 if args.confidence_threshold is None else args.confidence_threshold
-    demo = VisualizationDemo(cfg, args.task, threshold, predictor=predictor)
+    try:
+        predictor = make_predictor(cfg, video)
+        demo = VisualizationDemo(cfg, args.task, threshold, predictor=predictor)
+    except CHECKPOINT_ERRORS as err:
+        sys.exit(f"error: {err}")
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
     try:
         if args.input:
             if len(paths) > 1 and args.output and os.path.splitext(args.output)[1] and not os.path.isdir(args.output):
@@ -324,6 +410,8 @@ def main(argv=None) -> int:
     finally:
         if isinstance(predictor, AsyncPredictor):
             predictor.shutdown()
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

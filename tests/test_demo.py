@@ -250,3 +250,117 @@ def test_too_large_input_fails_alone_and_save_writes_standard_files(tmp_path):
     assert labels.shape == (80, 100) and labels.max() < 21
     assert sorted(os.listdir(save_dir / "panoptic")) == ["small.json", "small.png"]
     assert json.load(open(save_dir / "panoptic.json"))["annotations"][0]["image_id"] == "small"
+
+
+def test_inputs_that_would_overwrite_each_other_or_themselves_are_refused(tmp_path):
+    """Two inputs with one file stem: --save would write one panoptic PNG and two annotations for it, so the
+    second is reported and skipped (the first is saved once). Drawing over an input exits before predicting."""
+    first, second = tmp_path / "x", tmp_path / "y"
+    first.mkdir(), second.mkdir()
+    small = cv2.resize(cv2.imread(IMAGE), (96, 64))
+    cv2.imwrite(str(first / "p.jpg"), small)
+    cv2.imwrite(str(second / "p.png"), small)
+    save_dir = tmp_path / "save"
+    opts = ("INPUT.MIN_SIZE_TEST", "64")
+    proc = run_demo(
+        "--input", str(first), str(second), "--output", str(tmp_path / "out"), "--save", str(save_dir), opts=opts
+    )
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert f"skipping {str(second / 'p.png')!r}: its output name 'p' is also that of {str(first / 'p.jpg')!r}" in (
+        proc.stderr
+    )
+    assert "processed 1 images" in proc.stdout and "1 failed" in proc.stdout
+    assert [a["image_id"] for a in json.load(open(save_dir / "panoptic.json"))["annotations"]] == ["p"]
+    assert os.listdir(tmp_path / "out") == ["p.jpg"]
+
+    before = (first / "p.jpg").read_bytes()
+    for output in (str(first / "p.jpg"), str(first)):
+        proc = run_demo("--input", str(first / "p.jpg"), "--output", output, opts=opts)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert proc.stderr.strip().splitlines()[-1] == (
+            f"error: --output {output!r} would overwrite the input {str(first / 'p.jpg')!r}; write elsewhere."
+        )
+    assert (first / "p.jpg").read_bytes() == before
+
+
+def test_bad_weights_task_and_extension_are_one_line_errors(tmp_path):
+    """Each of these stops before any image is predicted, with one line naming the problem."""
+    missing = str(tmp_path / "model_fianl.pth")
+    cases = [
+        (("--input", IMAGE), missing, (), f"error: checkpoint {missing!r} (MODEL.WEIGHTS) does not exist"),
+        (
+            ("--input", IMAGE, "--output", str(tmp_path / "o.xyz")),
+            "",
+            (),
+            f"error: --output {str(tmp_path / 'o.xyz')!r}: OpenCV writes no",
+        ),
+    ]
+    for args, weights, opts, expected in cases:
+        proc = run_demo(*args, weights=weights, opts=opts)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert proc.stderr.strip().splitlines()[-1].startswith(expected)
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "demo", "demo.py"),
+        "--config-file",
+        os.path.join(ROOT, "configs", "mini", "semantic", "segformer_b0.yaml"),
+        "--input",
+        IMAGE,
+        "--task",
+        "panoptic",
+        "--opts",
+        "MODEL.DEVICE",
+        "cpu",
+    ]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "semantic" in proc.stderr
+
+
+def test_sigterm_during_a_video_leaves_a_complete_file_or_none(tmp_path, clip):
+    """The video is written under a temporary name and renamed when it ends: SIGTERM mid-run (as Ctrl-C) keeps
+    the frames written so far in a readable file, exit status 130, and no temporary file."""
+    import signal
+    import time
+
+    long_clip = str(tmp_path / "long.avi")
+    frames, fps = read_video(clip)
+    writer = cv2.VideoWriter(long_clip, cv2.VideoWriter_fourcc(*"MJPG"), fps, CLIP_SIZE)
+    for _ in range(30):
+        for frame in frames:
+            writer.write(frame)
+    writer.release()
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out / "long_vis.avi"
+    cmd = [
+        sys.executable,
+        os.path.join(ROOT, "demo", "demo.py"),
+        "--config-file",
+        CONFIG,
+        "--video-input",
+        long_clip,
+        "--output",
+        str(target),
+        "--task",
+        "semantic",
+        "--opts",
+        "MODEL.DEVICE",
+        "cpu",
+        "INPUT.MIN_SIZE_TEST",
+        "64",
+    ]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not any(f.startswith(".tmp-") for f in os.listdir(out)) and proc.poll() is None:
+        assert time.monotonic() < deadline, "the demo never opened its video writer"
+        time.sleep(0.2)
+    time.sleep(3)  # a few frames
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-3000:]
+    assert "interrupted: the video written so far is kept." in stdout + stderr or not os.listdir(out)
+    assert os.listdir(out) in ([], ["long_vis.avi"])  # never a temporary file
+    if os.listdir(out):
+        written, _ = read_video(str(target))
+        assert 0 < len(written) < 120 and written[0].shape == frames[0].shape

@@ -30,7 +30,7 @@ import universal_seg.modeling  # noqa: E402,F401  (registers the models)
 from universal_seg.checkpoint import CHECKPOINT_ERRORS  # noqa: E402
 from universal_seg.config import load_config  # noqa: E402
 from universal_seg.inference import Predictor  # noqa: E402
-from universal_seg.inference.inputs import expand_inputs  # noqa: E402
+from universal_seg.inference.inputs import colliding_inputs, expand_inputs, file_stem  # noqa: E402
 from universal_seg.inference.writers import PredictionWriter, check_writable, default_image_id  # noqa: E402
 from universal_seg.modeling.meta_arch import TASKS, enable_output_task, output_tasks  # noqa: E402
 
@@ -58,12 +58,8 @@ def predict_files(predictor: Predictor, writer: PredictionWriter, paths: list[st
     default :func:`default_image_id`); returns {path: error message} of the failed ones. A failing batch is
     retried image by image, so one bad input fails alone."""
     errors: dict[str, str] = {}
-    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
-    seen: dict[str, str] = {}
-    for path, stem in zip(paths, stems):
-        if stem in seen:
-            errors[path] = f"its file stem {stem!r} is also that of {seen[stem]!r}; outputs would collide."
-        seen.setdefault(stem, path)
+    stems = [file_stem(p) for p in paths]
+    errors.update(colliding_inputs(paths, file_stem))
     todo = [(p, s) for p, s in zip(paths, stems) if p not in errors and (overwrite or not writer.done(s))]
     skipped = len(paths) - len(errors) - len(todo)
     if skipped:
@@ -103,7 +99,7 @@ def dataset_inputs(name: str) -> tuple[list[str], dict]:
     if name not in DatasetCatalog.list():
         raise ValueError(f"--dataset {name!r} is not registered; choose one of the names in universal_seg/data.")
     dicts = DatasetCatalog.get(name)
-    stems = [os.path.splitext(os.path.basename(d["file_name"]))[0] for d in dicts]
+    stems = [file_stem(d["file_name"]) for d in dicts]
     # semantic datasets (detectron2's sem_seg loader) have no image_id: their predictions are matched by file stem
     return [d["file_name"] for d in dicts], {stem: d.get("image_id", stem) for stem, d in zip(stems, dicts)}
 

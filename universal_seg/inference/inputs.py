@@ -1,7 +1,10 @@
 """Command-line image inputs shared by ``tools/predict.py`` and ``demo/demo.py``."""
 
 import glob
+import logging
 import os
+
+logger = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
@@ -12,12 +15,36 @@ def expand_inputs(patterns: list[str]) -> list[str]:
     paths: list[str] = []
     for pattern in patterns:
         if os.path.isdir(pattern):
-            found = sorted(
-                os.path.join(pattern, f) for f in os.listdir(pattern) if f.lower().endswith(IMAGE_EXTENSIONS)
-            )
+            names = sorted(os.listdir(pattern))
+            found = [os.path.join(pattern, f) for f in names if f.lower().endswith(IMAGE_EXTENSIONS)]
+            others = [f for f in names if not f.lower().endswith(IMAGE_EXTENSIONS)]
+            if others:
+                logger.warning(
+                    f"{pattern}: skipped {len(others)} entries that are not image files by their extension "
+                    f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}; images end in "
+                    f"{'/'.join(IMAGE_EXTENSIONS)}; sub-folders are not searched)."
+                )
         elif glob.has_magic(pattern):
             found = sorted(glob.glob(os.path.expanduser(pattern)))
         else:
             found = [pattern]
         paths.extend(p for p in found if p not in paths)
     return paths
+
+
+def colliding_inputs(paths: list[str], output_name) -> dict[str, str]:
+    """{path: error message} of the inputs whose output name (``output_name(path)``, e.g. the file stem) is that of
+    an earlier input: their outputs would overwrite each other, so only the first of each name is processed."""
+    errors: dict[str, str] = {}
+    seen: dict[str, str] = {}
+    for path in paths:
+        name = output_name(path)
+        if name in seen:
+            errors[path] = f"its output name {name!r} is also that of {seen[name]!r}; outputs would collide."
+        seen.setdefault(name, path)
+    return errors
+
+
+def file_stem(path: str) -> str:
+    """'a/b/name.jpg' -> 'name': what predictions are named and matched by."""
+    return os.path.splitext(os.path.basename(path))[0]

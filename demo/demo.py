@@ -136,8 +136,8 @@ def show(window: str, image_bgr: np.ndarray) -> bool:
 def run_images(demo: VisualizationDemo, paths: list[str], output: str | None, writer=None) -> int:
     """Draws every image (and writes its predictions with ``writer``, a PredictionWriter); returns the number of
     inputs that failed (each reported with its reason). Inputs whose drawings or predictions would land on the same
-    file as an earlier input's are reported and skipped. Ctrl-C stops after the current image and still finishes
-    the writer's combined files."""
+    file as an earlier input's are reported and skipped. Ctrl-C (KeyboardInterrupt, re-raised) stops after the
+    current image and still finishes the writer's combined files."""
     failed, done, start = 0, 0, time.perf_counter()
     saved: list[str] = []
     single = len(paths) == 1
@@ -187,10 +187,9 @@ def run_images(demo: VisualizationDemo, paths: list[str], output: str | None, wr
                     failed += 1
             elif not show("image", drawing[:, :, ::-1]):
                 break
-    except KeyboardInterrupt:
-        left = len(paths) - done
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (main turns it into this): the caller's exit status is 130
         logger.warning(f"interrupted after {done} of {len(paths)} images; the results so far are kept.")
-        failed += max(left, 1)
+        raise
     finally:
         if writer is not None:
             for written_file in writer.finish(saved):
@@ -405,7 +404,10 @@ def main(argv=None) -> int:
                 sys.exit(
                     f"--output {args.output!r} looks like a file but there are {len(paths)} inputs; give a directory."
                 )
-            return 1 if run_images(demo, paths, args.output, writer) else 0
+            try:
+                return 1 if run_images(demo, paths, args.output, writer) else 0
+            except KeyboardInterrupt:
+                return 130
         return run_video(demo, args.video_input if args.video_input else 0, args.output)
     finally:
         if isinstance(predictor, AsyncPredictor):

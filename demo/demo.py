@@ -86,6 +86,14 @@ def get_parser() -> argparse.ArgumentParser:
         help="also write the predictions of --input images to DIR in the standard formats (semantic PNG, COCO "
         "instance JSON, COCO panoptic PNG + JSON) of every task the model outputs",
     )
+    parser.add_argument(
+        "--register",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="Python file with your register_* calls (universal_seg.data), run first: its dataset names can then be "
+        "used in the config and --opts",
+    )
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
     return parser
 
@@ -368,6 +376,10 @@ def main(argv=None) -> int:
     setup_logger(name="universal_seg")
     paths = check_inputs(args)
     check_output(args.output)
+    try:
+        universal_seg.data.run_registration_files(args.register)
+    except ValueError as err:
+        sys.exit(f"error: {err}")
     if paths and args.output and os.path.splitext(args.output)[1] and not os.path.isdir(args.output):
         if not cv2.haveImageWriter(args.output):
             sys.exit(f"error: --output {args.output!r}: OpenCV writes no image format with that extension; use .png.")
@@ -394,7 +406,7 @@ def main(argv=None) -> int:
     try:
         predictor = make_predictor(cfg, video)
         demo = VisualizationDemo(cfg, args.task, threshold, predictor=predictor)
-    except CHECKPOINT_ERRORS as err:
+    except (ValueError, *CHECKPOINT_ERRORS) as err:
         sys.exit(f"error: {err}")
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None

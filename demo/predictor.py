@@ -124,7 +124,8 @@ class AsyncPredictor:
 
 def visualization_metadata(cfg) -> Metadata:
     """Metadata for drawing: that of DATASETS.TEST[0] (else TRAIN[0]), with thing_classes / thing_colors indexed
-    by the model's contiguous class ids.
+    by the model's contiguous class ids. Raises ValueError when its class count is not the model's (the drawing
+    would name the wrong classes).
 
     The model's panoptic / instance class ids index all classes (Mask2Former's convention: stuff_classes lists
     every class), while detectron2's Visualizer indexes thing_classes by them; so thing_* become the full lists.
@@ -137,6 +138,13 @@ def visualization_metadata(cfg) -> Metadata:
         fields["thing_classes"] = list(fields["stuff_classes"])
         if "stuff_colors" in fields:
             fields["thing_colors"] = list(fields["stuff_colors"])
+    classes, expected = fields.get("thing_classes"), cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    if classes is not None and len(classes) != expected:
+        raise ValueError(
+            f"the model has {expected} classes (MODEL.SEM_SEG_HEAD.NUM_CLASSES) but dataset {names[0]!r}, whose class "
+            f"names label the drawings, has {len(classes)}; name the dataset the model was trained for with "
+            f"--opts DATASETS.TEST '(\"NAME\",)' (and --register FILE for your own data)."
+        )
     return Metadata(name="universal_seg_demo", **fields)
 
 

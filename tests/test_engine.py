@@ -300,8 +300,17 @@ def test_train_loader_uses_the_mapper_build_mapper_chooses(mapper_name, dataset,
     from universal_seg.data import mappers
     from universal_seg.data.mappers import build_mapper
 
+    classes = "20" if "instance" in dataset else "21"  # the mini instance set has the 20 thing classes only
     cfg = tiny_cfg(
-        None, "INPUT.DATASET_MAPPER_NAME", mapper_name, "DATASETS.TRAIN", f"('{dataset}',)", "SOLVER.IMS_PER_BATCH", "1"
+        None,
+        "INPUT.DATASET_MAPPER_NAME",
+        mapper_name,
+        "DATASETS.TRAIN",
+        f"('{dataset}',)",
+        "SOLVER.IMS_PER_BATCH",
+        "1",
+        "MODEL.SEM_SEG_HEAD.NUM_CLASSES",
+        classes,
     )
     mapper = _loader_mapper(Trainer.build_train_loader(cfg))
     chosen = build_mapper(cfg, is_train=True)

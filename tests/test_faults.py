@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import pickle
+import re
 import shutil
 import signal
 import subprocess
@@ -864,3 +865,95 @@ def test_train_net_with_deleted_images_stops_before_training(tmp_path):
     assert len(errors) == 1 and "2 file(s) listed by dataset(s) mini_panoptic_train do not exist" in errors[0]
     assert all(str(image) in errors[0] for image in images[:2]) and "Traceback" not in proc.stderr
     assert "Starting training" not in proc.stdout + proc.stderr
+
+
+@needs_mini
+def test_dataset_of_another_kind_than_the_mapper_is_named_before_training(tmp_path):
+    """Before: an instance-only or semantic-only dataset under the panoptic LSJ mapper died in a loader worker
+    with KeyError: 'segments_info'. Now building the loader names the mappers that read such records."""
+    from universal_seg.engine import Trainer
+
+    for name, fits in [
+        ("mini_instance_train", "mask_former_instance or coco_instance_lsj"),
+        ("mini_sem_seg_train", "mask_former_semantic"),
+    ]:
+        with pytest.raises(
+            ValueError,
+            match=rf"^INPUT.DATASET_MAPPER_NAME 'coco_panoptic_lsj' reads pan_seg_file_name, segments_info from each "
+            rf"training record, but .* has no pan_seg_file_name, segments_info; set INPUT.DATASET_MAPPER_NAME to "
+            rf"{fits} for this data\.$",
+        ):
+            Trainer.build_train_loader(_tiny_cfg(tmp_path, "DATASETS.TRAIN", f"('{name}',)"))
+
+
+@needs_mini
+def test_class_count_other_than_the_datasets_is_an_error_before_training(tmp_path):
+    """Before: NUM_CLASSES 30 on the 21-class mini set trained silently, and NUM_CLASSES 3 failed at the first
+    step blaming the mapper. Now both are one error naming the dataset's count."""
+    from universal_seg.engine import Trainer
+
+    for wrong in ("3", "30"):
+        with pytest.raises(
+            ValueError,
+            match=rf"^MODEL.SEM_SEG_HEAD.NUM_CLASSES is {wrong} but training dataset 'mini_panoptic_train' has 21 "
+            r"classes \(stuff_classes: background, aeroplane, .*\); set MODEL.SEM_SEG_HEAD.NUM_CLASSES 21\.$",
+        ):
+            Trainer.build_train_loader(_tiny_cfg(tmp_path, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", wrong))
+
+
+@pytest.mark.parametrize(
+    "config", sorted(str(p.relative_to(ROOT)) for p in (ROOT / "configs").rglob("*.yaml") if "Base" not in p.name)
+)
+def test_every_config_has_its_training_datasets_class_count(config):
+    """The registered metadata (class lists from the datasets' own category tables) is the truth each config's
+    NUM_CLASSES must equal, for the class list its mapper trains on."""
+    from universal_seg.engine.trainer import check_class_count
+
+    check_class_count(load_config(str(ROOT / config), ["MODEL.DEVICE", "cpu"]))
+
+
+@needs_mini
+def test_images_without_annotations_are_one_error_naming_the_filter(tmp_path, register_variant):
+    from universal_seg.engine import Trainer
+
+    register_variant("faults_no_annotations", "mini_instance_train", lambda i, d: {**d, "annotations": []})
+    opts = ["DATASETS.TRAIN", "('faults_no_annotations',)", "INPUT.DATASET_MAPPER_NAME", "coco_instance_lsj"]
+    with pytest.raises(ValueError, match=r"has no image to train on: .*DATALOADER.FILTER_EMPTY_ANNOTATIONS is True"):
+        Trainer.build_train_loader(_tiny_cfg(tmp_path, *opts, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", "20"))
+
+
+@needs_mini
+def test_bad_semantic_labels_stop_training_with_one_line_naming_the_file(tmp_path, register_variant):
+    """A class id beyond NUM_CLASSES (before: IndexError inside the loss) and an RGB label (before: a ValueError
+    from detectron2's augmentation) raise AnnotationError in the main process, from a loader worker, naming the
+    file and tools/check_dataset.py."""
+    from universal_seg.data.mappers.image_io import AnnotationError
+    from universal_seg.engine import Trainer
+
+    def out_of_range(label):
+        label = label.copy()
+        label[:5, :5] = 30
+        return label
+
+    cases = [
+        (
+            out_of_range,
+            r"holds class id\(s\) \[30\], outside 0..20 \(MODEL.SEM_SEG_HEAD.NUM_CLASSES = 21\) and not "
+            r"the ignore label 255",
+        ),
+        (lambda label: np.repeat(label[:, :, None], 3, axis=2), r"has 3 channels; semantic labels are single-channel"),
+    ]
+    for k, (corrupt, message) in enumerate(cases):
+        bad_files = []
+        for d in DatasetCatalog.get("mini_sem_seg_train"):  # each image's own label, corrupted
+            bad_files.append(tmp_path / f"case{k}_{os.path.basename(d['sem_seg_file_name'])}")
+            Image.fromarray(corrupt(np.asarray(Image.open(ROOT / d["sem_seg_file_name"])))).save(bad_files[-1])
+        name = f"faults_label_{k}"
+        register_variant(name, "mini_sem_seg_train", lambda i, d, f=bad_files: {**d, "sem_seg_file_name": str(f[i])})
+        cfg = load_config(
+            str(ROOT / "configs/mini/semantic/segformer_b0.yaml"),
+            ["MODEL.DEVICE", "cpu", "DATASETS.TRAIN", f"('{name}',)", "DATALOADER.NUM_WORKERS", "1"],
+        )
+        pattern = "|".join(re.escape(str(f)) for f in bad_files)
+        with pytest.raises(AnnotationError, match=rf"^Label '({pattern})' {message}.*check_dataset.py"):
+            next(iter(Trainer.build_train_loader(cfg)))

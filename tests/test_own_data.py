@@ -613,3 +613,72 @@ def test_polygon_crosses_hand_cases():
     assert polygon_crosses([[0, 0], [4, 4], [4, 0], [0, 4]])  # bow tie
     star = [[np.cos(a), np.sin(a)] for a in np.pi / 2 + 4 * np.pi / 5 * np.arange(5)]  # pentagram
     assert polygon_crosses(star)
+
+
+def test_tools_register_your_datasets_with_register_file(tmp_path):
+    """--register FILE runs your register_* calls in the tool's process (every process of a multi-process run):
+    train_net then knows the name (it stops at the class-count check, naming the registered dataset: 21 classes,
+    NUM_CLASSES 3), and the demo refuses to label a 3-class model's drawing with that dataset's 21 names. A missing
+    file is one line."""
+    registration = tmp_path / "my_data.py"
+    registration.write_text(
+        "from universal_seg.data import register_coco_panoptic\n"
+        f"register_coco_panoptic('regfile_train', image_root={str(MINI / 'images')!r}, "
+        f"panoptic_root={str(MINI / 'panoptic')!r}, panoptic_json={str(MINI / 'panoptic_train.json')!r})\n"
+    )
+    config = str(ROOT / "configs" / "mini" / "panoptic" / "m2f_r18.yaml")
+    common = [sys.executable]
+    train = [
+        str(ROOT / "tools" / "train_net.py"),
+        "--register",
+        str(registration),
+        "--config-file",
+        config,
+        "DATASETS.TRAIN",
+        "('regfile_train',)",
+        "MODEL.SEM_SEG_HEAD.NUM_CLASSES",
+        "3",
+        "OUTPUT_DIR",
+        str(tmp_path / "out"),
+    ]
+    proc = subprocess.run(common + train, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: MODEL.SEM_SEG_HEAD.NUM_CLASSES is 3 but training dataset 'regfile_train' has 21 classes")
+    )
+    demo = [
+        str(ROOT / "demo" / "demo.py"),
+        "--register",
+        str(registration),
+        "--config-file",
+        config,
+        "--input",
+        str(sorted((MINI / "images").glob("*.jpg"))[0]),
+        "--output",
+        str(tmp_path / "vis"),
+        "--opts",
+        "MODEL.DEVICE",
+        "cpu",
+        "DATASETS.TEST",
+        "('regfile_train',)",
+        "MODEL.SEM_SEG_HEAD.NUM_CLASSES",
+        "3",
+    ]
+    proc = subprocess.run(common + demo, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert (
+        proc.stderr.strip()
+        .splitlines()[-1]
+        .startswith(
+            "error: the model has 3 classes (MODEL.SEM_SEG_HEAD.NUM_CLASSES) but dataset 'regfile_train', whose class "
+            "names label the drawings, has 21"
+        )
+    )
+    train[2] = str(tmp_path / "nope.py")
+    proc = subprocess.run(common + train, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.stderr.strip().splitlines()[-1] == (
+        f"error: --register {str(tmp_path / 'nope.py')!r} does not exist; give the Python file with your register_* "
+        "calls."
+    )

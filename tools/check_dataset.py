@@ -21,7 +21,6 @@ registered without it.
 import argparse
 import collections
 import os
-import runpy
 import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
@@ -278,10 +277,13 @@ def print_report(name, records, report):
 
 def main(argv=None):
     args = parse_args(argv)
-    import universal_seg.data  # noqa: F401  (registers the built-in and converted datasets)
+    from universal_seg.data import run_registration_files  # (importing it registers the built-in datasets)
 
-    for path in args.register:
-        runpy.run_path(path, run_name="__register__")
+    try:
+        run_registration_files(args.register)
+    except ValueError as err:
+        print(f"error: {err}")
+        return 2
     status = 0
     from detectron2.data import DatasetCatalog
 

@@ -49,6 +49,14 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
     p.add_argument("--amp", action="store_true", help="autocast (fp16 on CUDA, bf16 on the CPU)")
     p.add_argument("--overwrite", action="store_true", help="predict images whose files already exist again")
+    p.add_argument(
+        "--register",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="Python file with your register_* calls (universal_seg.data), run first: its dataset names can then be "
+        "used in the config and --opts",
+    )
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
     return p
 
@@ -109,6 +117,7 @@ def main(argv=None) -> int:
     setup_logger(name="fvcore")
     setup_logger(name="universal_seg")
     try:
+        universal_seg.data.run_registration_files(args.register)
         cfg = load_config(args.config_file, args.opts, cpu_hint="add `--opts MODEL.DEVICE cpu`")
         tasks = args.tasks or list(output_tasks(cfg))
         for task in tasks:

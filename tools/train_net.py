@@ -4,6 +4,7 @@
     python tools/train_net.py --config-file configs/coco/panoptic/m2f_r50.yaml --num-gpus 8
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS model_final.pkl
     python tools/train_net.py --config-file ... --resume            # continue from OUTPUT_DIR/last_checkpoint
+    python tools/train_net.py --register my_data.py --config-file ... DATASETS.TRAIN '("my_train",)'  # your data
     # several machines: --num-machines 2 --machine-rank {0,1} --dist-url tcp://HOST:PORT
 
 Trailing KEY VALUE pairs override the config (detectron2's --opts). Without CUDA, --num-gpus N starts N CPU
@@ -25,6 +26,7 @@ import universal_seg.modeling  # noqa: E402,F401  (registers the models)
 from universal_seg.checkpoint import CHECKPOINT_ERRORS, UniversalSegCheckpointer  # noqa: E402
 from universal_seg.config import load_config  # noqa: E402
 from universal_seg.data.loader import MissingDataError, UnreadableDataError  # noqa: E402
+from universal_seg.data.mappers.image_io import AnnotationError  # noqa: E402
 from universal_seg.engine import Trainer, launch  # noqa: E402
 
 
@@ -41,6 +43,10 @@ def setup(args):
 
 
 def main(args):
+    try:  # in every launched process: each needs the names in its own DatasetCatalog
+        universal_seg.data.run_registration_files(getattr(args, "register", []))
+    except ValueError as err:
+        sys.exit(f"error: {err}")
     cfg = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
@@ -70,12 +76,16 @@ def main(args):
         sys.exit(f"error: {err}")
     try:
         return trainer.train()
-    except (UnreadableDataError, FloatingPointError) as err:  # logged with its traceback by the training loop
+    except (UnreadableDataError, AnnotationError, FloatingPointError) as err:  # logged with its traceback by the loop
         sys.exit(f"error: {' '.join(str(err).split())}")
 
 
 if __name__ == "__main__":
-    args = default_argument_parser().parse_args()
+    parser = default_argument_parser()
+    parser.add_argument(
+        "--register", action="append", default=[], metavar="FILE", help="Python file with register_* calls, run first"
+    )
+    args = parser.parse_args()
     print("Command Line Args:", args)
     launch(
         main,

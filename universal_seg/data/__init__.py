@@ -7,4 +7,5 @@ from .datasets import (  # noqa: F401  (public: register your own data; see data
     register_coco_panoptic,
     register_manifest,
     register_semantic_folder,
+    run_registration_files,
 )

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from .mappers.image_io import unreadable_reason
+from .mappers.image_io import AnnotationError, unreadable_reason
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +62,14 @@ def derive_seed(*values: int) -> int:
 
 class Batch(list):
     """A rank's batch (list of mapped dicts) plus ``unreadable``: [(file, reason)] skipped while making it, and
-    ``fatal``: a message when the worker could not make it (too many unreadable files)."""
+    ``fatal``: a message when the worker could not make it (too many unreadable files), ``error``: the message of
+    an AnnotationError a sample raised (re-raised in the main process, so training stops with that one line)."""
 
-    def __init__(self, items=(), unreadable=(), fatal=None):
+    def __init__(self, items=(), unreadable=(), fatal=None, error=None):
         super().__init__(items)
         self.unreadable = list(unreadable)
         self.fatal = fatal
+        self.error = error
 
 
 def _identity(x):
@@ -180,7 +182,10 @@ class TrainingStream(IterableDataset):
         n = len(self.dataset_dicts)
         items, unreadable = [], []
         for j, index in enumerate(indices):
-            out, bad = self._map(index, derive_seed(self.seed, self.rank, b, j, 0))
+            try:
+                out, bad = self._map(index, derive_seed(self.seed, self.rank, b, j, 0))
+            except AnnotationError as e:
+                return Batch(items, unreadable, fatal="bad annotation", error=str(e))
             fallback, attempt = None, 0
             while bad is not None:
                 unreadable.append(bad)
@@ -195,7 +200,10 @@ class TrainingStream(IterableDataset):
                 if other is None:
                     return Batch(items, unreadable, fatal="no readable file")
                 attempt += 1
-                out, bad = self._map(other, derive_seed(self.seed, self.rank, b, j, attempt))
+                try:
+                    out, bad = self._map(other, derive_seed(self.seed, self.rank, b, j, attempt))
+                except AnnotationError as e:
+                    return Batch(items, unreadable, fatal="bad annotation", error=str(e))
             items.append(out)
         return Batch(items, unreadable)
 
@@ -256,6 +264,8 @@ class TrainLoader:
                 logger.warning(
                     f"skipping unreadable training file {path} ({reason}); {len(self.unreadable)} of {n} so far."
                 )
+        if batch.error:
+            raise AnnotationError(batch.error)
         if len(self.unreadable) > self.max_unreadable_fraction * n or batch.fatal:
             shown = ", ".join(list(self.unreadable)[:5])
             raise UnreadableDataError(

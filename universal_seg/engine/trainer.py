@@ -72,6 +72,48 @@ def check_dataset_names(cfg) -> None:
                 raise ValueError(f"DATASETS.{key} names {name!r}, which is not a registered dataset; {hint}")
 
 
+# what each training mapper reads from a dataset record, and which mappers read what a record holds
+MAPPER_NEEDS = {
+    "mask_former_semantic": ("sem_seg_file_name",),
+    "mask_former_panoptic": ("pan_seg_file_name", "segments_info"),
+    "coco_panoptic_lsj": ("pan_seg_file_name", "segments_info"),
+    "mask_former_instance": ("annotations",),
+    "coco_instance_lsj": ("annotations",),
+}
+
+
+def check_mapper_fits(cfg, dicts: list[dict]) -> None:
+    """Raises ValueError (naming the mappers that fit) when a training record lacks what INPUT.DATASET_MAPPER_NAME
+    reads, e.g. an instance-only or semantic-only dataset under a config whose mapper reads panoptic PNGs."""
+    name = cfg.INPUT.DATASET_MAPPER_NAME
+    needs = MAPPER_NEEDS.get(name, ())
+    for d in dicts:
+        missing = [k for k in needs if k not in d]
+        if missing:
+            fits = [m for m, keys in MAPPER_NEEDS.items() if all(k in d for k in keys)]
+            hint = f"set INPUT.DATASET_MAPPER_NAME to {' or '.join(fits)}" if fits else "check how it is registered"
+            raise ValueError(
+                f"INPUT.DATASET_MAPPER_NAME {name!r} reads {', '.join(needs)} from each training record, but "
+                f"{d.get('file_name')!r} of DATASETS.TRAIN {tuple(cfg.DATASETS.TRAIN)} has no {', '.join(missing)}; "
+                f"{hint} for this data."
+            )
+
+
+def check_class_count(cfg) -> None:
+    """Raises ValueError when MODEL.SEM_SEG_HEAD.NUM_CLASSES differs from the class count of a training dataset
+    (its metadata's thing_classes for the instance mappers, else stuff_classes, which lists every class)."""
+    field = "thing_classes" if "instance" in cfg.INPUT.DATASET_MAPPER_NAME else "stuff_classes"
+    expected = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
+    for name in cfg.DATASETS.TRAIN:
+        classes = MetadataCatalog.get(name).get(field, None)
+        if classes is not None and len(classes) != expected:
+            raise ValueError(
+                f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {expected} but training dataset {name!r} has {len(classes)} "
+                f"classes ({field}: {', '.join(map(str, classes[:4]))}{', ...' if len(classes) > 4 else ''}); "
+                f"set MODEL.SEM_SEG_HEAD.NUM_CLASSES {len(classes)}."
+            )
+
+
 def _flat(node, prefix="") -> dict:
     """A nested dict (a CfgNode dumped to YAML and read back) as {"A.B": value}."""
     out = {}
@@ -298,13 +340,22 @@ class Trainer(DefaultTrainer):
                 "stream samples like TrainingSampler; set it to TrainingSampler."
             )
         check_dataset_names(cfg)
-        dicts = get_detection_dataset_dicts(
-            cfg.DATASETS.TRAIN,
-            filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
-            min_keypoints=0,
-            proposal_files=None,
-        )
+        check_class_count(cfg)
+        try:
+            dicts = get_detection_dataset_dicts(
+                cfg.DATASETS.TRAIN,
+                filter_empty=cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS,
+                min_keypoints=0,
+                proposal_files=None,
+            )
+        except AssertionError as err:  # detectron2: "Dataset 'x' is empty!" / "No valid data found in x."
+            raise ValueError(
+                f"{err} DATASETS.TRAIN {tuple(cfg.DATASETS.TRAIN)} has no image to train on: check its annotation "
+                "file (images without any annotation are removed while DATALOADER.FILTER_EMPTY_ANNOTATIONS is "
+                "True)."
+            ) from None
         check_files_exist(dicts, cfg.DATASETS.TRAIN)
+        check_mapper_fits(cfg, dicts)
         world = comm.get_world_size()
         if cfg.SOLVER.IMS_PER_BATCH % world:
             raise ValueError(

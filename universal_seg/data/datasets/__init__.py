@@ -14,6 +14,7 @@ from .custom import (  # noqa: F401  (public registration API for your own data)
     register_coco_panoptic,
     register_manifest,
     register_semantic_folder,
+    run_registration_files,
 )
 from .mapillary import register_all_mapillary_vistas
 from .mini import register_all_mini

@@ -321,3 +321,14 @@ def register_all_custom(root: str) -> list[str]:
             except (OSError, ValueError, KeyError, TypeError) as err:
                 logger.warning("Not registering '%s' (%s: %s); re-run its converter.", folder, type(err).__name__, err)
     return names
+
+
+def run_registration_files(paths) -> None:
+    """Runs each Python file of ``paths`` (your ``register_*`` calls; the tools' ``--register FILE``) once, in
+    order. Raises ValueError naming a file that does not exist."""
+    import runpy
+
+    for path in paths:
+        if not os.path.isfile(path):
+            raise ValueError(f"--register {path!r} does not exist; give the Python file with your register_* calls.")
+        runpy.run_path(path, run_name="__register__")

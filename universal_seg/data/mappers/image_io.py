@@ -76,10 +76,38 @@ def read_panoptic(path):
     return rgb[..., 0] + 256 * rgb[..., 1] + 256 * 256 * rgb[..., 2]
 
 
+class AnnotationError(ValueError):
+    """A training annotation the model cannot learn from (a label of the wrong size or format, a class id out of
+    range), naming the file and the fix; the training stream stops on it with one line."""
+
+
+_CHECK_HINT = "re-run the dataset's preparation script, or `python tools/check_dataset.py NAME` to list every such file"
+
+
 def check_same_size(image, label, path):
-    """Raise when a label's [H, W] differs from its image's, naming the file."""
+    """Raise AnnotationError when a label's [H, W] differs from its image's, naming the file."""
     if image.shape[:2] != label.shape[:2]:
-        raise ValueError(
-            f"Label '{path}' is {label.shape[:2]} but its image is {image.shape[:2]}; "
-            "re-run the dataset's preparation script."
+        raise AnnotationError(f"Label '{path}' is {label.shape[:2]} but its image is {image.shape[:2]}; {_CHECK_HINT}.")
+
+
+def check_semantic_label(label, path, num_classes: int, ignore_label: int) -> None:
+    """Raise AnnotationError unless ``label`` is [H, W] class ids in [0, num_classes) or ``ignore_label``."""
+    if label.ndim != 2:
+        raise AnnotationError(
+            f"Label '{path}' has {label.shape[2] if label.ndim == 3 else label.ndim} channels; semantic labels are "
+            f"single-channel PNGs of class ids (map colours to ids first); {_CHECK_HINT}."
+        )
+    if label.size == 0:
+        return
+    low, high = int(label.min()), int(label.max())
+    if low >= 0 and high < num_classes:
+        return
+    # the ids present: a histogram is much faster than np.unique for the usual uint8-range labels
+    values = np.flatnonzero(np.bincount(label.ravel())) if 0 <= low and high < 1 << 16 else np.unique(label)
+    bad = values[((values < 0) | (values >= num_classes)) & (values != ignore_label)]
+    if bad.size:
+        raise AnnotationError(
+            f"Label '{path}' holds class id(s) {bad[:5].tolist()}, outside 0..{num_classes - 1} "
+            f"(MODEL.SEM_SEG_HEAD.NUM_CLASSES = {num_classes}) and not the ignore label {ignore_label}; fix the "
+            f"labels or NUM_CLASSES; {_CHECK_HINT}."
         )

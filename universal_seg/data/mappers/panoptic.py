@@ -6,7 +6,7 @@ from detectron2.config import configurable
 from detectron2.data import transforms as T
 
 from .base import TaskSampler, register_mapper, start
-from .image_io import check_same_size, read_label, read_panoptic
+from .image_io import check_same_size, check_semantic_label, read_label, read_panoptic
 from .semantic import SemanticDatasetMapper
 from .targets import compact_panoptic, divisible_size, image_to_tensor, pad_to, task_instances_from_panoptic
 
@@ -57,6 +57,8 @@ class PanopticDatasetMapper(SemanticDatasetMapper):
         if "sem_seg_file_name" in dataset_dict:
             sem = read_label(dataset_dict["sem_seg_file_name"])
             check_same_size(image, sem, dataset_dict["sem_seg_file_name"])
+            if self.num_classes is not None:
+                check_semantic_label(sem, dataset_dict["sem_seg_file_name"], self.num_classes, self.ignore_label)
         else:
             sem = semantic_from_compact(compact, segments, self.ignore_label)
         aug_input = T.AugInput(image, sem_seg=sem.astype(np.uint8))

@@ -6,7 +6,7 @@ from detectron2.config import configurable
 from detectron2.data import transforms as T
 
 from .base import dataset_ignore_label, register_mapper, scale_crop_augmentations, start
-from .image_io import check_same_size, read_label
+from .image_io import check_same_size, check_semantic_label, read_label
 from .targets import divisible_size, image_to_tensor, instances_from_semantic, pad_to
 
 
@@ -20,8 +20,11 @@ class SemanticDatasetMapper:
     """
 
     @configurable
-    def __init__(self, is_train=True, *, augmentations, image_format, ignore_label, size_divisibility):
+    def __init__(
+        self, is_train=True, *, augmentations, image_format, ignore_label, size_divisibility, num_classes=None
+    ):
         self.is_train = is_train
+        self.num_classes = num_classes  # labels are checked against it (None: not checked)
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
         self.ignore_label = ignore_label
@@ -36,6 +39,7 @@ class SemanticDatasetMapper:
             image_format=cfg.INPUT.FORMAT,
             ignore_label=ignore,
             size_divisibility=cfg.INPUT.SIZE_DIVISIBILITY,
+            num_classes=cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES,
         )
 
     def __call__(self, dataset_dict):
@@ -44,6 +48,8 @@ class SemanticDatasetMapper:
             return None
         sem = read_label(dataset_dict["sem_seg_file_name"])
         check_same_size(image, sem, dataset_dict["sem_seg_file_name"])
+        if self.num_classes is not None:
+            check_semantic_label(sem, dataset_dict["sem_seg_file_name"], self.num_classes, self.ignore_label)
         aug_input = T.AugInput(image, sem_seg=sem.astype(np.uint8 if sem.max() < 256 else np.float32))
         self.augmentations(aug_input)
         image, sem = aug_input.image, aug_input.sem_seg.astype(np.int64)

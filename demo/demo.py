@@ -52,7 +52,7 @@ logger = logging.getLogger("universal_seg.demo")
 
 def error(message: str) -> None:
     """Reports a failed input on stderr (the run goes on; the exit status will be non-zero)."""
-    print(f"ERROR: {message}", file=sys.stderr, flush=True)
+    tqdm.tqdm.write(f"ERROR: {message}", file=sys.stderr)  # on its own line, above a progress bar
 
 
 def get_parser() -> argparse.ArgumentParser:

@@ -476,6 +476,30 @@ def test_evaluate_instance_and_panoptic_refuse_malformed_files(tmp_path, evaluat
     assert code == 2 and len(err) == 1 and "is L, not RGB" in err[0], err
 
 
+@needs_mini
+def test_evaluate_refuses_ground_truth_of_the_wrong_kind(tmp_path, evaluate_tool, capsys):
+    """Before: a panoptic JSON given as instance ground truth failed with KeyError: 'id', and a prediction JSON
+    given as panoptic ground truth with KeyError: 'categories'. Now each is one line naming what the file is."""
+    pan = str(MINI / "panoptic_val.json")
+    inst = str(MINI / "instances_val.json")
+    pred = tmp_path / "pred.json"
+    pred.write_text(json.dumps({"annotations": json.loads((MINI / "panoptic_val.json").read_text())["annotations"]}))
+    broken = tmp_path / "broken_gt.json"
+    gt = json.loads((MINI / "instances_val.json").read_text())
+    del gt["annotations"][0]["category_id"]
+    broken.write_text(json.dumps(gt))
+    folders = ["--gt-folder", str(MINI / "panoptic"), "--pred-folder", str(MINI / "panoptic")]
+    cases = [
+        (["instance", "--gt", pan, "--pred", inst], "is a COCO panoptic JSON (annotations with segments_info)"),
+        (["instance", "--gt", str(broken), "--pred", inst], "annotations[0] has no category_id"),
+        (["panoptic", "--gt-json", str(pred), *folders, "--pred-json", pan], "check the order of --gt-json and"),
+        (["panoptic", "--gt-json", inst, *folders, "--pred-json", pan], "has annotations without segments_info"),
+    ]
+    for argv, message in cases:
+        code, _, err = _run_tool(evaluate_tool, capsys, *argv)
+        assert code == 2 and len(err) == 1 and message in err[0], (argv, err)
+
+
 def test_rle_length_matches_pycocotools():
     """The RLE validator decodes COCO's compressed counts itself; pycocotools' encoder is the truth."""
     from universal_seg.evaluation.offline.errors import rle_length
@@ -865,6 +889,19 @@ def test_train_net_with_deleted_images_stops_before_training(tmp_path):
     assert len(errors) == 1 and "2 file(s) listed by dataset(s) mini_panoptic_train do not exist" in errors[0]
     assert all(str(image) in errors[0] for image in images[:2]) and "Traceback" not in proc.stderr
     assert "Starting training" not in proc.stdout + proc.stderr
+
+
+def test_train_net_on_a_dataset_that_is_not_there_is_one_line(tmp_path):
+    """The COCO config with no COCO on disk: before, the dataset's own FileNotFoundError (which names the
+    preparation script) came with a traceback; now it is the one line."""
+    cmd = [sys.executable, str(ROOT / "tools" / "train_net.py"), "--config-file"]
+    cmd += [str(ROOT / "configs/coco/panoptic/m2f_r50.yaml"), "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", ""]
+    cmd += ["OUTPUT_DIR", str(tmp_path / "out")]
+    env = {**os.environ, "DETECTRON2_DATASETS": str(tmp_path / "empty")}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("error: Dataset 'coco_2017_train_panoptic' needs ") and "prepare it with" in last
 
 
 @needs_mini

@@ -370,3 +370,9 @@ def test_predict_tool_on_a_semantic_dataset_names_files_by_stem(tmp_path):
         stem = os.path.splitext(os.path.basename(d["file_name"]))[0]
         png = np.asarray(Image.open(out / "semantic" / f"{stem}.png"))
         assert png.shape == np.asarray(Image.open(d["file_name"])).shape[:2] and png.max() < 21
+
+
+def test_predictor_on_cuda_without_a_gpu_names_the_fix(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(ValueError, match=r"^device 'cuda' was asked for but no CUDA device is available; pass device="):
+        Predictor(m2f_cfg(), device="cuda")

@@ -25,7 +25,7 @@ import universal_seg.data  # noqa: E402,F401  (registers the datasets)
 import universal_seg.modeling  # noqa: E402,F401  (registers the models)
 from universal_seg.checkpoint import CHECKPOINT_ERRORS, UniversalSegCheckpointer  # noqa: E402
 from universal_seg.config import load_config  # noqa: E402
-from universal_seg.data.loader import MissingDataError, UnreadableDataError  # noqa: E402
+from universal_seg.data.loader import UnreadableDataError  # noqa: E402
 from universal_seg.data.mappers.image_io import AnnotationError  # noqa: E402
 from universal_seg.engine import Trainer, launch  # noqa: E402
 
@@ -60,7 +60,10 @@ def main(args):
             checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         except CHECKPOINT_ERRORS as err:
             sys.exit(f"error: {err}")
-        res = Trainer.test(cfg, model)
+        try:
+            res = Trainer.test(cfg, model)
+        except (ValueError, FileNotFoundError) as err:  # a test dataset that is not there / not registered
+            sys.exit(f"error: {err}")
         if cfg.TEST.AUG.ENABLED:
             try:
                 res.update(Trainer.test_with_TTA(cfg, model))
@@ -72,7 +75,7 @@ def main(args):
     try:  # configuration and data problems found before training: one line each
         trainer = Trainer(cfg)
         trainer.resume_or_load(resume=args.resume)
-    except (ValueError, MissingDataError, *CHECKPOINT_ERRORS) as err:
+    except (ValueError, FileNotFoundError, *CHECKPOINT_ERRORS) as err:  # FileNotFoundError: also MissingDataError
         sys.exit(f"error: {err}")
     try:
         return trainer.train()

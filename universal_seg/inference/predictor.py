@@ -132,6 +132,11 @@ class Predictor:
         cfg.defrost()
         if device is not None:
             cfg.MODEL.DEVICE = device
+        if str(cfg.MODEL.DEVICE).startswith("cuda") and not torch.cuda.is_available():
+            raise ValueError(
+                f"device {cfg.MODEL.DEVICE!r} was asked for but no CUDA device is available; pass device='cpu' "
+                "(or set MODEL.DEVICE cpu)."
+            )
         if cfg.INPUT.FORMAT not in _FORMATS:
             raise ValueError(f"INPUT.FORMAT {cfg.INPUT.FORMAT!r} is not supported by the predictor; use RGB or BGR.")
         self.tiling = TilingConfig.from_cfg(cfg)

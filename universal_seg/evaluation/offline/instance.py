@@ -77,12 +77,37 @@ def load_results(pred_json, coco_gt):
     return results
 
 
-def evaluate_instance(gt_json, pred_json, iou_types=("segm", "bbox")):
-    """COCO AP, AP50, AP75, APs, APm, APl (in %) per IoU type; returns {iou_type: {metric: value}}."""
-    gt = load_json(gt_json, "ground-truth file")
+def check_coco_ground_truth(gt, gt_json) -> None:
+    """PredictionFileError unless ``gt`` is a COCO instance JSON: lists of images (id, height, width), categories
+    (id) and annotations (id, image_id, category_id, segmentation or bbox); a COCO panoptic JSON is named as such."""
     keys = ("images", "annotations", "categories")
     if not isinstance(gt, dict) or not all(isinstance(gt.get(k), list) for k in keys):
         raise PredictionFileError(f"ground truth '{gt_json}' must be a COCO JSON with images, annotations, categories.")
+    if any(isinstance(a, dict) and "segments_info" in a for a in gt["annotations"]):
+        raise PredictionFileError(
+            f"ground truth '{gt_json}' is a COCO panoptic JSON (annotations with segments_info); give the instance "
+            "JSON (e.g. instances_val.json) to `instance`, or evaluate it with `evaluate.py panoptic`."
+        )
+    needs = (
+        ("images", ("id", "height", "width")),
+        ("categories", ("id",)),
+        ("annotations", ("id", "image_id", "category_id")),
+    )
+    for key, fields in needs:
+        for i, entry in enumerate(gt[key]):
+            missing = [f for f in fields if not isinstance(entry, dict) or f not in entry]
+            if missing or (key == "annotations" and not ({"segmentation", "bbox"} & entry.keys())):
+                what = ", ".join(missing) if missing else "segmentation or bbox"
+                raise PredictionFileError(
+                    f"ground truth '{gt_json}': {key}[{i}] has no {what}; COCO {key} need {', '.join(fields)}"
+                    f"{' and a segmentation or bbox' if key == 'annotations' else ''}."
+                )
+
+
+def evaluate_instance(gt_json, pred_json, iou_types=("segm", "bbox")):
+    """COCO AP, AP50, AP75, APs, APm, APl (in %) per IoU type; returns {iou_type: {metric: value}}."""
+    gt = load_json(gt_json, "ground-truth file")
+    check_coco_ground_truth(gt, gt_json)
     coco_gt = fast_coco_api(gt)
     results = load_results(pred_json, coco_gt)
     out = {}

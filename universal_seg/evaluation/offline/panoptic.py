@@ -70,6 +70,34 @@ def validate_panoptic(gt, pred, pred_folder, pred_json="the prediction JSON"):
             )
 
 
+def check_panoptic_ground_truth(gt, gt_json) -> None:
+    """PredictionFileError unless ``gt`` is a COCO panoptic JSON: images (id, height, width), categories (id,
+    isthing) and annotations with segments_info."""
+    if not isinstance(gt, dict) or not all(isinstance(gt.get(k), list) for k in ("images", "annotations")):
+        raise PredictionFileError(
+            f"ground truth '{gt_json}' must be a COCO panoptic JSON with images, annotations and categories (a "
+            "prediction JSON? check the order of --gt-json and --pred-json)."
+        )
+    if not isinstance(gt.get("categories"), list):
+        raise PredictionFileError(
+            f"ground truth '{gt_json}' has no 'categories' list: it is not a panoptic ground truth (a prediction "
+            "JSON? check the order of --gt-json and --pred-json)."
+        )
+    if any(isinstance(a, dict) and "segments_info" not in a for a in gt["annotations"]):
+        raise PredictionFileError(
+            f"ground truth '{gt_json}' has annotations without segments_info: it is not a COCO panoptic JSON (an "
+            "instance JSON belongs to `evaluate.py instance`)."
+        )
+    for key, fields in (("images", ("id", "height", "width")), ("categories", ("id", "isthing"))):
+        for i, entry in enumerate(gt[key]):
+            missing = [f for f in fields if not isinstance(entry, dict) or f not in entry]
+            if missing:
+                raise PredictionFileError(
+                    f"ground truth '{gt_json}': {key}[{i}] has no {', '.join(missing)}; COCO panoptic {key} need "
+                    f"{', '.join(fields)}."
+                )
+
+
 def summarize(results):
     """panopticapi's result -> {"PQ", "SQ", "RQ", "PQ_th", ..., "PQ_st", ...} in %."""
     out = {}
@@ -83,6 +111,7 @@ def evaluate_panoptic(gt_json, gt_folder, pred_json, pred_folder, workers=None):
     """PQ/SQ/RQ (all, things, stuff) of COCO-panoptic predictions (PNG + JSON): panopticapi's numbers, matched in
     ``workers`` processes (default: the CPUs this process may use)."""
     gt = load_json(gt_json, "ground-truth file")
+    check_panoptic_ground_truth(gt, gt_json)
     pred = load_json(pred_json, "prediction file")
     validate_panoptic(gt, pred, pred_folder, pred_json)
     return summarize(pq_compute(gt, pred, gt_folder, pred_folder, workers=workers))
@@ -108,6 +137,7 @@ def evaluate_pq_from_semantic(gt_json, gt_folder, pred_folder, label_to_category
     ``label_to_category`` maps label values to GT category ids; default: label i -> i-th GT category.
     """
     gt = load_json(gt_json, "ground-truth file")
+    check_panoptic_ground_truth(gt, gt_json)
     label_to_category = label_to_category or {i: c["id"] for i, c in enumerate(gt["categories"])}
     with tempfile.TemporaryDirectory() as tmp:
         annotations = []

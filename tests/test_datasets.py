@@ -178,3 +178,18 @@ def test_prepare_mini_is_a_quick_noop_when_built():
         cwd=REPO,
     )
     assert "up to date" in out.stdout
+
+
+def test_panoptic_json_with_an_unknown_category_names_the_segment_and_the_fix(tmp_path):
+    from universal_seg.data.datasets.panoptic_json import load_panoptic_json
+
+    path = tmp_path / "pan.json"
+    ann = {"image_id": 1, "file_name": "a.png", "segments_info": [{"id": 5, "category_id": 9, "iscrowd": 0}]}
+    path.write_text(json.dumps({"images": [{"id": 1, "file_name": "a.jpg"}], "annotations": [ann]}))
+    metadata = {"thing_dataset_id_to_contiguous_id": {1: 0}, "stuff_dataset_id_to_contiguous_id": {1: 0, 2: 1}}
+    with pytest.raises(
+        ValueError,
+        match=r"uses category id 9 \(segment 5 of a.png\), which is not in the dataset's "
+        r"category table \(ids \[1, 2\]\); fix the annotation",
+    ):
+        load_panoptic_json(str(path), "img", "pan", None, metadata)

@@ -20,6 +20,7 @@ registered without it.
 
 import argparse
 import collections
+import difflib
 import os
 import sys
 
@@ -289,7 +290,9 @@ def main(argv=None):
 
     for name in args.names:
         if name not in DatasetCatalog.list():
-            print(f"error: dataset '{name}' is not registered; register it (--register FILE) or check the name.")
+            close = difflib.get_close_matches(name, DatasetCatalog.list(), n=3, cutoff=0.6)
+            hint = f"did you mean {', '.join(close)}? " if close else ""
+            print(f"error: dataset '{name}' is not registered; {hint}register it (--register FILE) or check the name.")
             status = 2
             continue
         try:

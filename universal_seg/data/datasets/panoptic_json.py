@@ -25,7 +25,7 @@ def load_panoptic_json(json_file, image_dir, panoptic_dir, semantic_dir, metadat
             "file_name": os.path.join(image_dir, os.path.basename(image_file)),
             "image_id": ann["image_id"],
             "pan_seg_file_name": os.path.join(panoptic_dir, ann["file_name"]),
-            "segments_info": [_contiguous(s, things, stuff, json_file) for s in ann["segments_info"]],
+            "segments_info": [_contiguous(s, things, stuff, json_file, ann["file_name"]) for s in ann["segments_info"]],
         }
         if "height" in image:
             record.update(height=image["height"], width=image["width"])
@@ -37,11 +37,15 @@ def load_panoptic_json(json_file, image_dir, panoptic_dir, semantic_dir, metadat
     return records
 
 
-def _contiguous(segment, things, stuff, json_file):
+def _contiguous(segment, things, stuff, json_file, png_name=""):
     segment = dict(segment)
     cat = segment["category_id"]
     if cat not in stuff:
-        raise ValueError(f"'{json_file}' uses category id {cat}, which is not in the dataset's category table.")
+        raise ValueError(
+            f"'{json_file}' uses category id {cat} (segment {segment.get('id')} of {png_name}), which is not in the "
+            f"dataset's category table (ids {sorted(stuff)[:8]}{' ...' if len(stuff) > 8 else ''}); fix the "
+            "annotation, or add the category to the JSON's categories."
+        )
     segment["isthing"] = cat in things
     segment["category_id"] = things[cat] if cat in things else stuff[cat]
     return segment

@@ -15,9 +15,10 @@ def check_ids(pred_ids, gt_ids, what):
     """Raise PredictionFileError when predictions miss ground-truth ids or name unknown ones."""
     missing, unknown = sorted(set(gt_ids) - set(pred_ids)), sorted(set(pred_ids) - set(gt_ids))
     if missing:
+        stray = f" and name {len(unknown)} not in it, e.g. {unknown[:5]}" if unknown else ""
         raise PredictionFileError(
-            f"Predictions lack {len(missing)} {what}(s) of the ground truth, e.g. "
-            f"{missing[:5]}; predict every ground-truth image."
+            f"Predictions lack {len(missing)} {what}(s) of the ground truth, e.g. {missing[:5]}{stray}; predict every "
+            "ground-truth image (tools/predict.py --dataset NAME gives the dataset's image ids)."
         )
     if unknown:
         raise PredictionFileError(

@@ -104,8 +104,9 @@ class UniversalSegmentor(SegmentorBase):
         if (panoptic_on or instance_on) and getattr(metadata, "thing_dataset_id_to_contiguous_id", None) is None:
             raise ValueError(
                 "panoptic / instance inference needs the dataset's thing classes, but the metadata of "
-                "DATASETS.TRAIN[0] has no thing_dataset_id_to_contiguous_id: register the dataset "
-                "(import universal_seg.data) or turn MODEL.MASK_FORMER.TEST.{PANOPTIC,INSTANCE}_ON off."
+                "DATASETS.TRAIN[0] has no thing_dataset_id_to_contiguous_id (a semantic-only dataset, or one not "
+                "registered in this process: --register FILE): turn MODEL.MASK_FORMER.TEST.{PANOPTIC,INSTANCE}_ON "
+                "off for semantic data, or name a dataset with thing classes."
             )
         self.criterion = criterion
         self.num_queries = num_queries

@@ -114,10 +114,17 @@ def pick_splits(stems, val, val_every):
     unknown = sorted(val - set(stems))
     if unknown:
         raise ConversionError(f"--val names {unknown}, which are not among the input images; use their file stems.")
+    if val_every < 0:
+        raise ConversionError(f"--val-every must be 0 (no hold-out) or a positive N, got {val_every}.")
     split = {}
     for i, stem in enumerate(sorted(stems)):
         held = stem in val or (val_every and (i + 1) % val_every == 0)
         split[stem] = "val" if held else "train"
+    if split and "train" not in split.values():
+        raise ConversionError(
+            f"the hold-out ({'--val-every 1' if val_every == 1 else '--val'}) takes all {len(split)} images, leaving "
+            "none to train on; hold out fewer (e.g. --val-every 5)."
+        )
     return split
 
 

@@ -300,6 +300,8 @@ def test_labelme_split_by_stems(tmp_path):
     assert names == {"train": ["f0.png", "f2.png"], "val": ["f1.png", "f3.png"]}
     with pytest.raises(SystemExit, match="--val names \\['f9'\\]"):
         run_labelme(tmp_path, "--val", "f9")
+    with pytest.raises(SystemExit, match=r"the hold-out \(--val-every 1\) takes all 4 images, leaving none to train"):
+        run_labelme(tmp_path, "--val-every", "1")
 
 
 # ------------------------------------------------------------------------------------ registration API

@@ -8,6 +8,7 @@ SemSegEvaluator) on the same model (for the written files), the input files them
 
 import importlib.util
 import json
+import logging
 import os
 import time
 
@@ -376,3 +377,25 @@ def test_predictor_on_cuda_without_a_gpu_names_the_fix(monkeypatch):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(ValueError, match=r"^device 'cuda' was asked for but no CUDA device is available; pass device="):
         Predictor(m2f_cfg(), device="cuda")
+
+
+def test_predict_restart_with_another_config_warns_that_finished_images_are_kept(tmp_path):
+    """A restart skips images whose files exist; when the config or weights changed since, they would silently
+    stay the earlier model's: the run says so (and --overwrite redoes them)."""
+    out = tmp_path / "out"
+    base = ["--config-file", M2F, "--input", IMAGES[0], "--output", str(out), "--opts", "MODEL.DEVICE", "cpu"]
+    records = []
+    handler = logging.Handler(logging.WARNING)
+    handler.emit = records.append
+    logging.getLogger("universal_seg.predict").addHandler(handler)
+    warned = []
+    try:
+        for size, overwrite in (("96", False), ("96", False), ("128", False), ("128", True)):
+            records.clear()
+            extra = ["--overwrite"] if overwrite else []
+            assert predict_tool.main(base[:6] + extra + base[6:] + ["INPUT.MIN_SIZE_TEST", size]) == 0
+            warned.append(any("earlier run with other config" in r.getMessage() for r in records))
+    finally:
+        logging.getLogger("universal_seg.predict").removeHandler(handler)
+    assert warned == [False, False, True, False]
+    assert json.load(open(out / "predict_run.json"))["config_sha256"]

@@ -14,6 +14,7 @@ when any input failed, 2 for a bad command line, config or output folder.
 """
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -27,6 +28,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 
 import universal_seg.data  # noqa: E402,F401  (registers the datasets)
 import universal_seg.modeling  # noqa: E402,F401  (registers the models)
+from universal_seg.atomic import atomic_write_text  # noqa: E402
 from universal_seg.checkpoint import CHECKPOINT_ERRORS  # noqa: E402
 from universal_seg.config import load_config  # noqa: E402
 from universal_seg.inference import Predictor  # noqa: E402
@@ -59,6 +61,46 @@ def get_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
     return p
+
+
+RUN_FILE = "predict_run.json"
+
+
+def run_signature(cfg) -> dict:
+    """What the predictions depend on: the whole config (sha256 of its dump) and the weights file's identity."""
+    weights = cfg.MODEL.WEIGHTS
+    stat = os.stat(weights) if weights and os.path.isfile(weights) else None
+    return {
+        "config_sha256": hashlib.sha256(cfg.dump().encode()).hexdigest(),
+        "weights": weights,
+        "weights_size": stat.st_size if stat else None,
+        "weights_mtime_ns": stat.st_mtime_ns if stat else None,
+    }
+
+
+def check_earlier_run(output: str, signature: dict, overwrite: bool) -> None:
+    """Warns when ``output`` holds predictions of a run with another config or weights (restarts skip finished
+    images, which would then mix two models' results), then records this run's signature."""
+    path = os.path.join(output, RUN_FILE)
+    try:
+        with open(path) as f:
+            previous = json.load(f)
+    except (OSError, ValueError):
+        previous = None
+    if previous is not None and previous != signature and not overwrite:
+        changed = [k for k in signature if previous.get(k) != signature[k]]
+        what = (
+            "config"
+            if changed == ["config_sha256"]
+            else "weights"
+            if "config_sha256" not in changed
+            else "config and weights"
+        )
+        logger.warning(
+            f"{output} holds predictions of an earlier run with other {what}: the images it finished are skipped and "
+            "kept as they are; pass --overwrite to predict every image with this run."
+        )
+    atomic_write_text(path, json.dumps(signature, indent=1))
 
 
 def predict_files(predictor: Predictor, writer: PredictionWriter, paths: list[str], image_ids: dict, overwrite=False):
@@ -143,12 +185,12 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     logger.info(f"tasks {tasks}, {len(paths)} inputs, weights {cfg.MODEL.WEIGHTS or '(none: untrained)'}")
+    check_earlier_run(args.output, run_signature(cfg), args.overwrite)
     errors = predict_files(predictor, writer, paths, image_ids, args.overwrite)
     stems = [os.path.splitext(os.path.basename(p))[0] for p in paths if p not in errors]
     for path in writer.finish(stems):
         logger.info(f"wrote {path}")
-    with open(os.path.join(args.output, "errors.json"), "w") as f:
-        json.dump(errors, f, indent=1)
+    atomic_write_text(os.path.join(args.output, "errors.json"), json.dumps(errors, indent=1))
     for path, message in errors.items():
         print(f"ERROR: {path}: {message}", file=sys.stderr)
     print(f"{len(paths) - len(errors)} of {len(paths)} images predicted, {len(errors)} failed; output in {args.output}")

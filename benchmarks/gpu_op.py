@@ -65,8 +65,11 @@ def make_inputs(levels, batch, dtype, device, seed=0):
     return value, shapes, starts, loc, weights
 
 
-def timed(fn, repeats, warmup, device):
-    """Seconds per call: (median, min, max) over `repeats` calls (CUDA events on a GPU)."""
+def timed(fn, repeats, warmup, device, calls=1):
+    """Seconds per call: (median, min, max) over `repeats` timings (CUDA events on a GPU) of `calls` calls issued
+    back to back, after `warmup` calls. calls=1 times each call alone (a synchronisation after it)."""
+    import time
+
     for _ in range(warmup):
         fn()
     times = []
@@ -74,42 +77,23 @@ def timed(fn, repeats, warmup, device):
         if device == "cuda":
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
             start.record()
-            fn()
+            for _ in range(calls):
+                fn()
             end.record()
             end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3)
+            times.append(start.elapsed_time(end) / 1e3 / calls)
         else:
-            import time
-
             t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
+            for _ in range(calls):
+                fn()
+            times.append((time.perf_counter() - t0) / calls)
     return statistics.median(times), min(times), max(times)
 
 
 def timed_queued(fn, repeats, warmup, device, rounds=5):
-    """Seconds per call with `repeats` calls issued back to back between two events: (median, min, max) of
-    `rounds` such batches."""
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(rounds):
-        if device == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            for _ in range(repeats):
-                fn()
-            end.record()
-            end.synchronize()
-            times.append(start.elapsed_time(end) / 1e3 / repeats)
-        else:
-            import time
-
-            t0 = time.perf_counter()
-            for _ in range(repeats):
-                fn()
-            times.append((time.perf_counter() - t0) / repeats)
-    return statistics.median(times), min(times), max(times)
+    """Seconds per call with `repeats` calls issued back to back between two events (the host runs ahead of the
+    GPU): (median, min, max) of `rounds` such batches."""
+    return timed(fn, rounds, warmup, device, calls=repeats)
 
 
 def short_kernel_name(name):

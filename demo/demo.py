@@ -86,14 +86,7 @@ def get_parser() -> argparse.ArgumentParser:
         help="also write the predictions of --input images to DIR in the standard formats (semantic PNG, COCO "
         "instance JSON, COCO panoptic PNG + JSON) of every task the model outputs",
     )
-    parser.add_argument(
-        "--register",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="Python file with your register_* calls (universal_seg.data), run first: its dataset names can then be "
-        "used in the config and --opts",
-    )
+    universal_seg.data.add_register_argument(parser)
     parser.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
     return parser
 

@@ -317,11 +317,28 @@ def test_bad_weights_task_and_extension_are_one_line_errors(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "semantic" in proc.stderr
 
 
+def terminate_demo_when(ready, *args: str, settle: float = 0.0) -> tuple[int, str, str]:
+    """Starts demo/demo.py (mini config, CPU, 64-pixel test size) with ``args``, sends SIGTERM once ``ready()``
+    holds (then ``settle`` seconds more); returns (exit status, stdout, stderr)."""
+    import signal
+    import time
+
+    cmd = [sys.executable, os.path.join(ROOT, "demo", "demo.py"), "--config-file", CONFIG, *args]
+    cmd += ["--opts", "MODEL.DEVICE", "cpu", "INPUT.MIN_SIZE_TEST", "64"]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 240
+    while not ready() and proc.poll() is None:
+        assert time.monotonic() < deadline, "the demo never got to the point where it is interrupted"
+        time.sleep(0.2)
+    time.sleep(settle)
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    return proc.returncode, stdout, stderr
+
+
 def test_sigterm_during_a_video_leaves_a_complete_file_or_none(tmp_path, clip):
     """The video is written under a temporary name and renamed when it ends: SIGTERM mid-run (as Ctrl-C) keeps
     the frames written so far in a readable file, exit status 130, and no temporary file."""
-    import signal
-    import time
 
     long_clip = str(tmp_path / "long.avi")
     frames, fps = read_video(clip)
@@ -333,32 +350,12 @@ def test_sigterm_during_a_video_leaves_a_complete_file_or_none(tmp_path, clip):
     out = tmp_path / "out"
     out.mkdir()
     target = out / "long_vis.avi"
-    cmd = [
-        sys.executable,
-        os.path.join(ROOT, "demo", "demo.py"),
-        "--config-file",
-        CONFIG,
-        "--video-input",
-        long_clip,
-        "--output",
-        str(target),
-        "--task",
-        "semantic",
-        "--opts",
-        "MODEL.DEVICE",
-        "cpu",
-        "INPUT.MIN_SIZE_TEST",
-        "64",
-    ]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while not any(f.startswith(".tmp-") for f in os.listdir(out)) and proc.poll() is None:
-        assert time.monotonic() < deadline, "the demo never opened its video writer"
-        time.sleep(0.2)
-    time.sleep(3)  # a few frames
-    proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr[-3000:]
+    returncode, stdout, stderr = terminate_demo_when(
+        lambda: any(f.startswith(".tmp-") for f in os.listdir(out)),
+        *("--video-input", long_clip, "--output", str(target), "--task", "semantic"),
+        settle=3,  # a few frames
+    )
+    assert returncode == 130, stderr[-3000:]
     assert "interrupted: the video written so far is kept." in stdout + stderr or not os.listdir(out)
     assert os.listdir(out) in ([], ["long_vis.avi"])  # never a temporary file
     if os.listdir(out):
@@ -369,8 +366,6 @@ def test_sigterm_during_a_video_leaves_a_complete_file_or_none(tmp_path, clip):
 def test_sigterm_during_images_still_finishes_the_saved_files(tmp_path):
     """SIGTERM mid-folder: the images done so far keep their drawings, and --save still writes panoptic.json with
     exactly the saved images (no half-finished combined file); exit status 130."""
-    import signal
-    import time
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -378,31 +373,11 @@ def test_sigterm_during_images_still_finishes_the_saved_files(tmp_path):
     for i in range(200):
         cv2.imwrite(str(folder / f"im{i:03d}.png"), small)
     out, save = tmp_path / "out", tmp_path / "save"
-    cmd = [
-        sys.executable,
-        os.path.join(ROOT, "demo", "demo.py"),
-        "--config-file",
-        CONFIG,
-        "--input",
-        str(folder),
-        "--output",
-        str(out),
-        "--save",
-        str(save),
-        "--opts",
-        "MODEL.DEVICE",
-        "cpu",
-        "INPUT.MIN_SIZE_TEST",
-        "64",
-    ]
-    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 240
-    while not (out.is_dir() and len(os.listdir(out)) >= 2) and proc.poll() is None:
-        assert time.monotonic() < deadline, "the demo never wrote a drawing"
-        time.sleep(0.2)
-    proc.send_signal(signal.SIGTERM)
-    stdout, stderr = proc.communicate(timeout=120)
-    assert proc.returncode == 130, stderr[-3000:]
+    returncode, stdout, stderr = terminate_demo_when(
+        lambda: out.is_dir() and len(os.listdir(out)) >= 2,
+        *("--input", str(folder), "--output", str(out), "--save", str(save)),
+    )
+    assert returncode == 130, stderr[-3000:]
     drawn = sorted(os.listdir(out))
     assert 2 <= len(drawn) < 200 and not any(f.startswith(".tmp-") for f in drawn)
     annotations = json.load(open(save / "panoptic.json"))["annotations"]

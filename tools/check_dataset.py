@@ -35,7 +35,9 @@ SIZE_BUCKETS = (("small", 32**2), ("medium", 96**2), ("large", float("inf")))
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("names", nargs="+", help="registered dataset names")
-    p.add_argument("--register", action="append", default=[], help="Python file(s) with register_* calls, run first")
+    from universal_seg.data import add_register_argument
+
+    add_register_argument(p)
     p.add_argument("--max-errors", type=int, default=50, help="print at most this many error lines per dataset")
     return p.parse_args(argv)
 

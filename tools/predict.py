@@ -51,14 +51,7 @@ def get_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=1, help="images per forward pass (default 1)")
     p.add_argument("--amp", action="store_true", help="autocast (fp16 on CUDA, bf16 on the CPU)")
     p.add_argument("--overwrite", action="store_true", help="predict images whose files already exist again")
-    p.add_argument(
-        "--register",
-        action="append",
-        default=[],
-        metavar="FILE",
-        help="Python file with your register_* calls (universal_seg.data), run first: its dataset names can then be "
-        "used in the config and --opts",
-    )
+    universal_seg.data.add_register_argument(p)
     p.add_argument("--opts", nargs=argparse.REMAINDER, default=[], help="KEY VALUE config overrides")
     return p
 

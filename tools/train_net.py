@@ -85,9 +85,7 @@ def main(args):
 
 if __name__ == "__main__":
     parser = default_argument_parser()
-    parser.add_argument(
-        "--register", action="append", default=[], metavar="FILE", help="Python file with register_* calls, run first"
-    )
+    universal_seg.data.add_register_argument(parser)
     args = parser.parse_args()
     print("Command Line Args:", args)
     launch(

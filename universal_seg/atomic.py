@@ -42,29 +42,6 @@ def _fsync_dir(directory: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path: str, mode: str = "wb"):
-    """``with atomic_open(path, "wb") as f: f.write(...)``: ``path`` is replaced only when the block finishes
-    without an exception; otherwise the temporary file is removed and ``path`` is untouched."""
-    if mode not in ("w", "wb"):
-        raise ValueError(f"atomic_open writes whole files: mode must be 'w' or 'wb', not {mode!r}.")
-    directory = os.path.dirname(os.path.abspath(path))
-    os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX, suffix=os.path.splitext(path)[1])
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())
-        with os.fdopen(fd, mode) as f:
-            yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.remove(tmp)
-        raise
-    _fsync_dir(directory)
-
-
-@contextlib.contextmanager
 def atomic_path(path: str):
     """``with atomic_path(path) as tmp: library_that_writes(tmp)``: for writers that take a file name. ``tmp`` is a
     fresh name in ``path``'s directory with its extension; it replaces ``path`` when the block finishes without an
@@ -82,6 +59,19 @@ def atomic_path(path: str):
             os.remove(tmp)
         raise
     _fsync_dir(directory)
+
+
+@contextlib.contextmanager
+def atomic_open(path: str, mode: str = "wb"):
+    """``with atomic_open(path, "wb") as f: f.write(...)``: ``path`` is replaced only when the block finishes
+    without an exception (the data flushed and fsync'ed first); otherwise the temporary file is removed and
+    ``path`` is untouched."""
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open writes whole files: mode must be 'w' or 'wb', not {mode!r}.")
+    with atomic_path(path) as tmp, open(tmp, mode) as f:
+        yield f
+        f.flush()
+        os.fsync(f.fileno())
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:

@@ -3,6 +3,7 @@
 from . import datasets  # noqa: F401  (registers every dataset; no disk access)
 from .config import add_data_config  # noqa: F401
 from .datasets import (  # noqa: F401  (public: register your own data; see datasets/custom.py)
+    add_register_argument,
     register_coco_instances,
     register_coco_panoptic,
     register_manifest,

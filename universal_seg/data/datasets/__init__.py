@@ -9,6 +9,7 @@ from .ade20k import register_all_ade20k
 from .cityscapes import register_all_cityscapes
 from .coco import register_all_coco
 from .custom import (  # noqa: F401  (public registration API for your own data)
+    add_register_argument,
     register_all_custom,
     register_coco_instances,
     register_coco_panoptic,

@@ -323,6 +323,18 @@ def register_all_custom(root: str) -> list[str]:
     return names
 
 
+def add_register_argument(parser) -> None:
+    """The tools' ``--register FILE`` option (repeatable); run the files with :func:`run_registration_files`."""
+    parser.add_argument(
+        "--register",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="Python file with your register_* calls (universal_seg.data), run first: its dataset names can then be "
+        "used in the config and on the command line",
+    )
+
+
 def run_registration_files(paths) -> None:
     """Runs each Python file of ``paths`` (your ``register_*`` calls; the tools' ``--register FILE``) once, in
     order. Raises ValueError naming a file that does not exist."""

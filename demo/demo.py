@@ -18,6 +18,7 @@ order. The exit status is non-zero when any input could not be read, predicted o
 """
 
 import argparse
+import contextlib
 import logging
 import os
 import signal
@@ -164,37 +165,39 @@ def run_images(demo: VisualizationDemo, paths: list[str], output: str | None, wr
                 error(f"cannot predict image {path!r}: {err}")
                 failed += 1
                 continue
-            if writer is not None:
-                try:
-                    writer.write(file_stem(path), default_image_id(path), outputs)
-                    saved.append(file_stem(path))
-                except Exception as err:  # noqa: BLE001
-                    error(f"cannot save the predictions of {path!r} ({type(err).__name__}: {err}).")
-                    failed += 1
-            logger.info(f"{path}: {describe(outputs, demo.task)} in {time.perf_counter() - t0:.2f} s")
-            done += 1
-            if output:
-                target = target_path(output, path, single)
-                try:
-                    written = write_drawing(target, drawing)
-                except OSError as err:
-                    written = False
-                    logger.debug(f"{target}: {err}")
-                if not written:
-                    error(
-                        f"cannot write {target!r}; check the directory is writable and the extension is an image "
-                        "format."
-                    )
-                    failed += 1
-            elif not show("image", drawing[:, :, ::-1]):
+            with deferred_interrupts():  # an image's files are written completely, or not at all
+                if writer is not None:
+                    try:
+                        writer.write(file_stem(path), default_image_id(path), outputs)
+                        saved.append(file_stem(path))
+                    except Exception as err:  # noqa: BLE001
+                        error(f"cannot save the predictions of {path!r} ({type(err).__name__}: {err}).")
+                        failed += 1
+                logger.info(f"{path}: {describe(outputs, demo.task)} in {time.perf_counter() - t0:.2f} s")
+                done += 1
+                if output:
+                    target = target_path(output, path, single)
+                    try:
+                        written = write_drawing(target, drawing)
+                    except OSError as err:
+                        written = False
+                        logger.debug(f"{target}: {err}")
+                    if not written:
+                        error(
+                            f"cannot write {target!r}; check the directory is writable and the extension is an "
+                            "image format."
+                        )
+                        failed += 1
+            if not output and not show("image", drawing[:, :, ::-1]):
                 break
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (main turns it into this): the caller's exit status is 130
         logger.warning(f"interrupted after {done} of {len(paths)} images; the results so far are kept.")
         raise
     finally:
         if writer is not None:
-            for written_file in writer.finish(saved):
-                logger.info(f"wrote {written_file}")
+            with deferred_interrupts(reraise=False):  # a second Ctrl-C must not cut the combined files short
+                for written_file in writer.finish(saved):
+                    logger.info(f"wrote {written_file}")
     elapsed = time.perf_counter() - start
     print(f"processed {done} images in {elapsed:.1f} s ({done / max(elapsed, 1e-9):.2f} images/s), {failed} failed")
     return failed
@@ -295,13 +298,14 @@ def run_video(demo: VisualizationDemo, source, output: str | None) -> int:
         interrupted = True
         logger.warning("interrupted: the video written so far is kept." if count and writer else "interrupted.")
     finally:
-        capture.release()
-        if writer is not None:
-            writer.release()  # completes the container; only then does it get its name
-            if count:
-                os.replace(temporary_video(target), target)
-            elif os.path.exists(temporary_video(target)):
-                os.remove(temporary_video(target))  # an empty container, not a result
+        with deferred_interrupts(reraise=False):  # a second Ctrl-C must not leave the container unfinished
+            capture.release()
+            if writer is not None:
+                writer.release()  # completes the container; only then does it get its name
+                if count:
+                    os.replace(temporary_video(target), target)
+                elif os.path.exists(temporary_video(target)):
+                    os.remove(temporary_video(target))  # an empty container, not a result
     elapsed = time.perf_counter() - start
     if count == 0 and not interrupted:
         error(f"no frame could be read from {source!r}; nothing was written. Check that it is a video with frames.")
@@ -359,8 +363,29 @@ def check_not_overwriting_inputs(args, paths: list[str] | None) -> None:
 
 
 def _terminate(signum, frame):
-    """SIGTERM ends a run as Ctrl-C does: the current image or frame finishes being written, outputs are completed."""
+    """SIGTERM ends a run as Ctrl-C does: the current image's files or frame are written whole (see
+    :func:`deferred_interrupts`), then the combined outputs are completed."""
     raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def deferred_interrupts(reraise: bool = True):
+    """Ctrl-C and SIGTERM during the block take effect when it ends (KeyboardInterrupt then, unless ``reraise`` is
+    False: already on the way out), so what it writes is never cut half-way. A no-op outside the main thread."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    caught = []
+    previous = {
+        s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    if caught and reraise:
+        raise KeyboardInterrupt
 
 
 def main(argv=None) -> int:

@@ -317,9 +317,9 @@ def test_bad_weights_task_and_extension_are_one_line_errors(tmp_path):
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "semantic" in proc.stderr
 
 
-def terminate_demo_when(ready, *args: str, settle: float = 0.0) -> tuple[int, str, str]:
-    """Starts demo/demo.py (mini config, CPU, 64-pixel test size) with ``args``, sends SIGTERM once ``ready()``
-    holds (then ``settle`` seconds more); returns (exit status, stdout, stderr)."""
+def terminate_demo_when(ready, *args: str, settle: float = 0.0, signals: int = 1) -> tuple[int, str, str]:
+    """Starts demo/demo.py (mini config, CPU, 64-pixel test size) with ``args``, sends ``signals`` SIGTERMs 1 ms
+    apart once ``ready()`` holds (then ``settle`` seconds more); returns (exit status, stdout, stderr)."""
     import signal
     import time
 
@@ -331,7 +331,9 @@ def terminate_demo_when(ready, *args: str, settle: float = 0.0) -> tuple[int, st
         assert time.monotonic() < deadline, "the demo never got to the point where it is interrupted"
         time.sleep(0.2)
     time.sleep(settle)
-    proc.send_signal(signal.SIGTERM)
+    for _ in range(signals):
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.001)
     stdout, stderr = proc.communicate(timeout=120)
     return proc.returncode, stdout, stderr
 
@@ -354,6 +356,7 @@ def test_sigterm_during_a_video_leaves_a_complete_file_or_none(tmp_path, clip):
         lambda: any(f.startswith(".tmp-") for f in os.listdir(out)),
         *("--video-input", long_clip, "--output", str(target), "--task", "semantic"),
         settle=3,  # a few frames
+        signals=2,  # the second one lands while the video is being completed
     )
     assert returncode == 130, stderr[-3000:]
     assert "interrupted: the video written so far is kept." in stdout + stderr or not os.listdir(out)
@@ -364,8 +367,9 @@ def test_sigterm_during_a_video_leaves_a_complete_file_or_none(tmp_path, clip):
 
 
 def test_sigterm_during_images_still_finishes_the_saved_files(tmp_path):
-    """SIGTERM mid-folder: the images done so far keep their drawings, and --save still writes panoptic.json with
-    exactly the saved images (no half-finished combined file); exit status 130."""
+    """Two SIGTERMs mid-folder: the images done so far keep their drawings, and --save still writes panoptic.json
+    with exactly the saved images (no half-finished combined file, no image with only some of its files); exit
+    status 130."""
 
     folder = tmp_path / "in"
     folder.mkdir()
@@ -376,11 +380,14 @@ def test_sigterm_during_images_still_finishes_the_saved_files(tmp_path):
     returncode, stdout, stderr = terminate_demo_when(
         lambda: out.is_dir() and len(os.listdir(out)) >= 2,
         *("--input", str(folder), "--output", str(out), "--save", str(save)),
+        signals=2,  # the second one lands while the combined files are written
     )
     assert returncode == 130, stderr[-3000:]
     drawn = sorted(os.listdir(out))
     assert 2 <= len(drawn) < 200 and not any(f.startswith(".tmp-") for f in drawn)
     annotations = json.load(open(save / "panoptic.json"))["annotations"]
-    pngs = sorted(f for f in os.listdir(save / "panoptic") if f.endswith(".png"))
-    assert sorted(a["image_id"] for a in annotations) == [os.path.splitext(f)[0] for f in pngs]
-    assert len(pngs) >= len(drawn) - 1  # each drawn image was saved first (the last may be cut after its save)
+    stems = sorted(os.path.splitext(f)[0] for f in drawn)
+    pngs = sorted(os.path.splitext(f)[0] for f in os.listdir(save / "panoptic") if f.endswith(".png"))
+    semantic = sorted(os.path.splitext(f)[0] for f in os.listdir(save / "semantic"))
+    # every image is written whole or not at all: drawing, semantic PNG, panoptic PNG and its annotation
+    assert sorted(a["image_id"] for a in annotations) == pngs == semantic == stems

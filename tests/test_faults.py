@@ -994,3 +994,46 @@ def test_bad_semantic_labels_stop_training_with_one_line_naming_the_file(tmp_pat
         pattern = "|".join(re.escape(str(f)) for f in bad_files)
         with pytest.raises(AnnotationError, match=rf"^Label '({pattern})' {message}.*check_dataset.py"):
             next(iter(Trainer.build_train_loader(cfg)))
+
+
+def test_corrupt_checkpoint_files_are_one_sentence_errors(tmp_path):
+    """Before: an empty .pth gave EOFError, a truncated one PyTorch's zip-reader RuntimeError, a text file the
+    misleading "contains objects beyond tensors", and a directory "does not exist"."""
+    from universal_seg.checkpoint import CheckpointNotFoundError, CheckpointUnreadableError, UniversalSegCheckpointer
+
+    model = nn.Linear(2, 2)
+    full = tmp_path / "full.pth"
+    torch.save({"model": model.state_dict(), "pad": torch.zeros(50000)}, full)
+    cases = {
+        "truncated.pth": full.read_bytes()[:100000],
+        "text.pth": b"hello",
+        "empty.pth": b"",
+        "empty.pkl": b"",
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(
+            CheckpointUnreadableError,
+            match=rf"^{re.escape(str(tmp_path / name))} (is not a checkpoint "
+            r"\((empty|neither a zip archive nor a pickle)\)|cannot be read \(RuntimeError: .*\): it "
+            r"is truncated or corrupt)",
+        ):
+            UniversalSegCheckpointer(model).load(str(tmp_path / name))
+    with pytest.raises(CheckpointNotFoundError, match=r"is a directory; give the checkpoint file in it"):
+        UniversalSegCheckpointer(model).load(str(tmp_path))
+    assert UniversalSegCheckpointer(model).load(str(full)) is not None  # the intact file still loads
+
+
+def test_a_failing_register_file_is_one_error_naming_it(tmp_path):
+    from universal_seg.data import run_registration_files
+
+    bad = tmp_path / "reg.py"
+    bad.write_text(
+        "from universal_seg.data import register_semantic_folder\n"
+        "register_semantic_folder('x', image_root='/nope', label_root='/nope', class_names=['a'])\n"
+    )
+    with pytest.raises(ValueError, match=rf"^--register {re.escape(repr(str(bad)))} failed: FileNotFoundError: "):
+        run_registration_files([str(bad)])
+    bad.write_text("def broken(:\n")
+    with pytest.raises(ValueError, match=r"failed: SyntaxError: "):
+        run_registration_files([str(bad)])

@@ -149,6 +149,11 @@ class UniversalSegCheckpointer(DetectionCheckpointer):
     def load(self, path: str, checkpointables=None) -> dict:
         """As detectron2's; a CheckpointMismatchError names ``path``, and a local ``path`` that does not exist
         raises CheckpointNotFoundError (URLs and detectron2:// names are fetched by detectron2)."""
+        if path and "://" not in path and os.path.isdir(path):
+            raise CheckpointNotFoundError(
+                f"checkpoint {path!r} (MODEL.WEIGHTS) is a directory; give the checkpoint file in it (e.g. "
+                "model_final.pth)."
+            )
         if path and "://" not in path and not os.path.isfile(path):
             raise CheckpointNotFoundError(f"checkpoint {path!r} (MODEL.WEIGHTS) does not exist; check the path.")
         try:
@@ -389,6 +394,28 @@ class UniversalSegCheckpointer(DetectionCheckpointer):
         return deleted
 
     def _load_file(self, filename: str) -> dict:
+        """The checkpoint dict of ``filename``; a truncated, empty or foreign file is CheckpointUnreadableError
+        (one sentence), a pickle holding code UnsafeCheckpointError."""
+        with PathManager.open(filename, "rb") as f:
+            magic = f.read(2)
+        torch_file = filename.endswith((".pth", ".pt", ".pyth"))  # torch.save: a zip archive, or a protocol 2 pickle
+        if not magic or (torch_file and not (magic == b"PK" or magic[:1] == b"\x80")):
+            raise CheckpointUnreadableError(
+                f"{filename} is not a checkpoint ({'empty' if not magic else 'neither a zip archive nor a pickle'}): "
+                "it is truncated or another kind of file; copy it again or give another checkpoint."
+            )
+        try:
+            return self._read_file(filename)
+        except UnsafeCheckpointError:
+            raise
+        except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
+            first = str(e).splitlines()[0] if str(e) else ""
+            raise CheckpointUnreadableError(
+                f"{filename} cannot be read ({type(e).__name__}: {first}): it is truncated or corrupt; copy it again "
+                "or give another checkpoint."
+            ) from e
+
+    def _read_file(self, filename: str) -> dict:
         if filename.endswith(".pkl"):
             data = load_pickle_safely(filename)
             if "model" in data and "__author__" in data:  # detectron2 model-zoo format

@@ -337,10 +337,14 @@ def add_register_argument(parser) -> None:
 
 def run_registration_files(paths) -> None:
     """Runs each Python file of ``paths`` (your ``register_*`` calls; the tools' ``--register FILE``) once, in
-    order. Raises ValueError naming a file that does not exist."""
+    order. Raises ValueError naming a file that does not exist or that raises (with its error)."""
     import runpy
 
     for path in paths:
         if not os.path.isfile(path):
             raise ValueError(f"--register {path!r} does not exist; give the Python file with your register_* calls.")
-        runpy.run_path(path, run_name="__register__")
+        try:
+            runpy.run_path(path, run_name="__register__")
+        except Exception as err:  # noqa: BLE001 - whatever the user's file raises, named in one line
+            message = " ".join(str(err).split())
+            raise ValueError(f"--register {path!r} failed: {type(err).__name__}: {message}") from err

@@ -73,7 +73,8 @@ def run_signature(cfg) -> dict:
 
 def check_earlier_run(output: str, signature: dict, overwrite: bool) -> None:
     """Warns when ``output`` holds predictions of a run with another config or weights (restarts skip finished
-    images, which would then mix two models' results), then records this run's signature."""
+    images, which would then mix two models' results), then records this run's signature, unless the earlier
+    run's images are kept (so each later restart warns too)."""
     path = os.path.join(output, RUN_FILE)
     try:
         with open(path) as f:
@@ -81,6 +82,7 @@ def check_earlier_run(output: str, signature: dict, overwrite: bool) -> None:
     except (OSError, ValueError):
         previous = None
     if previous is not None and previous != signature and not overwrite:
+        # the kept images are the earlier run's: its signature stays, so every later restart warns again
         changed = [k for k in signature if previous.get(k) != signature[k]]
         what = (
             "config"
@@ -93,6 +95,7 @@ def check_earlier_run(output: str, signature: dict, overwrite: bool) -> None:
             f"{output} holds predictions of an earlier run with other {what}: the images it finished are skipped and "
             "kept as they are; pass --overwrite to predict every image with this run."
         )
+        return
     atomic_write_text(path, json.dumps(signature, indent=1))
 
 
@@ -179,6 +182,7 @@ def main(argv=None) -> int:
         return 2
     logger.info(f"tasks {tasks}, {len(paths)} inputs, weights {cfg.MODEL.WEIGHTS or '(none: untrained)'}")
     check_earlier_run(args.output, run_signature(cfg), args.overwrite)
+    kept = 0 if args.overwrite else sum(writer.done(file_stem(p)) for p in paths)
     errors = predict_files(predictor, writer, paths, image_ids, args.overwrite)
     stems = [os.path.splitext(os.path.basename(p))[0] for p in paths if p not in errors]
     for path in writer.finish(stems):
@@ -186,7 +190,10 @@ def main(argv=None) -> int:
     atomic_write_text(os.path.join(args.output, "errors.json"), json.dumps(errors, indent=1))
     for path, message in errors.items():
         print(f"ERROR: {path}: {message}", file=sys.stderr)
-    print(f"{len(paths) - len(errors)} of {len(paths)} images predicted, {len(errors)} failed; output in {args.output}")
+    print(
+        f"{len(paths) - len(errors)} of {len(paths)} images have predictions ({kept} kept from an earlier run), "
+        f"{len(errors)} failed; output in {args.output}"
+    )
     return 1 if errors else 0
 
 

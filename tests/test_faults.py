@@ -936,6 +936,16 @@ def test_class_count_other_than_the_datasets_is_an_error_before_training(tmp_pat
             r"classes \(stuff_classes: background, aeroplane, .*\); set MODEL.SEM_SEG_HEAD.NUM_CLASSES 21\.$",
         ):
             Trainer.build_train_loader(_tiny_cfg(tmp_path, "MODEL.SEM_SEG_HEAD.NUM_CLASSES", wrong))
+    # the test set too, before training (its evaluation would read the model's class ids as other classes)
+    with pytest.raises(
+        ValueError,
+        match=r"^MODEL.SEM_SEG_HEAD.NUM_CLASSES is 21 but test dataset 'mini_instance_val' "
+        r"has 20 classes \(thing_classes: aeroplane, .*\); evaluate on a dataset with the model's 21",
+    ):
+        Trainer.build_train_loader(_tiny_cfg(tmp_path, "DATASETS.TEST", "('mini_instance_val',)"))
+    predict = _import_path("predict_tool_under_test", ROOT / "tools" / "predict.py")
+    argv = ["--config-file", str(ROOT / "configs/mini/panoptic/m2f_r18.yaml"), "--dataset", "mini_instance_val"]
+    assert predict.main(argv + ["--output", str(tmp_path / "pred"), "--opts", "MODEL.DEVICE", "cpu"]) == 2
 
 
 @pytest.mark.parametrize(
@@ -946,7 +956,9 @@ def test_every_config_has_its_training_datasets_class_count(config):
     NUM_CLASSES must equal, for the class list its mapper trains on."""
     from universal_seg.engine.trainer import check_class_count
 
-    check_class_count(load_config(str(ROOT / config), ["MODEL.DEVICE", "cpu"]))
+    cfg = load_config(str(ROOT / config), ["MODEL.DEVICE", "cpu"])
+    check_class_count(cfg)
+    check_class_count(cfg, test=True)
 
 
 @needs_mini

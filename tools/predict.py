@@ -31,6 +31,7 @@ import universal_seg.modeling  # noqa: E402,F401  (registers the models)
 from universal_seg.atomic import atomic_write_text  # noqa: E402
 from universal_seg.checkpoint import CHECKPOINT_ERRORS  # noqa: E402
 from universal_seg.config import load_config  # noqa: E402
+from universal_seg.engine.trainer import check_class_count  # noqa: E402
 from universal_seg.inference import Predictor  # noqa: E402
 from universal_seg.inference.inputs import colliding_inputs, expand_inputs, file_stem  # noqa: E402
 from universal_seg.inference.writers import PredictionWriter, check_writable, default_image_id  # noqa: E402
@@ -161,6 +162,10 @@ def main(argv=None) -> int:
         for task in tasks:
             enable_output_task(cfg, task)
         paths, image_ids = dataset_inputs(args.dataset) if args.dataset else ([], {})
+        if args.dataset:  # its category ids are what the model's class ids get written as
+            probe = cfg.clone()
+            probe.DATASETS.TEST = (args.dataset,)
+            check_class_count(probe, test=True)
         if args.input:
             paths = expand_inputs(args.input)
         if not paths:

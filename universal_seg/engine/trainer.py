@@ -99,18 +99,30 @@ def check_mapper_fits(cfg, dicts: list[dict]) -> None:
             )
 
 
-def check_class_count(cfg) -> None:
+def check_class_count(cfg, test: bool = False) -> None:
     """Raises ValueError when MODEL.SEM_SEG_HEAD.NUM_CLASSES differs from the class count of a training dataset
-    (its metadata's thing_classes for the instance mappers, else stuff_classes, which lists every class)."""
-    field = "thing_classes" if "instance" in cfg.INPUT.DATASET_MAPPER_NAME else "stuff_classes"
+    (its metadata's thing_classes for the instance mappers, else stuff_classes, which lists every class) or, with
+    ``test``, of a DATASETS.TEST dataset (stuff_classes where it has them, else thing_classes): the model's class
+    ids would be read as other classes."""
     expected = cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES
-    for name in cfg.DATASETS.TRAIN:
-        classes = MetadataCatalog.get(name).get(field, None)
+    names = cfg.DATASETS.TEST if test else cfg.DATASETS.TRAIN
+    for name in names:
+        meta = MetadataCatalog.get(name)
+        if test:
+            field = "stuff_classes" if meta.get("stuff_classes", None) is not None else "thing_classes"
+        else:
+            field = "thing_classes" if "instance" in cfg.INPUT.DATASET_MAPPER_NAME else "stuff_classes"
+        classes = meta.get(field, None)
         if classes is not None and len(classes) != expected:
             raise ValueError(
-                f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {expected} but training dataset {name!r} has {len(classes)} "
-                f"classes ({field}: {', '.join(map(str, classes[:4]))}{', ...' if len(classes) > 4 else ''}); "
-                f"set MODEL.SEM_SEG_HEAD.NUM_CLASSES {len(classes)}."
+                f"MODEL.SEM_SEG_HEAD.NUM_CLASSES is {expected} but {'test' if test else 'training'} dataset "
+                f"{name!r} has {len(classes)} classes ({field}: {', '.join(map(str, classes[:4]))}"
+                f"{', ...' if len(classes) > 4 else ''}); "
+                + (
+                    f"evaluate on a dataset with the model's {expected} classes (DATASETS.TEST)."
+                    if test
+                    else f"set MODEL.SEM_SEG_HEAD.NUM_CLASSES {len(classes)}."
+                )
             )
 
 
@@ -341,6 +353,7 @@ class Trainer(DefaultTrainer):
             )
         check_dataset_names(cfg)
         check_class_count(cfg)
+        check_class_count(cfg, test=True)  # before training, not when its evaluation starts
         try:
             dicts = get_detection_dataset_dicts(
                 cfg.DATASETS.TRAIN,
@@ -419,6 +432,7 @@ class Trainer(DefaultTrainer):
         from ..evaluation.build import exclude_images
 
         check_dataset_names(cfg)
+        check_class_count(cfg, test=True)
         if isinstance(evaluators, DatasetEvaluator):
             evaluators = [evaluators]
         results = OrderedDict()

@@ -120,10 +120,15 @@ def pick_splits(stems, val, val_every):
     for i, stem in enumerate(sorted(stems)):
         held = stem in val or (val_every and (i + 1) % val_every == 0)
         split[stem] = "val" if held else "train"
+    if val_every and split and "val" not in split.values():
+        raise ConversionError(
+            f"--val-every {val_every} holds out no image of {len(split)} (every {val_every}-th image is held out); "
+            f"use a smaller N (at most {len(split)}) or name the held-out stems with --val."
+        )
     if split and "train" not in split.values():
         raise ConversionError(
             f"the hold-out ({'--val-every 1' if val_every == 1 else '--val'}) takes all {len(split)} images, leaving "
-            "none to train on; hold out fewer (e.g. --val-every 5)."
+            f"none to train on; hold out fewer (--val-every N with 2 <= N <= {len(split)}, or fewer --val stems)."
         )
     return split
 

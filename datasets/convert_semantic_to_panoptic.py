@@ -110,6 +110,10 @@ def panoptic_of_semantic(label, isthing, ignore, connected_components):
 
 def main(argv=None):
     args = parse_args(argv)
+    if not os.path.isfile(args.classes):
+        sys.exit(
+            f"[{TAG}] error: --classes '{args.classes}' does not exist; give a text file with one class name per line."
+        )
     with open(args.classes) as f:
         names = [line.strip() for line in f if line.strip()]
     things = [t for t in args.things.split(",") if t]

@@ -302,6 +302,8 @@ def test_labelme_split_by_stems(tmp_path):
         run_labelme(tmp_path, "--val", "f9")
     with pytest.raises(SystemExit, match=r"the hold-out \(--val-every 1\) takes all 4 images, leaving none to train"):
         run_labelme(tmp_path, "--val-every", "1")
+    with pytest.raises(SystemExit, match=r"--val-every 5 holds out no image of 4 .*at most 4"):
+        run_labelme(tmp_path, "--val-every", "5")
 
 
 # ------------------------------------------------------------------------------------ registration API

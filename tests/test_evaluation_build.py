@@ -19,7 +19,7 @@ from torch import nn
 import universal_seg.data  # noqa: F401
 from universal_seg.config import add_universal_seg_config
 from universal_seg.evaluation import InstanceSegEvaluator, SemanticSegmentorWithTTA, build_evaluator
-from universal_seg.evaluation.build import PanopticEvaluator
+from universal_seg.evaluation.build import CheckedSemSegEvaluator, PanopticEvaluator
 from universal_seg.evaluation.coco import FastCOCOEvaluator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +45,7 @@ def _types(evaluator):
 def test_panoptic_with_sem_seg_all_outputs(tmp_path):
     evaluator = build_evaluator(_cfg(), "mini_panoptic_val_with_sem_seg", str(tmp_path))
     # mini things are contiguous 1-20 (background is 0), so instance AP needs InstanceSegEvaluator
-    assert _types(evaluator) == [PanopticEvaluator, SemSegEvaluator, InstanceSegEvaluator]
+    assert _types(evaluator) == [PanopticEvaluator, CheckedSemSegEvaluator, InstanceSegEvaluator]
 
 
 @needs_mini
@@ -54,7 +54,7 @@ def test_panoptic_flags_select_evaluators(tmp_path):
         PanopticEvaluator
     ]
     assert _types(build_evaluator(_cfg(panoptic=False, instance=False), "mini_panoptic_val_with_sem_seg")) == [
-        SemSegEvaluator
+        CheckedSemSegEvaluator
     ]
     # without a semantic root, SEMANTIC_ON adds nothing
     assert _types(build_evaluator(_cfg(instance=False), "mini_panoptic_val")) == [PanopticEvaluator]
@@ -67,7 +67,7 @@ def test_panoptic_flags_select_evaluators(tmp_path):
 
 @needs_mini
 def test_sem_seg_and_coco_instance_types():
-    assert _types(build_evaluator(_cfg(), "mini_sem_seg_val")) == [SemSegEvaluator]
+    assert _types(build_evaluator(_cfg(), "mini_sem_seg_val")) == [CheckedSemSegEvaluator]
     # mini instance ids 1-20 -> contiguous 0-19 (things first): detectron2's COCOEvaluator, AP by faster-coco-eval
     evaluator = build_evaluator(_cfg(), "mini_instance_val")
     assert type(evaluator) is FastCOCOEvaluator and evaluator._use_fast_impl is False
@@ -160,3 +160,35 @@ def test_tta_softmax_then_average():
     (out,) = tta([{"image": _half_bright_image()}])
     torch.testing.assert_close(out["sem_seg"][0], torch.full((4, 8), (4 / 5 + 8 / 9) / 2))
     torch.testing.assert_close(out["sem_seg"].sum(0), torch.ones(4, 8))
+
+
+@needs_mini
+def test_checked_semantic_evaluator_equals_detectron2s_and_names_bad_labels(tmp_path):
+    """On good labels the metrics are detectron2's SemSegEvaluator's; a label of another size (detectron2: a
+    broadcast error) or with ids beyond the classes (detectron2: counted silently) raises AnnotationError naming
+    the file."""
+    import numpy as np
+    import torch
+    from detectron2.data import DatasetCatalog
+    from PIL import Image
+
+    from universal_seg.data.mappers.image_io import AnnotationError
+
+    record = DatasetCatalog.get("mini_sem_seg_val")[0]
+    label = np.asarray(Image.open(record["sem_seg_file_name"]))
+    scores = torch.rand(21, *label.shape, generator=torch.Generator().manual_seed(0))
+    results = []
+    for cls in (SemSegEvaluator, CheckedSemSegEvaluator):
+        evaluator = cls("mini_sem_seg_val", distributed=False)
+        evaluator.reset()
+        evaluator.process([record], [{"sem_seg": scores}])
+        results.append(evaluator.evaluate())
+    assert repr(results[0]) == repr(results[1])  # repr: NaN (classes absent from the image) equals itself
+    cases = {"small.png": label[:-10], "stray.png": np.where(label == 0, 40, label).astype(np.uint8)}
+    for name, bad in cases.items():
+        Image.fromarray(bad).save(tmp_path / name)
+        evaluator = CheckedSemSegEvaluator("mini_sem_seg_val", distributed=False)
+        evaluator.reset()
+        evaluator.input_file_to_gt_file[record["file_name"]] = str(tmp_path / name)
+        with pytest.raises(AnnotationError, match=f"^Label '{tmp_path / name}' (is|holds class id)"):
+            evaluator.process([record], [{"sem_seg": scores}])

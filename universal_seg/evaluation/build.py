@@ -7,6 +7,7 @@ import logging
 import os
 from collections import OrderedDict
 
+import numpy as np
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.evaluation import (
     CityscapesInstanceEvaluator,
@@ -18,11 +19,29 @@ from detectron2.evaluation import (
 from detectron2.evaluation.panoptic_evaluation import _print_panoptic_results
 from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
+from PIL import Image
 
+from ..data.mappers.image_io import check_same_size, check_semantic_label
 from ..modeling.meta_arch import output_tasks
 from .coco import FastCOCOEvaluator
 from .instance_evaluator import InstanceSegEvaluator
 from .panoptic_quality import pq_compute
+
+
+class CheckedSemSegEvaluator(SemSegEvaluator):
+    """detectron2's SemSegEvaluator (same metrics) that first checks each ground-truth label against its
+    prediction: a label of another size, with colour channels, or holding ids outside the classes and the ignore
+    label raises AnnotationError naming the file (detectron2 fails with a broadcast error, or silently counts the
+    stray ids)."""
+
+    def process(self, inputs, outputs):
+        for input, output in zip(inputs, outputs):
+            path = self.input_file_to_gt_file[input["file_name"]]
+            with PathManager.open(path, "rb") as f:
+                label = np.asarray(Image.open(f)).astype(np.int64)
+            check_semantic_label(label, path, self._num_classes, self._ignore_label)
+            check_same_size(np.empty(tuple(output["sem_seg"].shape[-2:])), label, path)
+        super().process(inputs, outputs)
 
 
 class PanopticEvaluator(COCOPanopticEvaluator):
@@ -99,7 +118,7 @@ def _panoptic_evaluators(cfg, name, meta, output_folder):
     if _test_flag(cfg, "PANOPTIC_ON"):
         evaluators.append(PanopticEvaluator(name, output_folder))
     if _test_flag(cfg, "SEMANTIC_ON") and meta.get("sem_seg_root", None):
-        evaluators.append(SemSegEvaluator(name, distributed=True, output_dir=output_folder))
+        evaluators.append(CheckedSemSegEvaluator(name, distributed=True, output_dir=output_folder))
     if _test_flag(cfg, "INSTANCE_ON") and meta.get("json_file", None):
         cls = FastCOCOEvaluator if _things_first(meta) else InstanceSegEvaluator
         evaluators.append(cls(name, output_dir=output_folder))
@@ -169,7 +188,7 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
             notice = f"Could not compare the images of '{dataset_name}' with DATASETS.TRAIN ({err})."
         (logger.info if "held-out images" in notice else logger.warning)(notice)
     if etype == "sem_seg":
-        evaluators = [SemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)]
+        evaluators = [CheckedSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)]
     elif etype == "coco":
         cls = FastCOCOEvaluator if _things_first(meta) else InstanceSegEvaluator
         evaluators = [cls(dataset_name, output_dir=output_folder)]

@@ -190,7 +190,7 @@ def run_images(demo: VisualizationDemo, paths: list[str], output: str | None, wr
                         failed += 1
             if not output and not show("image", drawing[:, :, ::-1]):
                 break
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (main turns it into this): the caller's exit status is 130
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (_interrupt): the caller's exit status is 130
         logger.warning(f"interrupted after {done} of {len(paths)} images; the results so far are kept.")
         raise
     finally:
@@ -294,7 +294,7 @@ def run_video(demo: VisualizationDemo, source, output: str | None) -> int:
                 writer.write(np.ascontiguousarray(drawing[:, :, ::-1]))
             elif not show("video", drawing[:, :, ::-1]):
                 break
-    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (main turns it into this)
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (_interrupt)
         interrupted = True
         logger.warning("interrupted: the video written so far is kept." if count and writer else "interrupted.")
     finally:
@@ -362,33 +362,40 @@ def check_not_overwriting_inputs(args, paths: list[str] | None) -> None:
             sys.exit(f"error: --output {args.output!r} would overwrite the input {source!r}; write elsewhere.")
 
 
-def _terminate(signum, frame):
-    """SIGTERM ends a run as Ctrl-C does: the current image's files or frame are written whole (see
-    :func:`deferred_interrupts`), then the combined outputs are completed."""
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _interrupt(signum=None, frame=None):
+    """Ctrl-C or SIGTERM: the run ends as a KeyboardInterrupt (the current image's files or frame are written
+    whole, see :func:`deferred_interrupts`, then the combined outputs are completed); any further signal is
+    ignored from here on, so it cannot cut that completion short."""
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)
     raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
 def deferred_interrupts(reraise: bool = True):
-    """Ctrl-C and SIGTERM during the block take effect when it ends (KeyboardInterrupt then, unless ``reraise`` is
+    """Ctrl-C and SIGTERM during the block take effect when it ends (an interrupt then, unless ``reraise`` is
     False: already on the way out), so what it writes is never cut half-way. A no-op outside the main thread."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     caught = []
-    previous = {
-        s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in (signal.SIGINT, signal.SIGTERM)
-    }
+    previous = {s: signal.signal(s, lambda signum, frame: caught.append(signum)) for s in STOP_SIGNALS}
     try:
         yield
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
     if caught and reraise:
-        raise KeyboardInterrupt
+        _interrupt()
 
 
-def main(argv=None) -> int:
+def main(argv=None, restore_signals: bool = True) -> int:
+    """The demo; returns its exit status. Ctrl-C and SIGTERM end it with status 130 (:func:`_interrupt`); their
+    handlers are put back on return when ``restore_signals`` (a caller in the same process), and left ignoring
+    when the process ends right after (a late second signal then cannot kill it mid-exit)."""
     args = get_parser().parse_args(argv)
     setup_logger(name="fvcore")
     setup_logger(name="universal_seg")
@@ -427,7 +434,7 @@ def main(argv=None) -> int:
     except (ValueError, *CHECKPOINT_ERRORS) as err:
         sys.exit(f"error: {err}")
     in_main_thread = threading.current_thread() is threading.main_thread()
-    previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
+    previous = {s: signal.signal(s, _interrupt) for s in STOP_SIGNALS} if in_main_thread else {}
     try:
         if args.input:
             if len(paths) > 1 and args.output and os.path.splitext(args.output)[1] and not os.path.isdir(args.output):
@@ -442,9 +449,10 @@ def main(argv=None) -> int:
     finally:
         if isinstance(predictor, AsyncPredictor):
             predictor.shutdown()
-        if in_main_thread:
-            signal.signal(signal.SIGTERM, previous)
+        if restore_signals:
+            for s, handler in previous.items():
+                signal.signal(s, handler)
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(restore_signals=False))

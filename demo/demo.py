@@ -107,10 +107,15 @@ def setup_cfg(args):
     return cfg
 
 
+def names_a_file(output: str) -> bool:
+    """Whether ``--output`` names a file (it has an extension and is not an existing directory), not a folder."""
+    return bool(os.path.splitext(output)[1]) and not os.path.isdir(output)
+
+
 def target_path(output: str, input_path: str, single: bool) -> str:
     """Where the drawing of ``input_path`` goes: ``output`` itself for a single input named like a file, else
     ``output``/<input file name>."""
-    if single and os.path.splitext(output)[1] and not os.path.isdir(output):
+    if single and names_a_file(output):
         return output
     return os.path.join(output, os.path.basename(input_path))
 
@@ -144,7 +149,7 @@ def run_images(demo: VisualizationDemo, paths: list[str], output: str | None, wr
     saved: list[str] = []
     single = len(paths) == 1
     collisions = colliding_inputs(paths, file_stem) if writer is not None else {}
-    if output and not (single and os.path.splitext(output)[1] and not os.path.isdir(output)):
+    if output and not (single and names_a_file(output)):
         collisions = {**colliding_inputs(paths, os.path.basename), **collisions}  # drawings: output/<file name>
     for path, reason in collisions.items():
         error(f"skipping {path!r}: {reason} Rename one of them.")
@@ -238,8 +243,7 @@ def probe_codec(extension: str | None) -> tuple[str, str]:
 def video_target(output: str, input_name: str, codec_ext: str | None = None) -> str:
     """The video file written for ``input_name``: ``output`` (a file name) or ``output``/<input stem>, with the
     codec's extension when given."""
-    is_file = bool(os.path.splitext(output)[1]) and not os.path.isdir(output)
-    target = output if is_file else os.path.join(output, file_stem(input_name) + os.path.splitext(input_name)[1])
+    target = output if names_a_file(output) else os.path.join(output, os.path.basename(input_name))
     return os.path.splitext(target)[0] + codec_ext if codec_ext else target
 
 
@@ -247,8 +251,7 @@ def open_writer(output: str, input_name: str, fps: float, size: tuple[int, int])
     """A VideoWriter for (width, height) ``size`` at ``fps``, at ``output`` (a file) or ``output``/<input name>,
     with a working codec (the extension is changed to the codec's container if needed). Returns (writer, target);
     the writer writes to a temporary name next to the target, renamed by :func:`run_video` when the video ends."""
-    is_file = bool(os.path.splitext(output)[1]) and not os.path.isdir(output)
-    ext = os.path.splitext(output)[1] if is_file else None
+    ext = os.path.splitext(output)[1] if names_a_file(output) else None
     fourcc, codec_ext = probe_codec(ext.lower() if ext else None)
     target = video_target(output, input_name, codec_ext)
     if ext and ext.lower() != codec_ext:
@@ -405,9 +408,8 @@ def main(argv=None, restore_signals: bool = True) -> int:
         universal_seg.data.run_registration_files(args.register)
     except ValueError as err:
         sys.exit(f"error: {err}")
-    if paths and args.output and os.path.splitext(args.output)[1] and not os.path.isdir(args.output):
-        if not cv2.haveImageWriter(args.output):
-            sys.exit(f"error: --output {args.output!r}: OpenCV writes no image format with that extension; use .png.")
+    if paths and args.output and names_a_file(args.output) and not cv2.haveImageWriter(args.output):
+        sys.exit(f"error: --output {args.output!r}: OpenCV writes no image format with that extension; use .png.")
     cfg = setup_cfg(args)
     check_not_overwriting_inputs(args, paths)
     if cfg.MODEL.WEIGHTS:
@@ -437,7 +439,7 @@ def main(argv=None, restore_signals: bool = True) -> int:
     previous = {s: signal.signal(s, _interrupt) for s in STOP_SIGNALS} if in_main_thread else {}
     try:
         if args.input:
-            if len(paths) > 1 and args.output and os.path.splitext(args.output)[1] and not os.path.isdir(args.output):
+            if len(paths) > 1 and args.output and names_a_file(args.output):
                 sys.exit(
                     f"--output {args.output!r} looks like a file but there are {len(paths)} inputs; give a directory."
                 )

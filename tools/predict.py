@@ -189,7 +189,7 @@ def main(argv=None) -> int:
     check_earlier_run(args.output, run_signature(cfg), args.overwrite)
     kept = 0 if args.overwrite else sum(writer.done(file_stem(p)) for p in paths)
     errors = predict_files(predictor, writer, paths, image_ids, args.overwrite)
-    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths if p not in errors]
+    stems = [file_stem(p) for p in paths if p not in errors]
     for path in writer.finish(stems):
         logger.info(f"wrote {path}")
     atomic_write_text(os.path.join(args.output, "errors.json"), json.dumps(errors, indent=1))

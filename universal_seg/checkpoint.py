@@ -149,12 +149,12 @@ class UniversalSegCheckpointer(DetectionCheckpointer):
     def load(self, path: str, checkpointables=None) -> dict:
         """As detectron2's; a CheckpointMismatchError names ``path``, and a local ``path`` that does not exist
         raises CheckpointNotFoundError (URLs and detectron2:// names are fetched by detectron2)."""
-        if path and "://" not in path and os.path.isdir(path):
-            raise CheckpointNotFoundError(
-                f"checkpoint {path!r} (MODEL.WEIGHTS) is a directory; give the checkpoint file in it (e.g. "
-                "model_final.pth)."
-            )
-        if path and "://" not in path and not os.path.isfile(path):
+        if path and "://" not in path and not os.path.isfile(path):  # a local path (URLs: fetched by detectron2)
+            if os.path.isdir(path):
+                raise CheckpointNotFoundError(
+                    f"checkpoint {path!r} (MODEL.WEIGHTS) is a directory; give the checkpoint file in it (e.g. "
+                    "model_final.pth)."
+                )
             raise CheckpointNotFoundError(f"checkpoint {path!r} (MODEL.WEIGHTS) does not exist; check the path.")
         try:
             return super().load(path, checkpointables)

@@ -283,9 +283,7 @@ class FixedSizeTrace(nn.Module):
         )
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
-        if image.dim() != 4 or image.shape[0] != 1 or image.shape[1] != 3:
-            raise RuntimeError(self.message)
-        if image.shape[2] != self.height or image.shape[3] != self.width:
+        if image.dim() != 4 or image.shape[:2] != (1, 3) or image.shape[2:] != (self.height, self.width):
             raise RuntimeError(self.message)
         with torch.no_grad():
             return self.traced(image)

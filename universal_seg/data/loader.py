@@ -178,33 +178,31 @@ class TrainingStream(IterableDataset):
 
     def make_batch(self, b: int, indices: list[int]) -> Batch:
         """Batch ``b`` from its sample ``indices``; an unreadable sample is replaced by the first readable one of a
-        permutation seeded from (seed, rank, b, position)."""
+        permutation seeded from (seed, rank, b, position). An AnnotationError of a sample ends the batch with its
+        message (re-raised in the main process)."""
         n = len(self.dataset_dicts)
         items, unreadable = [], []
-        for j, index in enumerate(indices):
-            try:
+        try:
+            for j, index in enumerate(indices):
                 out, bad = self._map(index, derive_seed(self.seed, self.rank, b, j, 0))
-            except AnnotationError as e:
-                return Batch(items, unreadable, fatal="bad annotation", error=str(e))
-            fallback, attempt = None, 0
-            while bad is not None:
-                unreadable.append(bad)
-                self._bad.add(bad[0])
-                if len(self._bad) > self.max_unreadable_fraction * n:
-                    return Batch(items, unreadable, fatal="too many unreadable files")
-                if fallback is None:
-                    seed = derive_seed(self.seed, self.rank, b, j, 1 << 20)
-                    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
-                    fallback = iter([i for i in order if i != index])
-                other = next(fallback, None)
-                if other is None:
-                    return Batch(items, unreadable, fatal="no readable file")
-                attempt += 1
-                try:
+                fallback, attempt = None, 0
+                while bad is not None:
+                    unreadable.append(bad)
+                    self._bad.add(bad[0])
+                    if len(self._bad) > self.max_unreadable_fraction * n:
+                        return Batch(items, unreadable, fatal="too many unreadable files")
+                    if fallback is None:
+                        seed = derive_seed(self.seed, self.rank, b, j, 1 << 20)
+                        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+                        fallback = iter([i for i in order if i != index])
+                    other = next(fallback, None)
+                    if other is None:
+                        return Batch(items, unreadable, fatal="no readable file")
+                    attempt += 1
                     out, bad = self._map(other, derive_seed(self.seed, self.rank, b, j, attempt))
-                except AnnotationError as e:
-                    return Batch(items, unreadable, fatal="bad annotation", error=str(e))
-            items.append(out)
+                items.append(out)
+        except AnnotationError as e:
+            return Batch(items, unreadable, fatal="bad annotation", error=str(e))
         return Batch(items, unreadable)
 
 

@@ -40,7 +40,7 @@ class CheckedSemSegEvaluator(SemSegEvaluator):
             with PathManager.open(path, "rb") as f:
                 label = np.asarray(Image.open(f)).astype(np.int64)
             check_semantic_label(label, path, self._num_classes, self._ignore_label)
-            check_same_size(np.empty(tuple(output["sem_seg"].shape[-2:])), label, path)
+            check_same_size(tuple(output["sem_seg"].shape[-2:]), label, path)
         super().process(inputs, outputs)
 
 

@@ -25,6 +25,8 @@ import pycocotools.mask as mask_util
 from detectron2.structures import BoxMode
 from PIL import Image
 
+from .inputs import file_stem
+
 logger = logging.getLogger(__name__)
 
 TASK_OUTPUTS = {"semantic": "sem_seg", "instance": "instances", "panoptic": "panoptic_seg"}
@@ -44,7 +46,7 @@ def check_writable(folder: str) -> None:
 
 def default_image_id(path: str):
     """The image id of a file outside a registered dataset: its file stem, an int when it is all digits."""
-    stem = os.path.splitext(os.path.basename(path))[0]
+    stem = file_stem(path)
     return int(stem) if stem.isdigit() else stem
 
 

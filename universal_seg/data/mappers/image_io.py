@@ -85,9 +85,11 @@ _CHECK_HINT = "re-run the dataset's preparation script, or `python tools/check_d
 
 
 def check_same_size(image, label, path):
-    """Raise AnnotationError when a label's [H, W] differs from its image's, naming the file."""
-    if image.shape[:2] != label.shape[:2]:
-        raise AnnotationError(f"Label '{path}' is {label.shape[:2]} but its image is {image.shape[:2]}; {_CHECK_HINT}.")
+    """Raise AnnotationError when a label's [H, W] differs from ``image``'s, naming the file. ``image``: an array
+    [H, W, ...] or an (H, W) size."""
+    size = tuple(image) if isinstance(image, tuple) else tuple(image.shape[:2])
+    if size != tuple(label.shape[:2]):
+        raise AnnotationError(f"Label '{path}' is {label.shape[:2]} but its image is {size}; {_CHECK_HINT}.")
 
 
 def check_semantic_label(label, path, num_classes: int, ignore_label: int) -> None:

@@ -160,6 +160,7 @@ def run_images(demo: VisualizationDemo, paths: list[str], output: str | None, wr
             try:
                 image = decode_rgb_image(path, "RGB")  # the training / evaluation reader: the same pixels
             except OSError as err:  # UnreadableImageError: missing, truncated or not an image
+                stop_if_interrupted(err)
                 error(f"{err}; check that it exists and is an image file.")
                 failed += 1
                 continue
@@ -167,6 +168,7 @@ def run_images(demo: VisualizationDemo, paths: list[str], output: str | None, wr
             try:
                 outputs, drawing = demo.run_on_image(image)
             except Exception as err:  # noqa: BLE001 - one input's failure (too large, out of memory): go on
+                stop_if_interrupted(err)
                 error(f"cannot predict image {path!r}: {err}")
                 failed += 1
                 continue
@@ -193,6 +195,7 @@ def run_images(demo: VisualizationDemo, paths: list[str], output: str | None, wr
                             "image format."
                         )
                         failed += 1
+            stop_if_interrupted()
             if not output and not show("image", drawing[:, :, ::-1]):
                 break
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM (_interrupt): the caller's exit status is 130
@@ -291,13 +294,18 @@ def run_video(demo: VisualizationDemo, source, output: str | None) -> int:
     writer, target = open_writer(output, str(source), fps, (width, height)) if output else (None, None)
     count, start, interrupted = 0, time.perf_counter(), False
     try:
-        for drawing in tqdm.tqdm(demo.run_on_frames(read_frames(capture)), total=total or None, desc="frames"):
-            count += 1
-            if writer is not None:
-                writer.write(np.ascontiguousarray(drawing[:, :, ::-1]))
-            elif not show("video", drawing[:, :, ::-1]):
-                break
-    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (_interrupt)
+        try:
+            for drawing in tqdm.tqdm(demo.run_on_frames(read_frames(capture)), total=total or None, desc="frames"):
+                count += 1
+                if writer is not None:
+                    writer.write(np.ascontiguousarray(drawing[:, :, ::-1]))
+                elif not show("video", drawing[:, :, ::-1]):
+                    break
+                stop_if_interrupted()
+        except Exception as err:
+            stop_if_interrupted(err)
+            raise
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM (_interrupt), also one a library turned into another error
         interrupted = True
         logger.warning("interrupted: the video written so far is kept." if count and writer else "interrupted.")
     finally:
@@ -368,13 +376,27 @@ def check_not_overwriting_inputs(args, paths: list[str] | None) -> None:
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
+STOP_REQUESTED = threading.Event()
+
+
 def _interrupt(signum=None, frame=None):
     """Ctrl-C or SIGTERM: the run ends as a KeyboardInterrupt (the current image's files or frame are written
     whole, see :func:`deferred_interrupts`, then the combined outputs are completed); any further signal is
-    ignored from here on, so it cannot cut that completion short."""
+    ignored from here on, so it cannot cut that completion short. The request is also kept in STOP_REQUESTED,
+    since the KeyboardInterrupt can be lost on its way: raised inside a library's Python callback it may come
+    out as another error (matplotlib's C++ drawing code reports it as "ValueError: Invalid affine
+    transformation matrix"), or be swallowed by a finaliser; :func:`stop_if_interrupted` turns it back."""
+    STOP_REQUESTED.set()
     for s in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
     raise KeyboardInterrupt
+
+
+def stop_if_interrupted(err: BaseException | None = None) -> None:
+    """Raises KeyboardInterrupt (from ``err``, the error the interrupt became, if given) when Ctrl-C / SIGTERM
+    was received in this run; otherwise returns, and the caller handles ``err`` as an ordinary failure."""
+    if STOP_REQUESTED.is_set():
+        raise KeyboardInterrupt from err
 
 
 @contextlib.contextmanager
@@ -436,6 +458,7 @@ def main(argv=None, restore_signals: bool = True) -> int:
     except (ValueError, *CHECKPOINT_ERRORS) as err:
         sys.exit(f"error: {err}")
     in_main_thread = threading.current_thread() is threading.main_thread()
+    STOP_REQUESTED.clear()
     previous = {s: signal.signal(s, _interrupt) for s in STOP_SIGNALS} if in_main_thread else {}
     try:
         if args.input:

@@ -8,6 +8,7 @@ of every protocol, and the smaller items (unregistered dataset names, TTA, softm
 under autograd, the demo's input / output checks and 0-frame video).
 """
 
+import contextlib
 import importlib.util
 import json
 import logging
@@ -604,6 +605,86 @@ def test_demo_zero_frame_video_leaves_no_output_and_no_written_to(tmp_path, demo
     captured = capsys.readouterr()
     assert "written to" not in captured.out and "no frame could be read" in captured.err
     assert not out_dir.exists() or not any(out_dir.iterdir())
+
+
+class _InterruptedDemo:
+    """A demo whose ``interrupt_at``-th image (or frame) gets Ctrl-C / SIGTERM while a library's Python callback
+    runs, and the library turns the KeyboardInterrupt into ``becomes`` (matplotlib's C++ drawing code reports it
+    as "ValueError: Invalid affine transformation matrix", which a CI run hit), or swallows it (``becomes`` None,
+    as a finaliser does)."""
+
+    task = "semantic"
+
+    def __init__(self, interrupt_at, becomes):
+        self.interrupt_at, self.becomes, self.calls = interrupt_at, becomes, 0
+
+    def _predict(self, image):
+        self.calls += 1
+        if self.calls == self.interrupt_at:
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)  # the handler runs here
+            except KeyboardInterrupt as err:
+                if self.becomes is not None:
+                    raise self.becomes from err
+        return image
+
+    def run_on_image(self, image):
+        return {"sem_seg": torch.zeros(2, *image.shape[:2])}, self._predict(image)
+
+    def run_on_frames(self, frames):
+        for frame in frames:
+            yield self._predict(frame)
+
+
+@contextlib.contextmanager
+def _demo_signal_handlers(demo_module):
+    """The demo's Ctrl-C / SIGTERM handling as main() installs it; both handlers are put back afterwards."""
+    previous = {s: signal.signal(s, demo_module._interrupt) for s in demo_module.STOP_SIGNALS}
+    demo_module.STOP_REQUESTED.clear()
+    try:
+        yield
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+@pytest.mark.parametrize("becomes", [ValueError("Invalid affine transformation matrix"), None])
+def test_demo_interrupt_that_a_library_turns_into_an_error_or_swallows_still_stops(tmp_path, demo_module, becomes):
+    """Before: SIGTERM landing in matplotlib's drawing became a ValueError, counted as a failed image; the handler
+    had already switched the signals to ignored, so the run went through all the images and exited 1 (a CI run).
+    Now the run stops after that image as an interrupt: the images before it keep their drawings, none after it
+    is drawn. A swallowed interrupt stops the run after the image it landed in, which is then complete."""
+    paths = []
+    for i in range(6):
+        paths.append(str(tmp_path / f"im{i}.png"))
+        Image.fromarray(np.full((8, 10, 3), 40 * i, np.uint8)).save(paths[-1])
+    out = tmp_path / "out"
+    with _demo_signal_handlers(demo_module), pytest.raises(KeyboardInterrupt):
+        demo_module.run_images(_InterruptedDemo(3, becomes), paths, str(out))
+    drawn = ["im0.png", "im1.png"] if becomes is not None else ["im0.png", "im1.png", "im2.png"]
+    assert sorted(os.listdir(out)) == drawn
+
+
+def test_demo_video_interrupt_that_a_library_turns_into_an_error_keeps_the_frames(tmp_path, demo_module):
+    """The same for a video: the ValueError the interrupt became ends the run as an interrupt (exit status 130)
+    with the frames drawn before it in a complete file, instead of a traceback and an unfinished container."""
+    import cv2
+
+    video = tmp_path / "clip.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10.0, (64, 48), True)
+    for i in range(8):
+        writer.write(np.full((48, 64, 3), 30 * i, np.uint8))
+    writer.release()
+    target = tmp_path / "out" / "clip_vis.avi"
+    demo = _InterruptedDemo(4, ValueError("Invalid affine transformation matrix"))
+    with _demo_signal_handlers(demo_module):
+        assert demo_module.run_video(demo, str(video), str(target)) == 130
+    assert os.listdir(target.parent) == ["clip_vis.avi"]
+    capture, frames = cv2.VideoCapture(str(target)), 0
+    while capture.read()[0]:
+        frames += 1
+    assert frames == 3
 
 
 # ------------------------------------------------------------------------------------------------ training data

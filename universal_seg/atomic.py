@@ -42,10 +42,11 @@ def _fsync_dir(directory: str) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(path: str):
+def atomic_path(path: str, durable: bool = True):
     """``with atomic_path(path) as tmp: library_that_writes(tmp)``: for writers that take a file name. ``tmp`` is a
     fresh name in ``path``'s directory with its extension; it replaces ``path`` when the block finishes without an
-    exception, and is removed otherwise (``path`` untouched)."""
+    exception, and is removed otherwise (``path`` untouched). ``durable=False`` skips the directory fsync (see
+    :func:`atomic_open`)."""
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=directory, prefix=TEMP_PREFIX, suffix=os.path.splitext(path)[1])
@@ -58,20 +59,27 @@ def atomic_path(path: str):
         with contextlib.suppress(OSError):
             os.remove(tmp)
         raise
-    _fsync_dir(directory)
+    if durable:
+        _fsync_dir(directory)
 
 
 @contextlib.contextmanager
-def atomic_open(path: str, mode: str = "wb"):
+def atomic_open(path: str, mode: str = "wb", durable: bool = True):
     """``with atomic_open(path, "wb") as f: f.write(...)``: ``path`` is replaced only when the block finishes
     without an exception (the data flushed and fsync'ed first); otherwise the temporary file is removed and
-    ``path`` is untouched."""
+    ``path`` is untouched.
+
+    ``durable=False`` skips both fsyncs: for the many small per-image files of a prediction run, where two fsyncs
+    per file would cost more than writing it. A killed process still leaves the old file or the whole new one
+    (the data is in the page cache); only an OS crash or power cut can leave the renamed file empty, which is why
+    such files are checked for content before a restart trusts them (PredictionWriter.done)."""
     if mode not in ("w", "wb"):
         raise ValueError(f"atomic_open writes whole files: mode must be 'w' or 'wb', not {mode!r}.")
-    with atomic_path(path) as tmp, open(tmp, mode) as f:
+    with atomic_path(path, durable) as tmp, open(tmp, mode) as f:
         yield f
-        f.flush()
-        os.fsync(f.fileno())
+        if durable:
+            f.flush()
+            os.fsync(f.fileno())
 
 
 def atomic_write_bytes(path: str, data: bytes) -> None:

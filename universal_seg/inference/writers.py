@@ -9,9 +9,10 @@ Layout under the output folder, per input image with file stem <stem>:
   annotation: image_id, file_name, segments_info with dataset category ids), and ``panoptic.json``
   ({"annotations": [...]}, written by :meth:`finish`).
 
-Each file is written to a temporary name and renamed, so an interrupted run leaves no half-written file; an image
-whose files all exist is skipped by a restarted run (:meth:`done`). Category ids are converted from the model's
-contiguous ids with the metadata's thing / stuff maps exactly as detectron2's COCOEvaluator and
+Each file is written to a temporary name and renamed (universal_seg.atomic; the combined files fsync'ed, the
+per-image ones not, see ``atomic_open(durable=False)``), so an interrupted run leaves no half-written file; an image
+whose files all exist and are not empty is skipped by a restarted run (:meth:`done`). Category ids are converted
+from the model's contiguous ids with the metadata's thing / stuff maps exactly as detectron2's COCOEvaluator and
 COCOPanopticEvaluator do; instances of classes that are not things have no COCO category and are left out (counted).
 """
 
@@ -25,6 +26,7 @@ import pycocotools.mask as mask_util
 from detectron2.structures import BoxMode
 from PIL import Image
 
+from ..atomic import atomic_open
 from .inputs import file_stem
 
 logger = logging.getLogger(__name__)
@@ -50,27 +52,14 @@ def default_image_id(path: str):
     return int(stem) if stem.isdigit() else stem
 
 
-def _atomic_write(path: str, write) -> None:
-    """Calls ``write(file object)`` on a temporary file next to ``path``, then renames it to ``path``."""
-    folder = os.path.dirname(path)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp_", suffix=os.path.splitext(path)[1])
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def _write_json(path: str, data) -> None:
-    _atomic_write(path, lambda f: f.write(json.dumps(data).encode("utf-8")))
+def _write_json(path: str, data, durable: bool = False) -> None:
+    with atomic_open(path, "w", durable=durable) as f:
+        json.dump(data, f)
 
 
 def _write_png(path: str, array: np.ndarray) -> None:
-    _atomic_write(path, lambda f: Image.fromarray(array).save(f, format="PNG"))
+    with atomic_open(path, "wb", durable=False) as f:
+        Image.fromarray(array).save(f, format="PNG")
 
 
 def id_to_rgb(ids: np.ndarray) -> np.ndarray:
@@ -117,8 +106,9 @@ class PredictionWriter:
         return out
 
     def done(self, stem: str) -> bool:
-        """Whether every file of ``stem`` exists (a restarted run skips it)."""
-        return all(os.path.isfile(f) for f in self.files(stem))
+        """Whether every file of ``stem`` exists and is not empty (a restarted run skips it; an empty file, which
+        an OS crash can leave of a file written just before it, is written again)."""
+        return all(os.path.isfile(f) and os.path.getsize(f) > 0 for f in self.files(stem))
 
     def _thing_category(self, contiguous: int) -> int | None:
         if not self.thing_to_dataset:
@@ -176,30 +166,41 @@ class PredictionWriter:
         return results
 
     def finish(self, stems: list[str]) -> list[str]:
-        """Writes instances.json / panoptic.json from the per-image files of ``stems`` (those that exist); returns
-        the paths written."""
+        """Writes instances.json / panoptic.json (durably) from the per-image files of ``stems``; returns the paths
+        written. A per-image file that is missing or unreadable is left out, and counted in a warning."""
         written = []
         if "instance" in self.tasks:
             results = []
-            for stem in stems:
-                path = os.path.join(self.output_dir, "instances", stem + ".json")
-                if os.path.isfile(path):
-                    with open(path) as f:
-                        results.extend(json.load(f))
+            for per_image in self._read_per_image("instances", stems, "instances.json"):
+                results.extend(per_image)
             written.append(os.path.join(self.output_dir, "instances.json"))
-            _write_json(written[-1], results)
+            _write_json(written[-1], results, durable=True)
             if self.dropped_instances:
                 logger.info(
                     "%d instances of classes that are not things (no COCO category) were left out of the results.",
                     self.dropped_instances,
                 )
         if "panoptic" in self.tasks:
-            annotations = []
-            for stem in stems:
-                path = os.path.join(self.output_dir, "panoptic", stem + ".json")
-                if os.path.isfile(path):
-                    with open(path) as f:
-                        annotations.append(json.load(f))
+            annotations = self._read_per_image("panoptic", stems, "panoptic.json")
             written.append(os.path.join(self.output_dir, "panoptic.json"))
-            _write_json(written[-1], {"annotations": annotations})
+            _write_json(written[-1], {"annotations": annotations}, durable=True)
         return written
+
+    def _read_per_image(self, folder: str, stems: list[str], combined: str) -> list:
+        """The parsed ``folder``/<stem>.json of every stem that has a readable one; warns with the count of the
+        others."""
+        out, missing = [], []
+        for stem in stems:
+            path = os.path.join(self.output_dir, folder, stem + ".json")
+            try:
+                with open(path) as f:
+                    out.append(json.load(f))
+            except (OSError, ValueError):  # missing, or cut short by an OS crash
+                missing.append(os.path.basename(path))
+        if missing:
+            logger.warning(
+                f"{len(missing)} of {len(stems)} images have no readable {folder}/<stem>.json (e.g. "
+                f"{', '.join(missing[:3])}) and are left out of {combined}; delete any that exist and run "
+                "tools/predict.py again on the same output to redo them."
+            )
+        return out

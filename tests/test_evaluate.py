@@ -253,6 +253,30 @@ def test_instance_errors(tmp_path):
         evaluate_instance(gt_json, str(path))
 
 
+def test_instance_empty_results_score_zero_where_the_ground_truth_has_objects(tmp_path, caplog):
+    """A model that found nothing writes ``[]`` (tools/predict.py's instances.json). Before, evaluate.py refused
+    it; now it scores COCO's definition: no detection recalls nothing, so AP = 0 in every area range with ground
+    truth; without small objects in the ground truth APs is undefined (NaN)."""
+    gt = json.load(open(os.path.join(MINI, "instances_val.json")))
+    small = [a for a in gt["annotations"] if a["area"] < 32**2 and not a.get("iscrowd")]
+    assert small and len(small) < len(gt["annotations"])  # the mini val set has small objects, and others
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    with caplog.at_level("WARNING"):
+        metrics = evaluate_instance(os.path.join(MINI, "instances_val.json"), str(empty))
+    assert "holds no results" in caplog.text
+    for iou_type in ("segm", "bbox"):
+        assert metrics[iou_type] == {k: 0.0 for k in ("AP", "AP50", "AP75", "APs", "APm", "APl")}
+    gt["annotations"] = [a for a in gt["annotations"] if a not in small]
+    no_small = tmp_path / "gt.json"
+    no_small.write_text(json.dumps(gt))
+    metrics = evaluate_instance(str(no_small), str(empty), ("segm",))["segm"]
+    assert np.isnan(metrics.pop("APs")) and set(metrics.values()) == {0.0}
+    empty.write_text("{}")
+    with pytest.raises(PredictionFileError, match="must be a JSON list of COCO results"):
+        evaluate_instance(os.path.join(MINI, "instances_val.json"), str(empty))
+
+
 def test_cli_semantic_and_error_exit(tmp_path):
     import subprocess
     import sys

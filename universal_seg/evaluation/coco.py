@@ -49,6 +49,9 @@ def evaluate_coco(coco_gt: FastCOCO, results: list, iou_type: str, img_ids=None,
         max_dets_per_image: the 3 maxDets (default [1, 10, 100]); the AP statistics use the last, like
             detectron2's COCOevalMaxDets.
 
+    An empty ``results`` is evaluated too (faster-coco-eval loads it; pycocotools' loadRes cannot): 0 for every
+    statistic whose area range has ground truth, -1 for the others.
+
     Returns:
         the evaluator after evaluate / accumulate / summarize: ``stats`` (12 numbers, pycocotools' order: AP,
         AP50, AP75, APs, APm, APl, AR1, AR10, AR100, ARs, ARm, ARl), ``eval["precision"]`` [T, R, K, A, M] and
@@ -56,8 +59,6 @@ def evaluate_coco(coco_gt: FastCOCO, results: list, iou_type: str, img_ids=None,
     """
     if iou_type not in ("segm", "bbox"):
         raise ValueError(f"evaluate_coco computes 'segm' or 'bbox' AP, not {iou_type!r}.")
-    if not results:
-        raise ValueError("evaluate_coco needs at least one result; report NaN metrics for an empty result list.")
     drop = "bbox" if iou_type == "segm" else "segmentation"
     results = [{k: v for k, v in r.items() if k != drop} for r in results]  # loadRes writes into the dicts
     coco_dt = coco_gt.loadRes(results)

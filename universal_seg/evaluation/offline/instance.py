@@ -1,6 +1,7 @@
 """Instance evaluation of a COCO results JSON (segm and bbox AP): pycocotools' numbers, computed by
 faster-coco-eval (:mod:`universal_seg.evaluation.coco`)."""
 
+import logging
 import math
 
 import pycocotools.mask as mask_util
@@ -9,6 +10,7 @@ from ..coco import evaluate_coco, fast_coco_api
 from .errors import PredictionFileError, load_json, rle_length
 
 _STATS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
+logger = logging.getLogger(__name__)
 
 
 def _check_segmentation(seg, img, where):
@@ -45,8 +47,8 @@ def load_results(pred_json, coco_gt):
     """Read and validate a COCO results list: known image and category ids, a finite score, valid RLE or polygon
     masks of the image's size, boxes of 4 finite numbers."""
     results = load_json(pred_json, "prediction file")
-    if not isinstance(results, list) or not results:
-        raise PredictionFileError(f"'{pred_json}' must be a non-empty JSON list of COCO results.")
+    if not isinstance(results, list):
+        raise PredictionFileError(f"'{pred_json}' must be a JSON list of COCO results (an object or value is not).")
     images, cats = coco_gt.imgs, set(coco_gt.getCatIds())
     for i, r in enumerate(results):
         where = f"'{pred_json}' result {i}"
@@ -105,15 +107,21 @@ def check_coco_ground_truth(gt, gt_json) -> None:
 
 
 def evaluate_instance(gt_json, pred_json, iou_types=("segm", "bbox")):
-    """COCO AP, AP50, AP75, APs, APm, APl (in %) per IoU type; returns {iou_type: {metric: value}}."""
+    """COCO AP, AP50, AP75, APs, APm, APl (in %) per IoU type; returns {iou_type: {metric: value}}.
+
+    An empty results list (a model that found nothing) scores what COCO's definition gives: 0 where the ground
+    truth has objects, NaN where it has none (e.g. APs without small objects), with a warning. (detectron2's
+    COCOEvaluator reports NaN for every metric instead; pycocotools cannot load an empty list.)"""
     gt = load_json(gt_json, "ground-truth file")
     check_coco_ground_truth(gt, gt_json)
     coco_gt = fast_coco_api(gt)
     results = load_results(pred_json, coco_gt)
+    if not results:
+        logger.warning(f"'{pred_json}' holds no results (no instance was predicted): every AP is 0 or NaN.")
     out = {}
     for iou_type in iou_types:
         subset = [r for r in results if ("segmentation" if iou_type == "segm" else "bbox") in r]
-        if not subset:
+        if results and not subset:
             raise PredictionFileError(f"'{pred_json}' has no '{iou_type}' results; drop that type or add them.")
         ev = evaluate_coco(coco_gt, subset, iou_type)  # segm: the mask area decides the area range, as in training
         out[iou_type] = {k: float(100 * v) if v >= 0 else float("nan") for k, v in zip(_STATS, ev.stats[:6])}

@@ -59,10 +59,11 @@ class _Records(logging.Handler):
 
     def __init__(self, name):
         super().__init__(logging.DEBUG)
-        self.messages, self.logger = [], logging.getLogger(name)
+        self.messages, self.records, self.logger = [], [], logging.getLogger(name)
 
     def emit(self, record):
         self.messages.append(record.getMessage())
+        self.records.append(record)
 
     def __enter__(self):
         self.previous = self.logger.level
@@ -1087,6 +1088,44 @@ def test_bad_semantic_labels_stop_training_with_one_line_naming_the_file(tmp_pat
         pattern = "|".join(re.escape(str(f)) for f in bad_files)
         with pytest.raises(AnnotationError, match=rf"^Label '({pattern})' {message}.*check_dataset.py"):
             next(iter(Trainer.build_train_loader(cfg)))
+
+
+@needs_mini
+def test_training_stopped_by_bad_data_is_logged_as_one_line_not_a_traceback(tmp_path, register_variant):
+    """Before: detectron2's loop logged "Exception during training:" with the whole traceback, then train_net
+    printed the one-line AnnotationError. Now the loop's record is that line with the iteration, without the
+    traceback; an error that does not name its own fix (here a RuntimeError) keeps its traceback."""
+    from universal_seg.data.mappers.image_io import AnnotationError
+    from universal_seg.engine import Trainer
+    from universal_seg.engine.trainer import _BriefStop
+
+    labels = []
+    for d in DatasetCatalog.get("mini_sem_seg_train"):
+        labels.append(tmp_path / os.path.basename(d["sem_seg_file_name"]))
+        rgb = np.asarray(Image.open(ROOT / d["sem_seg_file_name"]))
+        Image.fromarray(np.repeat(rgb[:, :, None], 3, axis=2)).save(labels[-1])
+    register_variant("faults_rgb_labels", "mini_sem_seg_train", lambda i, d: {**d, "sem_seg_file_name": str(labels[i])})
+    cfg = load_config(
+        str(ROOT / "configs/mini/semantic/segformer_b0.yaml"),
+        ["MODEL.DEVICE", "cpu", "DATASETS.TRAIN", "('faults_rgb_labels',)", "DATALOADER.NUM_WORKERS", "0"],
+    )
+    cfg.OUTPUT_DIR = str(tmp_path / "out")
+    trainer = Trainer(cfg)
+    with _Records("detectron2.engine.train_loop") as log, pytest.raises(AnnotationError):
+        trainer.train()
+    stops = [r for r in log.records if r.levelno >= logging.ERROR]
+    assert len(stops) == 1 and stops[0].exc_info is None, [r.getMessage() for r in stops]
+    assert re.fullmatch(
+        r"Training stopped at iteration 0: AnnotationError: Label '.*' has 3 channels.*", log.messages[-1]
+    )
+    assert not logging.getLogger("detectron2.engine.train_loop").filters  # taken off when train() ends
+
+    try:
+        raise RuntimeError("an unexpected failure")
+    except RuntimeError:
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "Exception during training:", (), sys.exc_info())
+    assert _BriefStop(trainer).filter(record) and record.exc_info[0] is RuntimeError
+    assert record.getMessage() == "Exception during training:"
 
 
 def test_corrupt_checkpoint_files_are_one_sentence_errors(tmp_path):

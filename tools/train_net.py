@@ -25,9 +25,7 @@ import universal_seg.data  # noqa: E402,F401  (registers the datasets)
 import universal_seg.modeling  # noqa: E402,F401  (registers the models)
 from universal_seg.checkpoint import CHECKPOINT_ERRORS, UniversalSegCheckpointer  # noqa: E402
 from universal_seg.config import load_config  # noqa: E402
-from universal_seg.data.loader import UnreadableDataError  # noqa: E402
-from universal_seg.data.mappers.image_io import AnnotationError  # noqa: E402
-from universal_seg.engine import Trainer, launch  # noqa: E402
+from universal_seg.engine import TRAINING_STOPPERS, Trainer, launch  # noqa: E402
 
 
 def setup(args):
@@ -79,7 +77,7 @@ def main(args):
         sys.exit(f"error: {err}")
     try:
         return trainer.train()
-    except (UnreadableDataError, AnnotationError, FloatingPointError) as err:  # logged with its traceback by the loop
+    except TRAINING_STOPPERS as err:  # bad data or a diverged loss: logged by the loop as one line too
         sys.exit(f"error: {' '.join(str(err).split())}")
 
 

@@ -2,6 +2,6 @@
 
 from .launch import launch
 from .optimizer import build_optimizer
-from .trainer import Trainer
+from .trainer import TRAINING_STOPPERS, Trainer
 
-__all__ = ["Trainer", "build_optimizer", "launch"]
+__all__ = ["TRAINING_STOPPERS", "Trainer", "build_optimizer", "launch"]

@@ -31,6 +31,8 @@ from detectron2.utils.logger import setup_logger
 from torch.nn.parallel import DistributedDataParallel
 
 from ..checkpoint import UniversalSegCheckpointer
+from ..data.loader import UnreadableDataError
+from ..data.mappers.image_io import AnnotationError
 from .optimizer import build_optimizer
 
 logger = logging.getLogger(__name__)
@@ -164,6 +166,31 @@ def wrap_distributed(model: torch.nn.Module) -> torch.nn.Module:
     )
 
 
+# errors that stop training with a message naming the fix (bad data, a diverged loss): no traceback in the log
+TRAINING_STOPPERS = (UnreadableDataError, AnnotationError, FloatingPointError)
+
+
+class _BriefStop(logging.Filter):
+    """On detectron2's training-loop logger, whose "Exception during training:" record carries the traceback: for a
+    :data:`TRAINING_STOPPERS` error the record becomes one line with the iteration and the message (the caller,
+    e.g. tools/train_net.py, ends with that message too); every other error keeps its traceback."""
+
+    def __init__(self, trainer):
+        super().__init__()
+        self.trainer = trainer
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        err = record.exc_info[1] if record.exc_info else None
+        if isinstance(err, TRAINING_STOPPERS):
+            message = " ".join(str(err).split())
+            record.msg, record.args = (
+                "Training stopped at iteration %d: %s: %s",
+                (self.trainer.iter, type(err).__name__, message),
+            )
+            record.exc_info = record.exc_text = None
+        return True
+
+
 class Trainer(DefaultTrainer):
     def __init__(self, cfg):
         TrainerBase.__init__(self)
@@ -222,13 +249,17 @@ class Trainer(DefaultTrainer):
 
     def train(self):
         """Trains from start_iter to max_iter; the data stream starts at batch start_iter; the unreadable training
-        files are summarised at the end (also when training stops on an error)."""
+        files are summarised at the end (also when training stops on an error). A :data:`TRAINING_STOPPERS` error
+        is logged as one line (:class:`_BriefStop`), then raised."""
         loader = self._trainer.data_loader
         if hasattr(loader, "dataset"):
             loader.dataset.start_batch = self.start_iter
+        loop_logger, brief = logging.getLogger(TrainerBase.__module__), _BriefStop(self)
+        loop_logger.addFilter(brief)
         try:
             return super().train()
         finally:
+            loop_logger.removeFilter(brief)
             if hasattr(loader, "summary") and comm.is_main_process():
                 logger.info(loader.summary())
 

@@ -327,7 +327,26 @@ def _write_images(folder):
     rgba = rng.randint(0, 256, (5, 6, 4)).astype(np.uint8)
     Image.fromarray(rgba, "RGBA").save(folder / "alpha.png")
     cases.append((folder / "alpha.png", rgba[..., :3]))
+    for name, scale in (("unit.tif", 1.0), ("bytes.tif", 255.0)):  # float32 TIFFs in 0..1 and in 0..255
+        values = (rng.rand(4, 5) * scale).astype(np.float32)
+        Image.fromarray(values, "F").save(folder / name)
+        expected = np.floor(values.astype(np.float64) * (255.0 / scale) + 0.5).astype(np.uint8)
+        cases.append((folder / name, np.repeat(expected[..., None], 3, 2)))
     return cases
+
+
+def test_float_images_outside_both_usual_ranges_are_refused_naming_the_range(tmp_path):
+    """Before: a float32 TIFF with values beyond 0..255 (e.g. raw sensor data) was clipped to white without a word,
+    and NaN became arbitrary bytes; now both are an UnreadableImageError naming the file and the fix."""
+    from universal_seg.data.mappers.image_io import UnreadableImageError, decode_rgb_image
+
+    for name, values, match in (
+        ("raw.tif", np.array([[-3.0, 4000.0]], np.float32), r"values in \[-3, 4000\], neither 0..1 nor 0..255"),
+        ("nan.tif", np.array([[0.5, np.nan]], np.float32), "NaN or infinite values"),
+    ):
+        Image.fromarray(values, "F").save(tmp_path / name)
+        with pytest.raises(UnreadableImageError, match=rf"cannot read image .*{name} .*{match}: convert it to 8-bit"):
+            decode_rgb_image(str(tmp_path / name))
 
 
 def test_training_evaluation_and_demo_read_the_same_pixels(tmp_path):

@@ -20,8 +20,9 @@ def decode_rgb_image(path, fmt="RGB"):
 
     The EXIF orientation is applied; grayscale, palette and RGBA / LA images become RGB (alpha dropped); 16-bit
     images are rescaled by their type's range (v * 255 / 65535, rounded), 32-bit integer images likewise by 2^32 - 1
-    unless their values fit 16 bits, float images by 255 when within [0, 1]. Raises UnreadableImageError (naming the
-    file) when it cannot be decoded.
+    unless their values fit 16 bits; float images within [0, 1] are scaled by 255, within [0, 255] kept (rounded),
+    others refused (their range has no standard meaning). Raises UnreadableImageError (naming the file) when it
+    cannot be decoded.
     """
     if fmt not in ("RGB", "BGR"):
         raise ValueError(f"image format {fmt!r} is not supported; set INPUT.FORMAT to RGB or BGR.")
@@ -60,7 +61,15 @@ def _to_uint8_rgb(img):
         return np.repeat(gray[:, :, None], 3, axis=2)
     if img.mode == "F":
         array = np.asarray(img, dtype=np.float64)
-        gray = np.clip(array * (255.0 if array.size and array.max() <= 1.0 else 1.0), 0, 255).astype(np.uint8)
+        if not np.isfinite(array).all():
+            raise ValueError("a floating-point image with NaN or infinite values: convert it to 8-bit first")
+        low, high = (float(array.min()), float(array.max())) if array.size else (0.0, 0.0)
+        if low < 0 or high > 255:
+            raise ValueError(
+                f"a floating-point image with values in [{low:g}, {high:g}], neither 0..1 nor 0..255: convert it to "
+                "8-bit first (rescaled as your data needs)"
+            )
+        gray = np.floor(array * (255.0 if high <= 1.0 else 1.0) + 0.5).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
     return np.ascontiguousarray(np.asarray(img.convert("RGB")))
 

@@ -1,5 +1,7 @@
 """Shared pytest fixtures and helpers."""
 
+import contextlib
+import logging
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,24 @@ class FixedMatcher(nn.Module):
 
     def forward(self, outputs, targets):
         return self.indices
+
+
+@contextlib.contextmanager
+def logged_records(name: str, level: int = logging.DEBUG):
+    """The records logged to logger ``name`` (and its children) inside the block, at ``level`` and above: a handler
+    on the logger itself, since caplog's on the root logger misses them once detectron2's setup_logger (which
+    tools' main functions call) has turned the "universal_seg" logger's propagation off."""
+    records, logger = [], logging.getLogger(name)
+    handler = logging.Handler(level)
+    handler.emit = records.append
+    previous = logger.level
+    logger.setLevel(min(level, logger.getEffectiveLevel()))
+    logger.addHandler(handler)
+    try:
+        yield records
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
 
 
 def load_cfg(path, *opts):

@@ -157,6 +157,31 @@ def test_bad_inputs_are_one_sentence_errors_naming_the_input(m2f_predictor, tmp_
         predictor(rgb, format="HSV")
 
 
+def test_pil_images_are_read_as_training_reads_their_files(tmp_path):
+    """Before: a PIL image of an EXIF-rotated JPEG was predicted sideways (its path was turned upright), and 16-bit
+    or float PIL images were refused. Now a PIL image gives the pixels its file gives in training."""
+    from universal_seg.inference.predictor import load_image
+
+    rng = np.random.RandomState(0)
+    rgb = rng.randint(0, 256, (4, 7, 3)).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # the stored image is turned 90 degrees clockwise for display
+    Image.fromarray(rgb).save(tmp_path / "rotated.png", exif=exif.tobytes())
+    v16 = rng.randint(0, 65536, (3, 5)).astype(np.uint16)
+    Image.fromarray(v16).save(tmp_path / "deep.png")
+    deep = np.floor(v16.astype(np.float64) * 255 / 65535 + 0.5).astype(np.uint8)
+    for name, expected in (("rotated.png", np.rot90(rgb, k=-1)), ("deep.png", np.repeat(deep[..., None], 3, 2))):
+        with Image.open(tmp_path / name) as pil:
+            np.testing.assert_array_equal(load_image(pil), expected, err_msg=name)
+        np.testing.assert_array_equal(load_image(str(tmp_path / name)), expected, err_msg=name)
+    raw = Image.fromarray(np.array([[0.0, 4000.0]], np.float32), "F")
+    with pytest.raises(InputError, match=r"input \(Image\): a floating-point image with values in \[0, 4000\]"):
+        load_image(raw)
+    (tmp_path / "empty.png").write_bytes(b"")
+    with pytest.raises(InputError, match=r"cannot read image .*empty.png \(UnidentifiedImageError"):
+        load_image(str(tmp_path / "empty.png"))
+
+
 def test_universal_seg_exports_the_predictor_and_formats_agree(m2f_predictor):
     """universal_seg.Predictor is the class; an RGB array, its BGR version and the PIL image give one result."""
     assert universal_seg.Predictor is Predictor

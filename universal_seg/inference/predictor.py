@@ -24,7 +24,7 @@ from PIL import Image
 from .. import data as _data  # noqa: F401  (registers the datasets: the models read their metadata)
 from .. import modeling as _modeling  # noqa: F401  (registers the models)
 from ..checkpoint import UniversalSegCheckpointer
-from ..data.mappers.image_io import read_rgb_image
+from ..data.mappers.image_io import UnreadableImageError, decode_rgb_image, pil_to_rgb
 from .tiling import TilingConfig, tiled_inference
 
 __all__ = ["ImageTooLargeError", "InputError", "Predictor", "load_image"]
@@ -51,9 +51,9 @@ def _name(image, index: int | None) -> str:
 def load_image(image, format: str = "RGB", index: int | None = None) -> np.ndarray:
     """Any supported input -> RGB uint8 [H, W, 3] (a new or read-only array; never modified).
 
-    Supported: a path (str / PathLike; EXIF orientation applied, gray / palette / RGBA / 16-bit converted by
-    universal_seg.data.mappers.image_io.read_rgb_image), a PIL image (8-bit modes), a uint8 numpy array [H, W, 3]
-    or a uint8 tensor [3, H, W] (detectron2's layout). Arrays and tensors are in ``format`` ("RGB" or "BGR");
+    Supported: a path or a PIL image (EXIF orientation applied, gray / palette / RGBA / 16-bit / float converted
+    as in training: universal_seg.data.mappers.image_io.decode_rgb_image), a uint8 numpy array [H, W, 3] or a
+    uint8 tensor [3, H, W] (detectron2's layout). Arrays and tensors are in ``format`` ("RGB" or "BGR");
     paths and PIL images carry their own. Raises InputError (one sentence naming the input) otherwise.
     """
     if format not in _FORMATS:
@@ -63,16 +63,15 @@ def load_image(image, format: str = "RGB", index: int | None = None) -> np.ndarr
         path = os.fspath(image)
         if not os.path.isfile(path):
             raise InputError(f"image {name} does not exist or is not a file; check the path.")
-        array = read_rgb_image(path, "RGB")
-        if array is None:
-            raise InputError(f"cannot read image {name}: it is not a decodable image file; check or replace it.")
+        try:
+            array = decode_rgb_image(path, "RGB")
+        except UnreadableImageError as err:  # its reason: empty, truncated, not an image, a float range, ...
+            raise InputError(f"{err}; check or replace it.") from err
     elif isinstance(image, Image.Image):
-        if image.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-            raise InputError(
-                f"{name} is a {image.mode!r}-mode PIL image (16-bit or float); pass its path instead, which is "
-                f"read with the 8-bit scaling used in training."
-            )
-        array = np.asarray(image.convert("RGB"))
+        try:
+            array = pil_to_rgb(image)  # as training reads files: EXIF orientation, 16-bit and float scaling
+        except ValueError as err:
+            raise InputError(f"{name}: {err}.") from err
     elif isinstance(image, (np.ndarray, torch.Tensor)):
         is_tensor = isinstance(image, torch.Tensor)
         if is_tensor:

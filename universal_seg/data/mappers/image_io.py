@@ -28,8 +28,7 @@ def decode_rgb_image(path, fmt="RGB"):
         raise ValueError(f"image format {fmt!r} is not supported; set INPUT.FORMAT to RGB or BGR.")
     try:
         with Image.open(path) as img:
-            img = ImageOps.exif_transpose(img)
-            array = _to_uint8_rgb(img)
+            array = pil_to_rgb(img)
     except Exception as e:  # noqa: BLE001 - any decoding failure (PIL raises OSError, SyntaxError, ValueError, ...)
         raise UnreadableImageError(f"cannot read image {path} ({type(e).__name__}: {e})") from e
     return array[:, :, ::-1].copy() if fmt == "BGR" else array
@@ -50,6 +49,12 @@ def read_rgb_image(path, fmt="RGB"):
 def unreadable_reason(path):
     """Why :func:`read_rgb_image` returned None for ``path`` (in this process)."""
     return UNREADABLE["reasons"].get(path, "unreadable image")
+
+
+def pil_to_rgb(img: Image.Image) -> np.ndarray:
+    """A PIL image as :func:`decode_rgb_image` gives it: EXIF orientation applied, then uint8 RGB [H, W, 3] with
+    the same conversions of every mode. Raises ValueError for a float image of no standard range."""
+    return _to_uint8_rgb(ImageOps.exif_transpose(img))
 
 
 def _to_uint8_rgb(img):

@@ -23,12 +23,13 @@ Output (OUTPUT/, registered by `import universal_seg.data` when OUTPUT is $DETEC
                                        NAME_sem_seg_<split>
 Held out (val): the images whose stems --val lists, or every --val-every-th image in name order; the rest is train.
 
-Bad input: every file is examined and each problem printed as one line naming the file and the fix: an
-unreadable, empty or truncated image, an image whose size differs from the JSON's imageHeight / imageWidth, a
-label not in --labels, two annotations of images with the same file name; then the script exits 1 without writing
-dataset.json. Polygons with fewer than 3 points or that cross themselves, and shapes without area, are skipped and
-counted at the end. Restartable: every file is written atomically; dataset.json is removed first and written last,
-so an interrupted run leaves an unregistered folder that the next run completes.
+Bad input: every file is examined and each problem printed as one line naming the file and the fix. A JSON file
+that is not a labelme file, and two annotations of images with the same file name or the same stem (their label
+PNGs would be one file), stop the run before anything is written; an unreadable, empty or truncated image, an image
+whose size differs from the JSON's imageHeight / imageWidth or a label not in --labels make the script exit 1
+without writing dataset.json. Polygons with fewer than 3 points or that cross themselves, and shapes without area,
+are skipped and counted at the end. Restartable: every file is written atomically; dataset.json is removed first
+and written last, so an interrupted run leaves an unregistered folder that the next run completes.
 """
 
 import argparse
@@ -194,7 +195,8 @@ def convert_one(json_path, image_path, classes, background, isthing, problems, s
 
 
 def find_inputs(input_dir, problems):
-    """[(json path, image path, output image name)], one per labelme file, with duplicate image names refused."""
+    """[(json path, image path, output image name, imageData)], one per labelme file, with duplicate image names
+    and stems refused."""
     out, seen = [], {}
     for json_path in sorted(glob.glob(os.path.join(input_dir, "**", "*.json"), recursive=True)):
         try:
@@ -206,13 +208,22 @@ def find_inputs(input_dir, problems):
         except (json.JSONDecodeError, KeyError, UnicodeDecodeError, AttributeError) as err:
             problems.error(f"'{json_path}' is not a labelme file ({type(err).__name__}: {err}); fix or remove it.")
             continue
-        if image_name in seen:
-            problems.error(
-                f"'{json_path}' and '{seen[image_name]}' both annotate an image named '{image_name}'; rename one "
-                "image (and its imagePath) so that every image name is unique."
-            )
+        stem = os.path.splitext(image_name)[0]
+        if stem in seen:  # the label PNGs are named by stem: panoptic/<stem>.png, semantic/<stem>.png
+            other_json, other_name = seen[stem]
+            if other_name == image_name:
+                problems.error(
+                    f"'{json_path}' and '{other_json}' both annotate an image named '{image_name}'; rename one "
+                    "image (and its imagePath) so that every image name is unique."
+                )
+            else:
+                problems.error(
+                    f"'{json_path}' (image '{image_name}') and '{other_json}' (image '{other_name}') would both write "
+                    f"the label files panoptic/{stem}.png and semantic/{stem}.png; rename one image (and its "
+                    "imagePath) so that every image stem is unique."
+                )
             continue
-        seen[image_name] = json_path
+        seen[stem] = (json_path, image_name)
         image_path = os.path.join(os.path.dirname(json_path), ann["imagePath"].replace("\\", "/"))
         out.append((json_path, image_path, image_name, ann.get("imageData")))
     if not out and not problems.errors:
@@ -232,6 +243,8 @@ def main(argv=None):
         sys.exit(f"[{TAG}] error: {err}")
     isthing = {value: categories[value]["isthing"] for value in classes.values()}
     inputs = find_inputs(args.input, problems)
+    if problems.errors:  # files that are no labelme file or name clashes: stop before anything is written
+        return problems.report(TAG)
     try:
         split = pick_splits(
             [os.path.splitext(n)[0] for _, _, n, _ in inputs], args.val.split(",") if args.val else [], args.val_every

@@ -251,6 +251,25 @@ def test_labelme_broken_inputs_are_one_line_errors_naming_the_file_and_nothing_i
     assert not (out / "dataset.json").exists()
 
 
+def test_labelme_images_sharing_a_stem_are_refused_before_anything_is_written(tmp_path, capsys):
+    """f.png and f.jpg (each with its own JSON) would both be labelled by panoptic/f.png and semantic/f.png."""
+    folder = tmp_path / "in"
+    labelme_file(folder, "f", [rect("car", 1, 1, 5, 5)])
+    labelme_file(folder, "good", [rect("car", 1, 1, 5, 5)])
+    Image.fromarray(np.zeros((H, W, 3), np.uint8)).save(folder / "f.jpg")
+    ann = json.loads((folder / "f.json").read_text())
+    ann.update(imagePath="f.jpg", shapes=[rect("car", 20, 20, 30, 30)])
+    (folder / "f_jpg.json").write_text(json.dumps(ann))
+    status, out = run_labelme(tmp_path)
+    err = capsys.readouterr().err
+    assert status == 1
+    lines = [line for line in err.splitlines() if line.startswith("[convert_labelme] error:")]
+    assert len(lines) == 1, err
+    for named in (str(folder / "f.json"), str(folder / "f_jpg.json"), "'f.png'", "'f.jpg'", "rename one image"):
+        assert named in lines[0], (named, lines[0])
+    assert not out.exists()  # refused before any image or label file was written
+
+
 class Interrupted(Exception):
     pass
 

@@ -14,10 +14,11 @@ Every stuff class present in an image becomes one segment. A thing class (--thin
 by default (a semantic label does not separate touching objects), or with --connected-components one segment
 per 8-connected component. Held out: --val stems or every --val-every-th image.
 
-Bad input: an image without a label (or the reverse), an unreadable, empty or truncated image or label, a label
-of another size than its image, a label value outside [0, K) and the ignore label: one line each naming the file
-and the fix, then exit 1 without writing dataset.json. Restartable: files are written atomically, dataset.json
-removed first and written last.
+Bad input: one line each naming the file and the fix, then exit 1 without writing dataset.json. Two images with the
+same name (stem) and an image without a label (or the reverse) stop the run before anything is written; the other
+problems (an unreadable, empty or truncated image or label, a label of another size than its image, a label value
+outside [0, K) and the ignore label) are reported for every file. Restartable: files are written atomically,
+dataset.json removed first and written last.
 """
 
 import argparse
@@ -125,7 +126,18 @@ def main(argv=None):
     ]
     isthing = [c["isthing"] for c in categories]
     problems = Problems()
-    images = {os.path.splitext(f)[0]: f for f in os.listdir(args.images) if f.lower().endswith(IMAGE_EXTS)}
+    images = {}
+    for f in sorted(os.listdir(args.images)):
+        if not f.lower().endswith(IMAGE_EXTS):
+            continue
+        stem = os.path.splitext(f)[0]
+        if stem in images:  # an image is paired with its label by stem: LABELS/<stem>.png
+            problems.error(
+                f"'{images[stem]}' and '{f}' in '{args.images}' have the same name '{stem}' (both would pair with "
+                f"label '{stem}.png'); rename or remove one of them."
+            )
+            continue
+        images[stem] = f
     labels = {os.path.splitext(f)[0] for f in os.listdir(args.labels) if f.endswith(".png")}
     for stem in sorted(set(images) ^ labels):
         where = args.images if stem in images else args.labels
@@ -133,6 +145,8 @@ def main(argv=None):
     stems = sorted(set(images) & labels)
     if not stems and not problems.errors:
         problems.error(f"'{args.images}' and '{args.labels}' share no file stem; check the two folders.")
+    if problems.errors:  # the folders do not pair up: stop before anything is read or written
+        return problems.report(TAG)
     try:
         split = pick_splits(stems, args.val.split(",") if args.val else [], args.val_every)
     except ConversionError as err:

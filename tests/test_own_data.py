@@ -526,6 +526,7 @@ def test_semantic_to_panoptic_segments_match_the_label_map(tmp_path, components)
         ("value", "has values [7] outside [0, 2) and the ignore label 255; add classes to --classes"),
         ("size", "is 6x8 but its image is 6x9; re-create it at the image's size"),
         ("unpaired", "'s2' in"),
+        ("same_stem", "'s1.jpg' and 's1.png' in"),
     ],
 )
 def test_semantic_to_panoptic_bad_inputs(tmp_path, capsys, case, expected):
@@ -535,11 +536,15 @@ def test_semantic_to_panoptic_bad_inputs(tmp_path, capsys, case, expected):
     _semantic_input(tmp_path, label, image_hw=(6, 9) if case == "size" else None)
     if case == "unpaired":
         Image.fromarray(label).save(tmp_path / "lab" / "s2.png")
+    if case == "same_stem":  # s1.png and s1.jpg would both pair with lab/s1.png: neither may be dropped silently
+        Image.fromarray(np.full((6, 8, 3), 10, np.uint8)).save(tmp_path / "img" / "s1.jpg")
     out = tmp_path / "out"
     argv = [str(tmp_path / "img"), str(tmp_path / "lab"), str(out), "--classes", str(tmp_path / "classes.txt")]
     assert convert_semantic.main(argv) == 1
     err = capsys.readouterr().err
     assert expected in err and not (out / "dataset.json").exists()
+    if case in ("unpaired", "same_stem"):  # the folders do not pair up: refused before anything is written
+        assert not out.exists()
 
 
 def test_coco_instances_plus_semantic_stuff_to_panoptic(tmp_path, capsys):

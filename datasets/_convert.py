@@ -48,6 +48,27 @@ class Problems:
         return 1 if self.errors else 0
 
 
+def read_class_lines(path):
+    """[(line number, name)] of the non-blank lines of a class list (one name per line; numbers from 1, blank
+    lines counted, as an editor shows them)."""
+    with open(path) as f:
+        return [(number, line.strip()) for number, line in enumerate(f, 1) if line.strip()]
+
+
+def refuse_duplicate_names(path, numbered):
+    """Raises ConversionError naming every class name that ``numbered`` ([(line number, name)] of the class list
+    ``path``) holds more than once, with its line numbers: the categories of a dataset must be unique."""
+    lines_of = {}
+    for number, name in numbered:
+        lines_of.setdefault(name, []).append(number)
+    dupes = [f"'{n}' (lines {', '.join(map(str, lines))})" for n, lines in lines_of.items() if len(lines) > 1]
+    if dupes:
+        raise ConversionError(
+            f"'{path}' lists the class{'es' if len(dupes) > 1 else ''} {' and '.join(dupes)} more than once; keep one "
+            "line per class name."
+        )
+
+
 def read_image_checked(path, expect_hw=None):
     """uint8 [H, W, 3] of ``path`` (universal_seg's one image reader: EXIF orientation applied); raises
     ConversionError naming the file when it is missing, empty, truncated or not of the size ``expect_hw``."""

@@ -8,7 +8,8 @@ or whose "imageData" embeds it; --labels FILE lists the classes, one per line, a
   _background_    optional: pixels no shape covers are this class ("background", a stuff class); without it
                   they are void
   car, ...        the classes, in this order (semantic label value = line number among the classes, from 0;
-                  COCO / panoptic category id = that value + 1); things unless listed in --stuff
+                  COCO / panoptic category id = that value + 1); things unless listed in --stuff; each name
+                  once (a name listed twice, "background" included, is refused naming its lines)
 Shapes: polygon (>= 3 points), rectangle (2 corners), circle (centre + a point on the circle) and mask (labelme 5
 bitmap) are painted in file order (a later shape covers an earlier one, as labelme's own export). Shapes with the
 same label and the same group_id form one instance; without a group_id every shape is its own instance. All shapes
@@ -53,7 +54,9 @@ from _convert import (  # noqa: E402
     Problems,
     instance_annotation,
     pick_splits,
+    read_class_lines,
     read_image_checked,
+    refuse_duplicate_names,
     remove_manifest,
     segments_of,
     write_outputs,
@@ -85,13 +88,13 @@ def parse_args(argv=None):
 
 def read_classes(path, stuff):
     """(categories, {label: value}, background value or None) from a labels.txt (see the module docstring)."""
-    with open(path) as f:
-        lines = [line.strip() for line in f if line.strip()]
-    names = [n for n in lines if n != "__ignore__"]
+    numbered = [(number, n) for number, n in read_class_lines(path) if n != "__ignore__"]
+    names = [n for _, n in numbered]
     if not names:
         raise ConversionError(f"'{path}' lists no classes; write one class name per line.")
     if len(names) > 254:
         raise ConversionError(f"'{path}' lists {len(names)} classes; semantic PNGs hold at most 254 (255 is void).")
+    refuse_duplicate_names(path, [(number, "background" if n == "_background_" else n) for number, n in numbered])
     unknown = sorted(set(stuff) - set(names) - {"background"})
     if unknown:
         raise ConversionError(f"--stuff names {unknown}, which are not in '{path}'; use names from that file.")

@@ -2,7 +2,7 @@
 """Convert a semantic-segmentation dataset (images + label PNGs) into a registered COCO-panoptic dataset.
 
 Input: IMAGES/<stem>.<ext> and LABELS/<stem>.png, label value = line number (from 0) of the class in --classes
-(one name per line), --ignore-label (default 255) = void.
+(one name per line, each once), --ignore-label (default 255) = void.
 Output (OUTPUT/, registered by `import universal_seg.data` when OUTPUT is $DETECTRON2_DATASETS/custom/NAME; the
 images and label PNGs stay where they are and are referenced by absolute path):
   panoptic/<stem>.png, panoptic_{train,val}.json   COCO panoptic, category id = label value + 1
@@ -37,7 +37,9 @@ from _convert import (  # noqa: E402
     Problems,
     instance_annotation,
     pick_splits,
+    read_class_lines,
     read_image_checked,
+    refuse_duplicate_names,
     remove_manifest,
     segments_of,
     write_outputs,
@@ -115,8 +117,12 @@ def main(argv=None):
         sys.exit(
             f"[{TAG}] error: --classes '{args.classes}' does not exist; give a text file with one class name per line."
         )
-    with open(args.classes) as f:
-        names = [line.strip() for line in f if line.strip()]
+    numbered = read_class_lines(args.classes)
+    try:
+        refuse_duplicate_names(args.classes, numbered)
+    except ConversionError as err:
+        sys.exit(f"[{TAG}] error: {err}")
+    names = [n for _, n in numbered]
     things = [t for t in args.things.split(",") if t]
     unknown = sorted(set(things) - set(names))
     if unknown or not names:

@@ -6,6 +6,7 @@ counted skip."""
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -268,6 +269,23 @@ def test_labelme_images_sharing_a_stem_are_refused_before_anything_is_written(tm
     for named in (str(folder / "f.json"), str(folder / "f_jpg.json"), "'f.png'", "'f.jpg'", "rename one image"):
         assert named in lines[0], (named, lines[0])
     assert not out.exists()  # refused before any image or label file was written
+
+
+@pytest.mark.parametrize(
+    "names,expected",
+    [
+        (("__ignore__", "_background_", "car", "road", "car"), "the class 'car' (lines 3, 5) more than once"),
+        (("_background_", "car", "background"), "the class 'background' (lines 1, 3) more than once"),
+    ],
+)
+def test_labelme_labels_file_with_a_name_twice_is_refused(tmp_path, names, expected):
+    """Two categories of one name would be refused when the dataset is registered; the converter says which lines."""
+    labelme_file(tmp_path / "in", "f", [rect("car", 1, 1, 5, 5)])
+    labels = labels_file(tmp_path / "labels.txt", names)
+    with pytest.raises(SystemExit, match=re.escape(expected) + "; keep one line per class name") as exc:
+        run_labelme(tmp_path, labels=labels, stuff="")
+    assert str(exc.value).count("\n") == 0 and str(labels) in str(exc.value)
+    assert not (tmp_path / "out").exists()
 
 
 class Interrupted(Exception):
@@ -545,6 +563,16 @@ def test_semantic_to_panoptic_bad_inputs(tmp_path, capsys, case, expected):
     assert expected in err and not (out / "dataset.json").exists()
     if case in ("unpaired", "same_stem"):  # the folders do not pair up: refused before anything is written
         assert not out.exists()
+
+
+def test_semantic_to_panoptic_classes_file_with_a_name_twice_is_refused(tmp_path):
+    _semantic_input(tmp_path, _two_cars())
+    (tmp_path / "classes.txt").write_text("sky\ncar\n\nsky\n")  # line 3 is blank: 'sky' is on lines 1 and 4
+    out = tmp_path / "out"
+    argv = [str(tmp_path / "img"), str(tmp_path / "lab"), str(out), "--classes", str(tmp_path / "classes.txt")]
+    with pytest.raises(SystemExit, match=re.escape("the class 'sky' (lines 1, 4) more than once; keep one line")):
+        convert_semantic.main(argv)
+    assert not out.exists()
 
 
 def test_coco_instances_plus_semantic_stuff_to_panoptic(tmp_path, capsys):

@@ -355,6 +355,96 @@ def test_registration_checks_paths_at_call_time_and_categories(tmp_path):
         )
 
 
+def _edited_copy(tmp_path, source, edit, name):
+    """A copy of the mini JSON ``source`` changed by ``edit(data)`` (in place), written to tmp_path/name."""
+    data = json.loads((MINI / source).read_text())
+    edit(data)
+    (tmp_path / name).write_text(json.dumps(data))
+    return str(tmp_path / name)
+
+
+def _drop(entry, key):
+    del entry[key]
+
+
+INSTANCE_JSON_CASES = {
+    # before: "cannot be loaded: 'bbox'" / "'height'" (bare KeyErrors), an AssertionError, an image silently
+    # dropped, an annotation silently dropped, or a training crash ("Cannot find field 'gt_masks'")
+    "no_bbox": (lambda d: _drop(d["annotations"][2], "bbox"), r"annotation \d+ has no bbox; COCO instance annotat"),
+    "no_height": (lambda d: _drop(d["images"][1], "height"), r"images\[1\] has no height; COCO images need id, "),
+    "image_id_twice": (
+        lambda d: d["images"][1].update(id=d["images"][0]["id"]),
+        r"image id \d+ is used by both '2011_000003.jpg' and '2011_000006.jpg'; give every image its own id",
+    ),
+    "annotation_id_twice": (
+        lambda d: d["annotations"][1].update(id=d["annotations"][0]["id"]),
+        r"annotation id \d+ is used more than once",
+    ),
+    "orphan": (
+        lambda d: d["annotations"][0].update(image_id=999),
+        r"belongs to image id 999, which 'images' does not list",
+    ),
+    "no_segmentation": (lambda d: _drop(d["annotations"][0], "segmentation"), "has no segmentation"),
+    "empty_segmentation": (
+        lambda d: d["annotations"][0].update(segmentation=[]),
+        r"annotation \d+ of image '2011_0000\d\d.jpg' has an empty segmentation; give the object its polygon",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INSTANCE_JSON_CASES))
+def test_coco_instance_json_problems_are_named_when_the_dataset_is_loaded(tmp_path, case):
+    edit, message = INSTANCE_JSON_CASES[case]
+    json_file = _edited_copy(tmp_path, "instances_train.json", edit, "ins.json")
+    register_coco_instances(f"own_bad_{case}", image_root=str(MINI / "images"), json_file=json_file)
+    try:
+        with pytest.raises(ValueError, match=message):
+            DatasetCatalog.get(f"own_bad_{case}")
+    finally:
+        DatasetCatalog.remove(f"own_bad_{case}")
+        MetadataCatalog.remove(f"own_bad_{case}")
+
+
+def test_coco_panoptic_json_problems_are_named_and_image_folders_kept(tmp_path):
+    """Before: a repeated image id was reported as a size mismatch of another image's PNG, an image without an
+    annotation was dropped without a word, and an image file_name with a folder lost the folder."""
+    import logging
+
+    from conftest import logged_records
+
+    def register(json_file):
+        register_coco_panoptic(
+            "own_pan_json", image_root=str(tmp_path / "images"), panoptic_root=str(MINI / "panoptic"),
+            panoptic_json=json_file,
+        )  # fmt: skip
+        return lambda: DatasetCatalog.get("own_pan_json")
+
+    (tmp_path / "images" / "sub").mkdir(parents=True)
+    try:
+        for edit, message in (
+            (lambda d: d["images"][1].update(id=d["images"][0]["id"]), r"image id \d+ is used by both '2011_000003"),
+            (lambda d: d["annotations"][1].update(image_id=d["annotations"][0]["image_id"]), "more than one annot"),
+            (lambda d: d["annotations"][0].update(image_id=999), "belongs to image id 999, which 'images' does"),
+            (lambda d: _drop(d["annotations"][0], "segments_info"), r"annotations\[0\] has no segments_info"),
+        ):
+            with pytest.raises(ValueError, match=message):
+                register(_edited_copy(tmp_path, "panoptic_train.json", edit, "pan.json"))()
+
+        def one_in_a_folder_one_unannotated(data):
+            data["images"][0]["file_name"] = "sub/" + data["images"][0]["file_name"]
+            data["annotations"].pop()
+
+        load = register(_edited_copy(tmp_path, "panoptic_train.json", one_in_a_folder_one_unannotated, "pan.json"))
+        with logged_records("universal_seg.data", logging.WARNING) as warnings:
+            records = load()
+        first = json.loads((MINI / "panoptic_train.json").read_text())["images"][0]["file_name"]
+        assert records[0]["file_name"] == str(tmp_path / "images" / "sub" / first) and len(records) == 2
+        assert any("1 of 3 images have no annotation and are left out" in r.getMessage() for r in warnings)
+    finally:
+        DatasetCatalog.remove("own_pan_json")
+        MetadataCatalog.remove("own_pan_json")
+
+
 def test_the_documented_registration_example_runs_on_the_bundled_data(monkeypatch):
     import textwrap
 

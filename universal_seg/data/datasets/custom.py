@@ -97,9 +97,59 @@ def _json_categories(name: str, json_file: str) -> list[dict]:
     return data["categories"]
 
 
+_IMAGE_FIELDS = ("id", "file_name", "height", "width")
+_ANNOTATION_FIELDS = ("id", "image_id", "category_id", "bbox", "segmentation")
+
+
+def check_coco_instance_json(data, json_file: str) -> None:
+    """ValueError naming the first problem of a COCO instance JSON that detectron2's reader turns into a bare
+    KeyError or AssertionError, drops silently, or lets through to crash training: a missing field, an image id
+    or annotation id used twice, an annotation of an image that is not listed, an object without a mask."""
+    where = f"'{json_file}'"
+    if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations")):
+        raise ValueError(f"{where} is not a COCO instance JSON (it needs 'images' and 'annotations' lists).")
+    files = {}
+    for i, image in enumerate(data["images"]):
+        missing = [k for k in _IMAGE_FIELDS if k not in image]
+        if missing:
+            raise ValueError(
+                f"{where}: images[{i}] has no {', '.join(missing)}; COCO images need {', '.join(_IMAGE_FIELDS)}."
+            )
+        if image["id"] in files:
+            raise ValueError(
+                f"{where}: image id {image['id']!r} is used by both '{files[image['id']]}' and "
+                f"'{image['file_name']}'; give every image its own id."
+            )
+        files[image["id"]] = image["file_name"]
+    seen = set()
+    for i, ann in enumerate(data["annotations"]):
+        missing = [k for k in _ANNOTATION_FIELDS if k not in ann]
+        name = f"annotation {ann.get('id', f'[{i}]')}"
+        if missing:
+            raise ValueError(
+                f"{where}: {name} has no {', '.join(missing)}; COCO instance annotations need "
+                f"{', '.join(_ANNOTATION_FIELDS)} (a polygon or RLE mask: the models segment)."
+            )
+        if ann["id"] in seen:
+            raise ValueError(f"{where}: annotation id {ann['id']!r} is used more than once; give each its own id.")
+        seen.add(ann["id"])
+        if ann["image_id"] not in files:
+            raise ValueError(
+                f"{where}: {name} belongs to image id {ann['image_id']!r}, which 'images' does not list; add the "
+                "image or remove the annotation."
+            )
+        if not ann["segmentation"]:
+            raise ValueError(
+                f"{where}: {name} of image '{files[ann['image_id']]}' has an empty segmentation; give the object "
+                "its polygon or RLE mask, or remove the annotation."
+            )
+
+
 def load_coco_instances_checked(json_file: str, image_root: str, id_map: dict[int, int]) -> list[dict]:
-    """detectron2's COCO reader, then every annotation's category id mapped to its contiguous id; an id outside
-    ``id_map`` (the registered categories) is a ValueError naming the file."""
+    """detectron2's COCO reader, after :func:`check_coco_instance_json`; then every annotation's category id mapped
+    to its contiguous id; an id outside ``id_map`` (the registered categories) is a ValueError naming the file."""
+    with open(json_file) as f:
+        check_coco_instance_json(json.load(f), json_file)
     records = load_coco_json(json_file, image_root, None)
     if not records:
         raise ValueError(f"'{json_file}' has no images; check the file.")

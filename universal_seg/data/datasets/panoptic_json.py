@@ -1,7 +1,10 @@
 """Loader for COCO-panoptic-format datasets (PNG + JSON), with optional semantic label PNGs."""
 
 import json
+import logging
 import os
+
+logger = logging.getLogger(__name__)
 
 
 def load_panoptic_json(json_file, image_dir, panoptic_dir, semantic_dir, metadata, image_ext=".jpg"):
@@ -13,16 +16,42 @@ def load_panoptic_json(json_file, image_dir, panoptic_dir, semantic_dir, metadat
     """
     with open(json_file) as f:
         info = json.load(f)
-    images = {img["id"]: img for img in info.get("images", [])}
+    if not isinstance(info, dict) or not isinstance(info.get("annotations"), list):
+        raise ValueError(f"'{json_file}' is not a COCO panoptic JSON (it needs an 'annotations' list).")
+    images = {}
+    for img in info.get("images", []):
+        if img.get("id") in images:
+            raise ValueError(
+                f"'{json_file}': image id {img.get('id')!r} is used by both '{images[img['id']].get('file_name')}' "
+                f"and '{img.get('file_name')}'; give every image its own id."
+            )
+        images[img.get("id")] = img
     things = metadata["thing_dataset_id_to_contiguous_id"]
     stuff = metadata["stuff_dataset_id_to_contiguous_id"]
-    records = []
-    for ann in info["annotations"]:
+    records, annotated = [], set()
+    for i, ann in enumerate(info["annotations"]):
+        missing = [k for k in ("image_id", "file_name", "segments_info") if k not in ann]
+        if missing:
+            raise ValueError(
+                f"'{json_file}': annotations[{i}] has no {', '.join(missing)}; COCO panoptic annotations need "
+                "image_id, file_name (the PNG) and segments_info."
+            )
+        if ann["image_id"] in annotated:
+            raise ValueError(
+                f"'{json_file}': image id {ann['image_id']!r} has more than one annotation (the second: "
+                f"{ann['file_name']}); give each image one annotation with all its segments."
+            )
+        annotated.add(ann["image_id"])
+        if images and ann["image_id"] not in images:
+            raise ValueError(
+                f"'{json_file}': the annotation {ann['file_name']} belongs to image id {ann['image_id']!r}, which "
+                "'images' does not list; add the image or remove the annotation."
+            )
         stem = os.path.splitext(ann["file_name"])[0]
         image = images.get(ann["image_id"], {})
         image_file = image.get("file_name", stem + image_ext)
         record = {
-            "file_name": os.path.join(image_dir, os.path.basename(image_file)),
+            "file_name": os.path.join(image_dir, image_file),  # a file name with folders keeps them
             "image_id": ann["image_id"],
             "pan_seg_file_name": os.path.join(panoptic_dir, ann["file_name"]),
             "segments_info": [_contiguous(s, things, stuff, json_file, ann["file_name"]) for s in ann["segments_info"]],
@@ -34,6 +63,12 @@ def load_panoptic_json(json_file, image_dir, panoptic_dir, semantic_dir, metadat
         records.append(record)
     if not records:
         raise ValueError(f"'{json_file}' has no annotations; re-run its preparation script.")
+    unannotated = [img.get("file_name") for key, img in images.items() if key not in annotated]
+    if unannotated:
+        logger.warning(
+            f"'{json_file}': {len(unannotated)} of {len(images)} images have no annotation and are left out (e.g. "
+            f"{', '.join(map(str, unannotated[:3]))})."
+        )
     return records
 
 

@@ -302,3 +302,41 @@ def test_cli_semantic_and_error_exit(tmp_path):
     # too small a --num-classes: the ground truth's value 1 is out of range, reported before any prediction
     errors = [line for line in bad.stderr.splitlines() if line.startswith("error:")]
     assert bad.returncode == 2 and len(errors) == 1 and "check --num-classes" in errors[0]
+
+
+def _evaluate_tool():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("_tool_evaluate", os.path.join(REPO, "tools", "evaluate.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli_output_is_checked_before_the_evaluation_and_its_folder_created(tmp_path, capsys):
+    """--output under a file, a folder, or in a folder that cannot be written: one line, exit 2, and no metrics
+    printed (the evaluation did not run). A missing folder is created and gets the metrics (and no temporary file)."""
+    _save(tmp_path / "gt", "a.png", np.array([[0, 1]]))
+    _save(tmp_path / "pred", "a.png", np.array([[0, 0]]))
+    task = ["semantic", "--gt-folder", str(tmp_path / "gt"), "--pred-folder", str(tmp_path / "pred")]
+    task += ["--num-classes", "2"]
+    tool = _evaluate_tool()
+    (tmp_path / "a_file").write_text("x")
+    bad = [
+        (tmp_path / "a_file" / "m.json", "which is not a folder"),
+        (tmp_path / "gt", "is a folder; give a file name, e.g. --output " + str(tmp_path / "gt" / "metrics.json")),
+    ]
+    if os.path.isdir("/proc/self"):  # Linux: no file can be created in /proc, even by root
+        bad.append(("/proc/m.json", "folder '/proc' is not writable"))
+    for output, message in bad:
+        assert tool.main(["--output", str(output), *task]) == 2
+        out, err = capsys.readouterr()
+        assert out == "" and err.startswith("error: --output ") and len(err.strip().splitlines()) == 1
+        assert message in err
+    assert sorted(os.listdir(tmp_path / "gt")) == ["a.png"]
+    output = tmp_path / "new" / "sub" / "metrics.json"
+    assert tool.main(["--output", str(output), *task]) == 0
+    # gt [0, 1], pred [0, 0]: class 0 IoU 1/2, class 1 IoU 0, pixel accuracy 1/2
+    metrics = json.loads(output.read_text())
+    assert metrics["pACC"] == pytest.approx(50.0) and metrics["mIoU"] == pytest.approx(25.0)
+    assert "pACC" in capsys.readouterr().out and os.listdir(output.parent) == ["metrics.json"]

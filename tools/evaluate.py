@@ -7,8 +7,8 @@
   semantic           mIoU, fwIoU, mACC, pACC of label PNGs (detectron2 SemSegEvaluator definitions)
   pq-from-semantic   PQ of semantic label PNGs against a panoptic GT: every class in a prediction is ONE segment
 
-Inputs are validated first (ids, repeats, label ranges, RLE, scores, PNG modes and sizes): a problem is reported in
-one line on stderr with exit status 2.
+Inputs (ids, repeats, label ranges, RLE, scores, PNG modes and sizes) and --output are validated first: a problem is
+reported in one line on stderr with exit status 2. --output is written atomically; its folder is created if missing.
 
 Examples:
   python tools/evaluate.py instance --gt datasets/mini/instances_val.json --pred results.json
@@ -23,18 +23,21 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from universal_seg.atomic import atomic_write_text  # noqa: E402
 from universal_seg.evaluation.offline import (  # noqa: E402
     evaluate_instance,
     evaluate_panoptic,
     evaluate_pq_from_semantic,
     evaluate_semantic,
 )
-from universal_seg.evaluation.offline.errors import PredictionFileError  # noqa: E402
+from universal_seg.evaluation.offline.errors import OutputPathError, PredictionFileError, check_output_file  # noqa: E402
 
 
 def build_parser():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--output", help="also write the metrics as JSON to this file")
+    p.add_argument(
+        "--output", help="also write the metrics as JSON to this file (written atomically; its folder is created)"
+    )
     sub = p.add_subparsers(dest="task", required=True)
     s = sub.add_parser("instance", help="COCO segm/bbox AP")
     s.add_argument("--gt", required=True, help="COCO instance ground-truth JSON")
@@ -87,14 +90,20 @@ def main(argv=None):
         print(f"error: --workers must be at least 1 (got {args.workers}).", file=sys.stderr)
         return 2
     try:
+        if args.output:  # checked before the (possibly long) evaluation, not after it
+            check_output_file(args.output, "--output", "metrics.json")
         metrics = run(args)
-    except (PredictionFileError, OSError) as e:  # malformed / mismatched inputs, missing or unreadable files
+    except (PredictionFileError, OutputPathError, OSError) as e:  # malformed / mismatched inputs, missing or
+        # unreadable files, an --output that cannot be written
         print(f"error: {' '.join(str(e).split())}", file=sys.stderr)
         return 2
     print_metrics(metrics)
     if args.output:
-        with open(args.output, "w") as f:
-            json.dump(metrics, f, indent=1)
+        try:
+            atomic_write_text(args.output, json.dumps(metrics, indent=1))
+        except OSError as e:  # e.g. the disk filled up meanwhile: the old file (if any) is untouched
+            print(f"error: cannot write --output '{args.output}' ({e.strerror or e}).", file=sys.stderr)
+            return 2
     return 0
 
 

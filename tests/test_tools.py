@@ -121,6 +121,33 @@ def test_missing_or_mismatched_weights_are_one_line_errors(tmp_path, capsys):
     assert not (tmp_path / "m.ts").exists()
 
 
+def test_bad_size_or_output_is_one_line_before_the_model_is_built(tmp_path, capsys, monkeypatch):
+    """--size 0 0, an --output in a folder that cannot be written, under a file, or that is a folder: one
+    'error:' line, exit 2, for both formats, before any model is built (building one fails this test)."""
+    export_model = load_tool("export_model")
+
+    def no_build(cfg):
+        raise AssertionError("the model was built before the arguments were checked")
+
+    monkeypatch.setattr(export_model, "build_model", no_build)
+    (tmp_path / "a_file").write_text("x")
+    good = str(tmp_path / "m.ts")
+    cases = [
+        (["--size", "0", "0", "--output", good], "error: --size must be two positive integers H W (got 0 0)."),
+        (["--size", "64", "-8", "--output", good], "error: --size must be two positive integers H W (got 64 -8)."),
+        (["--output", str(tmp_path / "a_file" / "m.ts")], "which is not a folder; choose another path."),
+        (["--output", str(tmp_path)], f"is a folder; give a file name, e.g. --output {tmp_path / 'model.'}"),
+    ]
+    if os.path.isdir("/proc/self"):  # Linux: no file can be created in /proc, even by root
+        cases.append((["--output", "/proc/m.ts"], "folder '/proc' is not writable"))
+    for fmt in ("torchscript", "onnx"):
+        for argv, message in cases:
+            assert export_model.main(["--config-file", CONFIG, "--format", fmt, *argv]) == 2, (fmt, argv)
+            err = capsys.readouterr().err
+            assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and message in err, (fmt, err)
+    assert sorted(os.listdir(tmp_path)) == ["a_file"]  # no output, no temporary file
+
+
 def _small_msdeform_case():
     from universal_seg.ops import MSDeformAttn
 

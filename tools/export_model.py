@@ -37,6 +37,7 @@ import universal_seg.modeling  # noqa: E402,F401  (registers the models)
 from universal_seg.atomic import atomic_path  # noqa: E402
 from universal_seg.checkpoint import CHECKPOINT_ERRORS, UniversalSegCheckpointer  # noqa: E402
 from universal_seg.config import load_config  # noqa: E402
+from universal_seg.evaluation.offline.errors import check_output_file  # noqa: E402
 from universal_seg.export import OnnxExportWrapper, SemanticSegmentationWrapper, export_onnx, trace_semantic  # noqa: E402
 
 
@@ -152,8 +153,21 @@ class ExportRejected(Exception):
     """The exported file does not reproduce the eager model; it is not kept."""
 
 
+def check_arguments(args) -> None:
+    """ValueError (one sentence naming the fix; OutputPathError for --output) for a --size or --output the export
+    cannot use, raised before the model is built: --output's folder is created if missing and must be writable."""
+    if min(args.size) < 1:
+        raise ValueError(f"--size must be two positive integers H W (got {args.size[0]} {args.size[1]}).")
+    check_output_file(args.output, "--output", "model.onnx" if args.format == "onnx" else "model.ts")
+
+
 def main(argv=None) -> int:
     args = get_parser().parse_args(argv)
+    try:
+        check_arguments(args)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     cfg = build_cfg(args.config_file, args.opts)
     try:
         # written under a temporary name and renamed once checked: an interrupted or unfaithful export leaves no file

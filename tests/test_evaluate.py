@@ -255,6 +255,34 @@ def test_instance_errors(tmp_path):
         evaluate_instance(gt_json, str(path))
 
 
+def test_instance_string_ids_name_the_fix(tmp_path):
+    """tools/predict.py without --dataset names images by file stem (e.g. '2011_000003'): the error names the GT
+    image of that file and the fix (--dataset); string ids that would be valid as numbers are named as strings."""
+    gt_json = os.path.join(MINI, "instances_val.json")
+    gt = json.load(open(gt_json))
+    first = gt["images"][0]
+    stem = os.path.splitext(first["file_name"])[0]
+    results = _gt_as_results(gt_json)
+    result = next(r for r in results if r["image_id"] == first["id"])
+    category = result["category_id"]
+    path = tmp_path / "r.json"
+    for change, messages in (
+        (
+            {"image_id": stem},
+            [f"image_id '{stem}', the file name of ground-truth image {first['id']}", "predict.py with --dataset"],
+        ),
+        ({"image_id": "holiday_photo"}, ["a string, but the ground truth's image ids are numbers", "--dataset NAME"]),
+        ({"image_id": str(first["id"])}, [f"image_id '{first['id']}', a string: image ids must be integers"]),
+        ({"image_id": 99}, ["image_id 99 not in the ground truth"]),
+        ({"category_id": str(category)}, [f"category_id '{category}', a string: category ids must be integers"]),
+        ({"category_id": [category]}, [f"unknown category_id [{category}]"]),
+    ):
+        json.dump([dict(result, **change)], open(path, "w"))
+        with pytest.raises(PredictionFileError) as info:
+            evaluate_instance(gt_json, str(path))
+        assert all(m in str(info.value) for m in messages), (change, str(info.value))
+
+
 def test_instance_empty_results_score_zero_where_the_ground_truth_has_objects(tmp_path):
     """A model that found nothing writes ``[]`` (tools/predict.py's instances.json). Before, evaluate.py refused
     it; now it scores COCO's definition: no detection recalls nothing, so AP = 0 in every area range with ground

@@ -3,6 +3,7 @@ faster-coco-eval (:mod:`universal_seg.evaluation.coco`)."""
 
 import logging
 import math
+import os
 
 import pycocotools.mask as mask_util
 
@@ -43,6 +44,40 @@ def _check_segmentation(seg, img, where):
         raise PredictionFileError(f"{where}: 'segmentation' must be an RLE dict or a list of polygons.")
 
 
+def _unknown_image_id(pred_json, image_id, images) -> PredictionFileError:
+    """The error for a result whose image_id is not a ground-truth image id, naming the fix when the id is a file
+    name (tools/predict.py without --dataset names images by file stem)."""
+    if isinstance(image_id, str) and image_id.strip().lstrip("-").isdigit() and int(image_id) in images:
+        return PredictionFileError(
+            f"'{pred_json}' has image_id {image_id!r}, a string: image ids must be integers (write {int(image_id)}, "
+            f"not {image_id!r})."
+        )
+    stems = {os.path.splitext(os.path.basename(str(img.get("file_name", ""))))[0]: i for i, img in images.items()}
+    if str(image_id) in stems:
+        return PredictionFileError(
+            f"'{pred_json}' has image_id {image_id!r}, the file name of ground-truth image {stems[str(image_id)]!r} "
+            "but not its id: the predictions were written without a dataset; rerun tools/predict.py with "
+            "--dataset NAME to write the dataset's image ids."
+        )
+    if isinstance(image_id, str) and not any(isinstance(i, str) for i in images):
+        return PredictionFileError(
+            f"'{pred_json}' has image_id {image_id!r}, a string, but the ground truth's image ids are numbers: "
+            "tools/predict.py without --dataset names images by file; rerun it with --dataset NAME to write the "
+            "dataset's image ids."
+        )
+    return PredictionFileError(
+        f"'{pred_json}' has image_id {image_id!r} not in the ground truth; check that the predictions belong to "
+        "this dataset."
+    )
+
+
+def _is_in(value, known) -> bool:
+    try:
+        return value in known
+    except TypeError:  # an unhashable JSON value (a list or an object) is no id
+        return False
+
+
 def load_results(pred_json, coco_gt):
     """Read and validate a COCO results list: known image and category ids, a finite score, valid RLE or polygon
     masks of the image's size, boxes of 4 finite numbers."""
@@ -54,11 +89,17 @@ def load_results(pred_json, coco_gt):
         where = f"'{pred_json}' result {i}"
         if not isinstance(r, dict):
             raise PredictionFileError(f"{where} is not a JSON object.")
-        if r.get("image_id") not in images:
-            raise PredictionFileError(f"'{pred_json}' has image_id {r.get('image_id')} not in the ground truth.")
-        if r.get("category_id") not in cats:
+        if not _is_in(r.get("image_id"), images):
+            raise _unknown_image_id(pred_json, r.get("image_id"), images)
+        category = r.get("category_id")
+        if isinstance(category, str):
             raise PredictionFileError(
-                f"'{pred_json}' has unknown category_id {r.get('category_id')}; use the "
+                f"'{pred_json}' has category_id {category!r}, a string: category ids must be integers (the "
+                "dataset's category ids, written as JSON numbers)."
+            )
+        if isinstance(category, bool) or not _is_in(category, cats):
+            raise PredictionFileError(
+                f"'{pred_json}' has unknown category_id {category!r}; use the "
                 "dataset's category ids, not contiguous ids."
             )
         score = r.get("score")

@@ -5,6 +5,7 @@ import io
 import json
 import logging
 import os
+import re
 
 import numpy as np
 import pycocotools.mask as mask_util
@@ -153,6 +154,24 @@ def test_panoptic_errors(tmp_path):
     gt["annotations"][0]["segments_info"][0]["category_id"] = 99
     json.dump({"annotations": gt["annotations"]}, open(bad, "w"))
     with pytest.raises(PredictionFileError, match="unknown category ids"):
+        evaluate_panoptic(PAN_JSON, PAN_DIR, str(bad), PAN_DIR)
+
+
+def test_panoptic_string_ids_name_the_fix(tmp_path):
+    """File-stem image ids (tools/predict.py without --dataset) name --dataset; a category id "15" is named as a
+    string that must be an integer, not as an unknown id."""
+    gt = json.load(open(PAN_JSON))
+    bad = tmp_path / "p.json"
+    stems = [dict(a, image_id=os.path.splitext(a["file_name"])[0]) for a in gt["annotations"]]
+    json.dump({"annotations": stems}, open(bad, "w"))
+    with pytest.raises(PredictionFileError, match=r"tools/predict.py --dataset NAME gives the dataset's image ids"):
+        evaluate_panoptic(PAN_JSON, PAN_DIR, str(bad), PAN_DIR)
+    first = gt["annotations"][0]
+    category = first["segments_info"][0]["category_id"]
+    first["segments_info"][0]["category_id"] = str(category)
+    json.dump({"annotations": gt["annotations"]}, open(bad, "w"))
+    expected = f"image {first['image_id']} gives category ids as strings ['{category}']; category ids must be integers"
+    with pytest.raises(PredictionFileError, match=re.escape(expected)):
         evaluate_panoptic(PAN_JSON, PAN_DIR, str(bad), PAN_DIR)
 
 

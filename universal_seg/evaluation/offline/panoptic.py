@@ -45,6 +45,12 @@ def validate_panoptic(gt, pred, pred_folder, pred_json="the prediction JSON"):
     cats, sizes = {c["id"] for c in gt["categories"]}, {i["id"]: (i["height"], i["width"]) for i in gt["images"]}
     for image_id, ann in pred_anns.items():
         unknown = {s["category_id"] for s in ann["segments_info"]} - cats
+        strings = sorted(c for c in unknown if isinstance(c, str))
+        if strings:
+            raise PredictionFileError(
+                f"Prediction of image {image_id} gives category ids as strings {strings[:5]}; category ids must be "
+                "integers (the dataset's category ids, written as JSON numbers)."
+            )
         if unknown:
             raise PredictionFileError(f"Prediction of image {image_id} uses unknown category ids {sorted(unknown)}.")
         png = os.path.join(pred_folder, ann["file_name"])

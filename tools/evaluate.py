@@ -23,14 +23,14 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from universal_seg.atomic import atomic_write_text  # noqa: E402
+from universal_seg.atomic import OutputPathError, atomic_write_text, check_output_file  # noqa: E402
 from universal_seg.evaluation.offline import (  # noqa: E402
     evaluate_instance,
     evaluate_panoptic,
     evaluate_pq_from_semantic,
     evaluate_semantic,
 )
-from universal_seg.evaluation.offline.errors import OutputPathError, PredictionFileError, check_output_file  # noqa: E402
+from universal_seg.evaluation.offline.errors import PredictionFileError  # noqa: E402
 
 
 def build_parser():

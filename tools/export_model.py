@@ -34,10 +34,9 @@ from detectron2.modeling import build_model  # noqa: E402
 
 import universal_seg.data  # noqa: E402,F401  (dataset metadata)
 import universal_seg.modeling  # noqa: E402,F401  (registers the models)
-from universal_seg.atomic import atomic_path  # noqa: E402
+from universal_seg.atomic import atomic_path, check_output_file  # noqa: E402
 from universal_seg.checkpoint import CHECKPOINT_ERRORS, UniversalSegCheckpointer  # noqa: E402
 from universal_seg.config import load_config  # noqa: E402
-from universal_seg.evaluation.offline.errors import check_output_file  # noqa: E402
 from universal_seg.export import OnnxExportWrapper, SemanticSegmentationWrapper, export_onnx, trace_semantic  # noqa: E402
 
 

@@ -3,7 +3,7 @@ target (``os.replace`` is atomic on POSIX and Windows), then the directory fsync
 ``kill -9`` or a power cut) sees the old file or the new one, never a truncated one.
 
 The file gets the mode an ordinary ``open(path, "w")`` would give it (0666 less the umask; 0644 with the usual umask),
-not ``mkstemp``'s 0600.
+not ``mkstemp``'s 0600. :func:`check_output_file` checks a tool's output path before the work that fills it.
 """
 
 import contextlib
@@ -92,3 +92,32 @@ def atomic_write_text(path: str, text: str) -> None:
     """Writes ``text`` to ``path`` atomically (see module docstring)."""
     with atomic_open(path, "w") as f:
         f.write(text)
+
+
+class OutputPathError(ValueError):
+    """An output file that cannot be written (a folder, a path under a file, an unwritable folder)."""
+
+
+def check_output_file(path, option="--output", example="out.json"):
+    """Checks, before any work, that the file ``path`` can be written: creates its folder when missing (as the
+    atomic write would) and writes (then removes) a probe file there. OutputPathError, one sentence naming ``option``
+    and the fix, when ``path`` is a folder, lies under a file, or its folder cannot be written."""
+    if os.path.isdir(path):
+        raise OutputPathError(
+            f"{option} '{path}' is a folder; give a file name, e.g. {option} {os.path.join(path, example)}."
+        )
+    folder = os.path.dirname(os.path.abspath(path))
+    ancestor = folder
+    while not os.path.lexists(ancestor):
+        ancestor = os.path.dirname(ancestor)
+    if not os.path.isdir(ancestor):
+        raise OutputPathError(f"{option} '{path}' lies under '{ancestor}', which is not a folder; choose another path.")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=TEMP_PREFIX):
+            pass
+    except OSError as err:
+        raise OutputPathError(
+            f"{option} '{path}' cannot be written: folder '{folder}' is not writable ({err.strerror or err}); choose "
+            "a writable folder."
+        ) from err

@@ -2,13 +2,9 @@
 it (one sentence naming the file and the fix) instead of a library's traceback."""
 
 import json
-import os
-import tempfile
 
 import numpy as np
 from PIL import Image
-
-from ...atomic import TEMP_PREFIX
 
 
 class PredictionFileError(ValueError):
@@ -29,35 +25,6 @@ def check_ids(pred_ids, gt_ids, what):
             f"Predictions name {len(unknown)} {what}(s) not in the ground truth, e.g. "
             f"{unknown[:5]}; check that the files belong to this dataset."
         )
-
-
-class OutputPathError(ValueError):
-    """An output file that cannot be written (a folder, a path under a file, an unwritable folder)."""
-
-
-def check_output_file(path, option="--output", example="out.json"):
-    """Checks, before any work, that the file ``path`` can be written: creates its folder when missing (as the
-    atomic write would) and writes (then removes) a probe file there. OutputPathError, one sentence naming ``option``
-    and the fix, when ``path`` is a folder, lies under a file, or its folder cannot be written."""
-    if os.path.isdir(path):
-        raise OutputPathError(
-            f"{option} '{path}' is a folder; give a file name, e.g. {option} {os.path.join(path, example)}."
-        )
-    folder = os.path.dirname(os.path.abspath(path))
-    ancestor = folder
-    while not os.path.lexists(ancestor):
-        ancestor = os.path.dirname(ancestor)
-    if not os.path.isdir(ancestor):
-        raise OutputPathError(f"{option} '{path}' lies under '{ancestor}', which is not a folder; choose another path.")
-    try:
-        os.makedirs(folder, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=folder, prefix=TEMP_PREFIX):
-            pass
-    except OSError as err:
-        raise OutputPathError(
-            f"{option} '{path}' cannot be written: folder '{folder}' is not writable ({err.strerror or err}); choose "
-            "a writable folder."
-        ) from err
 
 
 def load_json(path, what="file"):

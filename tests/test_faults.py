@@ -1150,7 +1150,12 @@ def test_training_stopped_by_bad_data_is_logged_as_one_line_not_a_traceback(tmp_
 def test_corrupt_checkpoint_files_are_one_sentence_errors(tmp_path):
     """Before: an empty .pth gave EOFError, a truncated one PyTorch's zip-reader RuntimeError, a text file the
     misleading "contains objects beyond tensors", and a directory "does not exist"."""
-    from universal_seg.checkpoint import CheckpointNotFoundError, CheckpointUnreadableError, UniversalSegCheckpointer
+    from universal_seg.checkpoint import (
+        CheckpointMismatchError,
+        CheckpointNotFoundError,
+        CheckpointUnreadableError,
+        UniversalSegCheckpointer,
+    )
 
     model = nn.Linear(2, 2)
     full = tmp_path / "full.pth"
@@ -1172,6 +1177,20 @@ def test_corrupt_checkpoint_files_are_one_sentence_errors(tmp_path):
             UniversalSegCheckpointer(model).load(str(tmp_path / name))
     with pytest.raises(CheckpointNotFoundError, match=r"is a directory; give the checkpoint file in it"):
         UniversalSegCheckpointer(model).load(str(tmp_path))
+    # before: "ValueError: unsupported checkpoint format", and AttributeError "'list' object has no attribute 'keys'"
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "photo.jpg")
+    torch.save([1, 2, 3], tmp_path / "list.pth")
+    (tmp_path / "list.pkl").write_bytes(pickle.dumps([1, 2, 3]))
+    for name, match in (
+        ("photo.jpg", r"photo.jpg is not a checkpoint file: weights are read from .pth, .pkl, .pt, .pyth files"),
+        ("list.pth", r"list.pth holds a list, not a dict of tensors"),
+        ("list.pkl", r"list.pkl holds a list, not a dict of weights"),
+    ):
+        with pytest.raises(CheckpointUnreadableError, match=match):
+            UniversalSegCheckpointer(model).load(str(tmp_path / name))
+    torch.save({}, tmp_path / "nothing.pth")
+    with pytest.raises(CheckpointMismatchError, match=r"matches none of the model's 2 tensors \(it holds none\)"):
+        UniversalSegCheckpointer(model).load(str(tmp_path / "nothing.pth"))
     assert UniversalSegCheckpointer(model).load(str(full)) is not None  # the intact file still loads
 
 

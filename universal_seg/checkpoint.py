@@ -81,7 +81,9 @@ def load_pickle_safely(path: str) -> dict:
     with PathManager.open(path, "rb") as f:
         data = _WeightsUnpickler(f, encoding="latin1").load()
     if not isinstance(data, dict):
-        raise ValueError(f"{path} does not contain a dict of weights (found {type(data).__name__}).")
+        raise CheckpointUnreadableError(
+            f"{path} holds a {type(data).__name__}, not a dict of weights; give a checkpoint saved from a model."
+        )
     return data
 
 
@@ -119,6 +121,7 @@ class CheckpointNotFoundError(CheckpointUnreadableError):
 
 #: what loading a checkpoint raises for a bad file: tools turn these into a one-line exit
 CHECKPOINT_ERRORS = (CheckpointMismatchError, CheckpointUnreadableError, UnsafeCheckpointError)
+CHECKPOINT_SUFFIXES = (".pth", ".pkl", ".pt", ".pyth")
 
 
 class UniversalSegCheckpointer(DetectionCheckpointer):
@@ -186,10 +189,10 @@ class UniversalSegCheckpointer(DetectionCheckpointer):
         ckpt_keys = [k for k in state if k not in derived]
         matched = [k for k in model_keys if k in state]
         if not matched:
+            holds = f"it holds {len(ckpt_keys)}, e.g. {_listing(ckpt_keys, 3)}" if ckpt_keys else "it holds none"
             raise CheckpointMismatchError(
-                f"the checkpoint matches none of the model's {len(model_keys)} tensors (it holds "
-                f"{len(ckpt_keys)}, e.g. {_listing(ckpt_keys, 3)}): it is not a checkpoint of this model; check "
-                "MODEL.WEIGHTS and the config it was trained with."
+                f"the checkpoint matches none of the model's {len(model_keys)} tensors ({holds}): it is not a "
+                "checkpoint of this model; check MODEL.WEIGHTS and the config it was trained with."
             )
         reinit = set()
         for pattern in self.reinit_keys:
@@ -396,6 +399,11 @@ class UniversalSegCheckpointer(DetectionCheckpointer):
     def _load_file(self, filename: str) -> dict:
         """The checkpoint dict of ``filename``; a truncated, empty or foreign file is CheckpointUnreadableError
         (one sentence), a pickle holding code UnsafeCheckpointError."""
+        if not filename.endswith(CHECKPOINT_SUFFIXES):
+            raise CheckpointUnreadableError(
+                f"{filename} is not a checkpoint file: weights are read from {', '.join(CHECKPOINT_SUFFIXES)} files "
+                "(e.g. the model_final.pth training writes, or an official model's .pkl); check MODEL.WEIGHTS."
+            )
         with PathManager.open(filename, "rb") as f:
             magic = f.read(2)
         torch_file = filename.endswith((".pth", ".pt", ".pyth"))  # torch.save: a zip archive, or a protocol 2 pickle
@@ -405,7 +413,7 @@ class UniversalSegCheckpointer(DetectionCheckpointer):
                 "it is truncated or another kind of file; copy it again or give another checkpoint."
             )
         try:
-            return self._read_file(filename)
+            loaded = self._read_file(filename)
         except UnsafeCheckpointError:
             raise
         except (RuntimeError, EOFError, pickle.UnpicklingError) as e:
@@ -414,6 +422,12 @@ class UniversalSegCheckpointer(DetectionCheckpointer):
                 f"{filename} cannot be read ({type(e).__name__}: {first}): it is truncated or corrupt; copy it again "
                 "or give another checkpoint."
             ) from e
+        if not isinstance(loaded.get("model"), dict):
+            raise CheckpointUnreadableError(
+                f"{filename} holds a {type(loaded.get('model')).__name__}, not a dict of tensors (a state dict, or "
+                "{'model': state dict}); give a checkpoint saved from a model."
+            )
+        return loaded
 
     def _read_file(self, filename: str) -> dict:
         if filename.endswith(".pkl"):
@@ -433,10 +447,12 @@ class UniversalSegCheckpointer(DetectionCheckpointer):
                         f"refusing to load {filename}: it contains objects beyond tensors and containers "
                         f"(torch.load(weights_only=True) said: {str(err).splitlines()[0]})."
                     ) from err
+            if not isinstance(loaded, dict):
+                return {"model": loaded}  # refused by _load_file, naming what it holds
             if filename.endswith(".pyth"):
                 loaded = {"model": loaded["model_state"], "__author__": "pycls", "matching_heuristics": True}
             return loaded if "model" in loaded else {"model": loaded}
-        raise ValueError(f"unsupported checkpoint format {filename!r}: use a .pkl or .pth file.")
+        raise AssertionError(f"_load_file admits only {CHECKPOINT_SUFFIXES}")
 
 
 # ----------------------------------------------------------------------------------- checkpoint converters

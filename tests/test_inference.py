@@ -394,6 +394,31 @@ def test_predict_restart_redoes_an_image_whose_file_an_os_crash_left_empty(tmp_p
     assert any(expected in r.getMessage() for r in warnings)
 
 
+def test_input_patterns_that_match_nothing_are_kept_to_be_reported(tmp_path, capsys):
+    """Before: a glob matching nothing was dropped without a word ("1 of 1 images" for three patterns). Now it is
+    kept, so predict.py lists it in errors.json as missing (exit status 1); an empty folder is a warning."""
+    from universal_seg.inference.inputs import expand_inputs
+
+    folder, empty = tmp_path / "in", tmp_path / "empty"
+    folder.mkdir()
+    empty.mkdir()
+    for name in ("b.jpg", "a.jpg"):
+        (folder / name).write_bytes(open(IMAGES[0], "rb").read())
+    nothing = str(tmp_path / "*.JPEG")
+    with logged_records("universal_seg.inference", logging.WARNING) as warnings:
+        paths = expand_inputs([str(folder / "a.jpg"), str(folder / "*.jpg"), nothing, str(empty)])
+    assert paths == [str(folder / "a.jpg"), str(folder / "b.jpg"), nothing]  # in order, no repeats
+    assert any(f"{empty}: the folder holds no image files" in r.getMessage() for r in warnings)
+    out = tmp_path / "out"
+    opts = ["--opts", "MODEL.DEVICE", "cpu", "MODEL.WEIGHTS", "", "INPUT.MIN_SIZE_TEST", "64"]
+    argv = ["--config-file", M2F, "--input", str(folder / "a.jpg"), nothing, "--output", str(out), *opts]
+    assert predict_tool.main(argv) == 1
+    assert list(json.load(open(out / "errors.json"))) == [nothing]
+    assert "1 of 2 images have predictions" in capsys.readouterr().out
+    assert predict_tool.main([*argv, "INPUT.FORMAT", "BGRA"]) == 2  # was a ValueError traceback
+    assert "error: INPUT.FORMAT 'BGRA' is not supported by the predictor; use RGB or BGR." in capsys.readouterr().err
+
+
 def test_amp_runs_in_bfloat16_on_the_cpu_and_stays_close(m2f_predictor):
     """amp=True: the network runs under bfloat16 autocast (its pixel decoder output is bfloat16); the semantic
     scores come back in float32 within 0.1 of the float32 run (bfloat16 keeps 8 bits of mantissa)."""

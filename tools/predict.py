@@ -182,7 +182,7 @@ def main(argv=None) -> int:
     writer = PredictionWriter(args.output, tasks, metadata)
     try:
         predictor = Predictor(cfg, batch_size=args.batch_size, amp=args.amp)
-    except CHECKPOINT_ERRORS as err:
+    except (ValueError, *CHECKPOINT_ERRORS) as err:  # ValueError: a setting the predictor cannot run
         print(f"error: {err}", file=sys.stderr)
         return 2
     logger.info(f"tasks {tasks}, {len(paths)} inputs, weights {cfg.MODEL.WEIGHTS or '(none: untrained)'}")

@@ -11,8 +11,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 def expand_inputs(patterns: list[str]) -> list[str]:
     """Files named by ``patterns`` (files, globs, directories -> their images, sorted), in order, no repeats.
-    A pattern that matches nothing is kept as is (it is reported as unreadable later)."""
+    A glob that matches nothing is kept as is (the caller reports it as a missing input); a folder without images
+    is a warning."""
     paths: list[str] = []
+    seen: set[str] = set()
     for pattern in patterns:
         if os.path.isdir(pattern):
             names = sorted(os.listdir(pattern))
@@ -24,11 +26,16 @@ def expand_inputs(patterns: list[str]) -> list[str]:
                     f"({', '.join(others[:3])}{', ...' if len(others) > 3 else ''}; images end in "
                     f"{'/'.join(IMAGE_EXTENSIONS)}; sub-folders are not searched)."
                 )
+            if not found:
+                logger.warning(f"{pattern}: the folder holds no image files.")
         elif glob.has_magic(pattern):
-            found = sorted(glob.glob(os.path.expanduser(pattern)))
+            found = sorted(glob.glob(os.path.expanduser(pattern))) or [pattern]
         else:
             found = [pattern]
-        paths.extend(p for p in found if p not in paths)
+        for path in found:
+            if path not in seen:
+                seen.add(path)
+                paths.append(path)
     return paths
 
 

@@ -434,12 +434,18 @@ def test_coco_panoptic_json_problems_are_named_and_image_folders_kept(tmp_path):
             data["images"][0]["file_name"] = "sub/" + data["images"][0]["file_name"]
             data["annotations"].pop()
 
-        load = register(_edited_copy(tmp_path, "panoptic_train.json", one_in_a_folder_one_unannotated, "pan.json"))
+        def also_one_category_unmarked(data):
+            one_in_a_folder_one_unannotated(data)
+            del data["categories"][0]["isthing"]
+
         with logged_records("universal_seg.data", logging.WARNING) as warnings:
+            load = register(_edited_copy(tmp_path, "panoptic_train.json", also_one_category_unmarked, "pan.json"))
             records = load()
         first = json.loads((MINI / "panoptic_train.json").read_text())["images"][0]["file_name"]
         assert records[0]["file_name"] == str(tmp_path / "images" / "sub" / first) and len(records) == 2
-        assert any("1 of 3 images have no annotation and are left out" in r.getMessage() for r in warnings)
+        messages = [r.getMessage() for r in warnings]
+        assert any("1 of 3 images have no annotation and are left out" in m for m in messages)
+        assert any("1 of 21 categories have no 'isthing' and are treated as things" in m for m in messages), messages
     finally:
         DatasetCatalog.remove("own_pan_json")
         MetadataCatalog.remove("own_pan_json")

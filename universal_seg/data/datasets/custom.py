@@ -208,7 +208,14 @@ def register_coco_panoptic(
         semantic_root=semantic_root,
         instances_json=instances_json,
     )
-    cats = normalise_categories(name, categories if categories is not None else _json_categories(name, panoptic_json))
+    given = categories if categories is not None else _json_categories(name, panoptic_json)
+    unmarked = [c.get("name", c.get("id")) for c in given if isinstance(c, dict) and "isthing" not in c]
+    if unmarked:
+        logger.warning(
+            f"register '{name}': {len(unmarked)} of {len(given)} categories have no 'isthing' and are treated as "
+            f"things (e.g. {', '.join(map(str, unmarked[:3]))}); give stuff categories isthing 0."
+        )
+    cats = normalise_categories(name, given)
     meta = panoptic_metadata(cats)
     extra = {"sem_seg_root": semantic_root} if semantic_root else {}
     if instances_json:

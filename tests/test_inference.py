@@ -417,6 +417,8 @@ def test_input_patterns_that_match_nothing_are_kept_to_be_reported(tmp_path, cap
     assert "1 of 2 images have predictions" in capsys.readouterr().out
     assert predict_tool.main([*argv, "INPUT.FORMAT", "BGRA"]) == 2  # was a ValueError traceback
     assert "error: INPUT.FORMAT 'BGRA' is not supported by the predictor; use RGB or BGR." in capsys.readouterr().err
+    assert predict_tool.main([*argv, "INPUT.MIN_SIZE_TEST", "-5"]) == 2  # was accepted: no resize at all
+    assert "INPUT.MIN_SIZE_TEST -5 / MAX_SIZE_TEST 400: sizes are positive" in capsys.readouterr().err
 
 
 def test_amp_runs_in_bfloat16_on_the_cpu_and_stays_close(m2f_predictor):

@@ -138,6 +138,11 @@ class Predictor:
             )
         if cfg.INPUT.FORMAT not in _FORMATS:
             raise ValueError(f"INPUT.FORMAT {cfg.INPUT.FORMAT!r} is not supported by the predictor; use RGB or BGR.")
+        if cfg.INPUT.MIN_SIZE_TEST < 0 or cfg.INPUT.MAX_SIZE_TEST < 0:
+            raise ValueError(
+                f"INPUT.MIN_SIZE_TEST {cfg.INPUT.MIN_SIZE_TEST} / MAX_SIZE_TEST {cfg.INPUT.MAX_SIZE_TEST}: sizes are "
+                "positive (MIN_SIZE_TEST 0: no resize)."
+            )
         self.tiling = TilingConfig.from_cfg(cfg)
         self.max_output_pixels = int(cfg.TEST.MAX_OUTPUT_PIXELS)
         self.cfg = cfg

@@ -426,6 +426,7 @@ def test_coco_panoptic_json_problems_are_named_and_image_folders_kept(tmp_path):
             (lambda d: d["annotations"][1].update(image_id=d["annotations"][0]["image_id"]), "more than one annot"),
             (lambda d: d["annotations"][0].update(image_id=999), "belongs to image id 999, which 'images' does"),
             (lambda d: _drop(d["annotations"][0], "segments_info"), r"annotations\[0\] has no segments_info"),
+            (lambda d: _drop(d["annotations"][0]["segments_info"][0], "category_id"), "a segment of .* has no cat"),
         ):
             with pytest.raises(ValueError, match=message):
                 register(_edited_copy(tmp_path, "panoptic_train.json", edit, "pan.json"))()
@@ -730,6 +731,9 @@ def test_coco_instances_plus_semantic_stuff_to_panoptic(tmp_path, capsys):
     (tmp_path / "ins.json").write_text(json.dumps(coco))
     assert convert_coco_semantic.main(argv) == 1
     assert "annotation 1 has category id 9, which is not in its 'categories'" in capsys.readouterr().err
+    (tmp_path / "classes.txt").write_text("grass\nroad\n\ngrass\n")  # a class named twice: was two categories
+    with pytest.raises(SystemExit, match=r"lists the class 'grass' \(lines 1, 4\) more than once"):
+        convert_coco_semantic.main(argv)
 
 
 def test_evaluation_says_whether_its_images_were_trained_on(tmp_path):

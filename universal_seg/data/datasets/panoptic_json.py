@@ -74,6 +74,12 @@ def load_panoptic_json(json_file, image_dir, panoptic_dir, semantic_dir, metadat
 
 def _contiguous(segment, things, stuff, json_file, png_name=""):
     segment = dict(segment)
+    missing = [k for k in ("id", "category_id") if k not in segment]
+    if missing:
+        raise ValueError(
+            f"'{json_file}': a segment of {png_name} has no {' or '.join(missing)}; COCO panoptic segments need id "
+            "(the PNG's segment id) and category_id."
+        )
     cat = segment["category_id"]
     if cat not in stuff:
         raise ValueError(

@@ -216,6 +216,10 @@ def test_resume_restores_iteration_optimizer_and_scheduler(tmp_path):
     assert lrs == pytest.approx([cfg.SOLVER.BASE_LR * cfg.SOLVER.GAMMA] * len(lrs))
     second.train()  # continues to the new MAX_ITER
     assert torch.load(tmp_path / "model_final.pth", map_location="cpu", weights_only=True)["iteration"] == 4
+    # a MAX_ITER below the checkpoint's iterations: before, fvcore's "where in ParamScheduler must be in [0, 1]"
+    cfg.SOLVER.MAX_ITER = 4
+    with pytest.raises(ValueError, match=r"has trained 5 iterations but SOLVER.MAX_ITER is 4; raise SOLVER.MAX_ITER"):
+        Trainer(cfg).resume_or_load(resume=True)
 
 
 def _distributed_worker(output_dir):

@@ -296,6 +296,17 @@ class Trainer(DefaultTrainer):
         fresh_groups = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
         fresh_scheduler = self.scheduler.state_dict()
         super().load_state_dict(state_dict)
+        done = self.iter + 1  # iterations the checkpoint has trained
+        if done > self.max_iter:
+            raise ValueError(
+                f"resume: the checkpoint has trained {done} iterations but SOLVER.MAX_ITER is {self.max_iter}; raise "
+                "SOLVER.MAX_ITER to train further, or evaluate the checkpoint with --eval-only."
+            )
+        if done == self.max_iter:
+            logger.warning(
+                f"resume: the checkpoint has already trained SOLVER.MAX_ITER = {self.max_iter} iterations, so there "
+                "is nothing left to train; raise SOLVER.MAX_ITER to train further."
+            )
         if "_trainer" in state_dict:
             self._trainer.load_state_dict(state_dict["_trainer"])
         else:

@@ -1147,6 +1147,40 @@ def test_training_stopped_by_bad_data_is_logged_as_one_line_not_a_traceback(tmp_
     assert record.getMessage() == "Exception during training:"
 
 
+@needs_mini
+def test_a_refused_resume_keeps_the_runs_config_and_a_new_run_into_it_is_warned(tmp_path):
+    """Before: a --resume refused for its checkpoint had already replaced OUTPUT_DIR/config.yaml (detectron2's
+    set-up writes it first), losing the record of how the checkpoints were trained; a run without --resume into
+    that folder overwrote its checkpoints without a word."""
+    from conftest import logged_records
+    from detectron2.engine import default_argument_parser
+    from detectron2.modeling import build_model
+
+    train_net = _import_path("train_net_under_test", ROOT / "tools" / "train_net.py")
+    out = tmp_path / "run"
+    out.mkdir()
+    earlier = load_config(str(ROOT / "configs/mini/semantic/segformer_b0.yaml"), ["MODEL.DEVICE", "cpu"])
+    torch.save({"model": build_model(earlier).state_dict(), "iteration": 3}, out / "model_0000003.pth")
+    (out / "last_checkpoint").write_text("model_0000003.pth")
+    (out / "config.yaml").write_text(earlier.dump())
+    kept = (out / "config.yaml").read_bytes()
+    argv = ["--config-file", str(ROOT / "configs/mini/panoptic/m2f_r18.yaml"), "OUTPUT_DIR", str(out), *TINY]
+    args = default_argument_parser().parse_args(["--resume", *argv, "MODEL.DEVICE", "cpu"])
+    with pytest.raises(SystemExit, match="matches none of the model's"):
+        train_net.main(args)
+    assert (out / "config.yaml").read_bytes() == kept
+
+    args = default_argument_parser().parse_args(argv)
+    earlier.OUTPUT_DIR = str(out)
+    with logged_records("universal_seg", logging.WARNING) as warnings:
+        train_net.warn_if_overwriting(earlier, args)
+    assert any(
+        f"OUTPUT_DIR {out} holds the checkpoints of an earlier run (last: model_0000003.pth)" in r.getMessage()
+        and "Pass --resume to continue that run" in r.getMessage()
+        for r in warnings
+    )
+
+
 def test_corrupt_checkpoint_files_are_one_sentence_errors(tmp_path):
     """Before: an empty .pth gave EOFError, a truncated one PyTorch's zip-reader RuntimeError, a text file the
     misleading "contains objects beyond tensors", and a directory "does not exist"."""

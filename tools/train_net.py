@@ -11,6 +11,7 @@ Trailing KEY VALUE pairs override the config (detectron2's --opts). Without CUDA
 processes joined with the gloo backend.
 """
 
+import logging
 import os
 import sys
 
@@ -23,21 +24,51 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 
 import universal_seg.data  # noqa: E402,F401  (registers the datasets)
 import universal_seg.modeling  # noqa: E402,F401  (registers the models)
+from universal_seg.atomic import atomic_write_bytes  # noqa: E402
 from universal_seg.checkpoint import CHECKPOINT_ERRORS, UniversalSegCheckpointer  # noqa: E402
 from universal_seg.config import load_config  # noqa: E402
 from universal_seg.engine import TRAINING_STOPPERS, Trainer, launch  # noqa: E402
 
+logger = logging.getLogger("universal_seg.train_net")
+
 
 def setup(args):
-    """Config from the file and the command-line overrides; logging and output directory."""
+    """Config from the file and the command-line overrides; logging and output directory. The OUTPUT_DIR's
+    config.yaml before detectron2's set-up rewrote it is kept in ``args.previous_config`` (bytes or None)."""
     try:
         cfg = load_config(args.config_file, args.opts)
     except ValueError as err:
         sys.exit(f"error: {err}")
     cfg.freeze()
+    args.previous_config = None
+    if comm.is_main_process() and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "config.yaml")):
+        with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "rb") as f:
+            args.previous_config = f.read()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="universal_seg")
     return cfg
+
+
+def stop_keeping_the_earlier_config(cfg, args, err) -> None:
+    """Exits with ``err`` in one line; an OUTPUT_DIR config.yaml that this refused run rewrote is put back (it
+    records how the run's checkpoints were trained)."""
+    if getattr(args, "previous_config", None) is not None and comm.is_main_process():
+        atomic_write_bytes(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), args.previous_config)
+    sys.exit(f"error: {err}")
+
+
+def warn_if_overwriting(cfg, args) -> None:
+    """A training run without --resume into an OUTPUT_DIR that holds another run's checkpoints overwrites them as
+    it saves: say so, naming --resume and a new OUTPUT_DIR."""
+    last = os.path.join(cfg.OUTPUT_DIR, "last_checkpoint")
+    if args.resume or not comm.is_main_process() or not os.path.isfile(last):
+        return
+    with open(last) as f:
+        name = f.read().strip()
+    logger.warning(
+        f"OUTPUT_DIR {cfg.OUTPUT_DIR} holds the checkpoints of an earlier run (last: {name}); this run starts anew "
+        "and overwrites them as it saves. Pass --resume to continue that run, or set OUTPUT_DIR to a new folder."
+    )
 
 
 def main(args):
@@ -70,11 +101,12 @@ def main(args):
         if comm.is_main_process():
             verify_results(cfg, res)
         return res
+    warn_if_overwriting(cfg, args)
     try:  # configuration and data problems found before training: one line each
         trainer = Trainer(cfg)
         trainer.resume_or_load(resume=args.resume)
     except (ValueError, FileNotFoundError, *CHECKPOINT_ERRORS) as err:  # FileNotFoundError: also MissingDataError
-        sys.exit(f"error: {err}")
+        stop_keeping_the_earlier_config(cfg, args, err)
     try:
         return trainer.train()
     except TRAINING_STOPPERS as err:  # bad data or a diverged loss: logged by the loop as one line too

@@ -146,6 +146,31 @@ def test_bad_size_or_output_is_one_line_before_the_model_is_built(tmp_path, caps
             err = capsys.readouterr().err
             assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and message in err, (fmt, err)
     assert sorted(os.listdir(tmp_path)) == ["a_file"]  # no output, no temporary file
+    # configs the exported graph cannot hold: before, a traceback after building (OneFormer: 217 lines for ONNX),
+    # or for TorchScript a silent export of the whole-image model of a sliding-window config
+    oneformer = os.path.join(ROOT, "configs", "mini", "panoptic", "oneformer_r18.yaml")
+    segformer = os.path.join(ROOT, "configs", "mini", "semantic", "segformer_b0.yaml")
+    for config, opts, message in (
+        (oneformer, [], "exporting a OneFormer model (MODEL.ONE_FORMER.TASK_CONDITIONED) is not supported yet"),
+        (segformer, ["MODEL.PER_PIXEL.SLIDE_WINDOW.ENABLED", "True"], "add MODEL.PER_PIXEL.SLIDE_WINDOW.ENABLED False"),
+    ):
+        for fmt in ("torchscript", "onnx"):
+            assert export_model.main(["--config-file", config, "--format", fmt, "--output", good, *opts]) == 2
+            err = capsys.readouterr().err
+            assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and message in err, (fmt, err)
+
+
+def test_onnx_export_specialised_to_a_tiny_example_is_not_written(tmp_path, capsys):
+    """--size 1 1: the exporter fixes the feature sizes of the example. Before, the check's second input padded to
+    the same 32x32 cell, passed, and the file failed at every other size in ONNX Runtime; now the check runs at
+    a size with other feature-map sizes, fails, and no file is written."""
+    export_model = load_tool("export_model")
+    segformer = os.path.join(ROOT, "configs", "mini", "semantic", "segformer_b0.yaml")
+    out = tmp_path / "m.onnx"
+    argv = ["--config-file", segformer, "--format", "onnx", "--output", str(out), "--size", "1", "1"]
+    assert export_model.main(argv) == 1
+    assert "it was specialised to the example's size: export at a larger --size" in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
 
 
 def _small_msdeform_case():

@@ -104,9 +104,27 @@ def export(cfg, output: str, size: tuple[int, int], normalized_input: bool = Fal
     return diff
 
 
-def onnx_check_sizes(size: tuple[int, int]) -> list[tuple[int, int, int]]:
-    """(batch, height, width) of the inputs the ONNX check runs: the example size, then batch 2 at another size."""
-    return [(1, size[0], size[1]), (2, size[0] + 24, max(size[1] - 40, 8))]
+def onnx_check_sizes(size: tuple[int, int], divisibility: int = 32) -> list[tuple[int, int, int]]:
+    """(batch, height, width) of the inputs the ONNX check runs: the example size, then batch 2 at a size that pads
+    (to ``divisibility``, at least 32) to other feature-map sizes in both dimensions, so that a graph the exporter
+    specialised to the example's sizes fails the check instead of being saved."""
+    d = max(int(divisibility), 32)
+    return [(1, size[0], size[1]), (2, size[0] + 2 * d, size[1] + d)]
+
+
+def check_exportable(cfg) -> None:
+    """ValueError, before the model is built, for a config whose inference the exported graph cannot hold."""
+    if cfg.MODEL.ONE_FORMER.TASK_CONDITIONED:
+        raise ValueError(
+            "exporting a OneFormer model (MODEL.ONE_FORMER.TASK_CONDITIONED) is not supported yet: its task token "
+            "is an input the exported graph does not take; run it with tools/predict.py."
+        )
+    if cfg.MODEL.PER_PIXEL.SLIDE_WINDOW.ENABLED:
+        raise ValueError(
+            "the config runs sliding-window inference (MODEL.PER_PIXEL.SLIDE_WINDOW.ENABLED), which the exported "
+            "graph does not: add MODEL.PER_PIXEL.SLIDE_WINDOW.ENABLED False to export the whole-image model (and run "
+            "windows around it)."
+        )
 
 
 def export_onnx_file(cfg, output: str, size: tuple[int, int], normalized_input: bool = False) -> dict:
@@ -126,13 +144,19 @@ def export_onnx_file(cfg, output: str, size: tuple[int, int], normalized_input: 
     diffs = {name: 0.0 for name in eager.output_names}
     diffs["sem_seg_map_mismatches"] = 0
     generator = torch.Generator().manual_seed(0)
-    for batch, height, width in onnx_check_sizes(size):
+    for batch, height, width in onnx_check_sizes(size, getattr(model, "size_divisibility", 0) or 0):
         image = torch.rand((batch, 3, height, width), generator=generator) * 255.0
         if normalized_input:
             image = (image - eager.semantic.pixel_mean) / eager.semantic.pixel_std
         with torch.no_grad():
             expected = eager(image)
-        got = session.run(None, {"image": image.numpy()})
+        try:
+            got = session.run(None, {"image": image.numpy()})
+        except Exception as err:  # noqa: BLE001 - ONNX Runtime's errors: the graph holds the example's sizes
+            raise ExportRejected(
+                f"the exported graph fails on a [{batch}, 3, {height}, {width}] input ({str(err).splitlines()[0]}); "
+                "it was specialised to the example's size: export at a larger --size (e.g. the default 512 512)"
+            ) from err
         for name, a, b in zip(eager.output_names, got, expected):
             if name == "sem_seg_map":
                 diffs["sem_seg_map_mismatches"] += int((a != b.numpy()).sum())
@@ -168,6 +192,11 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     cfg = build_cfg(args.config_file, args.opts)
+    try:
+        check_exportable(cfg)
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     try:
         # written under a temporary name and renamed once checked: an interrupted or unfaithful export leaves no file
         with atomic_path(args.output) as tmp:

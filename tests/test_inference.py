@@ -199,6 +199,13 @@ def test_whole_image_above_the_pixel_budget_is_refused_naming_tiling():
     assert predictor(small)["sem_seg"].shape == (21, 80, 100)
     with pytest.raises(ImageTooLargeError, match="101x100 = 0.0 Mpx, above TEST.MAX_OUTPUT_PIXELS .*TEST.TILING"):
         predictor(np.zeros((101, 100, 3), np.uint8))
+    # tiling on, but the network input fits one tile, so it would run whole: before, the budget was skipped
+    whole = Predictor(m2f_cfg("TEST.MAX_OUTPUT_PIXELS", "10000", "TEST.TILING.ENABLED", "True"), weights="")
+    with pytest.raises(ImageTooLargeError, match=r"fits one 512x512 tile, so it would run whole; set INPUT.MIN_SIZE"):
+        whole(np.zeros((101, 100, 3), np.uint8))
+    opts = ["TEST.TILING.ENABLED", "True", "TEST.TILING.TILE_SIZE", "(64, 64)", "TEST.TILING.OVERLAP", "16"]
+    tiled = Predictor(m2f_cfg("TEST.MAX_OUTPUT_PIXELS", "10000", "INPUT.MIN_SIZE_TEST", "0", *opts), weights="")
+    assert tiled(np.zeros((101, 100, 3), np.uint8))["sem_seg"].shape == (21, 101, 100)  # tiled: no budget
 
 
 @pytest.fixture(scope="module")

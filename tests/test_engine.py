@@ -232,6 +232,10 @@ def _distributed_worker(output_dir):
     torch.save({k: v.clone() for k, v in model.state_dict().items()}, Path(output_dir) / f"init{comm.get_rank()}.pt")
     trainer.train()
     torch.save(model.state_dict(), Path(output_dir) / f"rank{comm.get_rank()}.pt")
+    test_cfg = tiny_cfg(output_dir, "DATASETS.TEST", "('mini_panoptic_val',)", "INPUT.MIN_SIZE_TEST", "64")
+    test_cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = test_cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = False
+    data = Trainer.test(test_cfg, trainer.model)["data"]  # each process evaluates its share of the 3 images
+    torch.save(data, Path(output_dir) / f"data{comm.get_rank()}.pt")
 
 
 @needs_mini
@@ -246,6 +250,8 @@ def test_two_cpu_processes_with_gloo_end_with_identical_weights(tmp_path):
     floating = [k for k in w0 if w0[k].is_floating_point()]
     moved = [k for k in floating if not torch.equal(w0[k], init0[k])]
     assert len(moved) > len(floating) // 2  # training moved the weights from their start (and both ranks identically)
+    # the evaluation counts the whole dataset's images, not one process's share (before: 2.0 for mini's 3)
+    assert torch.load(tmp_path / "data0.pt")["images"] == 3.0
 
 
 @needs_mini

@@ -483,13 +483,14 @@ class Trainer(DefaultTrainer):
             evaluator = evaluators[idx] if evaluators is not None else cls.build_evaluator(cfg, name)
             res = inference_on_dataset(model, _Excluding(loader, evaluator, exclude_images), evaluator)
             unreadable = [u for part in comm.all_gather(getattr(loader, "unreadable", [])) for u in part]
+            images = sum(comm.all_gather(len(loader)))  # each process's loader holds its share of the images
             if unreadable:
                 logger.warning(
-                    f"evaluation of {name}: {len(unreadable)} of {len(loader)} images were unreadable and are not "
+                    f"evaluation of {name}: {len(unreadable)} of {images} images were unreadable and are not "
                     f"in the metrics: " + ", ".join(f for f, _, _ in unreadable[:10])
                 )
             res = dict(res or {})
-            res["data"] = {"images": float(len(loader)), "unreadable_images": float(len(unreadable))}
+            res["data"] = {"images": float(images), "unreadable_images": float(len(unreadable))}
             results[name] = res
             if comm.is_main_process():
                 print_csv_format(res)

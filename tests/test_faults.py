@@ -129,6 +129,22 @@ def test_kill_during_checkpoint_save_keeps_an_intact_checkpoint(tmp_path):
         )
 
 
+def test_resume_removes_the_temporary_files_of_killed_saves(tmp_path):
+    """A kill -9 mid-save leaves its temporary file (up to a checkpoint's size) beside the checkpoints; before, it
+    stayed there for good. A resume deletes such files, counted in the log, and keeps everything else."""
+    from universal_seg.atomic import TEMP_PREFIX
+
+    _save_two(tmp_path)
+    (tmp_path / f"{TEMP_PREFIX}a1b2.pth").write_bytes(b"x" * 3 * 2**20)  # as a killed save leaves it
+    (tmp_path / f"{TEMP_PREFIX}notes.txt").write_text("not a checkpoint save")
+    with _Records("fvcore.common.checkpoint") as log:
+        UniversalSegCheckpointer(_filled(0.0), str(tmp_path)).resume_or_load("", resume=True)
+    assert sorted(os.listdir(tmp_path)) == sorted(
+        [f"{TEMP_PREFIX}notes.txt", "last_checkpoint", "model_0000001.pth", "model_0000003.pth"]
+    )
+    assert any("removed 1 temporary file(s) (3 MiB) of interrupted checkpoint saves" in m for m in log.messages)
+
+
 def _save_two(tmp_path):
     ck = UniversalSegCheckpointer(_filled(1.0), str(tmp_path))
     ck.save("model_0000001", iteration=1)

@@ -21,6 +21,7 @@ tensors, with documented exceptions when ``MODEL.WEIGHTS`` initialises training 
 - tensors matching a regular expression of ``MODEL.REINIT_KEYS`` are re-initialised (never loaded), logged.
 """
 
+import contextlib
 import logging
 import os
 import pickle
@@ -29,6 +30,7 @@ import re
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
+from detectron2.utils import comm
 from detectron2.utils.file_io import PathManager
 from fvcore.common.checkpoint import _IncompatibleKeys
 
@@ -338,8 +340,26 @@ class UniversalSegCheckpointer(DetectionCheckpointer):
         finally:
             self._initialising = False
 
+    def remove_interrupted_saves(self) -> None:
+        """Deletes the temporary checkpoint files that saves killed mid-way left in save_dir (each up to a
+        checkpoint's size), counted in the log; only the main process does."""
+        if not self.save_dir or not os.path.isdir(self.save_dir) or not comm.is_main_process():
+            return
+        left = [f for f in os.listdir(self.save_dir) if f.startswith(TEMP_PREFIX) and f.endswith(".pth")]
+        size = 0
+        for name in left:
+            with contextlib.suppress(OSError):
+                size += os.path.getsize(os.path.join(self.save_dir, name))
+                os.remove(os.path.join(self.save_dir, name))
+        if left:
+            self.logger.info(
+                f"removed {len(left)} temporary file(s) ({size / 2**20:.0f} MiB) of interrupted checkpoint saves "
+                f"from {self.save_dir}."
+            )
+
     def _resume_or_load(self, path: str, resume: bool) -> dict:
         if resume:
+            self.remove_interrupted_saves()
             candidates = self.resume_candidates()
             tagged = self.get_checkpoint_file() if self.has_checkpoint() else ""
             if candidates and tagged and not os.path.isfile(tagged):

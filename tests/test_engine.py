@@ -193,6 +193,15 @@ def test_poly_schedule_matches_formula():
         assert lrs[t] == pytest.approx(0.01 * (1 - t / 100) ** 0.9, rel=1e-6)
 
 
+def test_a_step_at_or_after_max_iter_is_refused_naming_both_keys():
+    """Before: fvcore's "Milestone must be smaller than total number of updates: num_updates=3, milestone=3",
+    which names neither config key."""
+    opt = build_optimizer(tiny_cfg(), nn.Linear(2, 2))
+    with pytest.raises(ValueError, match=r"SOLVER.STEPS \(1, 3\) has steps at or after SOLVER.MAX_ITER 3 \(3\)"):
+        Trainer.build_lr_scheduler(tiny_cfg(None, "SOLVER.STEPS", "(1, 3)", "SOLVER.MAX_ITER", "3"), opt)
+    Trainer.build_lr_scheduler(tiny_cfg(None, "SOLVER.STEPS", "(1, 2)", "SOLVER.MAX_ITER", "3"), opt)
+
+
 @needs_mini
 def test_resume_restores_iteration_optimizer_and_scheduler(tmp_path):
     cfg = tiny_cfg(tmp_path, "SOLVER.MAX_ITER", "3", "SOLVER.CHECKPOINT_PERIOD", "2", "SOLVER.STEPS", "(1,)")

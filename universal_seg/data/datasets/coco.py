@@ -74,8 +74,8 @@ def register_coco_panoptic(root):
         register_checked(
             name + "_with_sem_seg",
             lambda j=pan_json, i=images, p=pan_dir, s=sem_dir: load_panoptic_json(j, i, p, s, meta),
-            [pan_json, pan_dir, images, sem_dir],
-            "python datasets/prepare_coco_semantic_from_panoptic.py",
+            [pan_json, pan_dir, images, sem_dir],  # the semantic PNGs are made from the downloaded panoptic ones
+            f"{_DOWNLOAD}, then python datasets/prepare_coco_semantic_from_panoptic.py",
             sem_seg_root=sem_dir,
             **common,
         )

@@ -1,5 +1,6 @@
 """Engine: optimizer parameter groups, full-model clipping, poly schedule, resume, 2-process (gloo) training."""
 
+import logging
 import math
 from pathlib import Path
 
@@ -193,13 +194,23 @@ def test_poly_schedule_matches_formula():
         assert lrs[t] == pytest.approx(0.01 * (1 - t / 100) ** 0.9, rel=1e-6)
 
 
-def test_a_step_at_or_after_max_iter_is_refused_naming_both_keys():
-    """Before: fvcore's "Milestone must be smaller than total number of updates: num_updates=3, milestone=3",
-    which names neither config key."""
-    opt = build_optimizer(tiny_cfg(), nn.Linear(2, 2))
-    with pytest.raises(ValueError, match=r"SOLVER.STEPS \(1, 3\) has steps at or after SOLVER.MAX_ITER 3 \(3\)"):
-        Trainer.build_lr_scheduler(tiny_cfg(None, "SOLVER.STEPS", "(1, 3)", "SOLVER.MAX_ITER", "3"), opt)
-    Trainer.build_lr_scheduler(tiny_cfg(None, "SOLVER.STEPS", "(1, 2)", "SOLVER.MAX_ITER", "3"), opt)
+def test_steps_at_or_after_max_iter_are_left_out_with_a_warning():
+    """Before: a step equal to MAX_ITER stopped training with fvcore's "Milestone must be smaller than total number
+    of updates: num_updates=3, milestone=3", naming no key (detectron2 drops only the steps after MAX_ITER)."""
+    from conftest import logged_records
+
+    cfg = tiny_cfg(None, "SOLVER.STEPS", "(1, 3, 5)", "SOLVER.MAX_ITER", "3", "SOLVER.BASE_LR", "0.1")
+    opt = build_optimizer(cfg, nn.Linear(2, 2))
+    with logged_records("universal_seg", logging.WARNING) as warnings:
+        sched = Trainer.build_lr_scheduler(cfg, opt)
+    assert any("SOLVER.STEPS 3, 5 at or after SOLVER.MAX_ITER 3 never take effect" in r.getMessage() for r in warnings)
+    lrs = []
+    for _ in range(3):
+        lrs.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    assert lrs == pytest.approx([0.1, 0.1 * cfg.SOLVER.GAMMA, 0.1 * cfg.SOLVER.GAMMA])  # the step at 1 only
+    assert tuple(cfg.SOLVER.STEPS) == (1, 3, 5)  # the caller's config is unchanged
 
 
 @needs_mini
@@ -245,6 +256,19 @@ def _distributed_worker(output_dir):
     test_cfg.MODEL.MASK_FORMER.TEST.INSTANCE_ON = test_cfg.MODEL.MASK_FORMER.TEST.SEMANTIC_ON = False
     data = Trainer.test(test_cfg, trainer.model)["data"]  # each process evaluates its share of the 3 images
     torch.save(data, Path(output_dir) / f"data{comm.get_rank()}.pt")
+
+
+def _exiting_worker():
+    import sys
+
+    sys.exit("error: a one-line error the worker printed")
+
+
+def test_a_worker_that_exits_with_an_error_ends_the_launch_with_its_status_not_a_traceback():
+    """Before: the workers' one-line error was followed by torch's ProcessExitedException traceback."""
+    with pytest.raises(SystemExit) as exit_info:
+        launch(_exiting_worker, 2, num_machines=1, machine_rank=0, dist_url="auto")
+    assert exit_info.value.code == 1
 
 
 @needs_mini

@@ -28,7 +28,16 @@ def launch(
     timeout: timedelta = DEFAULT_TIMEOUT,
 ):
     """Runs ``main_func(*args)`` in ``num_machines * num_gpus_per_machine`` processes (one per GPU, or per
-    requested CPU worker when CUDA is unavailable); ``dist_url="auto"`` picks a free local port (one machine)."""
+    requested CPU worker when CUDA is unavailable); ``dist_url="auto"`` picks a free local port (one machine).
+    A worker that exits with a status (e.g. ``sys.exit("error: ...")`` after printing its one-line error) ends
+    the launcher with that status, without the launcher's own traceback on top of the worker's message."""
+    try:
+        return _launch(main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, args, timeout)
+    except mp.ProcessExitedException as err:
+        raise SystemExit(err.exit_code or 1) from None
+
+
+def _launch(main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, args, timeout):
     if torch.cuda.is_available():
         return d2_launch(main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, args, timeout)
     world_size = num_machines * num_gpus_per_machine

@@ -378,14 +378,18 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_lr_scheduler(cls, cfg, optimizer):
-        """detectron2's schedules plus "WarmupPolyLR" (SOLVER.POLY_LR_POWER, SOLVER.POLY_LR_CONSTANT_ENDING); a
-        step at or beyond SOLVER.MAX_ITER is refused naming both keys (fvcore's message names neither)."""
+        """detectron2's schedules plus "WarmupPolyLR" (SOLVER.POLY_LR_POWER, SOLVER.POLY_LR_CONSTANT_ENDING).
+        SOLVER.STEPS at or after SOLVER.MAX_ITER never take effect and are left out with a warning naming them
+        (detectron2 drops those after it, but a step at MAX_ITER stopped fvcore with a message naming no key)."""
         late = [s for s in cfg.SOLVER.STEPS if s >= cfg.SOLVER.MAX_ITER]
         if late and cfg.SOLVER.LR_SCHEDULER_NAME == "WarmupMultiStepLR":
-            raise ValueError(
-                f"SOLVER.STEPS {tuple(cfg.SOLVER.STEPS)} has steps at or after SOLVER.MAX_ITER {cfg.SOLVER.MAX_ITER} "
-                f"({', '.join(map(str, late))}); drop them or raise SOLVER.MAX_ITER."
+            logger.warning(
+                f"SOLVER.STEPS {', '.join(map(str, late))} at or after SOLVER.MAX_ITER {cfg.SOLVER.MAX_ITER} never "
+                "take effect: left out of the schedule."
             )
+            cfg = cfg.clone()
+            cfg.defrost()
+            cfg.SOLVER.STEPS = tuple(s for s in cfg.SOLVER.STEPS if s < cfg.SOLVER.MAX_ITER)
         return build_deeplab_lr_scheduler(cfg, optimizer)
 
     @classmethod

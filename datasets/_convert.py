@@ -69,6 +69,17 @@ def refuse_duplicate_names(path, numbered):
         )
 
 
+def read_class_names(path, tag):
+    """The class names of the class list ``path`` (one per line), in order; exits with one ``[tag] error:`` line
+    when a name appears twice (:func:`refuse_duplicate_names`)."""
+    numbered = read_class_lines(path)
+    try:
+        refuse_duplicate_names(path, numbered)
+    except ConversionError as err:
+        sys.exit(f"[{tag}] error: {err}")
+    return [name for _, name in numbered]
+
+
 def read_image_checked(path, expect_hw=None):
     """uint8 [H, W, 3] of ``path`` (universal_seg's one image reader: EXIF orientation applied); raises
     ConversionError naming the file when it is missing, empty, truncated or not of the size ``expect_hw``."""

@@ -48,9 +48,8 @@ from _convert import (  # noqa: E402
     ConversionError,
     Problems,
     pick_splits,
-    read_class_lines,
+    read_class_names,
     read_image_checked,
-    refuse_duplicate_names,
     remove_manifest,
     segments_of,
     write_outputs,
@@ -94,12 +93,7 @@ def main(argv=None):
     args = parse_args(argv)
     with open(args.instances) as f:
         coco = json.load(f)
-    numbered = read_class_lines(args.semantic_classes)
-    try:
-        refuse_duplicate_names(args.semantic_classes, numbered)
-    except ConversionError as err:
-        sys.exit(f"[{TAG}] error: {err}")
-    sem_names = [name for _, name in numbered]
+    sem_names = read_class_names(args.semantic_classes, TAG)
     things = coco.get("categories", [])
     thing_names = [c["name"] for c in things]
     stuff_names = [n for n in sem_names if n not in thing_names]

@@ -37,9 +37,8 @@ from _convert import (  # noqa: E402
     Problems,
     instance_annotation,
     pick_splits,
-    read_class_lines,
+    read_class_names,
     read_image_checked,
-    refuse_duplicate_names,
     remove_manifest,
     segments_of,
     write_outputs,
@@ -117,12 +116,7 @@ def main(argv=None):
         sys.exit(
             f"[{TAG}] error: --classes '{args.classes}' does not exist; give a text file with one class name per line."
         )
-    numbered = read_class_lines(args.classes)
-    try:
-        refuse_duplicate_names(args.classes, numbered)
-    except ConversionError as err:
-        sys.exit(f"[{TAG}] error: {err}")
-    names = [n for _, n in numbered]
+    names = read_class_names(args.classes, TAG)
     things = [t for t in args.things.split(",") if t]
     unknown = sorted(set(things) - set(names))
     if unknown or not names:

@@ -153,6 +153,8 @@ def test_bad_size_or_output_is_one_line_before_the_model_is_built(tmp_path, caps
     for config, opts, message in (
         (oneformer, [], "exporting a OneFormer model (MODEL.ONE_FORMER.TASK_CONDITIONED) is not supported yet"),
         (segformer, ["MODEL.PER_PIXEL.SLIDE_WINDOW.ENABLED", "True"], "add MODEL.PER_PIXEL.SLIDE_WINDOW.ENABLED False"),
+        (segformer, ["MODEL.SEM_SEG_HEAD.NUM_CLASES", "3"], "NUM_CLASES"),  # was exit status 1, unlike the others
+        (str(tmp_path / "missing.yaml"), [], "missing.yaml"),
     ):
         for fmt in ("torchscript", "onnx"):
             assert export_model.main(["--config-file", config, "--format", fmt, "--output", good, *opts]) == 2

@@ -67,11 +67,9 @@ def get_parser() -> argparse.ArgumentParser:
 
 
 def build_cfg(config_file: str, opts: list[str]):
-    """Config from the file and overrides, on the CPU unless MODEL.DEVICE is overridden."""
-    try:
-        cfg = load_config(config_file, ["MODEL.DEVICE", "cpu", *opts])
-    except ValueError as err:
-        sys.exit(f"error: {err}")
+    """Config from the file and overrides, on the CPU unless MODEL.DEVICE is overridden; ValueError (one sentence)
+    for a missing file or a wrong key."""
+    cfg = load_config(config_file, ["MODEL.DEVICE", "cpu", *opts])
     cfg.freeze()
     return cfg
 
@@ -191,8 +189,8 @@ def main(argv=None) -> int:
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    cfg = build_cfg(args.config_file, args.opts)
-    try:
+    try:  # exit status 2 for every bad argument, as for the checkpoint errors below
+        cfg = build_cfg(args.config_file, args.opts)
         check_exportable(cfg)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -1,4 +1,5 @@
-"""Helpers shared by the registration modules: lazy existence checks and category-table metadata."""
+"""Helpers shared by the registration modules: lazy existence checks, category-table metadata and the COCO JSON
+image-id checks."""
 
 import functools
 import os
@@ -19,6 +20,28 @@ def check_paths(name, paths, script):
                 f"Dataset '{name}' needs '{path}', which does not exist; prepare it with `{script}` "
                 f"(layouts in datasets/README.md) or set $DETECTRON2_DATASETS to the folder that holds it."
             )
+
+
+def images_by_id(images, json_file: str) -> dict:
+    """{id: entry} of a COCO JSON's ``images`` list; ValueError naming both files when an id is used twice."""
+    out = {}
+    for image in images:
+        key = image.get("id")
+        if key in out:
+            raise ValueError(
+                f"'{json_file}': image id {key!r} is used by both '{out[key].get('file_name')}' and "
+                f"'{image.get('file_name')}'; give every image its own id."
+            )
+        out[key] = image
+    return out
+
+
+def unlisted_image(json_file: str, annotation: str, image_id) -> ValueError:
+    """The error for ``annotation`` (how to name it) of an image id that the JSON's ``images`` does not list."""
+    return ValueError(
+        f"'{json_file}': {annotation} belongs to image id {image_id!r}, which 'images' does not list; add the image "
+        "or remove the annotation."
+    )
 
 
 def _checked_call(name, paths, script, loader):

@@ -40,7 +40,14 @@ import os
 
 from detectron2.data.datasets import load_coco_json
 
-from ._common import instance_metadata, panoptic_metadata, register_checked, semantic_metadata
+from ._common import (
+    images_by_id,
+    instance_metadata,
+    panoptic_metadata,
+    register_checked,
+    semantic_metadata,
+    unlisted_image,
+)
 from .panoptic_json import load_panoptic_json
 
 logger = logging.getLogger(__name__)
@@ -108,19 +115,13 @@ def check_coco_instance_json(data, json_file: str) -> None:
     where = f"'{json_file}'"
     if not isinstance(data, dict) or not all(isinstance(data.get(k), list) for k in ("images", "annotations")):
         raise ValueError(f"{where} is not a COCO instance JSON (it needs 'images' and 'annotations' lists).")
-    files = {}
     for i, image in enumerate(data["images"]):
         missing = [k for k in _IMAGE_FIELDS if k not in image]
         if missing:
             raise ValueError(
                 f"{where}: images[{i}] has no {', '.join(missing)}; COCO images need {', '.join(_IMAGE_FIELDS)}."
             )
-        if image["id"] in files:
-            raise ValueError(
-                f"{where}: image id {image['id']!r} is used by both '{files[image['id']]}' and "
-                f"'{image['file_name']}'; give every image its own id."
-            )
-        files[image["id"]] = image["file_name"]
+    images = images_by_id(data["images"], json_file)
     seen = set()
     for i, ann in enumerate(data["annotations"]):
         missing = [k for k in _ANNOTATION_FIELDS if k not in ann]
@@ -133,15 +134,12 @@ def check_coco_instance_json(data, json_file: str) -> None:
         if ann["id"] in seen:
             raise ValueError(f"{where}: annotation id {ann['id']!r} is used more than once; give each its own id.")
         seen.add(ann["id"])
-        if ann["image_id"] not in files:
-            raise ValueError(
-                f"{where}: {name} belongs to image id {ann['image_id']!r}, which 'images' does not list; add the "
-                "image or remove the annotation."
-            )
+        if ann["image_id"] not in images:
+            raise unlisted_image(json_file, name, ann["image_id"])
         if not ann["segmentation"]:
             raise ValueError(
-                f"{where}: {name} of image '{files[ann['image_id']]}' has an empty segmentation; give the object "
-                "its polygon or RLE mask, or remove the annotation."
+                f"{where}: {name} of image '{images[ann['image_id']]['file_name']}' has an empty segmentation; give "
+                "the object its polygon or RLE mask, or remove the annotation."
             )
 
 

@@ -4,6 +4,8 @@ import json
 import logging
 import os
 
+from ._common import images_by_id, unlisted_image
+
 logger = logging.getLogger(__name__)
 
 
@@ -18,14 +20,7 @@ def load_panoptic_json(json_file, image_dir, panoptic_dir, semantic_dir, metadat
         info = json.load(f)
     if not isinstance(info, dict) or not isinstance(info.get("annotations"), list):
         raise ValueError(f"'{json_file}' is not a COCO panoptic JSON (it needs an 'annotations' list).")
-    images = {}
-    for img in info.get("images", []):
-        if img.get("id") in images:
-            raise ValueError(
-                f"'{json_file}': image id {img.get('id')!r} is used by both '{images[img['id']].get('file_name')}' "
-                f"and '{img.get('file_name')}'; give every image its own id."
-            )
-        images[img.get("id")] = img
+    images = images_by_id(info.get("images", []), json_file)
     things = metadata["thing_dataset_id_to_contiguous_id"]
     stuff = metadata["stuff_dataset_id_to_contiguous_id"]
     records, annotated = [], set()
@@ -43,10 +38,7 @@ def load_panoptic_json(json_file, image_dir, panoptic_dir, semantic_dir, metadat
             )
         annotated.add(ann["image_id"])
         if images and ann["image_id"] not in images:
-            raise ValueError(
-                f"'{json_file}': the annotation {ann['file_name']} belongs to image id {ann['image_id']!r}, which "
-                "'images' does not list; add the image or remove the annotation."
-            )
+            raise unlisted_image(json_file, f"the annotation {ann['file_name']}", ann["image_id"])
         stem = os.path.splitext(ann["file_name"])[0]
         image = images.get(ann["image_id"], {})
         image_file = image.get("file_name", stem + image_ext)

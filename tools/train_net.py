@@ -33,27 +33,28 @@ logger = logging.getLogger("universal_seg.train_net")
 
 
 def setup(args):
-    """Config from the file and the command-line overrides; logging and output directory. The OUTPUT_DIR's
-    config.yaml before detectron2's set-up rewrote it is kept in ``args.previous_config`` (bytes or None)."""
+    """Config from the file and the command-line overrides; logging and output directory. Returns (cfg, the
+    OUTPUT_DIR's config.yaml as it was before detectron2's set-up rewrote it: bytes, or None when there was none or
+    in processes other than the main one)."""
     try:
         cfg = load_config(args.config_file, args.opts)
     except ValueError as err:
         sys.exit(f"error: {err}")
     cfg.freeze()
-    args.previous_config = None
-    if comm.is_main_process() and os.path.isfile(os.path.join(cfg.OUTPUT_DIR, "config.yaml")):
-        with open(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), "rb") as f:
-            args.previous_config = f.read()
+    config_yaml, previous = os.path.join(cfg.OUTPUT_DIR, "config.yaml"), None
+    if comm.is_main_process() and os.path.isfile(config_yaml):
+        with open(config_yaml, "rb") as f:
+            previous = f.read()
     default_setup(cfg, args)
     setup_logger(output=cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="universal_seg")
-    return cfg
+    return cfg, previous
 
 
-def stop_keeping_the_earlier_config(cfg, args, err) -> None:
-    """Exits with ``err`` in one line; an OUTPUT_DIR config.yaml that this refused run rewrote is put back (it
-    records how the run's checkpoints were trained)."""
-    if getattr(args, "previous_config", None) is not None and comm.is_main_process():
-        atomic_write_bytes(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), args.previous_config)
+def stop_keeping_the_earlier_config(cfg, previous_config: bytes | None, err) -> None:
+    """Exits with ``err`` in one line; the OUTPUT_DIR config.yaml that this refused run rewrote is put back from
+    ``previous_config`` (it records how the run's checkpoints were trained)."""
+    if previous_config is not None:
+        atomic_write_bytes(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), previous_config)
     sys.exit(f"error: {err}")
 
 
@@ -76,7 +77,7 @@ def main(args):
         universal_seg.data.run_registration_files(getattr(args, "register", []))
     except ValueError as err:
         sys.exit(f"error: {err}")
-    cfg = setup(args)
+    cfg, previous_config = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         checkpointer = UniversalSegCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
@@ -106,7 +107,7 @@ def main(args):
         trainer = Trainer(cfg)
         trainer.resume_or_load(resume=args.resume)
     except (ValueError, FileNotFoundError, *CHECKPOINT_ERRORS) as err:  # FileNotFoundError: also MissingDataError
-        stop_keeping_the_earlier_config(cfg, args, err)
+        stop_keeping_the_earlier_config(cfg, previous_config, err)
     try:
         return trainer.train()
     except TRAINING_STOPPERS as err:  # bad data or a diverged loss: logged by the loop as one line too

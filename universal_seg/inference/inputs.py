@@ -13,8 +13,7 @@ def expand_inputs(patterns: list[str]) -> list[str]:
     """Files named by ``patterns`` (files, globs, directories -> their images, sorted), in order, no repeats.
     A glob that matches nothing is kept as is (the caller reports it as a missing input); a folder without images
     is a warning."""
-    paths: list[str] = []
-    seen: set[str] = set()
+    paths: dict[str, None] = {}  # insertion-ordered, without repeats
     for pattern in patterns:
         if os.path.isdir(pattern):
             names = sorted(os.listdir(pattern))
@@ -32,11 +31,8 @@ def expand_inputs(patterns: list[str]) -> list[str]:
             found = sorted(glob.glob(os.path.expanduser(pattern))) or [pattern]
         else:
             found = [pattern]
-        for path in found:
-            if path not in seen:
-                seen.add(path)
-                paths.append(path)
-    return paths
+        paths.update(dict.fromkeys(found))
+    return list(paths)
 
 
 def colliding_inputs(paths: list[str], output_name) -> dict[str, str]:

@@ -123,6 +123,7 @@ class CheckpointNotFoundError(CheckpointUnreadableError):
 
 #: what loading a checkpoint raises for a bad file: tools turn these into a one-line exit
 CHECKPOINT_ERRORS = (CheckpointMismatchError, CheckpointUnreadableError, UnsafeCheckpointError)
+_TORCH_SUFFIXES = (".pth", ".pt", ".pyth")  # files torch.save wrote: a zip archive, or a protocol 2 pickle
 CHECKPOINT_SUFFIXES = (".pth", ".pkl", ".pt", ".pyth")
 
 
@@ -426,7 +427,7 @@ class UniversalSegCheckpointer(DetectionCheckpointer):
             )
         with PathManager.open(filename, "rb") as f:
             magic = f.read(2)
-        torch_file = filename.endswith((".pth", ".pt", ".pyth"))  # torch.save: a zip archive, or a protocol 2 pickle
+        torch_file = filename.endswith(_TORCH_SUFFIXES)
         if not magic or (torch_file and not (magic == b"PK" or magic[:1] == b"\x80")):
             raise CheckpointUnreadableError(
                 f"{filename} is not a checkpoint ({'empty' if not magic else 'neither a zip archive nor a pickle'}): "
@@ -458,7 +459,7 @@ class UniversalSegCheckpointer(DetectionCheckpointer):
             data = data.get("blobs", data)  # Caffe2 / Detectron1 format
             model = {k: v for k, v in data.items() if not k.endswith("_momentum")}
             return {"model": model, "__author__": "Caffe2", "matching_heuristics": True}
-        if filename.endswith((".pth", ".pt", ".pyth")):
+        if filename.endswith(_TORCH_SUFFIXES):
             with PathManager.open(filename, "rb") as f:
                 try:
                     loaded = torch.load(f, map_location="cpu", weights_only=True)

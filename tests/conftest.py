@@ -22,12 +22,21 @@ class FixedMatcher(nn.Module):
         return self.indices
 
 
+class LoggedRecords(list):
+    """The LogRecords :func:`logged_records` collected; ``messages``: their formatted messages."""
+
+    @property
+    def messages(self) -> list[str]:
+        return [record.getMessage() for record in self]
+
+
 @contextlib.contextmanager
 def logged_records(name: str, level: int = logging.DEBUG):
     """The records logged to logger ``name`` (and its children) inside the block, at ``level`` and above: a handler
     on the logger itself, since caplog's on the root logger misses them once detectron2's setup_logger (which
-    tools' main functions call) has turned the "universal_seg" logger's propagation off."""
-    records, logger = [], logging.getLogger(name)
+    tools' main functions call) has turned the "universal_seg" logger's propagation off, and detectron2's own
+    loggers do not propagate either."""
+    records, logger = LoggedRecords(), logging.getLogger(name)
     handler = logging.Handler(level)
     handler.emit = records.append
     previous = logger.level

@@ -26,6 +26,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 import pytest
 import torch
+from conftest import logged_records
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from PIL import Image
 from torch import nn
@@ -52,28 +53,6 @@ def _import_path(name, path):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
-
-
-class _Records(logging.Handler):
-    """Collects the messages of one logger at every level (detectron2's loggers may not propagate to caplog)."""
-
-    def __init__(self, name):
-        super().__init__(logging.DEBUG)
-        self.messages, self.records, self.logger = [], [], logging.getLogger(name)
-
-    def emit(self, record):
-        self.messages.append(record.getMessage())
-        self.records.append(record)
-
-    def __enter__(self):
-        self.previous = self.logger.level
-        self.logger.setLevel(logging.DEBUG)
-        self.logger.addHandler(self)
-        return self
-
-    def __exit__(self, *exc):
-        self.logger.removeHandler(self)
-        self.logger.setLevel(self.previous)
 
 
 def _filled(value, size=(4, 4)):
@@ -120,7 +99,7 @@ def test_kill_during_checkpoint_save_keeps_an_intact_checkpoint(tmp_path):
         proc.wait()
         target = UniversalSegCheckpointer(nn.Linear(4096, 4096), str(tmp_path))
         assert (tmp_path / "last_checkpoint").read_text() == "model_final.pth"
-        with _Records("fvcore.common.checkpoint") as log:
+        with logged_records("fvcore.common.checkpoint") as log:
             extra = target.resume_or_load("", resume=True)
         assert not any("unreadable" in m for m in log.messages), log.messages
         # the weights are those of the iteration the file records (a complete save, not a mix)
@@ -137,7 +116,7 @@ def test_resume_removes_the_temporary_files_of_killed_saves(tmp_path):
     _save_two(tmp_path)
     (tmp_path / f"{TEMP_PREFIX}a1b2.pth").write_bytes(b"x" * 3 * 2**20)  # as a killed save leaves it
     (tmp_path / f"{TEMP_PREFIX}notes.txt").write_text("not a checkpoint save")
-    with _Records("fvcore.common.checkpoint") as log:
+    with logged_records("fvcore.common.checkpoint") as log:
         UniversalSegCheckpointer(_filled(0.0), str(tmp_path)).resume_or_load("", resume=True)
     assert sorted(os.listdir(tmp_path)) == sorted(
         [f"{TEMP_PREFIX}notes.txt", "last_checkpoint", "model_0000001.pth", "model_0000003.pth"]
@@ -160,7 +139,7 @@ def test_resume_falls_back_past_a_truncated_checkpoint(tmp_path):
     newest = _save_two(tmp_path)
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
     target = UniversalSegCheckpointer(_filled(0.0), str(tmp_path))
-    with _Records("fvcore.common.checkpoint") as log:
+    with logged_records("fvcore.common.checkpoint") as log:
         extra = target.resume_or_load("", resume=True)
     assert extra["iteration"] == 1 and torch.all(target.model.weight == 1.0)
     assert target.resumed_from == str(tmp_path / "model_0000001.pth")
@@ -847,7 +826,7 @@ def test_unreadable_count_reaches_metrics_json_and_the_final_summary(tmp_path, r
     )
     trainer = Trainer(cfg)
     trainer.resume_or_load(resume=False)
-    with _Records("universal_seg.engine.trainer") as log:
+    with logged_records("universal_seg.engine.trainer") as log:
         trainer.train()
     records = [json.loads(line) for line in (tmp_path / "out" / "metrics.json").read_text().splitlines()]
     assert records[-1]["data/unreadable_files"] == 1
@@ -879,7 +858,7 @@ def test_evaluation_counts_a_corrupt_validation_image_instead_of_crashing(tmp_pa
     cfg = _tiny_cfg(tmp_path, "DATASETS.TEST", "('faults_val', 'faults_val_readable')")
     torch.manual_seed(0)
     model = Trainer.build_model(cfg).eval()
-    with _Records("universal_seg.engine.trainer") as log:
+    with logged_records("universal_seg.engine.trainer") as log:
         results = Trainer.test(cfg, model)
     with_bad, readable = results["faults_val"], results["faults_val_readable"]
     assert with_bad["data"] == {"images": 3.0, "unreadable_images": 1.0}
@@ -970,7 +949,7 @@ def test_killed_training_resumes_to_the_same_weights(tmp_path):
         torch.testing.assert_close(got[key], expected[key], rtol=0, atol=1e-6, msg=key)
 
     changed = Trainer(cfg_for(tmp_path / "c", "SOLVER.BASE_LR", "0.003"))
-    with _Records("universal_seg.engine.trainer") as log:
+    with logged_records("universal_seg.engine.trainer") as log:
         changed.resume_or_load(resume=True)
     assert any("SOLVER.BASE_LR: 0.0003 -> 0.003" in m for m in log.messages), log.messages
     # iteration 2 is at STEPS (2,): the new base rate times GAMMA 0.1, in every parameter group
@@ -1146,9 +1125,9 @@ def test_training_stopped_by_bad_data_is_logged_as_one_line_not_a_traceback(tmp_
     )
     cfg.OUTPUT_DIR = str(tmp_path / "out")
     trainer = Trainer(cfg)
-    with _Records("detectron2.engine.train_loop") as log, pytest.raises(AnnotationError):
+    with logged_records("detectron2.engine.train_loop") as log, pytest.raises(AnnotationError):
         trainer.train()
-    stops = [r for r in log.records if r.levelno >= logging.ERROR]
+    stops = [r for r in log if r.levelno >= logging.ERROR]
     assert len(stops) == 1 and stops[0].exc_info is None, [r.getMessage() for r in stops]
     assert re.fullmatch(
         r"Training stopped at iteration 0: AnnotationError: Label '.*' has 3 channels.*", log.messages[-1]
@@ -1168,7 +1147,6 @@ def test_a_refused_resume_keeps_the_runs_config_and_a_new_run_into_it_is_warned(
     """Before: a --resume refused for its checkpoint had already replaced OUTPUT_DIR/config.yaml (detectron2's
     set-up writes it first), losing the record of how the checkpoints were trained; a run without --resume into
     that folder overwrote its checkpoints without a word."""
-    from conftest import logged_records
     from detectron2.engine import default_argument_parser
     from detectron2.modeling import build_model
 

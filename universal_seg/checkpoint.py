@@ -502,13 +502,15 @@ def load_weights_file(path: str, trust_pickle: bool = False) -> dict:
         ) from err
 
 
-def save_detectron2_pickle(state_dict: dict, path: str, author: str) -> dict:
+def save_detectron2_pickle(state_dict: dict, path: str, author: str, matching_heuristics: bool = True) -> dict:
     """Writes converted weights in detectron2's model-zoo format ({"model": name -> numpy array, "__author__",
-    "matching_heuristics": True}) and returns that dict."""
+    "matching_heuristics"}) and returns that dict. ``matching_heuristics``: detectron2 matches the names by suffix
+    (backbone-only weights without the ``backbone.`` prefix); False for a whole model in our names, so a tensor
+    whose shape does not fit is refused by name instead of being skipped by the heuristics."""
     obj = {
         "model": {k: torch.as_tensor(v).numpy() for k, v in state_dict.items()},
         "__author__": author,
-        "matching_heuristics": True,
+        "matching_heuristics": matching_heuristics,
     }
     with atomic_open(path, "wb") as f:
         pickle.dump(obj, f)

@@ -1,0 +1,230 @@
+"""HuggingFace transformers Mask2Former checkpoints (Mask2FormerForUniversalSegmentation, Swin backbone): the converted
+state dict loads strictly into our model, and transformers, the independent oracle, computes the same class and mask
+logits from the same pixels (randomly initialised models with non-trivial norm and bias parameters, so a swapped or
+mis-fused tensor shows)."""
+
+import math
+import sys
+
+import pytest
+import torch
+import transformers
+from conftest import ROOT, load_cfg
+from detectron2.modeling import build_model
+from torch import nn
+
+import universal_seg.modeling  # noqa: F401
+from universal_seg.checkpoint import UniversalSegCheckpointer
+from universal_seg.modeling.backbone import swin
+from universal_seg.modeling.hf_mask2former_convert import convert_hf_mask2former_checkpoint
+
+sys.path.insert(0, str(ROOT / "tools"))
+REF = ROOT / "tests" / "data" / "mask2former_swin_tiny_coco_panoptic_state_dict.txt"
+CONFIG = "configs/coco/panoptic/m2f_swin_t.yaml"
+
+# a small Swin (our variant table fixes the architecture, so the test adds this row to it while it builds our model)
+TINY_SWIN = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=7, pretrain_img_size=224)
+NUM_CLASSES, QUERIES, DIM, HEADS, DEC_LAYERS = 7, 10, 64, 4, 5  # DEC_LAYERS 5: the layers visit level 0 twice
+OVERRIDES = [
+    "MODEL.SWIN.VARIANT", "tiny-test",
+    "MODEL.SWIN.DROP_PATH_RATE", 0.0,
+    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", NUM_CLASSES,
+    "MODEL.SEM_SEG_HEAD.CONVS_DIM", DIM,
+    "MODEL.SEM_SEG_HEAD.MASK_DIM", DIM,
+    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", 2,
+    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS", HEADS,
+    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD", 128,
+    "MODEL.MASK_FORMER.HIDDEN_DIM", DIM,
+    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", QUERIES,
+    "MODEL.MASK_FORMER.NHEADS", HEADS,
+    "MODEL.MASK_FORMER.DIM_FEEDFORWARD", 128,
+    "MODEL.MASK_FORMER.DEC_LAYERS", DEC_LAYERS,
+]  # fmt: skip
+
+
+def _hf_config(embed_dim, depths, num_heads, window_size, **decoder):
+    backbone = transformers.SwinConfig(
+        embed_dim=embed_dim,
+        depths=list(depths),
+        num_heads=list(num_heads),
+        window_size=window_size,
+        drop_path_rate=0.0,
+        out_features=["stage1", "stage2", "stage3", "stage4"],
+    )
+    return transformers.Mask2FormerConfig(backbone_config=backbone, **decoder)
+
+
+@pytest.fixture(scope="module")
+def hf_tiny():
+    torch.manual_seed(0)
+    config = _hf_config(
+        TINY_SWIN["embed_dim"],
+        TINY_SWIN["depths"],
+        TINY_SWIN["num_heads"],
+        TINY_SWIN["window_size"],
+        num_labels=NUM_CLASSES,
+        num_queries=QUERIES,
+        feature_size=DIM,
+        mask_feature_size=DIM,
+        hidden_dim=DIM,
+        num_attention_heads=HEADS,
+        encoder_layers=2,
+        encoder_feedforward_dim=128,
+        dim_feedforward=128,
+        decoder_layers=DEC_LAYERS,
+    )
+    hf = transformers.Mask2FormerForUniversalSegmentation(config).eval()
+    with torch.no_grad():  # transformers zero-initialises biases and the Swin position tables: randomise everything
+        for name, p in hf.named_parameters():
+            if p.dim() >= 2:
+                p.normal_(0.0, 1.0 / math.sqrt(p[0].numel()))  # unit-variance outputs for unit-variance inputs
+            else:
+                p.normal_(0.0, 0.1)
+        for m in hf.modules():
+            if isinstance(m, (nn.LayerNorm, nn.GroupNorm)):
+                m.weight.uniform_(0.5, 1.5)
+        for name, p in hf.named_parameters():
+            if name.endswith("sampling_offsets.bias"):
+                p.normal_(0.0, 2.0)  # sampling points a few pixels away from the reference points
+    return hf
+
+
+def _build_ours(*opts):
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(swin.SWIN_VARIANTS, "tiny-test", TINY_SWIN)
+        return build_model(load_cfg(CONFIG, *OVERRIDES, *opts)).eval()
+
+
+def _hf_outputs(hf, x):
+    with torch.no_grad():
+        out = hf(pixel_values=x, output_auxiliary_logits=True)
+    aux = [(a["class_queries_logits"], a["masks_queries_logits"]) for a in out.auxiliary_logits]
+    return out.class_queries_logits, out.masks_queries_logits, aux
+
+
+def _our_outputs(model, x):
+    with torch.no_grad():
+        out = model.sem_seg_head(model.backbone(x))
+    aux = [(a["pred_logits"], a["pred_masks"]) for a in out["aux_outputs"]]
+    return out["pred_logits"], out["pred_masks"], aux
+
+
+def _max_diff(a, b):
+    assert a.shape == b.shape
+    return (a - b).abs().max().item()
+
+
+@pytest.mark.parametrize("hw", [(128, 160), (97, 131)])  # 97 x 131: no multiple of 32 (nor of the patch size 4)
+def test_outputs_equal_huggingface(hf_tiny, tmp_path, hw):
+    """The tool's .pkl loads strictly (MODEL.WEIGHTS' checkpointer), and class logits [B, Q, K+1] and mask logits
+    [B, Q, ceil(H/4), ceil(W/4)] equal transformers' for the final layer (eval) and for every auxiliary layer (train
+    mode, dropout and drop-path 0, where our decoder computes the intermediate masks in HF's order).
+
+    Both implementations pad the same way at any size (patch embedding to a multiple of 4, windows to a multiple of
+    the window size, patch merging to even sizes; transformers' SwinBackbone always partitions windows, as the
+    official Swin does), so a size that is no multiple of 32 gives the same outputs too. In eval mode our decoder
+    computes the attention masks of the intermediate layers as embed . resize(mask_features) instead of
+    resize(embed . mask_features) and thresholds logit < 0 instead of sigmoid < 0.5: mathematically the same mask;
+    a logit within rounding of 0 could flip one pixel of one query's attention mask, which these inputs do not hit.
+    """
+    from convert_hf_mask2former import convert_file
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in hf_tiny.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    obj = convert_file(str(tmp_path / "model.safetensors"), str(tmp_path / "m2f.pkl"))
+    assert obj["matching_heuristics"] is False
+    model = _build_ours()
+    UniversalSegCheckpointer(model).load(str(tmp_path / "m2f.pkl"))  # strict: no missing / unexpected tensors
+    state = model.state_dict()
+    assert all(torch.equal(torch.as_tensor(obj["model"][k]), state[k]) for k in obj["model"] if k in state)
+
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, *hw)
+    expected = _hf_outputs(hf_tiny, x)
+    got = _our_outputs(model, x)
+    h4, w4 = -(-hw[0] // 4), -(-hw[1] // 4)
+    assert got[0].shape == (2, QUERIES, NUM_CLASSES + 1) and got[1].shape == (2, QUERIES, h4, w4)
+    assert expected[1].std() > 1.0 and expected[0].std() > 0.1  # outputs far from trivial
+    assert _max_diff(got[0], expected[0]) <= 1e-4
+    assert _max_diff(got[1], expected[1]) <= 1e-4
+
+    model.train()
+    got = _our_outputs(model, x)
+    assert len(got[2]) == len(expected[2]) == DEC_LAYERS - 1
+    for (gc, gm), (ec, em) in zip(got[2] + [got[:2]], expected[2] + [expected[:2]]):
+        assert _max_diff(gc, ec) <= 1e-4
+        assert _max_diff(gm, em) <= 1e-4
+
+
+def _hub_layout(sd: dict) -> dict:
+    """The names of the hub files (transformers 4.x SwinBackbone), from transformers >= 5 names: what transformers'
+    own load-time renaming maps from, inverted by hand; the 4.x files also store relative_position_index."""
+    out = {}
+    for k, v in sd.items():
+        if k.startswith("model.pixel_level_module.encoder.swin.layernorm."):
+            continue  # SwinModel's final norm, absent from the 4.x SwinBackbone
+        k = k.replace("model.pixel_level_module.encoder.swin.", "model.pixel_level_module.encoder.")
+        for new, old in [
+            ("attention.q_proj", "attention.self.query"),
+            ("attention.k_proj", "attention.self.key"),
+            ("attention.v_proj", "attention.self.value"),
+            ("attention.o_proj", "attention.output.dense"),
+            ("attention.relative_position_bias.", "attention.self."),
+            ("mlp.fc1", "intermediate.dense"),
+            ("mlp.fc2", "output.dense"),
+        ]:
+            if ".blocks." in k:
+                k = k.replace(new, old)
+        out[k] = v
+        if k.endswith("relative_position_bias_table"):
+            ws = (math.isqrt(v.shape[0]) + 1) // 2
+            index = swin.WindowAttention(v.shape[1] * 2, ws, v.shape[1]).relative_position_index
+            out[k.replace("relative_position_bias_table", "relative_position_index")] = index
+    return out
+
+
+def test_hub_layout_converts_to_the_same_weights(hf_tiny):
+    new = hf_tiny.state_dict()
+    hub = _hub_layout(new)
+    assert "model.pixel_level_module.encoder.encoder.layers.0.blocks.0.attention.self.query.weight" in hub
+    a, b = convert_hf_mask2former_checkpoint(new), convert_hf_mask2former_checkpoint(hub)
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_full_size_swin_tiny_names_and_shapes_equal_the_official_checkpoint():
+    """facebook/mask2former-swin-tiny-coco-panoptic's architecture (built on the meta device: no memory, no init)
+    converts to exactly the official key list and shapes of configs/coco/panoptic/m2f_swin_t.yaml's model."""
+    config = _hf_config(96, (2, 2, 6, 2), (3, 6, 12, 24), 7, num_labels=133)
+    with torch.device("meta"):
+        hf = transformers.Mask2FormerForUniversalSegmentation(config)
+    converted = convert_hf_mask2former_checkpoint(hf.state_dict())
+    lines = [line.split("\t") for line in REF.read_text().splitlines() if not line.startswith("#")]
+    ref = {k: [int(n) for n in shape.split("x")] for k, shape in lines}
+    assert set(converted) == set(ref)
+    assert all(list(converted[k].shape) == ref[k] for k in ref)
+
+
+def test_foreign_and_truncated_state_dicts_are_refused(hf_tiny):
+    sd = hf_tiny.state_dict()
+    with pytest.raises(KeyError, match=r"Not a HuggingFace Mask2FormerForUniversalSegmentation state dict"):
+        convert_hf_mask2former_checkpoint({"backbone.patch_embed.proj.weight": torch.zeros(1)})
+    with pytest.raises(KeyError, match=r"it is a Mask2FormerModel \(no class_predictor\)"):
+        convert_hf_mask2former_checkpoint({k[len("model.") :]: v for k, v in sd.items() if k.startswith("model.")})
+
+    truncated = dict(list(sd.items())[: len(sd) // 2])  # a file cut in the middle of the pixel decoder
+    with pytest.raises(KeyError, match=r"incomplete \(truncated\?\): \d+ tensors of our model not in it: "):
+        convert_hf_mask2former_checkpoint(truncated)
+    without = {k: v for k, v in sd.items() if not k.startswith("class_predictor.")}
+    with pytest.raises(KeyError, match=r"sem_seg_head\.predictor\.class_embed\.bias"):
+        convert_hf_mask2former_checkpoint(without)
+    key = "model.transformer_module.decoder.layers.2.self_attn.k_proj.weight"
+    with pytest.raises(KeyError, match=r"only part of the query / key / value .*transformer_self_attention_layers\.2"):
+        convert_hf_mask2former_checkpoint({k: v for k, v in sd.items() if k != key})
+    layer = "model.transformer_module.decoder.layers.1."
+    with pytest.raises(KeyError, match=r"transformer_ffn_layers\.1\.\*"):
+        convert_hf_mask2former_checkpoint({k: v for k, v in sd.items() if not k.startswith(layer)})
+    with pytest.raises(KeyError, match=r"has 1 key with no counterpart in our model: model\.transformer_module\.extra"):
+        convert_hf_mask2former_checkpoint({**sd, "model.transformer_module.extra": torch.zeros(1)})
+    resnet = {**sd, "model.pixel_level_module.encoder.embedder.conv.weight": torch.zeros(1)}
+    with pytest.raises(KeyError, match=r"only the Swin backbone"):
+        convert_hf_mask2former_checkpoint(resnet)

@@ -2,13 +2,14 @@
 our ``UniversalSegmentor`` (``configs/coco/panoptic/m2f_swin_t.yaml`` and its Swin-S/B/L siblings), whose names are
 the official facebookresearch Mask2Former names (``tests/data/mask2former_swin_tiny_coco_panoptic_state_dict.txt``).
 
-Two HF layouts are accepted, both with the ``model.`` prefix of the ``...ForUniversalSegmentation`` class:
+Two HF naming schemes are accepted, both with the ``model.`` prefix of the ``...ForUniversalSegmentation`` class:
 
-- the hub files (``facebook/mask2former-swin-*``, written by transformers 4.x): the Swin backbone at
-  ``model.pixel_level_module.encoder.{embeddings,encoder}.*`` with ``attention.self.query/key/value``,
-  ``attention.output.dense``, ``intermediate.dense``, ``output.dense`` and a stored ``relative_position_index``;
-- transformers >= 5 (``model.state_dict()`` / ``save_pretrained`` of 5.x): ``...encoder.swin.{embeddings,encoder}.*``
-  with ``attention.q_proj/k_proj/v_proj/o_proj``, ``attention.relative_position_bias.relative_position_bias_table``,
+- the files (``facebook/mask2former-swin-*`` on the hub, written by transformers 4.x; ``save_pretrained`` of
+  transformers >= 5 writes the same names): the Swin backbone at ``model.pixel_level_module.encoder.{embeddings,
+  encoder}.*`` with ``attention.self.query/key/value``, ``attention.output.dense``, ``intermediate.dense``,
+  ``output.dense`` (4.x also stored ``relative_position_index``; 5.x adds ``swin.layernorm``);
+- the module names of transformers >= 5 (``model.state_dict()``): ``...encoder.swin.{embeddings,encoder}.*`` with
+  ``attention.q_proj/k_proj/v_proj/o_proj``, ``attention.relative_position_bias.relative_position_bias_table``,
   ``mlp.fc1/fc2``.
 
 HF stores separate query / key / value projections where we have one fused tensor: Swin's ``attn.qkv`` and the
@@ -20,9 +21,9 @@ decoder self-attention's ``in_proj_weight`` / ``in_proj_bias`` are ``cat([q, k, 
 
 Every key is accounted for: a key no rule maps, a fused projection with a part missing and a layer with a tensor
 missing are each a ``KeyError`` naming the keys. Not carried over, on purpose: the Swin ``relative_position_index``
-buffers (``_STORED_INDEX``: recomputed from the table size, and checked against the stored ones) and, in the
-transformers >= 5 layout only, ``swin.layernorm`` (``_DROPPED``: the final norm of ``SwinModel``, which
-``SwinBackbone`` never applies and the hub files do not hold).
+buffers (``_STORED_INDEX``: recomputed from the table size, and checked against the stored ones) and, from
+transformers >= 5 only, ``swin.layernorm`` (``_DROPPED``: the final norm of ``SwinModel``, which ``SwinBackbone``
+never applies and the hub files do not hold).
 
 Settings the tensor shapes do not reveal must come from the checkpoint's ``config.json`` into our config: HF's one
 ``num_attention_heads`` is both ``MODEL.MASK_FORMER.NHEADS`` and

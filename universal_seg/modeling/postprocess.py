@@ -42,10 +42,15 @@ def _block_elements(device: torch.device) -> int:
     return _BLOCK_ELEMENTS if device.type == "cpu" else _BLOCK_ELEMENTS_ACCELERATOR
 
 
+def _block_step(rows: int, device: torch.device, block_elements: Optional[int] = None) -> int:
+    """Columns per block of a [rows, cols] matrix on ``device``: about ``block_elements`` elements per block
+    (default _block_elements(device))."""
+    return max(1, (block_elements or _block_elements(device)) // max(rows, 1))
+
+
 def _column_blocks(rows: int, cols: int, device: torch.device, block_elements: int | None = None):
-    """Column slices of a [rows, cols] matrix on ``device``, each slice about ``block_elements`` elements (default
-    _block_elements(device))."""
-    step = max(1, (block_elements or _block_elements(device)) // max(rows, 1))
+    """Column slices of a [rows, cols] matrix on ``device``, :func:`_block_step` columns each."""
+    step = _block_step(rows, device, block_elements)
     return (slice(start, start + step) for start in range(0, cols, step))
 
 
@@ -60,10 +65,16 @@ def _positive_area_and_sigmoid_sum(logits: torch.Tensor) -> Tuple[torch.Tensor, 
     area = logits.new_zeros(logits.shape[0], dtype=torch.float32)
     shifted = torch.zeros_like(area)
     for cols in _column_blocks(*logits.shape, logits.device):
-        r = logits[:, cols].float().clamp_min(0)
-        area += r.sign().sum(1)
-        shifted += r.sigmoid_().sub_(0.5).sum(1)
+        _add_positive_area_and_shifted_sum(logits[:, cols], area, shifted)
     return area, shifted + 0.5 * area
+
+
+def _add_positive_area_and_shifted_sum(block: torch.Tensor, area: torch.Tensor, shifted: torch.Tensor) -> None:
+    """One block [Q, b] of :func:`_positive_area_and_sigmoid_sum`: adds the count of entries > 0 to ``area`` and
+    the sum of sigmoid(max(x, 0)) - 0.5 to ``shifted`` (float32 [Q] each, in place)."""
+    r = block.float().clamp_min(0)
+    area += r.sign().sum(1)
+    shifted += r.sigmoid_().sub_(0.5).sum(1)
 
 
 def semantic_inference(mask_cls: torch.Tensor, mask_pred: torch.Tensor) -> torch.Tensor:
@@ -424,11 +435,6 @@ class MaskLogitBands:
         return out
 
 
-def _block_step(rows: int, device: torch.device, block_elements: Optional[int] = None) -> int:
-    """The column step of :func:`_column_blocks` (the same blocks)."""
-    return max(1, (block_elements or _block_elements(device)) // max(rows, 1))
-
-
 class _ColumnBlocks:
     """The column blocks of :func:`_column_blocks` over [rows, pixels], taken from successive bands (bands of
     consecutive pixels: a block across two bands is put together from the end of one and the start of the next)."""
@@ -619,9 +625,7 @@ class _InstanceSink:
 
     def consume(self, band, start, end):
         for _, block in self.blocks.take(band, start, end):
-            r = block.float().clamp_min(0)
-            self.area += r.sign().sum(1)
-            self.shifted += r.sigmoid_().sub_(0.5).sum(1)
+            _add_positive_area_and_shifted_sum(block, self.area, self.shifted)
         n, height, width = self.masks.shape
         self.masks.view(n, height * width)[:, start:end] = (band > 0)[self.query_idx]
 

@@ -42,6 +42,11 @@ logger = logging.getLogger(__name__)
 MASK_CLASSIFICATION_HEAD_ALIASES = ("MaskFormerHead", "SemSegFPNHead")
 
 
+def _upsample(mask_logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Mask logits [B, Q, h, w] -> [B, Q, *size], bilinear (align_corners=False)."""
+    return F.interpolate(mask_logits, size=size, mode="bilinear", align_corners=False)
+
+
 @META_ARCH_REGISTRY.register()
 class UniversalSegmentor(SegmentorBase):
     """Mask classification (Mask2Former and StructToken's universal mode): N queries each predict a class and a mask.
@@ -347,66 +352,69 @@ class UniversalSegmentor(SegmentorBase):
         that task's), at the output size. The mask logits [B, Q, h, w] are upsampled to the padded image
         [B, Q, H_pad, W_pad] and cropped / resized per image, then post-processed; on the CPU
         (:meth:`_banded_inference_applies`) an image whose output size is its size is post-processed from the
-        low-resolution logits in bands of rows instead (bit for bit the same logits; see banded_inference)."""
+        low-resolution logits in bands of rows instead (bit for bit the same logits; see banded_inference).
+        Without ``sem_seg_postprocess_before_inference`` the semantic scores are computed on the padded map and
+        cropped / resized afterwards."""
         on = {t: v and only in (None, t) for t, v in self._outputs_on().items()}
         mask_cls, low_res = outputs["pred_logits"], outputs["pred_masks"]
         padded_size = tuple(images.tensor.shape[-2:])
         banded = self._banded_inference_applies(mask_cls, low_res, padded_size)
-        mask_pred = None
-        if not banded:
-            mask_pred = F.interpolate(low_res, size=padded_size, mode="bilinear", align_corners=False)
+        mask_pred = None if banded else _upsample(low_res, padded_size)  # [B, Q, H_pad, W_pad]
         thing_map = getattr(self.metadata, "thing_dataset_id_to_contiguous_id", None)
         thing_ids = set(thing_map.values()) if thing_map is not None else set()
-        num_classes = mask_cls.shape[-1] - 1
+        before = self.sem_seg_postprocess_before_inference
         results = []
         for i, (cls_i, x, image_size) in enumerate(zip(mask_cls, batched_inputs, images.image_sizes)):
             height, width = self.output_size(x, image_size)
-            before = self.sem_seg_postprocess_before_inference
             if banded and (not before or tuple(image_size) == (height, width)):
                 bands = MaskLogitBands(low_res[i], padded_size, tuple(image_size) if before else padded_size)
-                out = banded_inference(
-                    cls_i,
-                    bands,
-                    num_classes,
-                    semantic=on["semantic"],
-                    semantic_object_threshold=self.semantic_object_threshold,
-                    panoptic=on["panoptic"],
-                    object_mask_threshold=self.object_mask_threshold,
-                    overlap_threshold=self.overlap_threshold,
-                    thing_ids=thing_ids,
-                    instance=on["instance"],
-                    test_topk_per_image=self.test_topk_per_image,
-                    instance_things_only=self.panoptic_on,
-                )
-                if "sem_seg" in out and not before:
-                    out["sem_seg"] = resize_to_output(out["sem_seg"], image_size, height, width)
-                results.append(out)
-                continue
-            if mask_pred is not None:
-                mask_i = mask_pred[i]
-            else:  # (banded, but resized to another output size: the whole upsample of this image)
-                mask_i = F.interpolate(low_res[i : i + 1], size=padded_size, mode="bilinear", align_corners=False)[0]
-            if before:
-                mask_i = resize_to_output(mask_i, image_size, height, width)
-            out = {}
-            if on["semantic"]:
-                if self.semantic_object_threshold > 0:
-                    sem = confident_semantic_inference(cls_i, mask_i, self.semantic_object_threshold)
-                else:
-                    sem = semantic_inference(cls_i, mask_i)
-                if not before:
-                    sem = resize_to_output(sem, image_size, height, width)
-                out["sem_seg"] = sem
-            if on["panoptic"]:
-                out["panoptic_seg"] = panoptic_inference(
-                    cls_i, mask_i, num_classes, self.object_mask_threshold, self.overlap_threshold, thing_ids
-                )
-            if on["instance"]:
-                out["instances"] = instance_inference(
-                    cls_i, mask_i, num_classes, self.test_topk_per_image, self.panoptic_on, thing_ids
-                )
+                out = self._postprocess_bands(cls_i, bands, on, thing_ids)
+            else:  # mask_pred is None when banded but resized to another output size: this image's whole upsample
+                mask_i = mask_pred[i] if mask_pred is not None else _upsample(low_res[i : i + 1], padded_size)[0]
+                if before:
+                    mask_i = resize_to_output(mask_i, image_size, height, width)
+                out = self._postprocess(cls_i, mask_i, on, thing_ids)
+            if "sem_seg" in out and not before:
+                out["sem_seg"] = resize_to_output(out["sem_seg"], image_size, height, width)
             results.append(out)
         return results
+
+    def _postprocess(self, mask_cls: torch.Tensor, mask_pred: torch.Tensor, on: dict, thing_ids: set) -> dict:
+        """One image's enabled results (``on``: task -> bool) from class logits [Q, K+1] and mask logits [Q, H, W],
+        at (H, W)."""
+        num_classes = mask_cls.shape[-1] - 1
+        out = {}
+        if on["semantic"]:
+            if self.semantic_object_threshold > 0:
+                out["sem_seg"] = confident_semantic_inference(mask_cls, mask_pred, self.semantic_object_threshold)
+            else:
+                out["sem_seg"] = semantic_inference(mask_cls, mask_pred)
+        if on["panoptic"]:
+            out["panoptic_seg"] = panoptic_inference(
+                mask_cls, mask_pred, num_classes, self.object_mask_threshold, self.overlap_threshold, thing_ids
+            )
+        if on["instance"]:
+            out["instances"] = instance_inference(
+                mask_cls, mask_pred, num_classes, self.test_topk_per_image, self.panoptic_on, thing_ids
+            )
+        return out
+
+    def _postprocess_bands(self, mask_cls: torch.Tensor, bands: MaskLogitBands, on: dict, thing_ids: set) -> dict:
+        """:meth:`_postprocess` of the mask logits [Q, H, W] that ``bands`` stands for, band by band."""
+        return banded_inference(
+            mask_cls,
+            bands,
+            mask_cls.shape[-1] - 1,
+            semantic=on["semantic"],
+            semantic_object_threshold=self.semantic_object_threshold,
+            panoptic=on["panoptic"],
+            object_mask_threshold=self.object_mask_threshold,
+            overlap_threshold=self.overlap_threshold,
+            thing_ids=thing_ids,
+            instance=on["instance"],
+            test_topk_per_image=self.test_topk_per_image,
+            instance_things_only=self.panoptic_on,
+        )
 
     # Whether inference runs through postprocess.banded_inference (class attribute: tests compare both paths)
     banded_postprocess = True

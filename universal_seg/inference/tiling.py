@@ -118,6 +118,14 @@ def _local(region: tuple, origin: tuple) -> tuple[slice, slice]:
     return slice(region[0] - origin[0], region[2] - origin[0]), slice(region[1] - origin[1], region[3] - origin[1])
 
 
+def _find_root(parent: list[int], i: int) -> int:
+    """The root of ``i`` in the union-find forest ``parent`` (paths halved on the way)."""
+    while parent[i] != i:
+        parent[i] = parent[parent[i]]
+        i = parent[i]
+    return i
+
+
 class _Groups:
     """Union-find over parts (tile index, local index); two groups holding parts of the same tile never merge."""
 
@@ -126,10 +134,7 @@ class _Groups:
         self.tiles = [{t} for t in tiles_of]
 
     def find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
+        return _find_root(self.parent, i)
 
     def union(self, i: int, j: int, allow_same_tile: bool = False) -> None:
         ri, rj = self.find(i), self.find(j)
@@ -327,15 +332,15 @@ def _mask_iou_pairs(masks_a: torch.Tensor, masks_b: torch.Tensor) -> torch.Tenso
 class InstanceMerger:
     """Streaming :func:`merge_instances`: per-tile Instances are added in tile order.
 
-        A tile's full masks are kept only until the last tile overlapping it has been added (for the IoU of its parts
-        with their neighbours' inside the common region); each part keeps its mask cropped to its box, 8 pixels per
-    byte (:func:`pack_mask`). Seam pairs
-        (same class, IoU >= merge_iou) join parts into components; a component is *settled* once every tile that could
-        still pair with one of its parts has been added. It is then resolved exactly as the all-at-once merge resolves
-        it (pairs by decreasing IoU, ties in tile order, never two parts of one tile), and of its groups only those
-        that can still be among the ``topk`` best by (score, first part) are kept, with their parts' crops: the final
-        top-k can only be drawn from them, so the result is that of the all-at-once merge while the memory holds the
-        open components (parts of about one row of tiles) and at most ``topk`` settled groups.
+    A tile's full masks are kept only until the last tile overlapping it has been added (for the IoU of its parts
+    with their neighbours' inside the common region); each part keeps its mask cropped to its box, 8 pixels per
+    byte (:func:`pack_mask`). Seam pairs (same class, IoU >= merge_iou) join parts into components; a component is
+    *settled* once every tile that could still pair with one of its parts has been added. It is then resolved
+    exactly as the all-at-once merge resolves it (pairs by decreasing IoU, ties in tile order, never two parts of
+    one tile), and of its groups only those that can still be among the ``topk`` best by (score, first part) are
+    kept, with their parts' crops: the final top-k can only be drawn from them, so the result is that of the
+    all-at-once merge while the memory holds the open components (parts of about one row of tiles) and at most
+    ``topk`` settled groups.
     """
 
     def __init__(self, tiles: list[Tile], out_size: tuple[int, int], merge_iou: float, topk: int):
@@ -355,14 +360,8 @@ class InstanceMerger:
         self.device = torch.device("cpu")
         self.added = 0
 
-    def _find(self, i: int) -> int:
-        while self.parent[i] != i:
-            self.parent[i] = self.parent[self.parent[i]]
-            i = self.parent[i]
-        return i
-
     def _join(self, i: int, j: int) -> int:
-        ri, rj = self._find(i), self._find(j)
+        ri, rj = _find_root(self.parent, i), _find_root(self.parent, j)
         if ri != rj:
             self.parent[rj] = ri
             self.members[ri] += self.members.pop(rj)

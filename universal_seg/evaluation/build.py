@@ -27,6 +27,8 @@ from .coco import FastCOCOEvaluator
 from .instance_evaluator import InstanceSegEvaluator
 from .panoptic_quality import pq_compute
 
+logger = logging.getLogger(__name__)
+
 
 class CheckedSemSegEvaluator(SemSegEvaluator):
     """detectron2's SemSegEvaluator (same metrics) that first checks each ground-truth label against its
@@ -99,44 +101,34 @@ def exclude_images(evaluator, image_ids) -> None:
 _PANOPTIC_TYPES = ("coco_panoptic_seg", "ade20k_panoptic_seg", "mapillary_vistas_panoptic_seg")
 
 
-_FLAG_TASKS = {"PANOPTIC_ON": "panoptic", "INSTANCE_ON": "instance", "SEMANTIC_ON": "semantic"}
-
-
-def _test_flag(cfg, name):
-    """Whether the config's model outputs the task of ``name`` (PANOPTIC_ON / INSTANCE_ON / SEMANTIC_ON), as its
-    meta-architecture reports it (:func:`universal_seg.modeling.meta_arch.output_tasks`)."""
-    return _FLAG_TASKS[name] in output_tasks(cfg)
-
-
-def _things_first(meta):
+def _coco_instance_evaluator(name, meta, output_folder):
+    """COCO AP: FastCOCOEvaluator when the thing classes are the contiguous ids 0..T-1, else InstanceSegEvaluator
+    (things in a larger id space shared with stuff)."""
     ids = sorted(meta.thing_dataset_id_to_contiguous_id.values())
-    return ids == list(range(len(ids)))
+    cls = FastCOCOEvaluator if ids == list(range(len(ids))) else InstanceSegEvaluator
+    return cls(name, output_dir=output_folder)
 
 
 def _panoptic_evaluators(cfg, name, meta, output_folder):
     evaluators = []
-    if _test_flag(cfg, "PANOPTIC_ON"):
+    if "panoptic" in output_tasks(cfg):
         evaluators.append(PanopticEvaluator(name, output_folder))
-    if _test_flag(cfg, "SEMANTIC_ON") and meta.get("sem_seg_root", None):
+    if "semantic" in output_tasks(cfg) and meta.get("sem_seg_root", None):
         evaluators.append(CheckedSemSegEvaluator(name, distributed=True, output_dir=output_folder))
-    if _test_flag(cfg, "INSTANCE_ON") and meta.get("json_file", None):
-        cls = FastCOCOEvaluator if _things_first(meta) else InstanceSegEvaluator
-        evaluators.append(cls(name, output_dir=output_folder))
+    if "instance" in output_tasks(cfg) and meta.get("json_file", None):
+        evaluators.append(_coco_instance_evaluator(name, meta, output_folder))
     return evaluators
 
 
 def _cityscapes_evaluators(cfg, name, etype, output_folder):
     evaluators = []
-    if etype == "cityscapes_instance" or (etype == "cityscapes_panoptic_seg" and _test_flag(cfg, "INSTANCE_ON")):
+    if etype == "cityscapes_instance" or (etype == "cityscapes_panoptic_seg" and "instance" in output_tasks(cfg)):
         evaluators.append(CityscapesInstanceEvaluator(name))
-    if etype == "cityscapes_sem_seg" or (etype == "cityscapes_panoptic_seg" and _test_flag(cfg, "SEMANTIC_ON")):
+    if etype == "cityscapes_sem_seg" or (etype == "cityscapes_panoptic_seg" and "semantic" in output_tasks(cfg)):
         evaluators.append(CityscapesSemSegEvaluator(name))
-    if etype == "cityscapes_panoptic_seg" and _test_flag(cfg, "PANOPTIC_ON"):
+    if etype == "cityscapes_panoptic_seg" and "panoptic" in output_tasks(cfg):
         evaluators.append(PanopticEvaluator(name, output_folder))
     return evaluators
-
-
-logger = logging.getLogger(__name__)
 
 
 @functools.lru_cache(maxsize=16)
@@ -174,10 +166,11 @@ def held_out_notice(dataset_name: str, train_names) -> str:
 def build_evaluator(cfg, dataset_name, output_folder=None):
     """The evaluator(s) for ``dataset_name`` from its metadata ``evaluator_type``:
 
-    sem_seg -> SemSegEvaluator; coco -> FastCOCOEvaluator (faster-coco-eval; InstanceSegEvaluator when thing ids
-    are not 0..T-1); coco/ade20k/mapillary panoptic -> PanopticEvaluator (+ SemSegEvaluator, + instance AP,
-    following the tasks the model outputs, meta_arch.output_tasks); cityscapes_* -> the
-    Cityscapes evaluators. Returns one evaluator or a DatasetEvaluators.
+    sem_seg -> CheckedSemSegEvaluator; coco -> FastCOCOEvaluator (faster-coco-eval; InstanceSegEvaluator when
+    thing ids are not 0..T-1); coco/ade20k/mapillary panoptic -> PanopticEvaluator, + CheckedSemSegEvaluator (with
+    a ``sem_seg_root``), + COCO AP (with a ``json_file``), each for a task the model outputs
+    (meta_arch.output_tasks); cityscapes_* -> the Cityscapes evaluators. Returns one evaluator or a
+    DatasetEvaluators.
     """
     meta = MetadataCatalog.get(dataset_name)
     etype = meta.get("evaluator_type", None)
@@ -190,8 +183,7 @@ def build_evaluator(cfg, dataset_name, output_folder=None):
     if etype == "sem_seg":
         evaluators = [CheckedSemSegEvaluator(dataset_name, distributed=True, output_dir=output_folder)]
     elif etype == "coco":
-        cls = FastCOCOEvaluator if _things_first(meta) else InstanceSegEvaluator
-        evaluators = [cls(dataset_name, output_dir=output_folder)]
+        evaluators = [_coco_instance_evaluator(dataset_name, meta, output_folder)]
     elif etype in _PANOPTIC_TYPES:
         evaluators = _panoptic_evaluators(cfg, dataset_name, meta, output_folder)
     elif etype is not None and etype.startswith("cityscapes"):

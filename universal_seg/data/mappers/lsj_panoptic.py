@@ -6,7 +6,7 @@ from detectron2.data import transforms as T
 
 from .base import TaskSampler, lsj_augmentations, register_mapper, start
 from .panoptic import read_compact_panoptic, semantic_from_compact
-from .targets import image_to_tensor, task_instances_from_panoptic
+from .targets import add_task_instances, image_to_tensor
 
 
 @register_mapper("coco_panoptic_lsj")
@@ -46,8 +46,5 @@ class COCOPanopticLSJDatasetMapper:
         compact = transforms.apply_segmentation(compact)  # padding is 0 = void
         dataset_dict["image"] = image_to_tensor(aug_input.image)
         dataset_dict["sem_seg"] = torch.from_numpy(semantic_from_compact(compact, segments, self.ignore_label))
-        task = self.task_sampler() if self.task_sampler is not None else "panoptic"
-        if self.task_sampler is not None:
-            dataset_dict["task"] = task
-        dataset_dict["instances"] = task_instances_from_panoptic(compact, segments, task)
+        add_task_instances(dataset_dict, compact, segments, self.task_sampler)
         return dataset_dict

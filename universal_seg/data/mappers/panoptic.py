@@ -8,7 +8,7 @@ from detectron2.data import transforms as T
 from .base import TaskSampler, register_mapper, start
 from .image_io import check_same_size, check_semantic_label, read_label, read_panoptic
 from .semantic import SemanticDatasetMapper
-from .targets import compact_panoptic, divisible_size, image_to_tensor, pad_to, task_instances_from_panoptic
+from .targets import add_task_instances, compact_panoptic, divisible_size, image_to_tensor, pad_to
 
 
 def semantic_from_compact(compact, segments_info, ignore_label):
@@ -69,8 +69,5 @@ class PanopticDatasetMapper(SemanticDatasetMapper):
         image, (sem, compact) = pad_to(image, [sem, compact], size, [self.ignore_label, 0])
         dataset_dict["image"] = image_to_tensor(image)
         dataset_dict["sem_seg"] = torch.from_numpy(sem)
-        task = self.task_sampler() if self.task_sampler is not None else "panoptic"
-        if self.task_sampler is not None:
-            dataset_dict["task"] = task
-        dataset_dict["instances"] = task_instances_from_panoptic(compact, segments, task)
+        add_task_instances(dataset_dict, compact, segments, self.task_sampler)
         return dataset_dict

@@ -83,6 +83,16 @@ def task_instances_from_panoptic(compact, segments_info, task):
     return make_instances(compact.shape, classes, [by_class[c] for c in classes])
 
 
+def add_task_instances(dataset_dict, compact, segments_info, task_sampler=None) -> None:
+    """Sets ``dataset_dict["instances"]`` from one panoptic annotation (``compact`` [H, W], ids 1..n of
+    ``segments_info``): the "panoptic" targets, or with ``task_sampler`` (INPUT.TASK_SAMPLING, OneFormer) those of
+    the task it draws, which is also stored as ``dataset_dict["task"]`` (task_instances_from_panoptic)."""
+    task = task_sampler() if task_sampler is not None else "panoptic"
+    if task_sampler is not None:
+        dataset_dict["task"] = task
+    dataset_dict["instances"] = task_instances_from_panoptic(compact, segments_info, task)
+
+
 def make_instances(shape, classes, masks):
     """Instances with gt_classes long [n], gt_masks bool [n, H, W] and gt_boxes (XYXY, from the masks)."""
     inst = Instances(tuple(shape[:2]))

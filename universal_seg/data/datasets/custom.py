@@ -34,6 +34,7 @@ Contiguous ids (what the model predicts) follow the list's order.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
@@ -304,9 +305,9 @@ def register_manifest(folder: str) -> list[str]:
         return os.path.join(folder, split[key]) if split.get(key) else None
 
     for split_name, split in manifest["splits"].items():
-        images = path(split, "images")
+        images, semantic_root = path(split, "images"), path(split, "semantic_root")
         if split.get("panoptic_json"):
-            for suffix, sem in (("", None), ("_with_sem_seg", path(split, "semantic_root"))):
+            for suffix, sem in (("", None), ("_with_sem_seg", semantic_root)):
                 if suffix and not sem:
                     continue
                 names.append(f"{base}_panoptic_{split_name}{suffix}")
@@ -327,17 +328,15 @@ def register_manifest(folder: str) -> list[str]:
                 json_file=path(split, "instances_json"),
                 categories=[c for c in cats if c["isthing"]],
             )
-        if split.get("semantic_root"):
+        if semantic_root:
             names.append(f"{base}_sem_seg_{split_name}")
             register_checked(
                 names[-1],
-                lambda r=path(split, "semantic_root"), j=path(split, "panoptic_json"), i=images: _semantic_records(
-                    j, i, r
-                ),
-                [path(split, "semantic_root"), images],
+                functools.partial(_semantic_records, path(split, "panoptic_json"), images, semantic_root),
+                [semantic_root, images],
                 f"re-run the converter that wrote {folder}",
                 image_root=images,
-                sem_seg_root=path(split, "semantic_root"),
+                sem_seg_root=semantic_root,
                 evaluator_type="sem_seg",
                 **semantic_metadata(normalise_categories(base, cats), manifest.get("ignore_label", 255)),
             )

@@ -130,6 +130,28 @@ def write_drawing(target: str, drawing_rgb: np.ndarray) -> bool:
     return True
 
 
+def save_drawing(target: str, drawing_rgb: np.ndarray) -> bool:
+    """:func:`write_drawing`, reporting a failure (an unwritable directory or an extension of no image format)."""
+    try:
+        written = write_drawing(target, drawing_rgb)
+    except OSError as err:
+        written = False
+        logger.debug(f"{target}: {err}")
+    if not written:
+        error(f"cannot write {target!r}; check the directory is writable and the extension is an image format.")
+    return written
+
+
+def save_predictions(writer, path: str, outputs: dict) -> bool:
+    """Writes the predictions of input ``path`` with ``writer`` (a PredictionWriter), reporting a failure."""
+    try:
+        writer.write(file_stem(path), default_image_id(path), outputs)
+    except Exception as err:  # noqa: BLE001
+        error(f"cannot save the predictions of {path!r} ({type(err).__name__}: {err}).")
+        return False
+    return True
+
+
 def show(window: str, image_bgr: np.ndarray) -> bool:
     """Shows a BGR image; returns False when the user pressed Esc."""
     try:
@@ -174,27 +196,14 @@ def run_images(demo: VisualizationDemo, paths: list[str], output: str | None, wr
                 continue
             with deferred_interrupts():  # an image's files are written completely, or not at all
                 if writer is not None:
-                    try:
-                        writer.write(file_stem(path), default_image_id(path), outputs)
+                    if save_predictions(writer, path, outputs):
                         saved.append(file_stem(path))
-                    except Exception as err:  # noqa: BLE001
-                        error(f"cannot save the predictions of {path!r} ({type(err).__name__}: {err}).")
+                    else:
                         failed += 1
                 logger.info(f"{path}: {describe(outputs, demo.task)} in {time.perf_counter() - t0:.2f} s")
                 done += 1
-                if output:
-                    target = target_path(output, path, single)
-                    try:
-                        written = write_drawing(target, drawing)
-                    except OSError as err:
-                        written = False
-                        logger.debug(f"{target}: {err}")
-                    if not written:
-                        error(
-                            f"cannot write {target!r}; check the directory is writable and the extension is an "
-                            "image format."
-                        )
-                        failed += 1
+                if output and not save_drawing(target_path(output, path, single), drawing):
+                    failed += 1
             stop_if_interrupted()
             if not output and not show("image", drawing[:, :, ::-1]):
                 break

@@ -19,6 +19,7 @@ from detectron2.utils.visualizer import ColorMode, Visualizer
 import universal_seg.data  # noqa: F401  (registers the datasets: metadata, also in worker processes)
 import universal_seg.modeling  # noqa: F401  (registers the models, also in worker processes)
 from universal_seg.inference import Predictor
+from universal_seg.inference.writers import TASK_OUTPUTS
 from universal_seg.modeling.meta_arch import TASKS, enable_output_task, output_tasks
 
 __all__ = ["TASKS", "AsyncPredictor", "Predictor", "VisualizationDemo", "enable_output_task", "output_tasks"]
@@ -158,7 +159,7 @@ class VisualizationDemo:
     """Runs a predictor on images or video frames and draws one task's result on them.
 
     Args:
-        cfg: the model's config (the requested task must be enabled in it; see enable_task).
+        cfg: the model's config (the requested task must be enabled in it; see enable_output_task).
         task: "panoptic", "instance" or "semantic".
         confidence_threshold: instances with a lower score are not drawn (panoptic segments are selected inside
             the model by MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD, which demo.py sets from the same option).
@@ -176,7 +177,7 @@ class VisualizationDemo:
     def draw(self, image: np.ndarray, outputs: dict, visualizer=None) -> np.ndarray:
         """image: RGB uint8 [H, W, 3]; outputs: the model's outputs for it; visualizer: a VideoVisualizer for
         colours that stay stable across frames, or None for a still image. Returns RGB uint8 [H, W, 3]."""
-        key = {"panoptic": "panoptic_seg", "instance": "instances", "semantic": "sem_seg"}[self.task]
+        key = TASK_OUTPUTS[self.task]
         if key not in outputs:
             raise KeyError(
                 f"the model did not output {key!r}; enable its {self.task} output with "

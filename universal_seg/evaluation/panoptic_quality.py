@@ -1,15 +1,14 @@
 """Panoptic quality (PQ, SQ, RQ) with panopticapi's rules, matched per image in parallel processes.
 
-panopticapi's ``pq_compute`` (what detectron2's COCOPanopticEvaluator and our offline evaluation called before)
-already splits the images over ``cpu_count()`` processes; per image it decodes both PNGs through PIL into uint32
-arrays, takes ``np.unique`` of gt_id * 2^24 + pred_id plus a second ``np.unique`` of the prediction, and walks
-Python dicts of segment pairs. :func:`pq_compute` keeps the rules and the result layout; per image it decodes
-with OpenCV (the same pixels), takes the one ``np.unique`` of the joint ids, derives the predicted areas from it,
-and does matching, false positives and false negatives as array expressions over the small [G + 1, P + 1]
-intersection matrix. Images are matched in ``workers`` processes (default: the CPUs this process may use, its
-affinity mask), a few chunks per worker, their per-category sums added in a fixed order. Prediction PNGs may be
-files in ``pred_folder`` or in memory (an annotation's "png_string" bytes), so the in-training evaluator does not
-write them to disk and read them back. PNG decoding is most of what is left (``benchmarks/evaluation.py``).
+panopticapi's ``pq_compute`` already splits the images over ``cpu_count()`` processes; per image it decodes both
+PNGs through PIL into uint32 arrays, takes ``np.unique`` of gt_id * 2^24 + pred_id plus a second ``np.unique`` of
+the prediction, and walks Python dicts of segment pairs. :func:`pq_compute` keeps the rules and the result layout;
+per image it decodes with OpenCV (the same pixels), takes the one ``np.unique`` of the joint ids, derives the
+predicted areas from it, and does matching, false positives and false negatives as array expressions over the small
+[G + 1, P + 1] intersection matrix. Images are matched in ``workers`` processes (default: the CPUs this process may
+use, its affinity mask), a few chunks per worker, their per-category sums added in a fixed order. Prediction PNGs
+may be files in ``pred_folder`` or in memory (an annotation's "png_string" bytes), so the in-training evaluator does
+not write them to disk and read them back. PNG decoding is most of what is left (``benchmarks/evaluation.py``).
 
 The rules, as panopticapi applies them (``tests/test_fast_evaluation.py`` checks all / things / stuff and every
 class against panopticapi on a generated set):
@@ -69,34 +68,25 @@ def _positions(keys: np.ndarray, values: np.ndarray) -> np.ndarray:
     return np.where(keys[order][pos] == values, order[pos] + 1, 0)
 
 
-def pq_image(gt_ann: dict, pred_ann: dict, gt_folder: str, pred_folder, categories: dict) -> dict:
-    """Per-category [iou_sum, tp, fp, fn] of one image: {category_id: [float, int, int, int]}.
+def _add(stats: dict, cat, iou_sum=0.0, tp=0, fp=0, fn=0) -> None:
+    """Adds to ``stats[cat]`` = [iou_sum, tp, fp, fn] (started at zeros)."""
+    entry = stats.setdefault(int(cat), [0.0, 0, 0, 0])
+    entry[0] += iou_sum
+    entry[1] += tp
+    entry[2] += fp
+    entry[3] += fn
 
-    ``pred_ann`` holds "png_string" (PNG bytes) or names a file of ``pred_folder``. Raises KeyError, like
-    panopticapi, when the prediction PNG and its segments_info disagree or a category is unknown.
-    """
-    image_id = gt_ann["image_id"]
-    gt = _read_ids(os.path.join(gt_folder, gt_ann["file_name"]))
-    png = pred_ann.get("png_string")
-    pred = _read_ids(png if png is not None else os.path.join(pred_folder, pred_ann["file_name"]))
-    if gt.shape != pred.shape:
-        raise ValueError(
-            f"Image {image_id}: the prediction PNG is {pred.shape[0]}x{pred.shape[1]} but the ground truth is "
-            f"{gt.shape[0]}x{gt.shape[1]}; predict at the ground truth's size."
-        )
-    gt_segs, pred_segs = gt_ann["segments_info"], pred_ann["segments_info"]
+
+def _prediction_columns(image_id, pred_segs: list, pair_pred: np.ndarray, counts: np.ndarray, categories: dict):
+    """The column of each (gt, pred) pair's prediction (0 = void, 1.. = ``pred_segs`` in order) and the areas of
+    the columns, int64 [P + 1]. Raises, like panopticapi, when the PNG and segments_info disagree or a category
+    is unknown, and on repeated or zero segment ids."""
     pred_ids = np.array([s["id"] for s in pred_segs], np.int64)
     if len(set(pred_ids.tolist())) != len(pred_ids) or 0 in pred_ids:
         raise ValueError(
             f"Image {image_id}: the prediction's segments_info lists a segment id twice or id 0 (void); give each "
             "segment one distinct non-zero id."
         )
-
-    # the (gt id, pred id) pairs present and their pixel counts: one np.unique of gt * 2^24 + pred, as panopticapi
-    labels, counts = np.unique(gt.astype(np.uint64) * np.uint64(_OFFSET) + pred, return_counts=True)
-    pair_gt, pair_pred = (labels // _OFFSET).astype(np.int64), (labels % _OFFSET).astype(np.int64)
-
-    # predictions: column 0 = void, 1.. = listed segments; an id in the PNG that is not listed is an error
     col = _positions(pred_ids, pair_pred)
     bad = (col == 0) & (pair_pred != 0)
     if bad.any():
@@ -104,8 +94,7 @@ def pq_image(gt_ann: dict, pred_ann: dict, gt_folder: str, pred_folder, categori
             f"In the image with ID {image_id} segment with ID {int(pair_pred[bad][0])} is presented in PNG and not "
             "presented in JSON."
         )
-    n_p = len(pred_ids) + 1
-    pred_area = np.bincount(col, weights=counts, minlength=n_p).astype(np.int64)
+    pred_area = np.bincount(col, weights=counts, minlength=len(pred_ids) + 1).astype(np.int64)
     missing = pred_ids[pred_area[1:] == 0].tolist()
     if missing:
         raise KeyError(
@@ -117,6 +106,33 @@ def pq_image(gt_ann: dict, pred_ann: dict, gt_folder: str, pred_folder, categori
             raise KeyError(
                 f"In the image with ID {image_id} segment with ID {s['id']} has unknown category_id {s['category_id']}."
             )
+    return col, pred_area
+
+
+def pq_image(gt_ann: dict, pred_ann: dict, gt_folder: str, pred_folder, categories: dict) -> dict:
+    """Per-category [iou_sum, tp, fp, fn] of one image: {category_id: [float, int, int, int]}.
+
+    ``pred_ann`` holds "png_string" (PNG bytes) or names a file of ``pred_folder``. Raises KeyError, like
+    panopticapi, when the prediction PNG and its segments_info disagree or a category is unknown; ValueError for a
+    prediction of another size than the ground truth or with a repeated or zero segment id.
+    """
+    image_id = gt_ann["image_id"]
+    gt = _read_ids(os.path.join(gt_folder, gt_ann["file_name"]))
+    png = pred_ann.get("png_string")
+    pred = _read_ids(png if png is not None else os.path.join(pred_folder, pred_ann["file_name"]))
+    if gt.shape != pred.shape:
+        raise ValueError(
+            f"Image {image_id}: the prediction PNG is {pred.shape[0]}x{pred.shape[1]} but the ground truth is "
+            f"{gt.shape[0]}x{gt.shape[1]}; predict at the ground truth's size."
+        )
+    gt_segs, pred_segs = gt_ann["segments_info"], pred_ann["segments_info"]
+
+    # the (gt id, pred id) pairs present and their pixel counts: one np.unique of gt * 2^24 + pred, as panopticapi
+    labels, counts = np.unique(gt.astype(np.uint64) * np.uint64(_OFFSET) + pred, return_counts=True)
+    pair_gt, pair_pred = (labels // _OFFSET).astype(np.int64), (labels % _OFFSET).astype(np.int64)
+
+    # predictions: column 0 = void, 1.. = listed segments; an id in the PNG that is not listed is an error
+    col, pred_area = _prediction_columns(image_id, pred_segs, pair_pred, counts, categories)
 
     # ground truth: row 0 = void, 1.. = listed segments (ids not listed are ignored, as in panopticapi)
     gt_by_id = {s["id"]: s for s in gt_segs}  # a repeated id: the last entry, like panopticapi's dict
@@ -125,7 +141,7 @@ def pq_image(gt_ann: dict, pred_ann: dict, gt_folder: str, pred_folder, categori
     row = _positions(gt_ids, pair_gt)
     row[(row == 0) & (pair_gt != 0)] = -1
     keep = row >= 0
-    inter = np.zeros((len(gt_ids) + 1, n_p), np.int64)  # [G + 1, P + 1] pixel counts
+    inter = np.zeros((len(gt_ids) + 1, len(pred_area)), np.int64)  # [G + 1, P + 1] pixel counts
     inter[row[keep], col[keep]] = counts[keep]
 
     gt_cat = np.array([s["category_id"] for s in gt_info], np.int64)
@@ -140,20 +156,12 @@ def pq_image(gt_ann: dict, pred_ann: dict, gt_folder: str, pred_folder, categori
     matched = candidate & (iou > 0.5)  # IoU > 0.5 makes the match unique
 
     stats: dict = {}
-
-    def add(cat, iou_sum=0.0, tp=0, fp=0, fn=0):
-        entry = stats.setdefault(int(cat), [0.0, 0, 0, 0])
-        entry[0] += iou_sum
-        entry[1] += tp
-        entry[2] += fp
-        entry[3] += fn
-
     g_m, p_m = np.nonzero(matched)
     for g, p in zip(g_m.tolist(), p_m.tolist()):
-        add(gt_cat[g], iou_sum=float(iou[g, p]), tp=1)
+        _add(stats, gt_cat[g], iou_sum=float(iou[g, p]), tp=1)
     gt_matched, pred_matched = matched.any(1), matched.any(0)
     for g in np.flatnonzero(~gt_matched & ~gt_crowd).tolist():
-        add(gt_cat[g], fn=1)
+        _add(stats, gt_cat[g], fn=1)
     crowd_row = {}  # category -> row of its last crowd segment (panopticapi keeps the last one)
     for row, s in enumerate(gt_info):
         if s["iscrowd"] == 1:
@@ -165,7 +173,7 @@ def pq_image(gt_ann: dict, pred_ann: dict, gt_folder: str, pred_folder, categori
             ignored += int(pairs[row, p])
         if ignored / pred_area[p + 1] > 0.5:
             continue
-        add(pred_cat[p], fp=1)
+        _add(stats, pred_cat[p], fp=1)
     return stats
 
 
@@ -173,12 +181,8 @@ def _pq_chunk(args):
     chunk, gt_folder, pred_folder, categories = args
     total: dict = {}
     for gt_ann, pred_ann in chunk:
-        for cat, (iou_sum, tp, fp, fn) in pq_image(gt_ann, pred_ann, gt_folder, pred_folder, categories).items():
-            entry = total.setdefault(cat, [0.0, 0, 0, 0])
-            entry[0] += iou_sum
-            entry[1] += tp
-            entry[2] += fp
-            entry[3] += fn
+        for cat, values in pq_image(gt_ann, pred_ann, gt_folder, pred_folder, categories).items():
+            _add(total, cat, *values)
     return total
 
 

@@ -169,11 +169,14 @@ class Predictor:
         rgb = load_image(image, format, index)
         height, width = rgb.shape[:2]
         over_budget = self.max_output_pixels > 0 and height * width > self.max_output_pixels
+        too_large = (
+            f"{_name(image, index)} is {height}x{width} = {height * width / 1e6:.1f} Mpx, above "
+            f"TEST.MAX_OUTPUT_PIXELS ({self.max_output_pixels / 1e6:.1f} Mpx)"
+        )
         if over_budget and self.tiling is None:
             raise ImageTooLargeError(
-                f"{_name(image, index)} is {height}x{width} = {height * width / 1e6:.1f} Mpx, above "
-                f"TEST.MAX_OUTPUT_PIXELS ({self.max_output_pixels / 1e6:.1f} Mpx) for whole-image inference; set "
-                f"TEST.TILING.ENABLED True (tiled inference) or raise TEST.MAX_OUTPUT_PIXELS."
+                f"{too_large} for whole-image inference; set TEST.TILING.ENABLED True (tiled inference) or raise "
+                "TEST.MAX_OUTPUT_PIXELS."
             )
         if self.input_format == "BGR":
             rgb = rgb[:, :, ::-1]
@@ -181,11 +184,10 @@ class Predictor:
         tensor = torch.as_tensor(np.ascontiguousarray(resized.transpose(2, 0, 1)))
         if over_budget and not self._needs_tiling(tensor):  # tiling is on, but this input fits one tile
             raise ImageTooLargeError(
-                f"{_name(image, index)} is {height}x{width} = {height * width / 1e6:.1f} Mpx, above "
-                f"TEST.MAX_OUTPUT_PIXELS ({self.max_output_pixels / 1e6:.1f} Mpx), and its network input "
-                f"{tensor.shape[-2]}x{tensor.shape[-1]} fits one {self.tiling.tile_size[0]}x"
-                f"{self.tiling.tile_size[1]} tile, so it would run whole; set INPUT.MIN_SIZE_TEST 0 (tile it at "
-                "full resolution), a smaller TEST.TILING.TILE_SIZE, or raise TEST.MAX_OUTPUT_PIXELS."
+                f"{too_large}, and its network input {tensor.shape[-2]}x{tensor.shape[-1]} fits one "
+                f"{self.tiling.tile_size[0]}x{self.tiling.tile_size[1]} tile, so it would run whole; set "
+                "INPUT.MIN_SIZE_TEST 0 (tile it at full resolution), a smaller TEST.TILING.TILE_SIZE, or raise "
+                "TEST.MAX_OUTPUT_PIXELS."
             )
         return {"image": tensor, "height": height, "width": width}
 

@@ -814,6 +814,21 @@ def test_unreadable_training_files_are_skipped_counted_across_workers_and_limite
 
 
 @needs_mini
+def test_no_readable_training_file_is_named_as_such(tmp_path, register_variant):
+    """Before: with every file unreadable and DATALOADER.MAX_UNREADABLE_FRACTION 1.0, the error said "3 of 3 ...
+    (100.0%, more than ... = 1.0)", a limit that was not exceeded. Now it says that no file can be read."""
+    from universal_seg.data.loader import UnreadableDataError
+    from universal_seg.engine import Trainer
+
+    bad = _truncated_copy(tmp_path)
+    register_variant("faults_none_readable", "mini_panoptic_train", lambda i, d: {**d, "file_name": bad})
+    opts = ["DATASETS.TRAIN", "('faults_none_readable',)", "DATALOADER.MAX_UNREADABLE_FRACTION", "1.0"]
+    loader = Trainer.build_train_loader(_tiny_cfg(tmp_path, *opts))
+    with pytest.raises(UnreadableDataError, match=rf"^none of the 3 training files can be read, e.g. {bad}; check"):
+        next(iter(loader))
+
+
+@needs_mini
 def test_unreadable_count_reaches_metrics_json_and_the_final_summary(tmp_path, register_variant):
     from universal_seg.engine import Trainer
 

@@ -264,8 +264,13 @@ class TrainLoader:
                 )
         if batch.error:
             raise AnnotationError(batch.error)
+        shown = ", ".join(list(self.unreadable)[:5])
+        if batch.fatal == "no readable file":  # every file failed: possible only with a limit near 1
+            raise UnreadableDataError(
+                f"none of the {n} training files can be read, e.g. {shown}; check the files and their paths "
+                "(python tools/check_dataset.py reads them all)."
+            )
         if len(self.unreadable) > self.max_unreadable_fraction * n or batch.fatal:
-            shown = ", ".join(list(self.unreadable)[:5])
             raise UnreadableDataError(
                 f"{len(self.unreadable)} of {n} training files are unreadable ({100 * len(self.unreadable) / n:.1f}%, "
                 f"more than DATALOADER.MAX_UNREADABLE_FRACTION = {self.max_unreadable_fraction}), e.g. {shown}; "

@@ -14,7 +14,9 @@ panoptic segments carry no score. --save DIR also writes the predictions of --in
 batches, restartably). An input that cannot be read or predicted (e.g. an image above TEST.MAX_OUTPUT_PIXELS
 without TEST.TILING) is reported and the others go on. Video frames keep the input's size and frame rate; with
 several CUDA GPUs (MODEL.DEVICE cuda) one worker process per GPU predicts frames concurrently, results in frame
-order. The exit status is non-zero when any input could not be read, predicted or written.
+order. Exit status: 0; 1 when any input could not be read, predicted or written; 2 for a bad argument, config,
+checkpoint or output, found before anything is drawn; 130 when Ctrl-C or SIGTERM stops it (0 for a webcam,
+whose end that is).
 """
 
 import argparse
@@ -26,6 +28,7 @@ import sys
 import tempfile
 import threading
 import time
+from typing import NoReturn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -54,6 +57,13 @@ logger = logging.getLogger("universal_seg.demo")
 def error(message: str) -> None:
     """Reports a failed input on stderr (the run goes on; the exit status will be non-zero)."""
     tqdm.tqdm.write(f"ERROR: {message}", file=sys.stderr)  # on its own line, above a progress bar
+
+
+def usage_error(message: str) -> NoReturn:
+    """Stops with ``message`` on stderr and exit status 2: a bad argument, config, checkpoint or output, found
+    before anything is drawn (status 1 means that some inputs failed; as in tools/predict.py)."""
+    print(message, file=sys.stderr)
+    raise SystemExit(2)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -100,7 +110,7 @@ def setup_cfg(args):
         args.task = args.task or (enabled[0] if enabled else "semantic")
         enable_output_task(cfg, args.task)
     except ValueError as err:
-        sys.exit(f"error: {err}")
+        usage_error(f"error: {err}")
     if args.task == "panoptic" and args.confidence_threshold is not None:
         cfg.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD = args.confidence_threshold
     cfg.freeze()
@@ -158,7 +168,7 @@ def show(window: str, image_bgr: np.ndarray) -> bool:
         cv2.namedWindow(window, cv2.WINDOW_NORMAL)
         cv2.imshow(window, image_bgr)
     except cv2.error as err:
-        sys.exit(f"cannot open a window ({str(err).splitlines()[-1].strip()}); pass --output to write files.")
+        usage_error(f"error: cannot open a window ({str(err).splitlines()[-1].strip()}); pass --output to write files.")
     return cv2.waitKey(0 if window == "image" else 1) != 27
 
 
@@ -246,8 +256,8 @@ def probe_codec(extension: str | None) -> tuple[str, str]:
             reader.release()
             if ok:
                 return fourcc, ext
-    sys.exit(
-        f"no video codec works with this OpenCV build (tried {', '.join(c for c, _ in VIDEO_CODECS)}): "
+    usage_error(
+        f"error: no video codec works with this OpenCV build (tried {', '.join(c for c, _ in VIDEO_CODECS)}): "
         "install an OpenCV with FFmpeg support, or write images with --input instead."
     )
 
@@ -271,7 +281,7 @@ def open_writer(output: str, input_name: str, fps: float, size: tuple[int, int])
     os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
     writer = cv2.VideoWriter(temporary_video(target), cv2.VideoWriter_fourcc(*fourcc), fps, size, True)
     if not writer.isOpened():
-        sys.exit(f"cannot open {target!r} for writing; check the directory is writable.")
+        usage_error(f"error: cannot open {target!r} for writing; check the directory is writable.")
     return writer, target
 
 
@@ -350,22 +360,22 @@ def check_output(output: str | None) -> None:
     while parent and not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if parent and not os.path.isdir(parent):
-        sys.exit(f"error: --output {output!r} cannot be created: {parent!r} is a file, not a directory.")
+        usage_error(f"error: --output {output!r} cannot be created: {parent!r} is a file, not a directory.")
 
 
 def check_inputs(args) -> list[str] | None:
     """The image paths to draw (reporting the missing ones), checked before the model is built: exits when there is
     nothing to draw. None for a video or webcam source."""
     if args.video_input and not os.path.isfile(args.video_input):
-        sys.exit(f"error: --video-input {args.video_input!r} does not exist; check the path.")
+        usage_error(f"error: --video-input {args.video_input!r} does not exist; check the path.")
     if not args.input:
         return None
     paths = expand_inputs(args.input)
     missing = [p for p in paths if not os.path.isfile(p)]
     if not paths:
-        sys.exit(f"error: --input {' '.join(args.input)} names no image file; check the paths.")
+        usage_error(f"error: --input {' '.join(args.input)} names no image file; check the paths.")
     if len(missing) == len(paths):
-        sys.exit(f"error: no input image exists ({', '.join(map(repr, missing[:5]))}); check --input.")
+        usage_error(f"error: no input image exists ({', '.join(map(repr, missing[:5]))}); check --input.")
     return paths
 
 
@@ -379,7 +389,7 @@ def check_not_overwriting_inputs(args, paths: list[str] | None) -> None:
         targets = {p: target_path(args.output, p, len(paths) == 1) for p in paths or []}
     for source, target in targets.items():
         if os.path.exists(target) and os.path.samefile(source, target):
-            sys.exit(f"error: --output {args.output!r} would overwrite the input {source!r}; write elsewhere.")
+            usage_error(f"error: --output {args.output!r} would overwrite the input {source!r}; write elsewhere.")
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -438,9 +448,9 @@ def main(argv=None, restore_signals: bool = True) -> int:
     try:
         universal_seg.data.run_registration_files(args.register)
     except ValueError as err:
-        sys.exit(f"error: {err}")
+        usage_error(f"error: {err}")
     if paths and args.output and names_a_file(args.output) and not cv2.haveImageWriter(args.output):
-        sys.exit(f"error: --output {args.output!r}: OpenCV writes no image format with that extension; use .png.")
+        usage_error(f"error: --output {args.output!r}: OpenCV writes no image format with that extension; use .png.")
     cfg = setup_cfg(args)
     check_not_overwriting_inputs(args, paths)
     if cfg.MODEL.WEIGHTS:
@@ -454,26 +464,27 @@ def main(argv=None, restore_signals: bool = True) -> int:
     writer = None
     if args.save:
         if not args.input:
-            sys.exit("--save writes predictions of --input images; it does not apply to videos.")
+            usage_error("error: --save writes predictions of --input images; it does not apply to videos.")
         names = list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN)
         try:
             writer = PredictionWriter(args.save, output_tasks(cfg), MetadataCatalog.get(names[0]) if names else None)
         except OSError as err:
-            sys.exit(f"error: {err}")
+            usage_error(f"error: {err}")
     threshold = 0.5 if args.confidence_threshold is None else args.confidence_threshold
     try:
         predictor = make_predictor(cfg, video)
         demo = VisualizationDemo(cfg, args.task, threshold, predictor=predictor)
     except (ValueError, *CHECKPOINT_ERRORS) as err:
-        sys.exit(f"error: {err}")
+        usage_error(f"error: {err}")
     in_main_thread = threading.current_thread() is threading.main_thread()
     STOP_REQUESTED.clear()
     previous = {s: signal.signal(s, _interrupt) for s in STOP_SIGNALS} if in_main_thread else {}
     try:
         if args.input:
             if len(paths) > 1 and args.output and names_a_file(args.output):
-                sys.exit(
-                    f"--output {args.output!r} looks like a file but there are {len(paths)} inputs; give a directory."
+                usage_error(
+                    f"error: --output {args.output!r} looks like a file but there are {len(paths)} inputs; "
+                    "give a directory."
                 )
             try:
                 return 1 if run_images(demo, paths, args.output, writer) else 0

@@ -276,7 +276,7 @@ def test_inputs_that_would_overwrite_each_other_or_themselves_are_refused(tmp_pa
     before = (first / "p.jpg").read_bytes()
     for output in (str(first / "p.jpg"), str(first)):
         proc = run_demo("--input", str(first / "p.jpg"), "--output", output, opts=opts)
-        assert proc.returncode == 1 and "Traceback" not in proc.stderr
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr
         assert proc.stderr.strip().splitlines()[-1] == (
             f"error: --output {output!r} would overwrite the input {str(first / 'p.jpg')!r}; write elsewhere."
         )
@@ -297,7 +297,7 @@ def test_bad_weights_task_and_extension_are_one_line_errors(tmp_path):
     ]
     for args, weights, opts, expected in cases:
         proc = run_demo(*args, weights=weights, opts=opts)
-        assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
         assert proc.stderr.strip().splitlines()[-1].startswith(expected)
     cmd = [
         sys.executable,
@@ -313,7 +313,7 @@ def test_bad_weights_task_and_extension_are_one_line_errors(tmp_path):
         "cpu",
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert proc.stderr.strip().splitlines()[-1].startswith("error: ") and "semantic" in proc.stderr
 
 

@@ -585,20 +585,25 @@ def _no_model(*args, **kwargs):
     raise AssertionError("the model was built before the inputs / output were checked")
 
 
-def test_demo_checks_inputs_and_output_before_building_the_model(tmp_path, demo_module, monkeypatch):
+def test_demo_checks_inputs_and_output_before_building_the_model(tmp_path, demo_module, monkeypatch, capsys):
     """Before: the demo built the model first, then failed on a missing input; an --output under a file gave a
-    raw traceback. Now both are one line, before any model is built."""
+    raw traceback. Now both are one line, before any model is built, with exit status 2 (a bad argument)."""
     monkeypatch.setattr(demo_module, "VisualizationDemo", _no_model)
     config = str(ROOT / "configs/mini/semantic/segformer_b0.yaml")
-    with pytest.raises(SystemExit, match="no input image exists"):
-        demo_module.main(["--config-file", config, "--input", str(tmp_path / "missing.jpg")])
-    with pytest.raises(SystemExit, match="does not exist; check the path"):
-        demo_module.main(["--config-file", config, "--video-input", str(tmp_path / "missing.mp4")])
     (tmp_path / "file").write_text("x")
     image = tmp_path / "a.png"
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(image)
-    with pytest.raises(SystemExit, match="is a file, not a directory"):
-        demo_module.main(["--config-file", config, "--input", str(image), "--output", str(tmp_path / "file" / "o")])
+    cases = [
+        (["--input", str(tmp_path / "missing.jpg")], "error: no input image exists"),
+        (["--video-input", str(tmp_path / "missing.mp4")], "does not exist; check the path"),
+        (["--input", str(image), "--output", str(tmp_path / "file" / "o")], "is a file, not a directory"),
+    ]
+    for args, expected in cases:
+        with pytest.raises(SystemExit) as stop:
+            demo_module.main(["--config-file", config, *args])
+        assert stop.value.code == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0]
 
 
 def test_demo_zero_frame_video_leaves_no_output_and_no_written_to(tmp_path, demo_module, capsys):

@@ -22,7 +22,7 @@ decoder self-attention's ``in_proj_weight`` / ``in_proj_bias`` are ``cat([q, k, 
 Every key is accounted for: a key no rule maps, a fused projection with a part missing and a layer with a tensor
 missing are each a ``KeyError`` naming the keys. Not carried over, on purpose: the Swin ``relative_position_index``
 buffers (``_STORED_INDEX``: recomputed from the table size, and checked against the stored ones) and, from
-transformers >= 5 only, ``swin.layernorm`` (``_DROPPED``: the final norm of ``SwinModel``, which ``SwinBackbone``
+transformers >= 5 only, ``swin.layernorm`` (``DROPPED``: the final norm of ``SwinModel``, which ``SwinBackbone``
 never applies and the hub files do not hold).
 
 Settings the tensor shapes do not reveal must come from the checkpoint's ``config.json`` into our config: HF's one
@@ -50,9 +50,9 @@ _OURS_DEC = "sem_seg_head.predictor."
 _PARAM = r"\.(weight|bias)"
 
 # (HF name pattern, our name: a template for match.expand, or a function of the match) renames; patterns are full
-# matches, tried in order
-_RENAMES = [
-    # Swin backbone
+# matches, tried in order. The Swin backbone and pixel decoder tables are shared with hf_oneformer_convert.py (HF's
+# OneFormer nests the same SwinBackbone and an identically named pixel decoder under model.pixel_level_module)
+SWIN_RENAMES = [
     (_SWIN + r"embeddings\.patch_embeddings\.projection" + _PARAM, r"backbone.patch_embed.proj.\1"),
     (_SWIN + r"embeddings\.norm" + _PARAM, r"backbone.patch_embed.norm.\1"),
     (_BLOCK + r"layernorm_before" + _PARAM, _OURS_BLOCK + r"norm1.\3"),
@@ -73,7 +73,8 @@ _RENAMES = [
         r"model\.pixel_level_module\.encoder\.hidden_states_norms\.stage(\d+)" + _PARAM,
         lambda m: f"backbone.norm{int(m.group(1)) - 1}.{m.group(2)}",
     ),
-    # pixel decoder
+]
+PIXEL_DECODER_RENAMES = [
     (_PIX + r"level_embed", _OURS_PIX + "transformer.level_embed"),
     (_PIX + r"input_projections\.(\d+)\.([01])" + _PARAM, _OURS_PIX + r"input_proj.\1.\2.\3"),
     (
@@ -95,7 +96,10 @@ _RENAMES = [
     (_PIX + r"mask_projection" + _PARAM, _OURS_PIX + r"mask_features.\1"),
     (_PIX + r"(adapter|layer)_(\d+)\.0" + _PARAM, _OURS_PIX + r"\1_\2.\3"),  # conv (detectron2 Conv2d with norm)
     (_PIX + r"(adapter|layer)_(\d+)\.1" + _PARAM, _OURS_PIX + r"\1_\2.norm.\3"),  # its GroupNorm
-    # transformer decoder
+]
+SWIN_RENAMES = [(re.compile(p), r) for p, r in SWIN_RENAMES]
+PIXEL_DECODER_RENAMES = [(re.compile(p), r) for p, r in PIXEL_DECODER_RENAMES]
+_RENAMES = [
     (r"model\.transformer_module\.queries_embedder\.weight", _OURS_DEC + "query_embed.weight"),
     (r"model\.transformer_module\.queries_features\.weight", _OURS_DEC + "query_feat.weight"),
     (r"model\.transformer_module\.level_embed\.weight", _OURS_DEC + "level_embed.weight"),
@@ -120,16 +124,17 @@ _RENAMES = [
     # loaded, see SegmentorBase.config_buffer_keys; kept so the key list equals the official checkpoints')
     (r"criterion\.empty_weight", "criterion.empty_weight"),
 ]
-_RENAMES = [(re.compile(p), r) for p, r in _RENAMES]
+_RENAMES = SWIN_RENAMES + PIXEL_DECODER_RENAMES + [(re.compile(p), r) for p, r in _RENAMES]
 
 # separate q / k / v projections: (HF pattern, our fused name with {param} = "weight" / "bias" and {p} = "_weight" /
 # "_bias", which of q / k / v the match is)
+SWIN_FUSED = (
+    re.compile(_BLOCK + r"attention\.(?:self\.(query|key|value)|([qkv])_proj)" + _PARAM),
+    r"backbone.layers.\1.blocks.\2.attn.qkv.{param}",
+    lambda m: (m.group(3) or m.group(4))[0],
+)
 _FUSED = [
-    (
-        re.compile(_BLOCK + r"attention\.(?:self\.(query|key|value)|([qkv])_proj)" + _PARAM),
-        r"backbone.layers.\1.blocks.\2.attn.qkv.{param}",
-        lambda m: (m.group(3) or m.group(4))[0],
-    ),
+    SWIN_FUSED,
     (
         re.compile(_DEC + r"self_attn\.([qkv])_proj" + _PARAM),
         _OURS_DEC + r"transformer_self_attention_layers.\1.self_attn.in_proj{p}",
@@ -144,11 +149,12 @@ _STORED_INDEX = re.compile(_BLOCK + r"attention\.(?:self|relative_position_bias)
 # SwinModel's final LayerNorm (transformers >= 5 nests a SwinModel in SwinBackbone): SwinBackbone returns the per-stage
 # hidden_states_norms instead and never applies it; the hub files do not hold it (transformers lists it in
 # SwinBackbone._keys_to_ignore_on_load_missing), so it is random in every HF-loaded model
-_DROPPED = re.compile(r"model\.pixel_level_module\.encoder\.swin\.layernorm" + _PARAM)
+DROPPED = re.compile(r"model\.pixel_level_module\.encoder\.swin\.layernorm" + _PARAM)
 
-# tensors every unit of our model holds once any of its tensors is present (a truncated file leaves units incomplete)
+# tensors every unit of our model holds once any of its tensors is present (a truncated file leaves units incomplete);
+# in our names, so shared with OneFormer, whose decoder is a Mask2Former decoder
 _LN = ("weight", "bias")
-_UNITS = [
+UNITS = [
     (
         re.compile(r"(backbone\.layers\.\d+\.blocks\.\d+)\..*"),
         ["norm1.weight", "norm1.bias", "norm2.weight", "norm2.bias", "attn.qkv.weight", "attn.proj.weight"]
@@ -191,21 +197,21 @@ _UNITS = [
     ),
     (re.compile(r"(sem_seg_head\.predictor\.mask_embed\.layers\.\d+)\..*"), list(_LN)),
 ]
-# tensors every Mask2Former with a Swin backbone has
-_REQUIRED = [
+# tensors every Mask2Former with a Swin backbone has (REQUIRED: those OneFormer has too)
+REQUIRED = [
     "backbone.patch_embed.proj.weight",
     "sem_seg_head.pixel_decoder.transformer.level_embed",
     "sem_seg_head.pixel_decoder.mask_features.weight",
-    "sem_seg_head.predictor.query_feat.weight",
     "sem_seg_head.predictor.query_embed.weight",
     "sem_seg_head.predictor.level_embed.weight",
     "sem_seg_head.predictor.decoder_norm.weight",
     "sem_seg_head.predictor.class_embed.weight",
     "sem_seg_head.predictor.class_embed.bias",
 ]
+_REQUIRED = REQUIRED + ["sem_seg_head.predictor.query_feat.weight"]
 # numbered parts whose indices must run 0..n-1 with no gap: (pattern whose last group is the index, the name of
 # part i, with {0} ... the other groups)
-_NUMBERED = [
+NUMBERED = [
     (re.compile(r"backbone\.layers\.(\d+)\..*"), "backbone.layers.{i}"),
     (re.compile(r"backbone\.layers\.(\d+)\.blocks\.(\d+)\..*"), "backbone.layers.{0}.blocks.{i}"),
     (re.compile(r"backbone\.norm(\d+)\..*"), "backbone.norm{i}"),
@@ -266,22 +272,47 @@ def convert_hf_mask2former_checkpoint(ckpt: dict) -> dict:
     ...). Raises KeyError naming the keys when a key is not recognised or the checkpoint is incomplete."""
     sd = unwrap_state_dict(ckpt)
     _check_foreign(sd)
+    return convert_hf_state_dict(
+        sd,
+        "Mask2Former",
+        _RENAMES,
+        _FUSED,
+        _REQUIRED,
+        "only the Swin backbone of the facebook/mask2former-swin-* models is supported",
+    )
+
+
+def convert_hf_state_dict(
+    sd: dict,
+    model: str,
+    renames: list,
+    fused: list,
+    required: list,
+    backbone_hint: str,
+    units: list = UNITS,
+    numbered: list = NUMBERED,
+) -> dict:
+    """The conversion shared by the HF Mask2Former and OneFormer converters: ``renames`` / ``fused`` (tables as
+    ``_RENAMES`` / ``_FUSED``) applied to every key of ``sd``, the Swin relative_position_index buffers recomputed
+    and checked, ``DROPPED`` keys left out; the result checked against ``required``, ``units`` and ``numbered``
+    (tables as ``UNITS`` / ``NUMBERED``, in our names). ``model`` names the checkpoint in the errors;
+    ``backbone_hint`` is added when unknown keys are backbone keys."""
     out, parts, stored_index, unknown = {}, {}, {}, []
     for key, value in sd.items():
-        if not _convert_key(key, value, out, parts, stored_index) and not _DROPPED.fullmatch(key):
+        if not _convert_key(key, value, out, parts, stored_index, renames, fused) and not DROPPED.fullmatch(key):
             unknown.append(key)
     if unknown:
         swin = any(k.startswith("model.pixel_level_module.encoder.") for k in unknown)
-        hint = " (only the Swin backbone of the facebook/mask2former-swin-* models is supported)" if swin else ""
+        hint = f" ({backbone_hint})" if swin else ""
         raise KeyError(
-            f"the HuggingFace Mask2Former checkpoint has {_count(unknown, 'key')} with no counterpart in our model"
+            f"the HuggingFace {model} checkpoint has {_count(unknown, 'key')} with no counterpart in our model"
             f"{hint}: {_listing(unknown)}."
         )
     for name, got in parts.items():
         if len(got) != 3:
             raise KeyError(
                 f"the checkpoint has only part of the query / key / value projections fused into {name} "
-                f"({_listing(key for key, _ in got.values())}): it is truncated or not a HuggingFace Mask2Former one."
+                f"({_listing(key for key, _ in got.values())}): it is truncated or not a HuggingFace {model} one."
             )
         out[name] = torch.cat([torch.as_tensor(got[i][1]) for i in range(3)], dim=0)
     for name in [k for k in out if k.endswith("attn.relative_position_bias_table")]:
@@ -294,19 +325,19 @@ def convert_hf_mask2former_checkpoint(ckpt: dict) -> dict:
     if stored_index:
         unmatched = _listing(key for key, _ in stored_index.values())
         raise KeyError(f"the checkpoint has relative_position_index buffers without their tables: {unmatched}.")
-    _check_complete(out)
+    _check_complete(out, required, model, units, numbered)
     return out
 
 
-def _convert_key(key: str, value, out: dict, parts: dict, stored_index: dict) -> bool:
+def _convert_key(key: str, value, out: dict, parts: dict, stored_index: dict, renames: list, fused: list) -> bool:
     """Renames ``key`` into ``out``, collects it for fusion in ``parts`` or keeps it in ``stored_index`` (a stored
     relative_position_index, by our name); False for a key no rule knows."""
-    for pattern, target in _RENAMES:
+    for pattern, target in renames:
         m = pattern.fullmatch(key)
         if m:
             out[target(m) if callable(target) else m.expand(target)] = value
             return True
-    for pattern, target, part in _FUSED:
+    for pattern, target, part in fused:
         m = pattern.fullmatch(key)
         if m:
             param = m.groups()[-1]
@@ -322,12 +353,12 @@ def _convert_key(key: str, value, out: dict, parts: dict, stored_index: dict) ->
     return False
 
 
-def _check_complete(out: dict) -> None:
-    """KeyError naming our tensors that a truncated checkpoint leaves out (see _UNITS, _REQUIRED, _NUMBERED)."""
-    missing = [k for k in _REQUIRED if k not in out]
+def _check_complete(out: dict, required: list, model: str, units_of: list, numbered: list) -> None:
+    """KeyError naming our tensors that a truncated checkpoint leaves out (``required``, and see UNITS, NUMBERED)."""
+    missing = [k for k in required if k not in out]
     units = {}
     for key in out:
-        for pattern, members in _UNITS:
+        for pattern, members in units_of:
             m = pattern.fullmatch(key)
             if m:
                 units[m.group(1)] = members
@@ -335,7 +366,7 @@ def _check_complete(out: dict) -> None:
     missing += [
         f"{unit}.{member}" for unit, members in units.items() for member in members if f"{unit}.{member}" not in out
     ]
-    for pattern, template in _NUMBERED:
+    for pattern, template in numbered:
         indices = {}
         for key in out:
             m = pattern.fullmatch(key)
@@ -346,6 +377,6 @@ def _check_complete(out: dict) -> None:
             missing += [template.format(*parent, i=i) + ".*" for i in gaps]
     if missing:
         raise KeyError(
-            f"the HuggingFace Mask2Former checkpoint is incomplete (truncated?): {_count(missing, 'tensor')} of our "
+            f"the HuggingFace {model} checkpoint is incomplete (truncated?): {_count(missing, 'tensor')} of our "
             f"model not in it: {_listing(missing)}."
         )

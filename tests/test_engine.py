@@ -287,6 +287,107 @@ def test_two_cpu_processes_with_gloo_end_with_identical_weights(tmp_path):
     assert torch.load(tmp_path / "data0.pt")["images"] == 3.0
 
 
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_launch_arguments_that_would_hang_or_collide_are_refused_before_any_process_starts():
+    """Before: --dist-url auto with several machines was a traceback (an AssertionError on CUDA), a machine rank out
+    of range or several machines at detectron2's default 127.0.0.1 URL waited 30 minutes, a port in use (a second
+    run on the machine at detectron2's fixed default port) was torch's EADDRINUSE traceback from the worker."""
+    import socket
+
+    from universal_seg.engine.launch import check_launch_args
+
+    assert check_launch_args(2, 1, 0, None).startswith("tcp://127.0.0.1:")  # one machine: a free port
+    with pytest.raises(ValueError, match=r"--num-machines 2 needs --dist-url tcp://HOST:PORT with the address of"):
+        check_launch_args(1, 2, 1, "auto")
+    with pytest.raises(ValueError, match=r"--num-machines 2 needs --dist-url"):
+        check_launch_args(1, 2, 0, None)
+    with pytest.raises(ValueError, match=r"--machine-rank 2 is out of range for --num-machines 2; give each machine"):
+        check_launch_args(1, 2, 2, "tcp://127.0.0.1:1234")
+    with socket.socket() as taken:
+        taken.bind(("", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ValueError, match=rf"port {port} cannot be used on this machine .*pass another port"):
+            check_launch_args(2, 1, 0, f"tcp://127.0.0.1:{port}")
+        with pytest.raises(ValueError, match="cannot be used"):  # launch checks too, before starting a process
+            launch(_exiting_worker, 2, dist_url=f"tcp://127.0.0.1:{port}")
+    assert check_launch_args(1, 2, 1, f"tcp://127.0.0.1:{port}")  # another machine's port is not probed
+
+
+def test_a_machine_that_never_joins_ends_in_one_line_naming_the_fix(capfd):
+    """Before: rank 0 of a two-machine run whose other machine never started waited (30 minutes by default), then
+    ended in torch's DistStoreError traceback."""
+    from datetime import timedelta
+
+    with pytest.raises(SystemExit) as exit_info:
+        launch(_exiting_worker, 1, 2, 0, f"tcp://127.0.0.1:{_free_port()}", timeout=timedelta(seconds=2))
+    assert exit_info.value.code == 1
+    err = capfd.readouterr().err
+    assert "error: process 0 of 2 could not join the process group at tcp://127.0.0.1:" in err
+    assert "each with its own --machine-rank 0..1" in err and "Traceback" not in err
+
+
+_SLEEPING_LAUNCH = """
+import os, sys, time
+from universal_seg.engine import launch
+
+def worker(folder):
+    open(os.path.join(folder, f"{os.getpid()}.pid"), "w").close()
+    time.sleep(600)
+
+if __name__ == "__main__":
+    launch(worker, 2, dist_url="auto", args=(sys.argv[1],))
+"""
+
+
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_sigterm_or_ctrl_c_to_the_launcher_stops_its_workers(tmp_path, signum):
+    """Before: SIGTERM killed the launcher alone and its workers went on training (saving checkpoints) as orphans;
+    SIGINT to the launcher alone (``kill -INT``, ``timeout -s INT``) left it waiting for workers that never stop."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    script = tmp_path / "sleeping_launch.py"
+    script.write_text(_SLEEPING_LAUNCH)
+    folder = tmp_path / "pids"
+    folder.mkdir()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, str(script), str(folder)], env=env, stderr=subprocess.PIPE, text=True)
+    pids = []
+    try:
+        deadline = time.monotonic() + 300
+        while len(pids) < 2 and time.monotonic() < deadline and proc.poll() is None:
+            time.sleep(0.2)
+            pids = [int(p.stem) for p in folder.glob("*.pid")]
+        assert len(pids) == 2, proc.stderr.read() if proc.poll() is not None else "workers did not start"
+        proc.send_signal(getattr(signal, signum))
+        _, err = proc.communicate(timeout=120)
+        assert proc.returncode == 128 + getattr(signal, signum), err[-2000:]
+        assert f"stopped by {signum}; the 2 worker process(es) were stopped too" in err
+        for pid in pids:  # the launcher joined its workers before exiting: none is left
+            with pytest.raises(ProcessLookupError):
+                os.kill(pid, 0)
+    finally:
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 @needs_mini
 def test_training_steps_lower_the_loss_on_a_fixed_batch():
     """Four optimizer steps (the project's optimizer, no schedule) on one fixed mapped 64-pixel crop lower its total

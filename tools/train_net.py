@@ -5,10 +5,10 @@
     python tools/train_net.py --config-file ... --eval-only MODEL.WEIGHTS model_final.pkl
     python tools/train_net.py --config-file ... --resume            # continue from OUTPUT_DIR/last_checkpoint
     python tools/train_net.py --register my_data.py --config-file ... DATASETS.TRAIN '("my_train",)'  # your data
-    # several machines: --num-machines 2 --machine-rank {0,1} --dist-url tcp://HOST:PORT
+    # several machines: --num-machines 2 --machine-rank {0,1} --dist-url tcp://HOST:PORT  (HOST: machine rank 0)
 
 Trailing KEY VALUE pairs override the config (detectron2's --opts). Without CUDA, --num-gpus N starts N CPU
-processes joined with the gloo backend.
+processes joined with the gloo backend. SIGTERM or Ctrl-C to this process stops its worker processes too.
 """
 
 import logging
@@ -28,6 +28,7 @@ from universal_seg.atomic import atomic_write_bytes  # noqa: E402
 from universal_seg.checkpoint import CHECKPOINT_ERRORS, UniversalSegCheckpointer  # noqa: E402
 from universal_seg.config import load_config  # noqa: E402
 from universal_seg.engine import TRAINING_STOPPERS, Trainer, launch  # noqa: E402
+from universal_seg.engine.launch import check_launch_args  # noqa: E402
 
 logger = logging.getLogger("universal_seg.train_net")
 
@@ -117,8 +118,16 @@ def main(args):
 if __name__ == "__main__":
     parser = default_argument_parser()
     universal_seg.data.add_register_argument(parser)
+    # detectron2's default, tcp://127.0.0.1:<a port fixed per user>, made two runs on one machine collide and sent
+    # each machine of a multi-machine run to its own 127.0.0.1; now: a free port on one machine (auto), and several
+    # machines must name machine rank 0's address (check_launch_args)
+    parser.set_defaults(dist_url=None)
     args = parser.parse_args()
     print("Command Line Args:", args)
+    try:  # before any process starts: arguments that would fail or hang once they had
+        args.dist_url = check_launch_args(args.num_gpus, args.num_machines, args.machine_rank, args.dist_url)
+    except ValueError as err:
+        sys.exit(f"error: {err}")
     launch(
         main,
         args.num_gpus,

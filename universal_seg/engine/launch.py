@@ -1,21 +1,74 @@
-"""Multi-process launching: detectron2's launcher on CUDA machines, the same layout over gloo on CPU-only ones.
+"""Multi-process launching: detectron2's process layout, on CUDA (NCCL) and on CPU-only machines (gloo).
 
-detectron2 v0.6's ``launch`` asserts CUDA and uses NCCL. On a machine without CUDA, ``launch`` here spawns
-``num_gpus_per_machine`` CPU processes per machine instead, joined with the gloo backend, and sets up
-detectron2's local process group exactly as its launcher does, so ``detectron2.utils.comm`` works unchanged.
+detectron2 v0.6's ``launch`` asserts CUDA and uses NCCL. ``launch`` here spawns ``num_gpus_per_machine`` processes
+per machine, joined with NCCL where CUDA is available and with gloo (CPU processes) otherwise, and sets up
+detectron2's local process group exactly as its launcher does, so ``detectron2.utils.comm`` works unchanged. Beyond
+detectron2's launcher: the arguments are checked before any process starts (:func:`check_launch_args`), a process
+group that does not form in time is one line naming the fix, and a launcher stopped by SIGTERM or Ctrl-C stops its
+workers instead of leaving them running.
 """
 
 import logging
+import signal
+import socket
+import sys
+import threading
 from datetime import timedelta
+from urllib.parse import urlparse
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 from detectron2.engine.launch import DEFAULT_TIMEOUT, _find_free_port
-from detectron2.engine.launch import launch as d2_launch
 from detectron2.utils import comm
 
 logger = logging.getLogger(__name__)
+
+# seconds a worker has to exit after the launcher passed on SIGTERM / Ctrl-C, before it is killed
+STOP_GRACE_S = 30.0
+
+
+def check_launch_args(num_gpus_per_machine: int, num_machines: int, machine_rank: int, dist_url: str | None) -> str:
+    """The URL the processes meet at (``None`` or ``"auto"``: a free local port, one machine only); raises
+    ValueError naming the fix for arguments that would fail or hang once processes are started: a machine rank out
+    of range, more GPUs than the machine has, several machines without a ``tcp://HOST:PORT`` of machine 0, or, on
+    machine 0, a port already in use."""
+    if num_gpus_per_machine < 1 or num_machines < 1:
+        raise ValueError(f"--num-gpus ({num_gpus_per_machine}) and --num-machines ({num_machines}) must be >= 1.")
+    if not 0 <= machine_rank < num_machines:
+        raise ValueError(
+            f"--machine-rank {machine_rank} is out of range for --num-machines {num_machines}; give each machine "
+            f"its own rank from 0 to {num_machines - 1}."
+        )
+    if torch.cuda.is_available() and num_gpus_per_machine > torch.cuda.device_count():
+        raise ValueError(
+            f"--num-gpus {num_gpus_per_machine} but this machine has {torch.cuda.device_count()} GPU(s); pass "
+            "--num-gpus at most that."
+        )
+    if num_machines * num_gpus_per_machine == 1:
+        return dist_url
+    if dist_url in (None, "auto"):
+        if num_machines != 1:
+            raise ValueError(
+                f"--num-machines {num_machines} needs --dist-url tcp://HOST:PORT with the address of machine rank 0, "
+                "the same on every machine (auto picks a port on one machine only)."
+            )
+        return f"tcp://127.0.0.1:{_find_free_port()}"
+    url = urlparse(dist_url)
+    if url.scheme == "tcp" and machine_rank == 0:
+        if url.port is None:
+            raise ValueError(f"--dist-url {dist_url} has no port; pass tcp://HOST:PORT.")
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:  # as torch's TCPStore server binds it
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(("", url.port))
+            except OSError as err:
+                raise ValueError(
+                    f"--dist-url {dist_url}: port {url.port} cannot be used on this machine ({err.strerror}; another "
+                    f"training run?); pass another port"
+                    + (", or --dist-url auto on one machine." if num_machines == 1 else ".")
+                ) from None
+    return dist_url
 
 
 def launch(
@@ -28,45 +81,99 @@ def launch(
     timeout: timedelta = DEFAULT_TIMEOUT,
 ):
     """Runs ``main_func(*args)`` in ``num_machines * num_gpus_per_machine`` processes (one per GPU, or per
-    requested CPU worker when CUDA is unavailable); ``dist_url="auto"`` picks a free local port (one machine).
-    A worker that exits with a status (e.g. ``sys.exit("error: ...")`` after printing its one-line error) ends
-    the launcher with that status, without the launcher's own traceback on top of the worker's message."""
+    requested CPU worker when CUDA is unavailable); ``dist_url`` None or ``"auto"`` picks a free local port (one
+    machine). A worker that exits with a status (e.g. ``sys.exit("error: ...")`` after printing its one-line error)
+    ends the launcher with that status, without the launcher's own traceback on top of the worker's message.
+    SIGTERM or Ctrl-C to the launcher stops the workers (SIGTERM, then SIGKILL after STOP_GRACE_S) and exits with
+    128 + the signal number."""
+    dist_url = check_launch_args(num_gpus_per_machine, num_machines, machine_rank, dist_url)
+    world_size = num_machines * num_gpus_per_machine
+    if world_size == 1:
+        return main_func(*args)
+    backend = "NCCL" if torch.cuda.is_available() else "gloo"
+    if backend == "gloo":
+        logger.info(f"no CUDA: launching {num_gpus_per_machine} CPU processes per machine with the gloo backend")
+    if num_machines > 1 and machine_rank == 0:
+        logger.info(
+            f"waiting up to {timeout} for the other {num_machines - 1} machine(s) at {dist_url} (each runs this "
+            f"command with its own --machine-rank 1..{num_machines - 1})"
+        )
     try:
-        return _launch(main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, args, timeout)
+        _spawn(
+            num_gpus_per_machine,
+            (main_func, backend, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout),
+        )
     except mp.ProcessExitedException as err:
         raise SystemExit(err.exit_code or 1) from None
 
 
-def _launch(main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, args, timeout):
-    if torch.cuda.is_available():
-        return d2_launch(main_func, num_gpus_per_machine, num_machines, machine_rank, dist_url, args, timeout)
-    world_size = num_machines * num_gpus_per_machine
-    if world_size <= 1:
-        return main_func(*args)
-    if dist_url == "auto":
-        if num_machines != 1:
-            raise ValueError('dist_url="auto" works on one machine only; pass --dist-url tcp://HOST:PORT.')
-        dist_url = f"tcp://127.0.0.1:{_find_free_port()}"
-    if dist_url is None:
-        raise ValueError("multi-process launching needs --dist-url (e.g. tcp://HOST:PORT, or auto on one machine).")
-    logger.info(f"no CUDA: launching {num_gpus_per_machine} CPU processes per machine with the gloo backend")
-    mp.start_processes(
-        _cpu_worker,
-        nprocs=num_gpus_per_machine,
-        args=(main_func, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout),
-        daemon=False,
-        start_method="spawn",
+class _Stop(Exception):
+    """SIGTERM reached the launcher."""
+
+
+def _raise_stop(signum, frame):
+    raise _Stop()
+
+
+def _spawn(nprocs: int, worker_args: tuple) -> None:
+    context = mp.start_processes(
+        _worker, nprocs=nprocs, args=worker_args, daemon=False, start_method="spawn", join=False
     )
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_stop) if main_thread else None
+    try:
+        while not context.join():
+            pass
+    except (KeyboardInterrupt, _Stop) as err:
+        signum = signal.SIGINT if isinstance(err, KeyboardInterrupt) else signal.SIGTERM
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        _stop_workers(context.processes)
+        print(
+            f"error: stopped by {signum.name}; the {nprocs} worker process(es) were stopped too. The checkpoints "
+            "are written atomically: --resume continues from the last one.",
+            file=sys.stderr,
+        )
+        raise SystemExit(128 + signum) from None
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
-def _cpu_worker(local_rank, main_func, world_size, num_per_machine, machine_rank, dist_url, args, timeout):
+def _stop_workers(processes) -> None:
+    for p in processes:
+        if p.is_alive():
+            p.terminate()
+    for p in processes:
+        p.join(STOP_GRACE_S)
+        if p.is_alive():
+            p.kill()
+            p.join()
+
+
+def _worker(local_rank, main_func, backend, world_size, num_per_machine, machine_rank, dist_url, args, timeout):
     global_rank = machine_rank * num_per_machine + local_rank
-    dist.init_process_group(
-        backend="gloo", init_method=dist_url, world_size=world_size, rank=global_rank, timeout=timeout
-    )
+    try:
+        dist.init_process_group(
+            backend=backend, init_method=dist_url, world_size=world_size, rank=global_rank, timeout=timeout
+        )
+    except dist.DistError as err:
+        num_machines = world_size // num_per_machine
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        sys.exit(
+            f"error: process {global_rank} of {world_size} could not join the process group at {dist_url} ({first}); "
+            + (
+                f"start every machine with the same --num-machines {num_machines}, --num-gpus {num_per_machine} "
+                f"and --dist-url, each with its own --machine-rank 0..{num_machines - 1}, and check that machine "
+                "rank 0 is reachable at that address."
+                if num_machines > 1
+                else "pass --dist-url auto or another port."
+            )
+        )
     for machine in range(world_size // num_per_machine):
         group = dist.new_group(list(range(machine * num_per_machine, (machine + 1) * num_per_machine)))
         if machine == machine_rank:
             comm._LOCAL_PROCESS_GROUP = group
+    if backend == "NCCL":
+        torch.cuda.set_device(local_rank)
     comm.synchronize()
     main_func(*args)

@@ -258,6 +258,35 @@ def _distributed_worker(output_dir):
     torch.save(data, Path(output_dir) / f"data{comm.get_rank()}.pt")
 
 
+def _resuming_worker(output_dir, resume):
+    cfg = tiny_cfg(output_dir, "SOLVER.MAX_ITER", "4", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.CHECKPOINT_PERIOD", "2")
+    trainer = Trainer(cfg)
+    trainer.resume_or_load(resume=resume)
+    trainer.train()
+
+
+@needs_mini
+def test_two_process_training_resumed_with_two_processes_ends_with_the_same_weights(tmp_path):
+    """Before: only the main process's random generator states were saved and every process resumed with them, so
+    process 1 continued with other random numbers (the loss's point sampling): weights off by about 1e-3."""
+    import shutil
+
+    first, resumed = tmp_path / "first", tmp_path / "resumed"
+    launch(_resuming_worker, 2, dist_url="auto", args=(str(first), False))  # 4 iterations, saved after 2 and 4
+    resumed.mkdir()
+    shutil.copy(first / "model_0000001.pth", resumed)
+    (resumed / "last_checkpoint").write_text("model_0000001.pth")
+    launch(_resuming_worker, 2, dist_url="auto", args=(str(resumed), True))  # iterations 3 and 4 again
+    a = torch.load(first / "model_final.pth", map_location="cpu", weights_only=True)["model"]
+    b = torch.load(resumed / "model_final.pth", map_location="cpu", weights_only=True)["model"]
+    assert a.keys() == b.keys()
+    for k in a:
+        torch.testing.assert_close(b[k], a[k], rtol=0, atol=1e-6, msg=k)
+    saved = torch.load(first / "model_0000001.pth", map_location="cpu", weights_only=True)["trainer"]
+    assert saved["world_size"] == len(saved["rng_per_process"]) == 2  # each process's own generators
+    assert not torch.equal(saved["rng_per_process"][0]["torch"], saved["rng_per_process"][1]["torch"])
+
+
 def _exiting_worker():
     import sys
 

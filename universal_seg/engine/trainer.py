@@ -2,8 +2,9 @@
 
 Differences from DefaultTrainer: safe checkpoint loading; atomic checkpoint saves that refuse diverged weights, a
 resume that falls back to the newest intact checkpoint, only the newest SOLVER.CHECKPOINT_MAX_TO_KEEP periodic
-checkpoints kept; exact resume (checkpoints hold the optimizer, the data stream's seed and position and the random
-generators' states; a solver setting changed since the checkpoint is applied, with a warning naming it);
+checkpoints kept; exact resume (checkpoints hold the optimizer, the data stream's seed and position and each
+process's random generators' states; a resume with another number of processes is warned about; a solver
+setting changed since the checkpoint is applied, with a warning naming it);
 a training stream that refuses missing files and skips, counts and reports unreadable ones (universal_seg.data.loader);
 evaluation that skips and counts unreadable images; DistributedDataParallel also for CPU processes (gloo);
 AMP only where it can run (CUDA), with a warning otherwise; optimizer / LR schedule / mapper / evaluator choices
@@ -243,6 +244,9 @@ class Trainer(DefaultTrainer):
 
     def run_step(self):
         super().run_step()
+        i, period = self.iter, self.cfg.SOLVER.CHECKPOINT_PERIOD
+        if comm.get_world_size() > 1 and ((i + 1) % period == 0 or i >= self.max_iter - 1):
+            self.gather_process_states()  # here in every process: the checkpoint hook runs in the main one only
         loader = self._trainer.data_loader
         if hasattr(loader, "unreadable"):
             self.storage.put_scalar("data/unreadable_files", len(loader.unreadable), smoothing_hint=False)
@@ -266,19 +270,38 @@ class Trainer(DefaultTrainer):
     def state_dict(self) -> dict:
         """Iteration and hook states (LR scheduler); the optimizer (and AMP grad scaler) state, which detectron2
         v0.6's DefaultTrainer leaves out of checkpoints; the data stream's seed and position; the random generators'
-        states; the solver config (to name the settings a resume changes). Together: --resume continues exactly."""
+        states (of each process, and their number); the solver config (to name the settings a resume changes).
+        Together: --resume (with as many processes) continues exactly."""
         state = super().state_dict()
         state["_trainer"] = self._trainer.state_dict()
+        # with several processes, each one's random generators and unreadable files (gather_process_states)
+        processes, self._process_states = getattr(self, "_process_states", None), None
+        if processes is None or len(processes) != comm.get_world_size():
+            processes = [self._process_state()]  # this (main) process's only
         loader = self._trainer.data_loader
         if hasattr(loader, "dataset"):
             state["data"] = {
                 "seed": int(loader.dataset.seed),
                 "next_batch": int(self.iter) + 1,
                 "dataset_size": len(loader.dataset),
-                "unreadable": dict(loader.unreadable),
+                "unreadable": {k: v for p in processes for k, v in p["unreadable"].items()},
             }
+        state["rng"] = processes[0]["rng"]
+        state["rng_per_process"] = [p["rng"] for p in processes]
+        state["world_size"] = comm.get_world_size()
+        state["solver"] = self.cfg.SOLVER.dump()
+        return state
+
+    def gather_process_states(self) -> None:
+        """Collects every process's random generator states and unreadable files for the next :meth:`state_dict`
+        (called by all processes after an iteration that ends in a save, which only the main one writes), so that a
+        resume with the same number of processes gives each its own generators back."""
+        self._process_states = comm.all_gather(self._process_state())
+
+    def _process_state(self) -> dict:
+        loader = self._trainer.data_loader
         np_state = np.random.get_state()
-        state["rng"] = {
+        rng = {
             "torch": torch.get_rng_state(),
             "numpy": [
                 np_state[0],
@@ -289,8 +312,7 @@ class Trainer(DefaultTrainer):
             "random": random.getstate(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
         }
-        state["solver"] = self.cfg.SOLVER.dump()
-        return state
+        return {"rng": rng, "unreadable": dict(getattr(loader, "unreadable", {}))}
 
     def load_state_dict(self, state_dict: dict) -> None:
         fresh_groups = [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]
@@ -326,8 +348,17 @@ class Trainer(DefaultTrainer):
                     f"{data['dataset_size']}: the data order from here on differs from an uninterrupted run."
                 )
             loader.unreadable.update(data["unreadable"])
-        if "rng" in state_dict:
-            rng = state_dict["rng"]
+        world, rank = comm.get_world_size(), comm.get_rank()
+        saved_world = state_dict.get("world_size")
+        if saved_world is not None and saved_world != world:
+            logger.warning(
+                f"resume: the checkpoint was trained by {saved_world} process(es) and this run has {world}: from "
+                "here on it differs from an uninterrupted run (each process's augmentations and random numbers "
+                f"depend on its rank); resume with {saved_world} process(es) to continue exactly."
+            )
+        per_process = state_dict.get("rng_per_process") or [state_dict.get("rng")]
+        rng = per_process[rank] if rank < len(per_process) else None  # else: this process's own seeded state
+        if rng is not None:
             torch.set_rng_state(rng["torch"])
             np.random.set_state((rng["numpy"][0], rng["numpy"][1].numpy().astype(np.uint32), *rng["numpy"][2:]))
             random.setstate(_as_tuples(rng["random"]))

@@ -258,6 +258,20 @@ def _distributed_worker(output_dir):
     torch.save(data, Path(output_dir) / f"data{comm.get_rank()}.pt")
 
 
+def test_a_batch_that_does_not_split_over_the_processes_is_refused_before_the_model_is_built(monkeypatch):
+    """Before: refused only once the model, the optimizer and the dataset were built, without naming a fix."""
+    from detectron2.utils import comm
+
+    monkeypatch.setattr(comm, "get_world_size", lambda: 2)
+    monkeypatch.setattr(Trainer, "build_model", classmethod(lambda cls, cfg: pytest.fail("the model was built")))
+    with pytest.raises(
+        ValueError,
+        match=r"IMS_PER_BATCH 3 must be a multiple of the 2 training processes .*; set "
+        r"SOLVER.IMS_PER_BATCH 2 or 4, or start a number of processes that divides 3\.",
+    ):
+        Trainer(tiny_cfg(None, "SOLVER.IMS_PER_BATCH", "3"))
+
+
 def _resuming_worker(output_dir, resume):
     cfg = tiny_cfg(output_dir, "SOLVER.MAX_ITER", "4", "SOLVER.IMS_PER_BATCH", "2", "SOLVER.CHECKPOINT_PERIOD", "2")
     trainer = Trainer(cfg)

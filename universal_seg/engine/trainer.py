@@ -129,6 +129,18 @@ def check_class_count(cfg, test: bool = False) -> None:
             )
 
 
+def check_batch_split(cfg, world_size: int) -> None:
+    """Raises ValueError naming the fix when SOLVER.IMS_PER_BATCH cannot be split evenly over the processes."""
+    ims = cfg.SOLVER.IMS_PER_BATCH
+    if ims % world_size:
+        lower, higher = ims // world_size * world_size, (ims // world_size + 1) * world_size
+        suggest = f"{lower} or {higher}" if lower else f"{higher}"
+        raise ValueError(
+            f"SOLVER.IMS_PER_BATCH {ims} must be a multiple of the {world_size} training processes (each takes an "
+            f"equal share); set SOLVER.IMS_PER_BATCH {suggest}, or start a number of processes that divides {ims}."
+        )
+
+
 def _flat(node, prefix="") -> dict:
     """A nested dict (a CfgNode dumped to YAML and read back) as {"A.B": value}."""
     out = {}
@@ -198,6 +210,7 @@ class Trainer(DefaultTrainer):
         if not logging.getLogger("detectron2").isEnabledFor(logging.INFO):
             setup_logger()
         cfg = DefaultTrainer.auto_scale_workers(cfg, comm.get_world_size())
+        check_batch_split(cfg, comm.get_world_size())  # before the model is built
         check_dataset_names(cfg)
         model = self.build_model(cfg)
         optimizer = self.build_optimizer(cfg, model)
@@ -454,10 +467,7 @@ class Trainer(DefaultTrainer):
         check_files_exist(dicts, cfg.DATASETS.TRAIN)
         check_mapper_fits(cfg, dicts)
         world = comm.get_world_size()
-        if cfg.SOLVER.IMS_PER_BATCH % world:
-            raise ValueError(
-                f"SOLVER.IMS_PER_BATCH {cfg.SOLVER.IMS_PER_BATCH} must be a multiple of the {world} processes."
-            )
+        check_batch_split(cfg, world)
         stream = TrainingStream(
             dicts,
             build_mapper(cfg, is_train=True),

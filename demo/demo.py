@@ -28,7 +28,6 @@ import sys
 import tempfile
 import threading
 import time
-from typing import NoReturn
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -45,7 +44,7 @@ import universal_seg.data  # noqa: E402,F401  (registers the datasets: metadata 
 import universal_seg.modeling  # noqa: E402,F401  (registers the models)
 from universal_seg.atomic import TEMP_PREFIX, atomic_write_bytes  # noqa: E402
 from universal_seg.checkpoint import CHECKPOINT_ERRORS  # noqa: E402
-from universal_seg.config import load_config  # noqa: E402
+from universal_seg.config import load_config, usage_error  # noqa: E402
 from universal_seg.data.mappers.image_io import decode_rgb_image  # noqa: E402
 from universal_seg.inference.inputs import colliding_inputs, expand_inputs, file_stem  # noqa: E402
 from universal_seg.inference.writers import PredictionWriter, default_image_id  # noqa: E402
@@ -57,13 +56,6 @@ logger = logging.getLogger("universal_seg.demo")
 def error(message: str) -> None:
     """Reports a failed input on stderr (the run goes on; the exit status will be non-zero)."""
     tqdm.tqdm.write(f"ERROR: {message}", file=sys.stderr)  # on its own line, above a progress bar
-
-
-def usage_error(message: str) -> NoReturn:
-    """Stops with ``message`` on stderr and exit status 2: a bad argument, config, checkpoint or output, found
-    before anything is drawn (status 1 means that some inputs failed; as in tools/predict.py)."""
-    print(message, file=sys.stderr)
-    raise SystemExit(2)
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -110,7 +102,7 @@ def setup_cfg(args):
         args.task = args.task or (enabled[0] if enabled else "semantic")
         enable_output_task(cfg, args.task)
     except ValueError as err:
-        usage_error(f"error: {err}")
+        usage_error(err)
     if args.task == "panoptic" and args.confidence_threshold is not None:
         cfg.MODEL.MASK_FORMER.TEST.OBJECT_MASK_THRESHOLD = args.confidence_threshold
     cfg.freeze()
@@ -168,7 +160,7 @@ def show(window: str, image_bgr: np.ndarray) -> bool:
         cv2.namedWindow(window, cv2.WINDOW_NORMAL)
         cv2.imshow(window, image_bgr)
     except cv2.error as err:
-        usage_error(f"error: cannot open a window ({str(err).splitlines()[-1].strip()}); pass --output to write files.")
+        usage_error(f"cannot open a window ({str(err).splitlines()[-1].strip()}); pass --output to write files.")
     return cv2.waitKey(0 if window == "image" else 1) != 27
 
 
@@ -257,7 +249,7 @@ def probe_codec(extension: str | None) -> tuple[str, str]:
             if ok:
                 return fourcc, ext
     usage_error(
-        f"error: no video codec works with this OpenCV build (tried {', '.join(c for c, _ in VIDEO_CODECS)}): "
+        f"no video codec works with this OpenCV build (tried {', '.join(c for c, _ in VIDEO_CODECS)}): "
         "install an OpenCV with FFmpeg support, or write images with --input instead."
     )
 
@@ -281,7 +273,7 @@ def open_writer(output: str, input_name: str, fps: float, size: tuple[int, int])
     os.makedirs(os.path.dirname(os.path.abspath(target)), exist_ok=True)
     writer = cv2.VideoWriter(temporary_video(target), cv2.VideoWriter_fourcc(*fourcc), fps, size, True)
     if not writer.isOpened():
-        usage_error(f"error: cannot open {target!r} for writing; check the directory is writable.")
+        usage_error(f"cannot open {target!r} for writing; check the directory is writable.")
     return writer, target
 
 
@@ -360,22 +352,22 @@ def check_output(output: str | None) -> None:
     while parent and not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if parent and not os.path.isdir(parent):
-        usage_error(f"error: --output {output!r} cannot be created: {parent!r} is a file, not a directory.")
+        usage_error(f"--output {output!r} cannot be created: {parent!r} is a file, not a directory.")
 
 
 def check_inputs(args) -> list[str] | None:
     """The image paths to draw (reporting the missing ones), checked before the model is built: exits when there is
     nothing to draw. None for a video or webcam source."""
     if args.video_input and not os.path.isfile(args.video_input):
-        usage_error(f"error: --video-input {args.video_input!r} does not exist; check the path.")
+        usage_error(f"--video-input {args.video_input!r} does not exist; check the path.")
     if not args.input:
         return None
     paths = expand_inputs(args.input)
     missing = [p for p in paths if not os.path.isfile(p)]
     if not paths:
-        usage_error(f"error: --input {' '.join(args.input)} names no image file; check the paths.")
+        usage_error(f"--input {' '.join(args.input)} names no image file; check the paths.")
     if len(missing) == len(paths):
-        usage_error(f"error: no input image exists ({', '.join(map(repr, missing[:5]))}); check --input.")
+        usage_error(f"no input image exists ({', '.join(map(repr, missing[:5]))}); check --input.")
     return paths
 
 
@@ -389,7 +381,7 @@ def check_not_overwriting_inputs(args, paths: list[str] | None) -> None:
         targets = {p: target_path(args.output, p, len(paths) == 1) for p in paths or []}
     for source, target in targets.items():
         if os.path.exists(target) and os.path.samefile(source, target):
-            usage_error(f"error: --output {args.output!r} would overwrite the input {source!r}; write elsewhere.")
+            usage_error(f"--output {args.output!r} would overwrite the input {source!r}; write elsewhere.")
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -448,9 +440,9 @@ def main(argv=None, restore_signals: bool = True) -> int:
     try:
         universal_seg.data.run_registration_files(args.register)
     except ValueError as err:
-        usage_error(f"error: {err}")
+        usage_error(err)
     if paths and args.output and names_a_file(args.output) and not cv2.haveImageWriter(args.output):
-        usage_error(f"error: --output {args.output!r}: OpenCV writes no image format with that extension; use .png.")
+        usage_error(f"--output {args.output!r}: OpenCV writes no image format with that extension; use .png.")
     cfg = setup_cfg(args)
     check_not_overwriting_inputs(args, paths)
     if cfg.MODEL.WEIGHTS:
@@ -464,18 +456,18 @@ def main(argv=None, restore_signals: bool = True) -> int:
     writer = None
     if args.save:
         if not args.input:
-            usage_error("error: --save writes predictions of --input images; it does not apply to videos.")
+            usage_error("--save writes predictions of --input images; it does not apply to videos.")
         names = list(cfg.DATASETS.TEST) or list(cfg.DATASETS.TRAIN)
         try:
             writer = PredictionWriter(args.save, output_tasks(cfg), MetadataCatalog.get(names[0]) if names else None)
         except OSError as err:
-            usage_error(f"error: {err}")
+            usage_error(err)
     threshold = 0.5 if args.confidence_threshold is None else args.confidence_threshold
     try:
         predictor = make_predictor(cfg, video)
         demo = VisualizationDemo(cfg, args.task, threshold, predictor=predictor)
     except (ValueError, *CHECKPOINT_ERRORS) as err:
-        usage_error(f"error: {err}")
+        usage_error(err)
     in_main_thread = threading.current_thread() is threading.main_thread()
     STOP_REQUESTED.clear()
     previous = {s: signal.signal(s, _interrupt) for s in STOP_SIGNALS} if in_main_thread else {}
@@ -483,8 +475,7 @@ def main(argv=None, restore_signals: bool = True) -> int:
         if args.input:
             if len(paths) > 1 and args.output and names_a_file(args.output):
                 usage_error(
-                    f"error: --output {args.output!r} looks like a file but there are {len(paths)} inputs; "
-                    "give a directory."
+                    f"--output {args.output!r} looks like a file but there are {len(paths)} inputs; give a directory."
                 )
             try:
                 return 1 if run_images(demo, paths, args.output, writer) else 0

@@ -97,7 +97,7 @@ def test_load_config_cuda_without_cuda_raises_value_error(monkeypatch):
 def test_tool_turns_the_error_into_a_one_line_exit(tmp_path):
     cmd = [sys.executable, str(ROOT / "tools" / "analyze_model.py"), "--config-file", str(tmp_path / "nope.yaml")]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert (
         proc.stderr.strip().splitlines()[-1] == f"error: --config-file {str(tmp_path / 'nope.yaml')!r} does not "
         "exist; pick one under configs/."
@@ -144,7 +144,7 @@ def test_train_net_exits_with_one_line_on_an_unknown_key():
         "10",
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     assert (
         proc.stderr.strip()
         .splitlines()[-1]

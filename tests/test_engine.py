@@ -371,7 +371,7 @@ def test_a_machine_that_never_joins_ends_in_one_line_naming_the_fix(capfd):
 
     with pytest.raises(SystemExit) as exit_info:
         launch(_exiting_worker, 1, 2, 0, f"tcp://127.0.0.1:{_free_port()}", timeout=timedelta(seconds=2))
-    assert exit_info.value.code == 1
+    assert exit_info.value.code == 2
     err = capfd.readouterr().err
     assert "error: process 0 of 2 could not join the process group at tcp://127.0.0.1:" in err
     assert "each with its own --machine-rank 0..1" in err and "Traceback" not in err

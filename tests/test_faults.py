@@ -1015,7 +1015,7 @@ def test_train_net_on_a_dataset_that_is_not_there_is_one_line(tmp_path):
     cmd += ["OUTPUT_DIR", str(tmp_path / "out")]
     env = {**os.environ, "DETECTRON2_DATASETS": str(tmp_path / "empty")}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: Dataset 'coco_2017_train_panoptic' needs ") and "prepare it with" in last
 
@@ -1163,7 +1163,7 @@ def test_training_stopped_by_bad_data_is_logged_as_one_line_not_a_traceback(tmp_
 
 
 @needs_mini
-def test_a_refused_resume_keeps_the_runs_config_and_a_new_run_into_it_is_warned(tmp_path):
+def test_a_refused_resume_keeps_the_runs_config_and_a_new_run_into_it_is_warned(tmp_path, capsys):
     """Before: a --resume refused for its checkpoint had already replaced OUTPUT_DIR/config.yaml (detectron2's
     set-up writes it first), losing the record of how the checkpoints were trained; a run without --resume into
     that folder overwrote its checkpoints without a word."""
@@ -1180,8 +1180,9 @@ def test_a_refused_resume_keeps_the_runs_config_and_a_new_run_into_it_is_warned(
     kept = (out / "config.yaml").read_bytes()
     argv = ["--config-file", str(ROOT / "configs/mini/panoptic/m2f_r18.yaml"), "OUTPUT_DIR", str(out), *TINY]
     args = default_argument_parser().parse_args(["--resume", *argv, "MODEL.DEVICE", "cpu"])
-    with pytest.raises(SystemExit, match="matches none of the model's"):
+    with pytest.raises(SystemExit) as stop:
         train_net.main(args)
+    assert stop.value.code == 2 and "matches none of the model's" in capsys.readouterr().err
     assert (out / "config.yaml").read_bytes() == kept
 
     args = default_argument_parser().parse_args(argv)

@@ -798,7 +798,7 @@ def test_tools_register_your_datasets_with_register_file(tmp_path):
         str(tmp_path / "out"),
     ]
     proc = subprocess.run(common + train, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert (
         proc.stderr.strip()
         .splitlines()[-1]
@@ -823,7 +823,7 @@ def test_tools_register_your_datasets_with_register_file(tmp_path):
         "3",
     ]
     proc = subprocess.run(common + demo, cwd=ROOT, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     assert (
         proc.stderr.strip()
         .splitlines()[-1]

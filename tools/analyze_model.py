@@ -35,7 +35,7 @@ from torch import nn  # noqa: E402
 
 import universal_seg.data  # noqa: E402,F401  (dataset metadata)
 import universal_seg.modeling  # noqa: E402,F401  (registers the models)
-from universal_seg.config import load_config  # noqa: E402
+from universal_seg.config import load_config, usage_error  # noqa: E402
 
 logger = logging.getLogger("universal_seg.analyze_model")
 MS_DEFORM_ATTN_OP = "prim::PythonOp.MSDeformAttnFunction"
@@ -108,7 +108,7 @@ def build(config_file: str, opts: list[str]) -> nn.Module:
     try:
         cfg = load_config(config_file, ["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu", *opts])
     except ValueError as err:
-        sys.exit(f"error: {err}")
+        usage_error(err)
     return build_model(cfg).eval()
 
 

@@ -33,7 +33,7 @@ from detectron2.utils.logger import setup_logger  # noqa: E402
 
 import universal_seg.data  # noqa: E402,F401  (registers the datasets)
 import universal_seg.modeling  # noqa: E402,F401  (registers the models)
-from universal_seg.config import load_config  # noqa: E402
+from universal_seg.config import load_config, usage_error  # noqa: E402
 from universal_seg.data.mappers import MAPPER_REGISTRY  # noqa: E402
 from universal_seg.engine.optimizer import build_optimizer  # noqa: E402
 
@@ -72,7 +72,7 @@ def build_cfg(args):
             cpu_hint="use --device cpu",
         )
     except ValueError as err:
-        sys.exit(f"error: {err}")
+        usage_error(err)
     cfg.freeze()
     return cfg
 

@@ -9,6 +9,10 @@
 
 Trailing KEY VALUE pairs override the config (detectron2's --opts). Without CUDA, --num-gpus N starts N CPU
 processes joined with the gloo backend. SIGTERM or Ctrl-C to this process stops its worker processes too.
+
+Exit status: 0; 2 for a mistake found before training starts (an argument, the config, a checkpoint, the data);
+1 when training stops on bad data or a diverged loss; 128 + the signal number when a launcher of several processes
+is stopped by SIGTERM or Ctrl-C.
 """
 
 import logging
@@ -26,7 +30,7 @@ import universal_seg.data  # noqa: E402,F401  (registers the datasets)
 import universal_seg.modeling  # noqa: E402,F401  (registers the models)
 from universal_seg.atomic import atomic_write_bytes  # noqa: E402
 from universal_seg.checkpoint import CHECKPOINT_ERRORS, UniversalSegCheckpointer  # noqa: E402
-from universal_seg.config import load_config  # noqa: E402
+from universal_seg.config import load_config, usage_error  # noqa: E402
 from universal_seg.engine import TRAINING_STOPPERS, Trainer, launch  # noqa: E402
 from universal_seg.engine.launch import check_launch_args  # noqa: E402
 
@@ -40,7 +44,7 @@ def setup(args):
     try:
         cfg = load_config(args.config_file, args.opts)
     except ValueError as err:
-        sys.exit(f"error: {err}")
+        usage_error(err)
     cfg.freeze()
     config_yaml, previous = os.path.join(cfg.OUTPUT_DIR, "config.yaml"), None
     if comm.is_main_process() and os.path.isfile(config_yaml):
@@ -56,7 +60,7 @@ def stop_keeping_the_earlier_config(cfg, previous_config: bytes | None, err) -> 
     ``previous_config`` (it records how the run's checkpoints were trained)."""
     if previous_config is not None:
         atomic_write_bytes(os.path.join(cfg.OUTPUT_DIR, "config.yaml"), previous_config)
-    sys.exit(f"error: {err}")
+    usage_error(err)
 
 
 def warn_if_overwriting(cfg, args) -> None:
@@ -77,29 +81,29 @@ def main(args):
     try:  # in every launched process: each needs the names in its own DatasetCatalog
         universal_seg.data.run_registration_files(getattr(args, "register", []))
     except ValueError as err:
-        sys.exit(f"error: {err}")
+        usage_error(err)
     cfg, previous_config = setup(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
         checkpointer = UniversalSegCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
         if not cfg.MODEL.WEIGHTS and not (args.resume and checkpointer.has_checkpoint()):
-            sys.exit(
-                "error: --eval-only with an empty MODEL.WEIGHTS would evaluate a randomly initialised model; "
+            usage_error(
+                "--eval-only with an empty MODEL.WEIGHTS would evaluate a randomly initialised model; "
                 "pass MODEL.WEIGHTS path/to/model_final.pth (or --resume with a checkpoint in OUTPUT_DIR)."
             )
         try:
             checkpointer.resume_or_load(cfg.MODEL.WEIGHTS, resume=args.resume)
         except CHECKPOINT_ERRORS as err:
-            sys.exit(f"error: {err}")
+            usage_error(err)
         try:
             res = Trainer.test(cfg, model)
         except (ValueError, FileNotFoundError) as err:  # a test dataset that is not there / not registered
-            sys.exit(f"error: {err}")
+            usage_error(err)
         if cfg.TEST.AUG.ENABLED:
             try:
                 res.update(Trainer.test_with_TTA(cfg, model))
             except ValueError as err:
-                sys.exit(f"error: {err}")
+                usage_error(err)
         if comm.is_main_process():
             verify_results(cfg, res)
         return res
@@ -127,7 +131,7 @@ if __name__ == "__main__":
     try:  # before any process starts: arguments that would fail or hang once they had
         args.dist_url = check_launch_args(args.num_gpus, args.num_machines, args.machine_rank, args.dist_url)
     except ValueError as err:
-        sys.exit(f"error: {err}")
+        usage_error(err)
     launch(
         main,
         args.num_gpus,

@@ -5,6 +5,9 @@ Part-specific keys live next to their part (backbones: modeling/backbone/config.
 data/config.py) and are added here.
 """
 
+import sys
+from typing import NoReturn
+
 from detectron2.config import CfgNode as CN
 
 
@@ -206,3 +209,11 @@ def load_config(config_file: str, opts=(), cpu_hint: str = "append `MODEL.DEVICE
     if cfg.MODEL.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"MODEL.DEVICE is {cfg.MODEL.DEVICE!r} but no CUDA device is available: {cpu_hint}.")
     return cfg
+
+
+def usage_error(err) -> NoReturn:
+    """Ends a command-line tool on a mistake found before its work starts (an argument, the config, a checkpoint,
+    the data it names): ``error: <err>`` on stderr and exit status 2, as argparse does. Status 1 is left for failures
+    during the work (inputs that could not be predicted, training stopped by bad data)."""
+    print(f"error: {err}", file=sys.stderr)
+    raise SystemExit(2)

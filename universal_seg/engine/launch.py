@@ -22,6 +22,8 @@ import torch.multiprocessing as mp
 from detectron2.engine.launch import DEFAULT_TIMEOUT, _find_free_port
 from detectron2.utils import comm
 
+from ..config import usage_error
+
 logger = logging.getLogger(__name__)
 
 # seconds a worker has to exit after the launcher passed on SIGTERM / Ctrl-C, before it is killed
@@ -159,8 +161,8 @@ def _worker(local_rank, main_func, backend, world_size, num_per_machine, machine
     except dist.DistError as err:
         num_machines = world_size // num_per_machine
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        sys.exit(
-            f"error: process {global_rank} of {world_size} could not join the process group at {dist_url} ({first}); "
+        usage_error(
+            f"process {global_rank} of {world_size} could not join the process group at {dist_url} ({first}); "
             + (
                 f"start every machine with the same --num-machines {num_machines}, --num-gpus {num_per_machine} "
                 f"and --dist-url, each with its own --machine-rank 0..{num_machines - 1}, and check that machine "

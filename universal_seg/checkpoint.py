@@ -527,8 +527,10 @@ def converter_main(description: str, convert_file, input_help: str, argv=None) -
     parser.add_argument(
         "--trust-pickle",
         action="store_true",
-        help="allow a .pth that holds Python objects besides tensors (runs code from the file)",
+        help="allow a .pth / .bin that holds Python objects besides tensors (runs code from the file)",
     )
     args = parser.parse_args(argv)
+    if not os.path.isfile(args.input):
+        parser.error(f"input {args.input!r} does not exist or is not a file")
     obj = convert_file(args.input, args.output, trust_pickle=args.trust_pickle)
     print(f"wrote {len(obj['model'])} tensors to {args.output}")

@@ -16,8 +16,8 @@ universal_seg.export.OnnxExportWrapper (mask classification: pred_logits, pred_m
 sem_seg_map; per-pixel heads: sem_seg_logits, sem_seg, sem_seg_map); instance / panoptic results from them with
 universal_seg.export_postprocess (numpy). MSDeformAttn is exported through its gather formulation. --size is the
 example the exporter runs; after saving, ONNX Runtime (CPU) runs the file on a [1, 3, H, W] input of that size and
-on a [2, 3, H + 24, W - 40] one, and every output is compared with the eager model's (max differences printed;
---check-tolerance, or a different semantic map, fails the run).
+on a [2, 3, H + 2d, W + d] one (d: the size divisibility, at least 32), and every output is compared with the
+eager model's (max differences printed; --check-tolerance, or a different semantic map, fails the run).
 
 Trailing KEY VALUE pairs override the config.
 """
@@ -50,7 +50,9 @@ def get_parser() -> argparse.ArgumentParser:
         help="torchscript (traced at --size) or onnx (dynamic batch and size; --size is the example)",
     )
     parser.add_argument("--output", required=True, help="file to write, e.g. model.ts or model.onnx")
-    parser.add_argument("--size", type=int, nargs=2, default=[512, 512], metavar=("H", "W"))
+    parser.add_argument(
+        "--size", type=int, nargs=2, default=[512, 512], metavar=("H", "W"), help="example input size (default 512 512)"
+    )
     parser.add_argument(
         "--normalized-input",
         action="store_true",

@@ -49,11 +49,16 @@ def main():
     image = torch.randint(0, 256, (3, args.size, args.size), dtype=torch.uint8)
     inputs = [{"image": image, "height": args.size, "width": args.size}]
     if args.flops:
-        from torch.utils.flop_counter import FlopCounterMode
+        from torch.utils.flop_counter import FlopCounterMode, conv_flop_count
 
+        def mkldnn_conv_flop(x_shape, w_shape, *args, out_shape=None, **kwargs):
+            # ops.linear / ops.matmul call aten.mkldnn_convolution, which the counter has no formula for
+            return conv_flop_count(x_shape, w_shape, out_shape)
+
+        mapping = {torch.ops.aten.mkldnn_convolution: mkldnn_conv_flop}
         counts = {}
         for name, model in models.items():
-            with FlopCounterMode(display=False) as counter:  # (its module tracker needs autograd on)
+            with FlopCounterMode(display=False, custom_mapping=mapping) as counter:  # (module tracker: autograd on)
                 model(inputs)
             counts[name] = counter.get_total_flops()
         for name, n in counts.items():

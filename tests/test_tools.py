@@ -187,6 +187,21 @@ def _small_msdeform_case():
     return layer, (x, ref, x, shapes, starts)
 
 
+def test_onnx_map_check_tells_near_ties_from_wrong_classes():
+    """Before: any pixel whose class differed rejected the export, so the README's SegFormer-B0 export (150 classes,
+    untrained: near-tied scores) was never written. Hand-made case, one image of 4 pixels, 3 classes, exported
+    scores off by 0.01 (margin 0.02): pixel 0 same class; pixel 1 a tie flipped (0.50 / 0.49); pixel 2 a decided
+    pixel (0.9 / 0.1) with the wrong class; pixel 3 a flip to a class 0.05 below the best (beyond the margin)."""
+    export_model = load_tool("export_model")
+    eager = np.array([[0.9, 0.50, 0.9, 0.60], [0.1, 0.49, 0.1, 0.55], [0.0, 0.01, 0.0, 0.0]], np.float32)
+    eager = eager.reshape(1, 3, 1, 4)
+    got = eager + np.float32(0.01)
+    eager_map = eager.argmax(1)  # [[0, 0, 0, 0]]
+    got_map = np.array([[[0, 1, 1, 1]]])
+    assert export_model.map_mismatches(got_map, got, eager_map, eager) == (2, 1)
+    assert export_model.map_mismatches(eager_map, got, eager_map, eager) == (0, 0)
+
+
 def test_export_reference_switch_is_restored_and_equal():
     from universal_seg.export import reference_ms_deform_attn, traceable_ms_deform_attn
     from universal_seg.ops import active_ms_deform_attn_op, ms_deform_attn

@@ -230,3 +230,24 @@ def test_foreign_and_truncated_state_dicts_are_refused(hf_tiny):
     resnet = {**sd, "model.pixel_level_module.encoder.embedder.conv.weight": torch.zeros(1)}
     with pytest.raises(KeyError, match=r"only the Swin backbone"):
         convert_hf_mask2former_checkpoint(resnet)
+
+
+def test_the_tool_refuses_a_foreign_or_corrupt_file_in_one_line(tmp_path, capsys):
+    """Before: tools/convert_hf_*.py ended in a KeyError or safetensors traceback for a file of another model or a
+    damaged one. Now: ``error: <file>: <why>`` and exit status 2, no output file."""
+    import importlib.util
+
+    from universal_seg.checkpoint import converter_main
+
+    spec = importlib.util.spec_from_file_location("_convert_hf_m2f", ROOT / "tools" / "convert_hf_mask2former.py")
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    foreign, corrupt, out = tmp_path / "foreign.pth", tmp_path / "cut.safetensors", tmp_path / "out.pkl"
+    torch.save({"foo.bar": torch.zeros(1)}, foreign)
+    corrupt.write_bytes(b"not a safetensors file")
+    for path, why in [(foreign, "no model.pixel_level_module.* keys"), (corrupt, "header")]:
+        with pytest.raises(SystemExit) as stop:
+            converter_main("test", tool.convert_file, "input", [str(path), str(out)])
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert stop.value.code == 2 and len(lines) == 1 and lines[0].startswith(f"error: {path}: ") and why in lines[0]
+        assert not out.exists()

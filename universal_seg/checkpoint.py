@@ -532,5 +532,13 @@ def converter_main(description: str, convert_file, input_help: str, argv=None) -
     args = parser.parse_args(argv)
     if not os.path.isfile(args.input):
         parser.error(f"input {args.input!r} does not exist or is not a file")
-    obj = convert_file(args.input, args.output, trust_pickle=args.trust_pickle)
+    from safetensors import SafetensorError
+
+    try:
+        obj = convert_file(args.input, args.output, trust_pickle=args.trust_pickle)
+    except (KeyError, ValueError, OSError, RuntimeError, pickle.UnpicklingError, SafetensorError) as err:
+        # a file of another model, a truncated or corrupt file (torch.load: RuntimeError), an unsafe pickle
+        from .config import usage_error
+
+        usage_error(f"{args.input}: {err.args[0] if isinstance(err, KeyError) and err.args else err}")
     print(f"wrote {len(obj['model'])} tensors to {args.output}")

@@ -9,9 +9,8 @@ import sys
 import pytest
 import torch
 import transformers
-from conftest import ROOT, load_cfg
-from detectron2.modeling import build_model
-from torch import nn
+from conftest import ROOT
+from hf_tiny import TINY_SWIN_ARGS, build_ours, max_diff, randomise, swin_config
 
 import universal_seg.modeling  # noqa: F401
 from universal_seg.checkpoint import UniversalSegCheckpointer
@@ -22,8 +21,6 @@ sys.path.insert(0, str(ROOT / "tools"))
 REF = ROOT / "tests" / "data" / "mask2former_swin_tiny_coco_panoptic_state_dict.txt"
 CONFIG = "configs/coco/panoptic/m2f_swin_t.yaml"
 
-# a small Swin (our variant table fixes the architecture, so the test adds this row to it while it builds our model)
-TINY_SWIN = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=7, pretrain_img_size=224)
 NUM_CLASSES, QUERIES, DIM, HEADS, DEC_LAYERS = 7, 10, 64, 4, 5  # DEC_LAYERS 5: the layers visit level 0 twice
 OVERRIDES = [
     "MODEL.SWIN.VARIANT", "tiny-test",
@@ -43,25 +40,16 @@ OVERRIDES = [
 
 
 def _hf_config(embed_dim, depths, num_heads, window_size, **decoder):
-    backbone = transformers.SwinConfig(
-        embed_dim=embed_dim,
-        depths=list(depths),
-        num_heads=list(num_heads),
-        window_size=window_size,
-        drop_path_rate=0.0,
-        out_features=["stage1", "stage2", "stage3", "stage4"],
+    return transformers.Mask2FormerConfig(
+        backbone_config=swin_config(embed_dim, depths, num_heads, window_size), **decoder
     )
-    return transformers.Mask2FormerConfig(backbone_config=backbone, **decoder)
 
 
 @pytest.fixture(scope="module")
 def hf_tiny():
     torch.manual_seed(0)
     config = _hf_config(
-        TINY_SWIN["embed_dim"],
-        TINY_SWIN["depths"],
-        TINY_SWIN["num_heads"],
-        TINY_SWIN["window_size"],
+        *TINY_SWIN_ARGS,
         num_labels=NUM_CLASSES,
         num_queries=QUERIES,
         feature_size=DIM,
@@ -73,26 +61,11 @@ def hf_tiny():
         dim_feedforward=128,
         decoder_layers=DEC_LAYERS,
     )
-    hf = transformers.Mask2FormerForUniversalSegmentation(config).eval()
-    with torch.no_grad():  # transformers zero-initialises biases and the Swin position tables: randomise everything
-        for name, p in hf.named_parameters():
-            if p.dim() >= 2:
-                p.normal_(0.0, 1.0 / math.sqrt(p[0].numel()))  # unit-variance outputs for unit-variance inputs
-            else:
-                p.normal_(0.0, 0.1)
-        for m in hf.modules():
-            if isinstance(m, (nn.LayerNorm, nn.GroupNorm)):
-                m.weight.uniform_(0.5, 1.5)
-        for name, p in hf.named_parameters():
-            if name.endswith("sampling_offsets.bias"):
-                p.normal_(0.0, 2.0)  # sampling points a few pixels away from the reference points
-    return hf
+    return randomise(transformers.Mask2FormerForUniversalSegmentation(config).eval())
 
 
 def _build_ours(*opts):
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(swin.SWIN_VARIANTS, "tiny-test", TINY_SWIN)
-        return build_model(load_cfg(CONFIG, *OVERRIDES, *opts)).eval()
+    return build_ours(CONFIG, *OVERRIDES, *opts)
 
 
 def _hf_outputs(hf, x):
@@ -107,11 +80,6 @@ def _our_outputs(model, x):
         out = model.sem_seg_head(model.backbone(x))
     aux = [(a["pred_logits"], a["pred_masks"]) for a in out["aux_outputs"]]
     return out["pred_logits"], out["pred_masks"], aux
-
-
-def _max_diff(a, b):
-    assert a.shape == b.shape
-    return (a - b).abs().max().item()
 
 
 @pytest.mark.parametrize("hw", [(128, 160), (97, 131)])  # 97 x 131: no multiple of 32 (nor of the patch size 4)
@@ -145,15 +113,15 @@ def test_outputs_equal_huggingface(hf_tiny, tmp_path, hw):
     h4, w4 = -(-hw[0] // 4), -(-hw[1] // 4)
     assert got[0].shape == (2, QUERIES, NUM_CLASSES + 1) and got[1].shape == (2, QUERIES, h4, w4)
     assert expected[1].std() > 1.0 and expected[0].std() > 0.1  # outputs far from trivial
-    assert _max_diff(got[0], expected[0]) <= 1e-4
-    assert _max_diff(got[1], expected[1]) <= 1e-4
+    assert max_diff(got[0], expected[0]) <= 1e-4
+    assert max_diff(got[1], expected[1]) <= 1e-4
 
     model.train()
     got = _our_outputs(model, x)
     assert len(got[2]) == len(expected[2]) == DEC_LAYERS - 1
     for (gc, gm), (ec, em) in zip(got[2] + [got[:2]], expected[2] + [expected[:2]]):
-        assert _max_diff(gc, ec) <= 1e-4
-        assert _max_diff(gm, em) <= 1e-4
+        assert max_diff(gc, ec) <= 1e-4
+        assert max_diff(gm, em) <= 1e-4
 
 
 def _hub_layout(sd: dict) -> dict:

@@ -4,7 +4,6 @@ the same class and mask logits for each task token from the same pixels (randoml
 non-trivial norm and bias parameters, so a swapped or mis-fused tensor shows). The task token input is built from the
 same text by both: our tokenizer's ids are checked against HF's processor (CLIPTokenizer), then fed to HF."""
 
-import math
 import sys
 from types import SimpleNamespace
 
@@ -12,12 +11,10 @@ import pytest
 import torch
 import transformers
 from conftest import ROOT, load_cfg
-from detectron2.modeling import build_model
-from torch import nn
+from hf_tiny import TINY_SWIN_ARGS, build_ours, max_diff, randomise, swin_config
 
 import universal_seg.modeling  # noqa: F401
 from universal_seg.checkpoint import UniversalSegCheckpointer
-from universal_seg.modeling.backbone import swin
 from universal_seg.modeling.hf_oneformer_convert import convert_hf_oneformer_checkpoint
 from universal_seg.modeling.oneformer import TASK_TEXT, TEXT_OF_TASK, TaskTokenizer
 from universal_seg.modeling.text_encoder import tokenize
@@ -25,7 +22,6 @@ from universal_seg.modeling.text_encoder import tokenize
 sys.path.insert(0, str(ROOT / "tools"))
 CONFIG = "configs/coco/panoptic/oneformer_swin_t.yaml"
 
-TINY_SWIN = dict(embed_dim=32, depths=(2, 2, 2, 2), num_heads=(1, 2, 2, 4), window_size=7, pretrain_img_size=224)
 NUM_CLASSES, QUERIES, DIM, HEADS, DEC_LAYERS, N_CTX = 7, 10, 64, 4, 5, 4  # DEC_LAYERS 5: level 0 visited twice
 TEXT_LAYERS = 2  # text width DIM = 64: one head
 OVERRIDES = [
@@ -57,25 +53,16 @@ TASK_IDS = {
 
 
 def _hf_config(embed_dim, depths, num_heads, window_size, **decoder):
-    backbone = transformers.SwinConfig(
-        embed_dim=embed_dim,
-        depths=list(depths),
-        num_heads=list(num_heads),
-        window_size=window_size,
-        drop_path_rate=0.0,
-        out_features=["stage1", "stage2", "stage3", "stage4"],
+    return transformers.OneFormerConfig(
+        backbone_config=swin_config(embed_dim, depths, num_heads, window_size), **decoder
     )
-    return transformers.OneFormerConfig(backbone_config=backbone, **decoder)
 
 
 @pytest.fixture(scope="module")
 def hf_tiny():
     torch.manual_seed(0)
     config = _hf_config(
-        TINY_SWIN["embed_dim"],
-        TINY_SWIN["depths"],
-        TINY_SWIN["num_heads"],
-        TINY_SWIN["window_size"],
+        *TINY_SWIN_ARGS,
         num_labels=NUM_CLASSES,
         num_queries=QUERIES,
         conv_dim=DIM,
@@ -92,22 +79,9 @@ def hf_tiny():
         text_encoder_num_layers=TEXT_LAYERS,
         text_encoder_n_ctx=N_CTX,
     )
-    hf = transformers.OneFormerForUniversalSegmentation(config).eval()
-    with torch.no_grad():  # transformers zero-initialises biases and the Swin position tables: randomise everything
-        for name, p in hf.named_parameters():
-            if name.endswith("token_embedding.weight"):
-                p.normal_(0.0, 1.0)
-            elif p.dim() >= 2:
-                p.normal_(0.0, 1.0 / math.sqrt(p[0].numel()))  # unit-variance outputs for unit-variance inputs
-            else:
-                p.normal_(0.0, 0.1)
-        for m in hf.modules():
-            if isinstance(m, (nn.LayerNorm, nn.GroupNorm)):
-                m.weight.uniform_(0.5, 1.5)
-        for name, p in hf.named_parameters():
-            if name.endswith("sampling_offsets.bias"):
-                p.normal_(0.0, 2.0)  # sampling points a few pixels away from the reference points
-    return hf
+    return randomise(
+        transformers.OneFormerForUniversalSegmentation(config).eval(), unit_normal=("token_embedding.weight",)
+    )
 
 
 @pytest.fixture(scope="module")
@@ -119,9 +93,7 @@ def converted(hf_tiny, tmp_path_factory):
     hf_tiny.save_pretrained(tmp)  # the file a user has: hub names (transformers renames them back on saving)
     obj = convert_file(str(tmp / "model.safetensors"), str(tmp / "oneformer.pkl"))
     assert obj["matching_heuristics"] is False
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(swin.SWIN_VARIANTS, "tiny-test", TINY_SWIN)
-        model = build_model(load_cfg(CONFIG, *OVERRIDES)).eval()
+    model = build_ours(CONFIG, *OVERRIDES)
     UniversalSegCheckpointer(model).load(str(tmp / "oneformer.pkl"))  # strict: no missing / unexpected tensors
     state = model.state_dict()
     differ = [k for k in obj["model"] if k in state and not torch.equal(torch.as_tensor(obj["model"][k]), state[k])]
@@ -173,11 +145,6 @@ def _our_outputs(model, x, task):
     return out["pred_logits"], out["pred_masks"], aux, out.get("contrastive_logits")
 
 
-def _max_diff(a, b):
-    assert a.shape == b.shape
-    return (a - b).abs().max().item()
-
-
 @pytest.mark.parametrize("hw", [(128, 160), (97, 131)])  # 97 x 131: no multiple of 32 (nor of the patch size 4)
 def test_outputs_equal_huggingface(hf_tiny, converted, hw):
     """For each task token, class logits [B, Q, K+1] and mask logits [B, Q, ceil(H/4), ceil(W/4)] equal
@@ -198,8 +165,8 @@ def test_outputs_equal_huggingface(hf_tiny, converted, hw):
         got = _our_outputs(model, x, task)
         assert got[0].shape == (2, QUERIES, NUM_CLASSES + 1) and got[1].shape == (2, QUERIES, h4, w4)
         assert expected[1].std() > 1.0 and expected[0].std() > 0.1  # outputs far from trivial
-        assert _max_diff(got[0], expected[0]) <= 1e-4, task
-        assert _max_diff(got[1], expected[1]) <= 1e-4, task
+        assert max_diff(got[0], expected[0]) <= 1e-4, task
+        assert max_diff(got[1], expected[1]) <= 1e-4, task
         finals[task] = got[1]
 
         model.train()
@@ -207,12 +174,12 @@ def test_outputs_equal_huggingface(hf_tiny, converted, hw):
         model.eval()
         assert len(got[2]) == len(expected[2]) == DEC_LAYERS - 1
         for (gc, gm), (ec, em) in zip(got[2] + [got[:2]], expected[2] + [expected[:2]]):
-            assert _max_diff(gc, ec) <= 1e-4, task
-            assert _max_diff(gm, em) <= 1e-4, task
-        assert _max_diff(got[3], expected[3]) <= 1e-4, task
+            assert max_diff(gc, ec) <= 1e-4, task
+            assert max_diff(gm, em) <= 1e-4, task
+        assert max_diff(got[3], expected[3]) <= 1e-4, task
     # the task token matters: the three tasks' masks are not the same
-    assert _max_diff(finals["panoptic"], finals["semantic"]) > 0.1
-    assert _max_diff(finals["panoptic"], finals["instance"]) > 0.1
+    assert max_diff(finals["panoptic"], finals["semantic"]) > 0.1
+    assert max_diff(finals["panoptic"], finals["instance"]) > 0.1
 
 
 def _text_ids(batch):
@@ -255,8 +222,8 @@ def test_text_branch_equals_huggingface_without_the_causal_mask(hf_tiny, convert
             for causal in (False, True)
         }
     assert expected.shape == (2, QUERIES, DIM)
-    assert _max_diff(queries[False], expected) <= 1e-4
-    assert _max_diff(queries[True], expected) > 1e-2  # the inherent difference: HF's text encoder is not causal
+    assert max_diff(queries[False], expected) <= 1e-4
+    assert max_diff(queries[True], expected) > 1e-2  # the inherent difference: HF's text encoder is not causal
     log_temperature = hf_tiny.state_dict()["criterion.logit_scale"].float()  # float64 in HF
     assert torch.equal(converted.criterion.logit_scale.detach(), log_temperature)
 
@@ -306,9 +273,7 @@ def test_checkpoint_without_text_branch_loads_with_the_text_encoder_off(hf_tiny)
     converted = convert_hf_oneformer_checkpoint(sd)
     assert not any(k.startswith(("text_encoder.", "text_projector.", "prompt_ctx.")) for k in converted)
     assert "criterion.logit_scale" not in converted and "task_mlp.layers.1.bias" in converted
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(swin.SWIN_VARIANTS, "tiny-test", TINY_SWIN)
-        model = build_model(load_cfg(CONFIG, *OVERRIDES, "MODEL.TEXT_ENCODER.ENABLED", False))
+    model = build_ours(CONFIG, *OVERRIDES, "MODEL.TEXT_ENCODER.ENABLED", False)
     assert set(model.state_dict()) == set(converted)
 
 

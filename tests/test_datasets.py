@@ -30,10 +30,54 @@ def fake_root(tmp_path):
 
 def test_missing_dataset_error_names_path_and_script(fake_root):
     register_all(fake_root)
-    with pytest.raises(FileNotFoundError, match=r"ADEChallengeData2016.*prepare_ade20k_sem_seg\.py"):
-        DatasetCatalog.get("ade20k_sem_seg_val")
     with pytest.raises(FileNotFoundError, match=r"prepare_mini\.py"):
         DatasetCatalog.get("mini_panoptic_val")
+
+
+# a missing released file names its download (a preparation script cannot make it); a missing derived file names
+# the script that makes it from the release
+@pytest.mark.parametrize(
+    "name, present, missing, how",
+    [
+        ("ade20k_sem_seg_val", [], "ADEChallengeData2016/images/validation", "download ADEChallengeData2016.zip"),
+        (
+            "ade20k_sem_seg_val",
+            ["ADEChallengeData2016/images/validation"],
+            "ADEChallengeData2016/annotations_detectron2/validation",
+            "make it with `python datasets/prepare_ade20k_sem_seg.py`",
+        ),
+        (
+            "ade20k_panoptic_val",
+            ["ADEChallengeData2016/images/validation"],
+            "ADEChallengeData2016/ade20k_panoptic_val.json",
+            "make it with `python datasets/prepare_ade20k_pan_ins.py`",
+        ),
+        ("cityscapes_fine_sem_seg_train", [], "cityscapes/leftImg8bit/train", "download leftImg8bit_trainvaltest.zip"),
+        (
+            "cityscapes_fine_sem_seg_train",
+            ["cityscapes/leftImg8bit/train"],
+            "cityscapes/gtFine/train",
+            "download gtFine_trainvaltest.zip",
+        ),
+        ("coco_2017_val_panoptic", [], "coco/annotations/panoptic_val2017.json", "download COCO 2017"),
+        (
+            "coco_2017_val_panoptic_with_sem_seg",
+            ["coco/annotations/panoptic_val2017.json", "coco/panoptic_val2017", "coco/val2017"],
+            "coco/panoptic_semseg_val2017",
+            "make it with `python datasets/prepare_coco_semantic_from_panoptic.py`",
+        ),
+        ("mapillary_vistas_sem_seg_val", [], "mapillary_vistas/validation/images", "download Mapillary Vistas v1.2"),
+    ],
+)
+def test_missing_file_error_names_the_download_or_the_script(fake_root, name, present, missing, how):
+    for path in present:
+        os.makedirs(os.path.join(fake_root, path))
+    register_all(fake_root)
+    with pytest.raises(FileNotFoundError) as info:
+        DatasetCatalog.get(name)
+    message = str(info.value)
+    assert message.startswith(f"Dataset '{name}' needs '{os.path.join(fake_root, missing)}', which does not exist; ")
+    assert how in message and "$DETECTRON2_DATASETS" in message
 
 
 def test_ade20k_semantic_layout(fake_root):
@@ -143,6 +187,10 @@ def test_cityscapes_layout(fake_root):
     assert MetadataCatalog.get("cityscapes_fine_panoptic_val").evaluator_type == "cityscapes_panoptic_seg"
     with pytest.raises(FileNotFoundError, match="prepare_cityscapes.py"):
         DatasetCatalog.get("cityscapes_fine_panoptic_val")
+    # the downloaded files without the trainId labels that prepare_cityscapes.py makes (detectron2 asserts on them)
+    os.remove(f"{gt}/{stem}_gtFine_labelTrainIds.png")
+    with pytest.raises(FileNotFoundError, match=r"_gtFine_labelTrainIds\.png', and there are none; make it with "):
+        DatasetCatalog.get("cityscapes_fine_sem_seg_val")
 
 
 def test_mini_registrations():

@@ -1017,7 +1017,7 @@ def test_train_net_on_a_dataset_that_is_not_there_is_one_line(tmp_path):
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("error: Dataset 'coco_2017_train_panoptic' needs ") and "prepare it with" in last
+    assert last.startswith("error: Dataset 'coco_2017_train_panoptic' needs ") and "download COCO 2017" in last
 
 
 @needs_mini

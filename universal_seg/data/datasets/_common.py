@@ -12,14 +12,29 @@ def dataset_root():
     return os.getenv("DETECTRON2_DATASETS", "datasets")
 
 
-def check_paths(name, paths, script):
-    """Raise one FileNotFoundError naming the first missing path of dataset ``name`` and how to make it."""
-    for path in paths:
+def check_paths(name, paths, how):
+    """Raise one FileNotFoundError naming the first missing path of dataset ``name`` and how to get it.
+
+    ``paths`` holds paths, each got as ``how`` says (a clause such as :func:`made_by`'s), or ``(path, how)`` pairs
+    for those got another way (e.g. a download, while the rest are made from it by a script)."""
+    for entry in paths:
+        path, path_how = entry if isinstance(entry, tuple) else (entry, how)
         if path and not os.path.exists(path):
-            raise FileNotFoundError(
-                f"Dataset '{name}' needs '{path}', which does not exist; prepare it with `{script}` "
-                f"(layouts in datasets/README.md) or set $DETECTRON2_DATASETS to the folder that holds it."
-            )
+            raise FileNotFoundError(f"Dataset '{name}' needs '{path}', which does not exist; {path_how}.")
+
+
+def made_by(script: str) -> str:
+    """How a built-in dataset's derived file is made: ``script`` (a datasets/ file) on the root."""
+    return f"make it with `python datasets/{script}` (layouts in datasets/README.md) or {_SET_ROOT}"
+
+
+def downloaded(what: str, where: str = "") -> str:
+    """How a built-in dataset's released files are got: download ``what`` and unpack it into the root's
+    ``where``."""
+    return f"download {what} and unpack it into $DETECTRON2_DATASETS{'/' + where if where else ''}, or {_SET_ROOT}"
+
+
+_SET_ROOT = "set $DETECTRON2_DATASETS to the folder that holds it"
 
 
 def images_by_id(images, json_file: str) -> dict:
@@ -44,19 +59,20 @@ def unlisted_image(json_file: str, annotation: str, image_id) -> ValueError:
     )
 
 
-def _checked_call(name, paths, script, loader):
-    check_paths(name, paths, script)
+def _checked_call(name, paths, how, loader):
+    check_paths(name, paths, how)
     return loader()
 
 
-def register_checked(name, loader, paths, script, **metadata):
+def register_checked(name, loader, paths, how, **metadata):
     """Register ``loader`` (a no-argument callable) as ``name``; existence of ``paths`` is checked when it is
-    called (``DatasetCatalog.get``), never at import. Replaces an existing registration (e.g. detectron2's)."""
+    called (``DatasetCatalog.get``), never at import (``paths`` and ``how`` as in :func:`check_paths`). Replaces an
+    existing registration (e.g. detectron2's)."""
     if name in DatasetCatalog.list():
         DatasetCatalog.remove(name)
     if name in MetadataCatalog.list():
         MetadataCatalog.remove(name)
-    DatasetCatalog.register(name, functools.partial(_checked_call, name, list(paths), script, loader))
+    DatasetCatalog.register(name, functools.partial(_checked_call, name, list(paths), how, loader))
     MetadataCatalog.get(name).set(**metadata)
 
 

@@ -4,13 +4,14 @@ import os
 
 from detectron2.data.datasets import load_coco_json, load_sem_seg
 
-from ._common import instance_metadata, panoptic_metadata, register_checked, semantic_metadata
+from ._common import downloaded, instance_metadata, made_by, panoptic_metadata, register_checked, semantic_metadata
 from .categories.ade20k import ADE20K_150_CATEGORIES, ADE20K_INSTANCE_CATEGORIES
 from .panoptic_json import load_panoptic_json
 
 _SPLITS = {"train": "training", "val": "validation"}
-_SEM_SCRIPT = "python datasets/prepare_ade20k_sem_seg.py"
-_PAN_SCRIPT = "python datasets/prepare_ade20k_pan_ins.py"
+_SEM_SCRIPT = made_by("prepare_ade20k_sem_seg.py")
+_PAN_SCRIPT = made_by("prepare_ade20k_pan_ins.py")
+_RELEASE = downloaded("ADEChallengeData2016.zip (sceneparsing.csail.mit.edu)")
 
 
 def register_all_ade20k(root):
@@ -24,7 +25,7 @@ def register_all_ade20k(root):
         register_checked(
             f"ade20k_sem_seg_{split}",
             lambda i=images, g=labels: load_sem_seg(g, i, gt_ext="png", image_ext="jpg"),
-            [images, labels],
+            [(images, _RELEASE), labels],
             _SEM_SCRIPT,
             image_root=images,
             sem_seg_root=labels,
@@ -38,7 +39,7 @@ def register_all_ade20k(root):
         register_checked(
             f"ade20k_panoptic_{split}",
             lambda j=pan_json, i=images, p=pan_dir, s=labels: load_panoptic_json(j, i, p, s, pan_meta),
-            [pan_json, pan_dir, images, labels],
+            [(images, _RELEASE), pan_json, pan_dir, (labels, _SEM_SCRIPT)],
             _PAN_SCRIPT,
             image_root=images,
             panoptic_root=pan_dir,
@@ -51,7 +52,7 @@ def register_all_ade20k(root):
         register_checked(
             f"ade20k_instance_{split}",
             lambda j=ins_json, i=images, n=f"ade20k_instance_{split}": load_coco_json(j, i, n),
-            [ins_json, images],
+            [(images, _RELEASE), ins_json],
             _PAN_SCRIPT,
             image_root=images,
             json_file=ins_json,

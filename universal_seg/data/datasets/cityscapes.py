@@ -5,15 +5,18 @@ Instance loading reads ``*_instanceIds.png`` (``from_json=False``), so it needs 
 ``datasets/prepare_cityscapes.py`` with cityscapesscripts).
 """
 
+import glob
 import os
 
 from detectron2.data.datasets.builtin_meta import CITYSCAPES_CATEGORIES, _get_builtin_metadata
 from detectron2.data.datasets.cityscapes import load_cityscapes_instances, load_cityscapes_semantic
 from detectron2.data.datasets.cityscapes_panoptic import load_cityscapes_panoptic
 
-from ._common import register_checked
+from ._common import downloaded, made_by, register_checked
 
-_SCRIPT = "python datasets/prepare_cityscapes.py"
+_SCRIPT = made_by("prepare_cityscapes.py")
+_IMAGES = downloaded("leftImg8bit_trainvaltest.zip (cityscapes-dataset.com)", "cityscapes")
+_LABELS = downloaded("gtFine_trainvaltest.zip (cityscapes-dataset.com)", "cityscapes")
 
 
 def _panoptic_meta():
@@ -32,6 +35,17 @@ def _panoptic_meta():
     )
 
 
+def _load_semantic(image_dir, gt_dir):
+    """detectron2's semantic loader, after checking that ``gt_dir`` holds the ``*_gtFine_labelTrainIds.png`` it
+    reads (not in the download; detectron2 would stop on a bare AssertionError)."""
+    if not glob.glob(os.path.join(gt_dir, "*", "*_gtFine_labelTrainIds.png")):
+        raise FileNotFoundError(
+            f"Cityscapes semantic segmentation needs '{gt_dir}/<city>/*_gtFine_labelTrainIds.png', and there are "
+            f"none; {_SCRIPT}."
+        )
+    return load_cityscapes_semantic(image_dir, gt_dir)
+
+
 def register_all_cityscapes(root):
     meta = _get_builtin_metadata("cityscapes")
     for split in ("train", "val", "test"):
@@ -40,7 +54,7 @@ def register_all_cityscapes(root):
         register_checked(
             f"cityscapes_fine_instance_seg_{split}",
             lambda x=images, y=gt: load_cityscapes_instances(x, y, from_json=False, to_polygons=False),
-            [images, gt],
+            [(images, _IMAGES), (gt, _LABELS)],
             _SCRIPT,
             image_dir=images,
             gt_dir=gt,
@@ -49,8 +63,8 @@ def register_all_cityscapes(root):
         )
         register_checked(
             f"cityscapes_fine_sem_seg_{split}",
-            lambda x=images, y=gt: load_cityscapes_semantic(x, y),
-            [images, gt],
+            lambda x=images, y=gt: _load_semantic(x, y),
+            [(images, _IMAGES), (gt, _LABELS)],
             _SCRIPT,
             image_dir=images,
             gt_dir=gt,
@@ -67,7 +81,7 @@ def register_all_cityscapes(root):
         register_checked(
             f"cityscapes_fine_panoptic_{split}",
             lambda x=images, p=pan_dir, j=pan_json: load_cityscapes_panoptic(x, p, j, pan_meta),
-            [images, pan_dir, pan_json],
+            [(images, _IMAGES), pan_dir, pan_json],
             _SCRIPT,
             panoptic_root=pan_dir,
             image_root=images,

@@ -5,7 +5,7 @@ import os
 
 from detectron2.data.datasets import load_coco_json, load_sem_seg
 
-from ._common import instance_metadata, panoptic_metadata, register_checked, semantic_metadata
+from ._common import downloaded, instance_metadata, made_by, panoptic_metadata, register_checked, semantic_metadata
 from .categories.coco import COCO_PANOPTIC_CATEGORIES, COCO_STUFF_171_CATEGORIES
 from .panoptic_json import load_panoptic_json
 
@@ -33,7 +33,7 @@ _STUFF_10K_SPLITS = {
         "coco/coco_stuff_10k/annotations_detectron2/test",
     ),
 }
-_DOWNLOAD = "download COCO 2017 from cocodataset.org into $DETECTRON2_DATASETS/coco"
+_DOWNLOAD = downloaded("COCO 2017 (cocodataset.org: the images and the instance / panoptic annotations)", "coco")
 
 
 def register_coco_instance(root):
@@ -74,8 +74,8 @@ def register_coco_panoptic(root):
         register_checked(
             name + "_with_sem_seg",
             lambda j=pan_json, i=images, p=pan_dir, s=sem_dir: load_panoptic_json(j, i, p, s, meta),
-            [pan_json, pan_dir, images, sem_dir],  # the semantic PNGs are made from the downloaded panoptic ones
-            f"{_DOWNLOAD}, then python datasets/prepare_coco_semantic_from_panoptic.py",
+            [pan_json, pan_dir, images, (sem_dir, made_by("prepare_coco_semantic_from_panoptic.py"))],
+            _DOWNLOAD,
             sem_seg_root=sem_dir,
             **common,
         )
@@ -89,7 +89,7 @@ def register_coco_stuff_10k(root):
             name,
             lambda i=images, g=labels: load_sem_seg(g, i, gt_ext="png", image_ext="jpg"),
             [images, labels],
-            "python datasets/prepare_coco_stuff_10k.py",
+            made_by("prepare_coco_stuff_10k.py"),
             image_root=images,
             sem_seg_root=labels,
             evaluator_type="sem_seg",

@@ -7,14 +7,12 @@ import os
 
 from detectron2.data.datasets import load_sem_seg
 
-from ._common import panoptic_metadata, register_checked, semantic_metadata
+from ._common import downloaded, panoptic_metadata, register_checked, semantic_metadata
 from .categories.mapillary import MAPILLARY_VISTAS_CATEGORIES, MAPILLARY_VISTAS_IGNORE_LABEL
 from .panoptic_json import load_panoptic_json
 
 _SPLITS = {"train": "training", "val": "validation"}
-_DOWNLOAD = (
-    "download Mapillary Vistas v1.2 from mapillary.com/dataset/vistas into $DETECTRON2_DATASETS/mapillary_vistas"
-)
+_DOWNLOAD = downloaded("Mapillary Vistas v1.2 (mapillary.com/dataset/vistas)", "mapillary_vistas")
 
 
 def register_all_mapillary_vistas(root):

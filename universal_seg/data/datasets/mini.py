@@ -9,11 +9,11 @@ import os
 
 from detectron2.data.datasets import load_coco_json, load_sem_seg
 
-from ._common import instance_metadata, panoptic_metadata, register_checked, semantic_metadata
+from ._common import instance_metadata, made_by, panoptic_metadata, register_checked, semantic_metadata
 from .categories.mini import MINI_CATEGORIES
 from .panoptic_json import load_panoptic_json
 
-_SCRIPT = "python datasets/prepare_mini.py"
+_SCRIPT = made_by("prepare_mini.py")
 
 
 def register_all_mini(root):

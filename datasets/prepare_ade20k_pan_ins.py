@@ -34,6 +34,7 @@ from tqdm import tqdm
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]
 from _atomic import id2rgb, write_json, write_png  # noqa: E402
+from _cli import run  # noqa: E402
 
 SPLITS = {"train": "training", "val": "validation"}
 ADE_URL = "ADEChallengeData2016.zip (sceneparsing.csail.mit.edu)"
@@ -184,4 +185,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

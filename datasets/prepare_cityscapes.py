@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _atomic import write_png  # noqa: E402
+from _cli import run  # noqa: E402
 
 PANOPTIC_SPLITS = ("train", "val")
 
@@ -103,4 +104,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -22,6 +22,7 @@ from tqdm import tqdm
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]
 from _atomic import write_png  # noqa: E402
+from _cli import run  # noqa: E402
 
 SPLITS = ("train", "val")
 
@@ -84,4 +85,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -27,6 +27,7 @@ from tqdm import tqdm
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path[:0] = [HERE, os.path.dirname(HERE)]
 from _atomic import write_bytes, write_png  # noqa: E402
+from _cli import run  # noqa: E402
 
 SPLITS = ("train", "test")
 
@@ -93,4 +94,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

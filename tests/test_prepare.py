@@ -341,3 +341,18 @@ def test_verified_category_tables():
     assert ADE20K_INSTANCE_CATEGORIES[30]["name"] == "stairs" and ADE20K_INSTANCE_CATEGORIES[99]["name"] == "flag"
     mapillary = {c["name"]: c["isthing"] for c in MAPILLARY_VISTAS_CATEGORIES}
     assert sum(mapillary.values()) == 37 and mapillary["On Rails"] == 0
+
+
+@pytest.mark.parametrize("name", SCRIPTS)
+def test_missing_input_from_the_command_line_is_one_line(name, tmp_path):
+    """Before, a missing input ended in a traceback above its message; now it is the message alone, exit status 2."""
+    flag = "--cityscapes" if name == "prepare_cityscapes" else "--root"
+    proc = subprocess.run(
+        [sys.executable, os.path.join(REPO, "datasets", name + ".py"), flag, str(tmp_path / "empty")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and str(tmp_path / "empty") in errors[0], proc.stderr

@@ -32,6 +32,12 @@ def swin_config(embed_dim, depths, num_heads, window_size) -> transformers.SwinC
 TINY_SWIN_ARGS = tuple(TINY_SWIN[k] for k in ("embed_dim", "depths", "num_heads", "window_size"))
 
 
+def hf_config(config_class, embed_dim, depths, num_heads, window_size, **decoder):
+    """transformers' ``config_class`` (Mask2FormerConfig, OneFormerConfig) on :func:`swin_config`'s Swin of these
+    sizes, with the ``decoder`` keywords."""
+    return config_class(backbone_config=swin_config(embed_dim, depths, num_heads, window_size), **decoder)
+
+
 def randomise(hf: nn.Module, unit_normal: tuple[str, ...] = ()) -> nn.Module:
     """Every parameter of ``hf`` drawn anew (transformers zero-initialises biases and the Swin position tables):
     matrices for unit-variance outputs, vectors N(0, 0.1), norm weights U(0.5, 1.5), deformable sampling offsets'

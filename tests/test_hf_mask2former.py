@@ -10,7 +10,7 @@ import pytest
 import torch
 import transformers
 from conftest import ROOT
-from hf_tiny import TINY_SWIN_ARGS, build_ours, max_diff, randomise, swin_config
+from hf_tiny import TINY_SWIN_ARGS, build_ours, hf_config, max_diff, randomise
 
 import universal_seg.modeling  # noqa: F401
 from universal_seg.checkpoint import UniversalSegCheckpointer
@@ -39,16 +39,11 @@ OVERRIDES = [
 ]  # fmt: skip
 
 
-def _hf_config(embed_dim, depths, num_heads, window_size, **decoder):
-    return transformers.Mask2FormerConfig(
-        backbone_config=swin_config(embed_dim, depths, num_heads, window_size), **decoder
-    )
-
-
 @pytest.fixture(scope="module")
 def hf_tiny():
     torch.manual_seed(0)
-    config = _hf_config(
+    config = hf_config(
+        transformers.Mask2FormerConfig,
         *TINY_SWIN_ARGS,
         num_labels=NUM_CLASSES,
         num_queries=QUERIES,
@@ -164,7 +159,7 @@ def test_hub_layout_converts_to_the_same_weights(hf_tiny):
 def test_full_size_swin_tiny_names_and_shapes_equal_the_official_checkpoint():
     """facebook/mask2former-swin-tiny-coco-panoptic's architecture (built on the meta device: no memory, no init)
     converts to exactly the official key list and shapes of configs/coco/panoptic/m2f_swin_t.yaml's model."""
-    config = _hf_config(96, (2, 2, 6, 2), (3, 6, 12, 24), 7, num_labels=133)
+    config = hf_config(transformers.Mask2FormerConfig, 96, (2, 2, 6, 2), (3, 6, 12, 24), 7, num_labels=133)
     with torch.device("meta"):
         hf = transformers.Mask2FormerForUniversalSegmentation(config)
     converted = convert_hf_mask2former_checkpoint(hf.state_dict())

@@ -11,7 +11,7 @@ import pytest
 import torch
 import transformers
 from conftest import ROOT, load_cfg
-from hf_tiny import TINY_SWIN_ARGS, build_ours, max_diff, randomise, swin_config
+from hf_tiny import TINY_SWIN_ARGS, build_ours, hf_config, max_diff, randomise
 
 import universal_seg.modeling  # noqa: F401
 from universal_seg.checkpoint import UniversalSegCheckpointer
@@ -52,16 +52,11 @@ TASK_IDS = {
 }
 
 
-def _hf_config(embed_dim, depths, num_heads, window_size, **decoder):
-    return transformers.OneFormerConfig(
-        backbone_config=swin_config(embed_dim, depths, num_heads, window_size), **decoder
-    )
-
-
 @pytest.fixture(scope="module")
 def hf_tiny():
     torch.manual_seed(0)
-    config = _hf_config(
+    config = hf_config(
+        transformers.OneFormerConfig,
         *TINY_SWIN_ARGS,
         num_labels=NUM_CLASSES,
         num_queries=QUERIES,
@@ -247,7 +242,9 @@ def test_full_size_swin_large_names_and_shapes_equal_ours_and_the_official_check
     pixel decoder's projections of backbone features, whose input channels are the backbone's)."""
     from detectron2.modeling import META_ARCH_REGISTRY
 
-    config = _hf_config(192, (2, 2, 18, 2), (6, 12, 24, 48), 12, num_labels=133, is_training=True)
+    config = hf_config(
+        transformers.OneFormerConfig, 192, (2, 2, 18, 2), (6, 12, 24, 48), 12, num_labels=133, is_training=True
+    )
     cfg = load_cfg("configs/coco/panoptic/oneformer_swin_l.yaml")
     with torch.device("meta"):
         converted = convert_hf_oneformer_checkpoint(transformers.OneFormerForUniversalSegmentation(config).state_dict())

@@ -367,6 +367,10 @@ def _drop(entry, key):
     del entry[key]
 
 
+def _entries_of_image_1(data):
+    return [(data["images"][0], "id")] + [(a, "image_id") for a in data["annotations"] if a["image_id"] == 1]
+
+
 INSTANCE_JSON_CASES = {
     # before: "cannot be loaded: 'bbox'" / "'height'" (bare KeyErrors), an AssertionError, an image silently
     # dropped, an annotation silently dropped, or a training crash ("Cannot find field 'gt_masks'")
@@ -389,6 +393,28 @@ INSTANCE_JSON_CASES = {
         lambda d: d["annotations"][0].update(segmentation=[]),
         r"annotation \d+ of image '2011_0000\d\d.jpg' has an empty segmentation; give the object its polygon",
     ),
+    # before: an AssertionError, a bare KeyError 'counts', a TypeError "object of type 'float' has no len()" and
+    # detectron2's ValueError without the fix
+    "ignore": (
+        lambda d: d["annotations"][0].update(ignore=1),
+        r"annotation \d+ of image '2011_0000\d\d.jpg' has 'ignore' 1, which is not supported; mark such regions",
+    ),
+    "rle_without_counts": (
+        lambda d: d["annotations"][0].update(segmentation={"size": [2, 2]}),
+        r"has an RLE segmentation without 'counts' and 'size'; give both",
+    ),
+    "flat_polygon": (
+        lambda d: d["annotations"][0].update(segmentation=d["annotations"][0]["segmentation"][0]),
+        r"neither an RLE dict nor a list of polygons; write each polygon as a list \[x1, y1, x2, y2, ...\] inside",
+    ),
+    "empty_bbox": (
+        lambda d: d["annotations"][0].update(bbox=[]),
+        r"has an empty bbox; give its box as \[x, y, width, height\]",
+    ),
+    "image_ids_of_two_types": (
+        lambda d: [e.update({k: "first"}) for e, k in _entries_of_image_1(d)],
+        r"its image ids mix types \(e.g. numbers and strings\); give every image an integer id",
+    ),
 }
 
 
@@ -403,6 +429,137 @@ def test_coco_instance_json_problems_are_named_when_the_dataset_is_loaded(tmp_pa
     finally:
         DatasetCatalog.remove(f"own_bad_{case}")
         MetadataCatalog.remove(f"own_bad_{case}")
+
+
+def _runs(mask):
+    """Uncompressed COCO RLE counts of ``mask``: run lengths in column-major order, the first run of zeros."""
+    flat, counts, value, run = mask.flatten(order="F"), [], 0, 0
+    for pixel in flat:
+        if pixel != value:
+            counts.append(run)
+            value, run = pixel, 0
+        run += 1
+    return counts + [run]
+
+
+def synthetic_instances_json(path):
+    """A COCO instance JSON with every case detectron2's reader treats specially; returns (path, categories)."""
+    mask = np.zeros((30, 40), np.uint8)
+    mask[5:12, 8:20] = 1
+    rle = mask_util.encode(np.asfortranarray(mask))
+    rle["counts"] = rle["counts"].decode()
+    crowd = np.zeros((20, 20), np.uint8)
+    crowd[2:9, 3:5] = 1
+    categories = [{"id": 9, "name": "kite"}, {"id": 2, "name": "bus", "supercategory": "x"}, {"id": 5, "name": "ox"}]
+    square = [[1.0, 1.0, 10.0, 1.0, 10.0, 10.0, 1.0, 10.0]]
+    annotations = [
+        # image 7: two polygons, the second of two points (left out); keypoints; unknown fields
+        {"id": 40, "image_id": 7, "category_id": 2, "bbox": [1, 1, 9, 9], "iscrowd": 0, "area": 81.0,
+         "segmentation": square + [[3.0, 3.0, 4.0, 4.0]], "keypoints": [2, 3, 2, 0, 0, 0, 7, 8, 1],
+         "num_keypoints": 2, "attributes": {"occluded": True}},
+        # image 3 (its id written as 3.0 here, as some exporters do): compressed RLE, no iscrowd, empty keypoints
+        {"id": 41, "image_id": 3.0, "category_id": 9, "bbox": [8, 5, 12, 7], "segmentation": rle, "keypoints": []},
+        # image 7: only a polygon of two points and one of odd length: the annotation is dropped
+        {"id": 42, "image_id": 7, "category_id": 5, "bbox": [0, 0, 2, 2], "iscrowd": 0,
+         "segmentation": [[0.0, 0.0, 2.0, 2.0], [0.0, 0.0, 2.0, 0.0, 2.0]]},
+        # image 3: uncompressed RLE (list counts), a crowd
+        {"id": 43, "image_id": 3, "category_id": 5, "bbox": [3, 2, 2, 7], "iscrowd": 1,
+         "segmentation": {"size": [20, 20], "counts": _runs(crowd)}},
+        # image 7 again after image 3's: the per-image order is the file's
+        {"id": 44, "image_id": 7, "category_id": 9, "bbox": [2, 2, 5, 5], "iscrowd": 0, "ignore": 0,
+         "segmentation": [[2.0, 2.0, 7.0, 2.0, 7.0, 7.0]]},
+        # image 7: a polygon of odd length next to a good one (only the odd one left out)
+        {"id": 45, "image_id": 7, "category_id": 2, "bbox": [1, 1, 9, 9], "iscrowd": 0,
+         "segmentation": [[1.0, 1.0, 5.0, 1.0, 5.0], *square]},
+    ]  # fmt: skip
+    data = {
+        "info": {"description": "synthetic"},
+        "licenses": [{"id": 1, "name": "CC"}],
+        "images": [  # not in id order; image 12 has no annotation
+            {"id": 7, "file_name": "a/seven.jpg", "height": 30, "width": 40, "license": 1, "coco_url": "x"},
+            {"id": 12, "file_name": "twelve.jpg", "height": 20, "width": 20},
+            {"id": 3, "file_name": "three.png", "height": 30, "width": 40, "date_captured": "2020"},
+        ],
+        "annotations": annotations,
+        "categories": categories,
+    }
+    path.write_text(json.dumps(data))
+    return str(path), categories
+
+
+def _instance_sources(case, tmp_path):
+    if case == "mini":
+        return str(MINI / "instances_train.json"), str(MINI / "images")
+    return synthetic_instances_json(tmp_path / "synthetic.json")[0], str(tmp_path / "images")
+
+
+@pytest.mark.parametrize("case", ["mini", "synthetic"])
+def test_coco_instance_records_equal_detectron2s_load_coco_json(tmp_path, case):
+    """Our one-parse reader against detectron2's load_coco_json (pycocotools' parse) on the same file: the same
+    records field by field, and the same count of annotations left out for want of a valid polygon."""
+    from conftest import logged_records
+    from detectron2.data.datasets import load_coco_json
+
+    json_file, image_root = _instance_sources(case, tmp_path)
+    os.makedirs(image_root, exist_ok=True)
+    categories = json.loads(open(json_file).read())["categories"]
+    contiguous = {c["id"]: i for i, c in enumerate(categories)}  # the JSON's order: what registration gives
+    with logged_records("detectron2.data.datasets.coco") as theirs_log:
+        theirs = load_coco_json(json_file, image_root, None)
+    for record in theirs:
+        for ann in record["annotations"]:
+            ann["category_id"] = contiguous[ann["category_id"]]
+    register_coco_instances(f"own_equal_{case}", image_root=image_root, json_file=json_file)
+    try:
+        with logged_records("universal_seg.data.datasets.custom") as ours_log:
+            ours = DatasetCatalog.get(f"own_equal_{case}")
+    finally:
+        DatasetCatalog.remove(f"own_equal_{case}")
+        MetadataCatalog.remove(f"own_equal_{case}")
+    assert [r["image_id"] for r in ours] == [r["image_id"] for r in theirs]
+    for mine, reference in zip(ours, theirs):
+        assert mine == reference
+    assert ours == theirs
+
+    def dropped(messages, pattern):
+        return [int(m) for text in messages for m in re.findall(pattern, text)]
+
+    assert dropped(ours_log.messages, r"(\d+) annotations have no polygon of 3") == dropped(
+        theirs_log.messages, r"Filtered out (\d+) instances without valid segmentation"
+    )
+    if case == "synthetic":  # the file holds what it is meant to test
+        assert [r["image_id"] for r in theirs] == [3, 7, 12] and theirs[2]["annotations"] == []
+        assert dropped(theirs_log.messages, r"Filtered out (\d+) instances") == [1]
+        crowd = theirs[0]["annotations"][1]
+        assert isinstance(crowd["segmentation"]["counts"], bytes)
+        assert (mask_util.decode(crowd["segmentation"])[2:9, 3:5] == 1).all()
+        assert mask_util.decode(crowd["segmentation"]).sum() == 14
+        assert theirs[1]["annotations"][0]["keypoints"] == [2.5, 3.5, 2, 0.5, 0.5, 0, 7.5, 8.5, 1]
+
+
+def test_coco_instance_json_is_opened_once_per_load(tmp_path, monkeypatch):
+    """Before: the JSON was parsed for the checks and again by detectron2's reader (pycocotools), each parse of
+    COCO train2017's 448 MB taking about 20 s and several GB."""
+    import builtins
+
+    json_file, categories = synthetic_instances_json(tmp_path / "synthetic.json")
+    register_coco_instances("own_once", image_root=str(tmp_path), json_file=json_file)
+    opened, real_open = [], builtins.open
+
+    def counting_open(file, *args, **kwargs):
+        if isinstance(file, (str, os.PathLike)) and os.path.abspath(file) == os.path.abspath(json_file):
+            opened.append(file)
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", counting_open)
+    try:
+        records = DatasetCatalog.get("own_once")
+        assert len(records) == 3 and len(opened) == 1
+        DatasetCatalog.get("own_once")
+        assert len(opened) == 2
+    finally:
+        DatasetCatalog.remove("own_once")
+        MetadataCatalog.remove("own_once")
 
 
 def test_coco_panoptic_json_problems_are_named_and_image_folders_kept(tmp_path):

@@ -39,7 +39,8 @@ import json
 import logging
 import os
 
-from detectron2.data.datasets import load_coco_json
+import pycocotools.mask as mask_util
+from detectron2.structures import BoxMode
 
 from ._common import (
     images_by_id,
@@ -137,23 +138,103 @@ def check_coco_instance_json(data, json_file: str) -> None:
         seen.add(ann["id"])
         if ann["image_id"] not in images:
             raise unlisted_image(json_file, name, ann["image_id"])
-        if not ann["segmentation"]:
+        of_image = f"{name} of image '{images[ann['image_id']]['file_name']}'"
+        segm = ann["segmentation"]
+        if not segm:
             raise ValueError(
-                f"{where}: {name} of image '{images[ann['image_id']]['file_name']}' has an empty segmentation; give "
-                "the object its polygon or RLE mask, or remove the annotation."
+                f"{where}: {of_image} has an empty segmentation; give the object its polygon or RLE mask, or remove "
+                "the annotation."
+            )
+        if isinstance(segm, dict) and not ("counts" in segm and "size" in segm):
+            raise ValueError(
+                f"{where}: {of_image} has an RLE segmentation without 'counts' and 'size'; give both "
+                "(pycocotools.mask.encode writes them)."
+            )
+        if not isinstance(segm, dict) and not (isinstance(segm, list) and all(isinstance(p, list) for p in segm)):
+            raise ValueError(
+                f"{where}: {of_image} has a segmentation that is neither an RLE dict nor a list of polygons; write "
+                "each polygon as a list [x1, y1, x2, y2, ...] inside the segmentation list."
+            )
+        if not ann["bbox"]:
+            raise ValueError(f"{where}: {of_image} has an empty bbox; give its box as [x, y, width, height].")
+        if ann.get("ignore", 0) != 0:
+            raise ValueError(
+                f"{where}: {of_image} has 'ignore' {ann['ignore']!r}, which is not supported; mark such regions "
+                "iscrowd 1 (not trained on, not scored) and remove 'ignore'."
             )
 
 
+_COPIED_KEYS = ("iscrowd", "bbox", "keypoints", "category_id")
+
+
+def coco_instance_records(data: dict, image_root: str, json_file: str) -> list[dict]:
+    """The records detectron2's ``load_coco_json(json_file, image_root)`` gives, built from ``data`` (the parsed JSON,
+    checked by :func:`check_coco_instance_json`) instead of a second parse: images sorted by id, each with its
+    annotations in file order; ``iscrowd``, ``bbox``, ``keypoints`` and ``category_id`` as given (dataset ids), box
+    mode XYWH_ABS, uncompressed RLE compressed, polygons of fewer than 3 points or odd length left out and an object
+    left with none dropped (counted in one warning), keypoint x and y shifted by 0.5 (pixel centres)."""
+    by_image: dict = {}
+    for ann in data["annotations"]:
+        by_image.setdefault(ann["image_id"], []).append(ann)
+    try:
+        images = sorted(data["images"], key=lambda image: image["id"])
+    except TypeError:
+        raise ValueError(
+            f"'{json_file}': its image ids mix types (e.g. numbers and strings); give every image an integer id."
+        ) from None
+    records, dropped = [], 0
+    for image in images:
+        objs = []
+        for ann in by_image.get(image["id"], ()):
+            obj = {key: ann[key] for key in _COPIED_KEYS if key in ann}
+            segm = ann["segmentation"]
+            if isinstance(segm, dict):
+                if isinstance(segm["counts"], list):
+                    segm = mask_util.frPyObjects(segm, *segm["size"])
+            else:
+                segm = [p for p in segm if len(p) % 2 == 0 and len(p) >= 6]
+                if not segm:
+                    dropped += 1
+                    continue
+            obj["segmentation"] = segm
+            if ann.get("keypoints"):
+                obj["keypoints"] = [v if i % 3 == 2 else v + 0.5 for i, v in enumerate(ann["keypoints"])]
+            obj["bbox_mode"] = BoxMode.XYWH_ABS
+            objs.append(obj)
+        records.append(
+            {
+                "file_name": os.path.join(image_root, image["file_name"]),
+                "height": image["height"],
+                "width": image["width"],
+                "image_id": image["id"],
+                "annotations": objs,
+            }
+        )
+    if dropped:
+        logger.warning(
+            f"'{json_file}': {dropped} annotations have no polygon of 3 or more points (an even number of "
+            "coordinates) and are left out; fix or remove them."
+        )
+    logger.info(f"Loaded {len(records)} images in COCO format from '{json_file}'.")
+    return records
+
+
 def load_coco_instances_checked(json_file: str, image_root: str, id_map: dict[int, int]) -> list[dict]:
-    """detectron2's COCO reader, after :func:`check_coco_instance_json`; then every annotation's category id mapped
-    to its contiguous id; an id outside ``id_map`` (the registered categories) is a ValueError naming the file."""
-    with open(json_file) as f:
-        check_coco_instance_json(json.load(f), json_file)
-    records = load_coco_json(json_file, image_root, None)
+    """The JSON parsed once, checked by :func:`check_coco_instance_json` and turned into detectron2's records by
+    :func:`coco_instance_records`; then every annotation's category id mapped to its contiguous id; an id outside
+    ``id_map`` (the registered categories) is a ValueError naming the file."""
+    with open(json_file, encoding="utf-8") as f:
+        try:
+            data = json.load(f)
+        except json.JSONDecodeError as err:
+            raise ValueError(f"'{json_file}' is not valid JSON ({err}); fix the file or export it again.") from None
+    check_coco_instance_json(data, json_file)
+    records = coco_instance_records(data, image_root, json_file)
+    del data  # what the records do not use (areas, extra fields) goes now
     if not records:
         raise ValueError(f"'{json_file}' has no images; check the file.")
     for record in records:
-        for ann in record.get("annotations", []):
+        for ann in record["annotations"]:
             if ann["category_id"] not in id_map:
                 raise ValueError(
                     f"'{json_file}': image '{os.path.basename(record['file_name'])}' has an annotation of category "

@@ -52,7 +52,7 @@ SDIST_SHA256 = "5d2e9e51e523ec72f6a31cca04b0a515492e9514b773a3d134cedc0677170b29
 # Bump whenever the substitutions, _C.py, the project layout or setup.py change: an installed build
 # with another patch set is reinstalled. (The marker also records a digest of all of these, so an
 # edit without a bump still triggers a reinstall.)
-PATCH_SET_VERSION = 1
+PATCH_SET_VERSION = 2
 DIST_VERSION = f"{SDIST_VERSION}+universalseg{PATCH_SET_VERSION}"
 MARKER_NAME = "_universal_seg_patched.txt"
 
@@ -178,6 +178,33 @@ SUBSTITUTIONS: List[Substitution] = [
     # Python >= 3.10: `import importlib` no longer makes importlib.abc / importlib.util available [2a68c056]
     Substitution("detectron2/projects/__init__.py",
                  "import importlib\n", "import importlib.abc\nimport importlib.util\n"),
+    # comm.create_local_process_group, so that a launcher sets up the per-machine group through comm instead of
+    # assigning comm._LOCAL_PROCESS_GROUP from outside (upstream added it after v0.6 [PR #4742]; written here)
+    Substitution("detectron2/utils/comm.py",
+                 "def get_local_rank() -> int:\n",
+                 "def create_local_process_group(num_workers_per_machine: int) -> None:\n"
+                 '    """\n'
+                 "    Create one process group per machine, of the ranks [m * num_workers_per_machine,\n"
+                 "    (m + 1) * num_workers_per_machine) of machine m, and make this process's machine's group\n"
+                 "    _LOCAL_PROCESS_GROUP (what get_local_rank() and get_local_size() use).\n"
+                 "\n"
+                 "    Every process calls it once, after torch.distributed.init_process_group(): creating a\n"
+                 "    group is a collective call.\n"
+                 '    """\n'
+                 "    global _LOCAL_PROCESS_GROUP\n"
+                 '    assert _LOCAL_PROCESS_GROUP is None, "the local process group was already created"\n'
+                 "    world_size = get_world_size()\n"
+                 "    assert world_size % num_workers_per_machine == 0, (world_size, num_workers_per_machine)\n"
+                 "    num_machines = world_size // num_workers_per_machine\n"
+                 "    machine_rank = get_rank() // num_workers_per_machine\n"
+                 "    for machine in range(num_machines):\n"
+                 "        first = machine * num_workers_per_machine\n"
+                 "        group = dist.new_group(list(range(first, first + num_workers_per_machine)))\n"
+                 "        if machine == machine_rank:\n"
+                 "            _LOCAL_PROCESS_GROUP = group\n"
+                 "\n"
+                 "\n"
+                 "def get_local_rank() -> int:\n"),
 ]
 # fmt: on
 

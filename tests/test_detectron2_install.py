@@ -544,3 +544,44 @@ def test_rerun_is_a_no_op(tmp_path, monkeypatch):
     assert inst.main(["--cache-dir", str(cache)]) == 0
     assert calls == [] and not cache.exists()
     assert {**_snapshot(D2_DIR), **_snapshot(dist_info)} == before
+
+
+def _local_group_worker(rank, world_size, per_machine, init_file, out_dir):
+    import json
+
+    import torch
+    import torch.distributed as dist
+    from detectron2.utils import comm
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world_size)
+    comm.create_local_process_group(per_machine)
+    ranks = torch.tensor([rank])
+    dist.all_reduce(ranks, group=comm._LOCAL_PROCESS_GROUP)  # the sum of the ranks in this process's local group
+    try:
+        comm.create_local_process_group(per_machine)
+        second = "no error"
+    except AssertionError as err:
+        second = str(err)
+    result = {"local_rank": comm.get_local_rank(), "local_size": comm.get_local_size(), "sum": int(ranks)}
+    (Path(out_dir) / f"{rank}.json").write_text(json.dumps({**result, "second": second}))
+    dist.destroy_process_group()
+
+
+@ours_only
+def test_create_local_process_group_makes_one_group_per_machine(tmp_path):
+    """The backport of upstream's comm.create_local_process_group (which universal_seg's launcher calls), in 4 gloo
+    processes laid out as 2 machines of 2: ranks 0, 1 on machine 0 and 2, 3 on machine 1."""
+    import json
+
+    import torch.multiprocessing as mp
+
+    mp.spawn(_local_group_worker, args=(4, 2, str(tmp_path / "init"), str(tmp_path)), nprocs=4)
+    results = {r: json.loads((tmp_path / f"{r}.json").read_text()) for r in range(4)}
+    assert {r: (v["local_rank"], v["local_size"]) for r, v in results.items()} == {
+        0: (0, 2),
+        1: (1, 2),
+        2: (0, 2),
+        3: (1, 2),
+    }
+    assert {r: v["sum"] for r, v in results.items()} == {0: 0 + 1, 1: 0 + 1, 2: 2 + 3, 3: 2 + 3}
+    assert {v["second"] for v in results.values()} == {"the local process group was already created"}

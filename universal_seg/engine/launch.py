@@ -2,7 +2,8 @@
 
 detectron2 v0.6's ``launch`` asserts CUDA and uses NCCL. ``launch`` here spawns ``num_gpus_per_machine`` processes
 per machine, joined with NCCL where CUDA is available and with gloo (CPU processes) otherwise, and sets up
-detectron2's local process group exactly as its launcher does, so ``detectron2.utils.comm`` works unchanged. Beyond
+detectron2's per-machine process group with ``comm.create_local_process_group`` (upstream's, added after v0.6 and
+backported by scripts/install_detectron2.py), so ``detectron2.utils.comm`` works unchanged. Beyond
 detectron2's launcher: the arguments are checked before any process starts (:func:`check_launch_args`), a process
 group that does not form in time is one line naming the fix, and a launcher stopped by SIGTERM or Ctrl-C stops its
 workers instead of leaving them running.
@@ -171,10 +172,7 @@ def _worker(local_rank, main_func, backend, world_size, num_per_machine, machine
                 else "pass --dist-url auto or another port."
             )
         )
-    for machine in range(world_size // num_per_machine):
-        group = dist.new_group(list(range(machine * num_per_machine, (machine + 1) * num_per_machine)))
-        if machine == machine_rank:
-            comm._LOCAL_PROCESS_GROUP = group
+    comm.create_local_process_group(num_per_machine)  # the per-machine groups behind comm.get_local_rank()
     if backend == "NCCL":
         torch.cuda.set_device(local_rank)
     comm.synchronize()

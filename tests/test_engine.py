@@ -307,11 +307,49 @@ def _exiting_worker():
     sys.exit("error: a one-line error the worker printed")
 
 
+def _error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.startswith("error:")]
+
+
 def test_a_worker_that_exits_with_an_error_ends_the_launch_with_its_status_not_a_traceback():
     """Before: the workers' one-line error was followed by torch's ProcessExitedException traceback."""
     with pytest.raises(SystemExit) as exit_info:
         launch(_exiting_worker, 2, num_machines=1, machine_rank=0, dist_url="auto")
     assert exit_info.value.code == 1
+
+
+def _killed_worker(folder):
+    import os
+    import signal
+    import time
+
+    from detectron2.utils import comm
+
+    open(os.path.join(folder, f"{os.getpid()}.pid"), "w").close()
+    comm.synchronize()  # both pid files are written
+    if comm.get_rank() == 1:
+        os.kill(os.getpid(), signal.SIGKILL)  # as the kernel's out-of-memory killer would
+    time.sleep(600)  # until the launcher stops it
+
+
+def test_a_worker_killed_by_a_signal_is_one_line_naming_it_and_exit_status_128_plus_the_signal(tmp_path, capfd):
+    """Before: torch's ProcessExitedException became SystemExit(-9), exit status 247, with no word of the signal."""
+    import os
+    import signal
+
+    with pytest.raises(SystemExit) as exit_info:
+        launch(_killed_worker, 2, dist_url="auto", args=(str(tmp_path),))
+    assert exit_info.value.code == 128 + signal.SIGKILL == 137
+    err = capfd.readouterr().err
+    (line,) = _error_lines(err)
+    assert line.startswith("error: worker process 1 of 2 was killed by SIGKILL (often the kernel's out-of-memory ")
+    assert "lower SOLVER.IMS_PER_BATCH" in line and "the other worker processes were stopped" in line
+    assert "Traceback" not in err
+    pids = [int(p.stem) for p in tmp_path.glob("*.pid")]
+    assert len(pids) == 2
+    for pid in pids:  # process 0 was stopped and joined before the launcher returned
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
 
 
 @needs_mini

@@ -10,6 +10,9 @@ workers instead of leaving them running.
 """
 
 import logging
+import multiprocessing.connection
+import os
+import pickle
 import signal
 import socket
 import sys
@@ -27,7 +30,8 @@ from ..config import usage_error
 
 logger = logging.getLogger(__name__)
 
-# seconds a worker has to exit after the launcher passed on SIGTERM / Ctrl-C, before it is killed
+# seconds a worker has to exit after the launcher passed on SIGTERM / Ctrl-C (or another worker failed), before it
+# is killed
 STOP_GRACE_S = 30.0
 
 
@@ -85,10 +89,12 @@ def launch(
 ):
     """Runs ``main_func(*args)`` in ``num_machines * num_gpus_per_machine`` processes (one per GPU, or per
     requested CPU worker when CUDA is unavailable); ``dist_url`` None or ``"auto"`` picks a free local port (one
-    machine). A worker that exits with a status (e.g. ``sys.exit("error: ...")`` after printing its one-line error)
-    ends the launcher with that status, without the launcher's own traceback on top of the worker's message.
-    SIGTERM or Ctrl-C to the launcher stops the workers (SIGTERM, then SIGKILL after STOP_GRACE_S) and exits with
-    128 + the signal number."""
+    machine). The first worker that fails stops the others (SIGTERM, then SIGKILL after STOP_GRACE_S). A worker that
+    exits with a status (e.g. ``sys.exit("error: ...")`` after printing its one-line error) ends the launcher with
+    that status, without the launcher's own traceback on top of the worker's message. A worker killed by a signal
+    (e.g. SIGKILL from the out-of-memory killer) is one line naming the signal and a likely cause, and exit status
+    128 + the signal number. SIGTERM or Ctrl-C to the launcher stops the workers and exits with 128 + the signal
+    number."""
     dist_url = check_launch_args(num_gpus_per_machine, num_machines, machine_rank, dist_url)
     world_size = num_machines * num_gpus_per_machine
     if world_size == 1:
@@ -101,13 +107,12 @@ def launch(
             f"waiting up to {timeout} for the other {num_machines - 1} machine(s) at {dist_url} (each runs this "
             f"command with its own --machine-rank 1..{num_machines - 1})"
         )
-    try:
-        _spawn(
-            num_gpus_per_machine,
-            (main_func, backend, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout),
-        )
-    except mp.ProcessExitedException as err:
-        raise SystemExit(err.exit_code or 1) from None
+    _spawn(
+        num_gpus_per_machine,
+        machine_rank * num_gpus_per_machine,
+        world_size,
+        (main_func, backend, world_size, num_gpus_per_machine, machine_rank, dist_url, args, timeout),
+    )
 
 
 class _Stop(Exception):
@@ -118,28 +123,95 @@ def _raise_stop(signum, frame):
     raise _Stop()
 
 
-def _spawn(nprocs: int, worker_args: tuple) -> None:
+# likely causes of a worker's death by a signal, for its one-line error
+_SIGNAL_CAUSES = {
+    signal.SIGKILL: "often the kernel's out-of-memory killer (see dmesg): lower SOLVER.IMS_PER_BATCH or "
+    "DATALOADER.NUM_WORKERS, or start fewer processes per machine",
+    signal.SIGSEGV: "a crash in compiled code: run scripts/setup.sh again, which rebuilds universal_seg's compiled op "
+    "for the installed torch, and report the command line if it happens again",
+    signal.SIGBUS: "often a full /dev/shm, through which data-loader workers pass their batches: lower "
+    "DATALOADER.NUM_WORKERS or give the machine (container) a larger /dev/shm",
+    signal.SIGABRT: "a fatal error in compiled code; its message, if any, is above",
+    signal.SIGTERM: "something outside this run stopped it, e.g. a job scheduler's time limit",
+}
+
+
+def _spawn(nprocs: int, first_rank: int, world_size: int, worker_args: tuple) -> None:
+    """Starts the ``nprocs`` workers of this machine (global ranks ``first_rank`` on) and waits for them; see launch."""
     context = mp.start_processes(
         _worker, nprocs=nprocs, args=worker_args, daemon=False, start_method="spawn", join=False
     )
+    _join(context, nprocs, first_rank, world_size)
+
+
+def _join(context, nprocs: int, first_rank: int, world_size: int) -> None:
+    processes = context.processes
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_stop) if main_thread else None
     try:
-        while not context.join():
-            pass
-    except (KeyboardInterrupt, _Stop) as err:
-        signum = signal.SIGINT if isinstance(err, KeyboardInterrupt) else signal.SIGTERM
-        signal.signal(signal.SIGTERM, signal.SIG_IGN)
-        _stop_workers(context.processes)
-        print(
-            f"error: stopped by {signum.name}; the {nprocs} worker process(es) were stopped too. The checkpoints "
-            "are written atomically: --resume continues from the last one.",
-            file=sys.stderr,
-        )
-        raise SystemExit(128 + signum) from None
+        try:
+            failed = _wait_for_a_failure(processes)
+        except (KeyboardInterrupt, _Stop) as err:
+            signum = signal.SIGINT if isinstance(err, KeyboardInterrupt) else signal.SIGTERM
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            _stop_workers(processes)
+            print(
+                f"error: stopped by {signum.name}; the {nprocs} worker process(es) were stopped too. The checkpoints "
+                "are written atomically: --resume continues from the last one.",
+                file=sys.stderr,
+            )
+            raise SystemExit(128 + signum) from None
+        if failed is None:
+            return
+        if main_thread:
+            signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the workers are being stopped anyway
+        _stop_workers(processes)
+        _raise_failure(context, failed, first_rank, world_size)
     finally:
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_failure(context, failed: int, first_rank: int, world_size: int) -> None:
+    """Ends the launcher as the failed worker ``failed`` (local index) ended: its exception, its exit status, or one
+    line naming the signal that killed it and exit status 128 + the signal number."""
+    process = context.processes[failed]
+    error_file = context.error_files[failed]
+    if os.path.isfile(error_file):  # an exception in the worker: torch's spawn wrapper left its traceback here
+        with open(error_file, "rb") as f:
+            trace = pickle.load(f)
+        raise mp.ProcessRaisedException(
+            f"\n\n-- Process {failed} terminated with the following error:\n{trace}", failed, process.pid
+        )
+    if process.exitcode > 0:
+        raise SystemExit(process.exitcode)
+    signum = -process.exitcode
+    try:
+        name = signal.Signals(signum).name
+    except ValueError:  # a real-time signal
+        name = f"signal {signum}"
+    others = "; the other worker processes were stopped" if len(context.processes) > 1 else ""
+    print(
+        f"error: worker process {first_rank + failed} of {world_size} was killed by {name} "
+        f"({_SIGNAL_CAUSES.get(signum, 'see the messages above')}){others}. --resume continues from the last "
+        "checkpoint.",
+        file=sys.stderr,
+    )
+    raise SystemExit(128 + signum)
+
+
+def _wait_for_a_failure(processes) -> int | None:
+    """Waits until every worker has exited with status 0 (returns None) or one has failed: returns its index, that of
+    a worker killed by a signal when several have failed by then (the others often fail because it went away)."""
+    while True:
+        failed = [i for i, p in enumerate(processes) if p.exitcode not in (None, 0)]
+        if failed:
+            return min(failed, key=lambda i: (processes[i].exitcode >= 0, i))
+        running = {p.sentinel: p for p in processes if p.exitcode is None}
+        if not running:
+            return None
+        for sentinel in multiprocessing.connection.wait(list(running)):
+            running[sentinel].join()  # it has exited: collect its status
 
 
 def _stop_workers(processes) -> None:

@@ -311,11 +311,42 @@ def _error_lines(err: str) -> list[str]:
     return [line for line in err.splitlines() if line.startswith("error:")]
 
 
-def test_a_worker_that_exits_with_an_error_ends_the_launch_with_its_status_not_a_traceback():
-    """Before: the workers' one-line error was followed by torch's ProcessExitedException traceback."""
+def test_a_worker_that_exits_with_an_error_ends_the_launch_with_its_status_not_a_traceback(capfd):
+    """Before: the workers' one-line error was followed by torch's ProcessExitedException traceback; then each of the
+    two workers printed the same line."""
     with pytest.raises(SystemExit) as exit_info:
         launch(_exiting_worker, 2, num_machines=1, machine_rank=0, dist_url="auto")
     assert exit_info.value.code == 1
+    err = capfd.readouterr().err
+    assert _error_lines(err) == ["error: a one-line error the worker printed"] and "Traceback" not in err
+
+
+def _usage_error_worker(failing_ranks):
+    import time
+
+    from detectron2.utils import comm
+
+    from universal_seg.config import usage_error
+
+    rank = comm.get_rank()
+    if rank in failing_ranks:
+        usage_error(f"{'every process' if len(failing_ranks) > 1 else f'process {rank} alone'} hits this; fix it.")
+    time.sleep(600)  # until the launcher stops it
+
+
+def test_an_error_of_several_workers_is_one_line_and_one_of_a_single_worker_is_printed_too(capfd):
+    """Before: a mistake that every process finds (the config, the data it names) was printed once per process."""
+    with pytest.raises(SystemExit) as exit_info:
+        launch(_usage_error_worker, 2, dist_url="auto", args=((0, 1),))
+    assert exit_info.value.code == 2
+    err = capfd.readouterr().err
+    assert _error_lines(err) == ["error: every process hits this; fix it."] and "Traceback" not in err
+    # a mistake only process 1 finds (e.g. in its share of the data) while process 0 goes on is still printed
+    with pytest.raises(SystemExit) as exit_info:
+        launch(_usage_error_worker, 2, dist_url="auto", args=((1,),))
+    assert exit_info.value.code == 2
+    err = capfd.readouterr().err
+    assert _error_lines(err) == ["error: process 1 alone hits this; fix it."] and "Traceback" not in err
 
 
 def _killed_worker(folder):

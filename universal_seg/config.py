@@ -214,6 +214,11 @@ def load_config(config_file: str, opts=(), cpu_hint: str = "append `MODEL.DEVICE
 def usage_error(err) -> NoReturn:
     """Ends a command-line tool on a mistake found before its work starts (an argument, the config, a checkpoint,
     the data it names): ``error: <err>`` on stderr and exit status 2, as argparse does. Status 1 is left for failures
-    during the work (inputs that could not be predicted, training stopped by bad data)."""
-    print(f"error: {err}", file=sys.stderr)
+    during the work (inputs that could not be predicted, training stopped by bad data). In a worker process of a
+    multi-process launch the line goes to the launcher instead, which prints each distinct line of its workers once
+    (universal_seg.engine.launch.hand_error_to_launcher)."""
+    line = f"error: {err}"
+    launch = sys.modules.get("universal_seg.engine.launch")  # loaded in every launched worker; not imported from here
+    if launch is None or not launch.hand_error_to_launcher(line):
+        print(line, file=sys.stderr)
     raise SystemExit(2)

@@ -5,7 +5,8 @@ per machine, joined with NCCL where CUDA is available and with gloo (CPU process
 detectron2's per-machine process group with ``comm.create_local_process_group`` (upstream's, added after v0.6 and
 backported by scripts/install_detectron2.py), so ``detectron2.utils.comm`` works unchanged. Beyond
 detectron2's launcher: the arguments are checked before any process starts (:func:`check_launch_args`), a process
-group that does not form in time is one line naming the fix, and a launcher stopped by SIGTERM or Ctrl-C stops its
+group that does not form in time is one line naming the fix, a one-line error that several workers hit is printed
+once, a worker killed by a signal is one line naming it, and a launcher stopped by SIGTERM or Ctrl-C stops its
 workers instead of leaving them running.
 """
 
@@ -13,9 +14,11 @@ import logging
 import multiprocessing.connection
 import os
 import pickle
+import shutil
 import signal
 import socket
 import sys
+import tempfile
 import threading
 from datetime import timedelta
 from urllib.parse import urlparse
@@ -33,6 +36,10 @@ logger = logging.getLogger(__name__)
 # seconds a worker has to exit after the launcher passed on SIGTERM / Ctrl-C (or another worker failed), before it
 # is killed
 STOP_GRACE_S = 30.0
+
+# in a worker process started by launch: the folder where it leaves its one-line error for the launcher, and its rank
+_error_dir: str | None = None
+_rank = 0
 
 
 def check_launch_args(num_gpus_per_machine: int, num_machines: int, machine_rank: int, dist_url: str | None) -> str:
@@ -90,11 +97,12 @@ def launch(
     """Runs ``main_func(*args)`` in ``num_machines * num_gpus_per_machine`` processes (one per GPU, or per
     requested CPU worker when CUDA is unavailable); ``dist_url`` None or ``"auto"`` picks a free local port (one
     machine). The first worker that fails stops the others (SIGTERM, then SIGKILL after STOP_GRACE_S). A worker that
-    exits with a status (e.g. ``sys.exit("error: ...")`` after printing its one-line error) ends the launcher with
-    that status, without the launcher's own traceback on top of the worker's message. A worker killed by a signal
-    (e.g. SIGKILL from the out-of-memory killer) is one line naming the signal and a likely cause, and exit status
-    128 + the signal number. SIGTERM or Ctrl-C to the launcher stops the workers and exits with 128 + the signal
-    number."""
+    exits with a status ends the launcher with that status, without the launcher's own traceback; the workers'
+    one-line errors (:func:`usage_error` or ``sys.exit("error: ...")`` in a worker) are printed by the launcher once
+    the workers have stopped, each distinct line once, so an error that every process hits is one line. A worker
+    killed by a signal (e.g. SIGKILL from the out-of-memory killer) is one line naming the signal and a likely cause,
+    and exit status 128 + the signal number. SIGTERM or Ctrl-C to the launcher stops the workers and exits with
+    128 + the signal number."""
     dist_url = check_launch_args(num_gpus_per_machine, num_machines, machine_rank, dist_url)
     world_size = num_machines * num_gpus_per_machine
     if world_size == 1:
@@ -138,13 +146,17 @@ _SIGNAL_CAUSES = {
 
 def _spawn(nprocs: int, first_rank: int, world_size: int, worker_args: tuple) -> None:
     """Starts the ``nprocs`` workers of this machine (global ranks ``first_rank`` on) and waits for them; see launch."""
-    context = mp.start_processes(
-        _worker, nprocs=nprocs, args=worker_args, daemon=False, start_method="spawn", join=False
-    )
-    _join(context, nprocs, first_rank, world_size)
+    error_dir = tempfile.mkdtemp(prefix="universal_seg-launch-")
+    try:
+        context = mp.start_processes(
+            _worker, nprocs=nprocs, args=(*worker_args, error_dir), daemon=False, start_method="spawn", join=False
+        )
+        _join(context, nprocs, first_rank, world_size, error_dir)
+    finally:
+        shutil.rmtree(error_dir, ignore_errors=True)
 
 
-def _join(context, nprocs: int, first_rank: int, world_size: int) -> None:
+def _join(context, nprocs: int, first_rank: int, world_size: int, error_dir: str) -> None:
     processes = context.processes
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_stop) if main_thread else None
@@ -155,6 +167,7 @@ def _join(context, nprocs: int, first_rank: int, world_size: int) -> None:
             signum = signal.SIGINT if isinstance(err, KeyboardInterrupt) else signal.SIGTERM
             signal.signal(signal.SIGTERM, signal.SIG_IGN)
             _stop_workers(processes)
+            _print_worker_errors(error_dir)
             print(
                 f"error: stopped by {signum.name}; the {nprocs} worker process(es) were stopped too. The checkpoints "
                 "are written atomically: --resume continues from the last one.",
@@ -166,6 +179,7 @@ def _join(context, nprocs: int, first_rank: int, world_size: int) -> None:
         if main_thread:
             signal.signal(signal.SIGTERM, signal.SIG_IGN)  # the workers are being stopped anyway
         _stop_workers(processes)
+        _print_worker_errors(error_dir)
         _raise_failure(context, failed, first_rank, world_size)
     finally:
         if main_thread:
@@ -225,8 +239,41 @@ def _stop_workers(processes) -> None:
             p.join()
 
 
-def _worker(local_rank, main_func, backend, world_size, num_per_machine, machine_rank, dist_url, args, timeout):
+def hand_error_to_launcher(line: str) -> bool:
+    """In a worker process started by :func:`launch`: leaves ``line``, the worker's one-line error, for the launcher,
+    which prints each distinct line of its workers once when they have stopped, and returns True. Elsewhere (or when
+    the line cannot be left) returns False: the caller prints it itself."""
+    if _error_dir is None:
+        return False
+    path = os.path.join(_error_dir, f"{_rank}.txt")
+    try:
+        with open(path + ".tmp", "w", encoding="utf-8") as f:
+            f.write(line)
+        os.replace(path + ".tmp", path)
+    except OSError:
+        return False
+    return True
+
+
+def _print_worker_errors(error_dir: str) -> None:
+    """Prints the one-line errors the workers left (hand_error_to_launcher), each distinct one once, by rank."""
+    lines = []
+    names = [n for n in os.listdir(error_dir) if n.endswith(".txt") and n[: -len(".txt")].isdigit()]
+    for name in sorted(names, key=lambda n: int(n[: -len(".txt")])):
+        with open(os.path.join(error_dir, name), encoding="utf-8") as f:
+            line = f.read()
+        if line not in lines:
+            lines.append(line)
+    for line in lines:
+        print(line, file=sys.stderr)
+
+
+def _worker(
+    local_rank, main_func, backend, world_size, num_per_machine, machine_rank, dist_url, args, timeout, error_dir
+):
+    global _error_dir, _rank
     global_rank = machine_rank * num_per_machine + local_rank
+    _error_dir, _rank = error_dir, global_rank
     try:
         dist.init_process_group(
             backend=backend, init_method=dist_url, world_size=world_size, rank=global_rank, timeout=timeout
@@ -248,4 +295,10 @@ def _worker(local_rank, main_func, backend, world_size, num_per_machine, machine
     if backend == "NCCL":
         torch.cuda.set_device(local_rank)
     comm.synchronize()
-    main_func(*args)
+    try:
+        main_func(*args)
+    except SystemExit as exit_:
+        # sys.exit("error: ..."): Python would print the line here; the launcher prints it, once for all workers
+        if isinstance(exit_.code, str) and hand_error_to_launcher(exit_.code):
+            raise SystemExit(1) from None
+        raise

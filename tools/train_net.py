@@ -12,7 +12,8 @@ processes joined with the gloo backend. SIGTERM or Ctrl-C to this process stops 
 
 Exit status: 0; 2 for a mistake found before training starts (an argument, the config, a checkpoint, the data);
 1 when training stops on bad data or a diverged loss; 128 + the signal number when a launcher of several processes
-is stopped by SIGTERM or Ctrl-C.
+is stopped by SIGTERM or Ctrl-C, or one of its worker processes is killed by a signal (137: SIGKILL, often the
+out-of-memory killer).
 """
 
 import logging

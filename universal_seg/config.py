@@ -211,14 +211,23 @@ def load_config(config_file: str, opts=(), cpu_hint: str = "append `MODEL.DEVICE
     return cfg
 
 
+# where usage_error leaves its line instead of printing it; set in launched worker processes (set_error_handoff)
+_error_handoff = None
+
+
+def set_error_handoff(handoff) -> None:
+    """Makes :func:`usage_error` pass its line to ``handoff(line) -> bool`` (True: taken, not printed here); the
+    launcher's worker processes set it so that it prints each distinct line of its workers once."""
+    global _error_handoff
+    _error_handoff = handoff
+
+
 def usage_error(err) -> NoReturn:
     """Ends a command-line tool on a mistake found before its work starts (an argument, the config, a checkpoint,
     the data it names): ``error: <err>`` on stderr and exit status 2, as argparse does. Status 1 is left for failures
     during the work (inputs that could not be predicted, training stopped by bad data). In a worker process of a
-    multi-process launch the line goes to the launcher instead, which prints each distinct line of its workers once
-    (universal_seg.engine.launch.hand_error_to_launcher)."""
+    multi-process launch the line goes to the launcher instead (:func:`set_error_handoff`)."""
     line = f"error: {err}"
-    launch = sys.modules.get("universal_seg.engine.launch")  # loaded in every launched worker; not imported from here
-    if launch is None or not launch.hand_error_to_launcher(line):
+    if _error_handoff is None or not _error_handoff(line):
         print(line, file=sys.stderr)
     raise SystemExit(2)

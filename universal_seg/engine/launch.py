@@ -29,7 +29,7 @@ import torch.multiprocessing as mp
 from detectron2.engine.launch import DEFAULT_TIMEOUT, _find_free_port
 from detectron2.utils import comm
 
-from ..config import usage_error
+from ..config import set_error_handoff, usage_error
 
 logger = logging.getLogger(__name__)
 
@@ -274,6 +274,9 @@ def _worker(
     global _error_dir, _rank
     global_rank = machine_rank * num_per_machine + local_rank
     _error_dir, _rank = error_dir, global_rank
+    set_error_handoff(hand_error_to_launcher)
+    if backend == "NCCL":  # before the group forms, so that NCCL's communicators and barriers use this GPU
+        torch.cuda.set_device(local_rank)
     try:
         dist.init_process_group(
             backend=backend, init_method=dist_url, world_size=world_size, rank=global_rank, timeout=timeout
@@ -292,8 +295,6 @@ def _worker(
             )
         )
     comm.create_local_process_group(num_per_machine)  # the per-machine groups behind comm.get_local_rank()
-    if backend == "NCCL":
-        torch.cuda.set_device(local_rank)
     comm.synchronize()
     try:
         main_func(*args)

@@ -8,8 +8,10 @@ training. Exports are the slow part (the exporter reasons about symbolic sizes),
 
 import importlib.util
 import os
+import re
 
 import numpy as np
+import onnx
 import onnxruntime as ort
 import pytest
 import torch
@@ -39,6 +41,42 @@ def _images(batch, height, width, seed):
 def _run(session, images):
     names = [o.name for o in session.get_outputs()]
     return dict(zip(names, session.run(None, {"image": images.numpy()})))
+
+
+def _declared(value: onnx.ValueInfoProto) -> tuple:
+    """The dimensions an ONNX input / output declares: dim_param (a name or an expression) or dim_value."""
+    return tuple(d.dim_param if d.HasField("dim_param") else d.dim_value for d in value.type.tensor_type.shape.dim)
+
+
+# outputs whose last two dimensions are the input's (the others are at the decoder's or the head's resolution)
+FULL_SIZE_OUTPUTS = ("mask_logits", "sem_seg", "sem_seg_map")
+
+
+def assert_axes_named(path: str) -> dict[str, tuple]:
+    """The file at ``path`` (read by onnx) declares the input image as [batch, 3, height, width] and every output
+    with the first dimension batch and, for FULL_SIZE_OUTPUTS, the last two height, width; returns {output name:
+    declared dimensions}."""
+    model = onnx.load(path)
+    assert {v.name: _declared(v) for v in model.graph.input} == {"image": ("batch", 3, "height", "width")}
+    outputs = {v.name: _declared(v) for v in model.graph.output}
+    for name, dims in outputs.items():
+        assert dims[0] == "batch", (name, dims)
+        if name in FULL_SIZE_OUTPUTS:
+            assert dims[-2:] == ("height", "width"), (name, dims)
+        else:  # no exporter symbol (s0, s1, ...) left in an expression either
+            assert all(
+                isinstance(d, int) or set(re.findall(r"[A-Za-z_]\w*", d)) <= {"height", "width"} for d in dims[1:]
+            )
+    return outputs
+
+
+def assert_shapes_as_declared(declared: dict[str, tuple], got: dict, batch: int, height: int, width: int) -> None:
+    """Every output ONNX Runtime returned for a [batch, 3, height, width] input has the shape its declaration
+    (names and expressions such as 8*(((height + 31)//32)), evaluated at those sizes) gives."""
+    sizes = {"batch": batch, "height": height, "width": width, "Min": min, "Max": max}
+    for name, dims in declared.items():
+        expected = tuple(d if isinstance(d, int) else eval(d, {"__builtins__": {}}, sizes) for d in dims)
+        assert got[name].shape == expected, (name, dims)
 
 
 # ----------------------------------------------------------------------------------------------- the op alone
@@ -124,7 +162,15 @@ def mini_export(tmp_path_factory):
         + ["MODEL.WEIGHTS", weights, *MINI_OPTS]
     )
     assert code == 0
-    return model, ort.InferenceSession(out, providers=["CPUExecutionProvider"])
+    return model, ort.InferenceSession(out, providers=["CPUExecutionProvider"]), out
+
+
+def test_mini_mask2former_onnx_axes_are_named(mini_export):
+    """The exported file names the image's symbolic dimensions batch, height, width (not the exporter's s0, s1, ...)
+    in its input and its outputs; the decoder-resolution masks are expressions of height and width."""
+    declared = assert_axes_named(mini_export[2])
+    assert declared["pred_logits"] == ("batch", 20, 22)
+    assert declared["pred_masks"][:2] == ("batch", 20) and all(isinstance(d, str) for d in declared["pred_masks"][2:])
 
 
 @pytest.mark.parametrize("check", CHECKS)
@@ -132,10 +178,11 @@ def test_mini_mask2former_onnx_equals_eager(mini_export, check):
     """Every output of the exported mini Mask2Former equals the eager model's: the network outputs (head, compiled
     op), the semantic scores and map of the meta-architecture, and panoptic / instance results of the numpy
     post-processing on the exported outputs equal the eager post-processing's."""
-    model, session = mini_export
+    model, session, path = mini_export
     batch, height, width = check
     images = _images(batch, height, width, seed=height)
     got = _run(session, images)
+    assert_shapes_as_declared(assert_axes_named(path), got, batch, height, width)
     with torch.no_grad():
         eager = model([{"image": im, "height": height, "width": width} for im in images])
         head = OnnxExportWrapper(model)(images)
@@ -180,10 +227,12 @@ def test_per_pixel_onnx_equals_eager(name, tmp_path):
     model = build_model(load_cfg(PER_PIXEL[name])).eval()
     path = str(tmp_path / f"{name}.onnx")
     export_onnx(model, path, PER_PIXEL_EXAMPLE)
+    declared = assert_axes_named(path)
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     for batch, height, width in PER_PIXEL_CHECKS:
         images = _images(batch, height, width, seed=width)
         got = _run(session, images)
+        assert_shapes_as_declared(declared, got, batch, height, width)
         with torch.no_grad():
             eager = model([{"image": im} for im in images])
             logits = OnnxExportWrapper(model)(images)[0]
@@ -221,10 +270,12 @@ def test_r50_mask2former_onnx_equals_eager(tmp_path):
     model = build_model(load_cfg("configs/coco/panoptic/m2f_r50.yaml", *FEWER_LAYERS)).eval()
     path = str(tmp_path / "r50.onnx")
     wrapper = export_onnx(model, path, EXAMPLE)
+    declared = assert_axes_named(path)
     session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
     for batch, height, width in CHECKS:
         images = _images(batch, height, width, seed=batch)
         got = _run(session, images)
+        assert_shapes_as_declared(declared, got, batch, height, width)
         with torch.no_grad():
             expected = dict(zip(wrapper.output_names, wrapper(images)))
         assert got["pred_logits"].shape == (batch, 100, 134)

@@ -224,12 +224,14 @@ class OnnxExportWrapper(nn.Module):
                 raise TypeError("the model's head returns no pred_logits / pred_masks; it cannot be exported.")
             pred_logits, pred_masks = outputs["pred_logits"], outputs["pred_masks"]
             masks = F.interpolate(pred_masks, size=padded, mode="bilinear", align_corners=False)
-            masks = masks[:, :, :height, :width]
+            # (narrow, not a slice: the exporter sizes a slice min(height, padded height), narrow exactly height)
+            masks = masks.narrow(2, 0, height).narrow(3, 0, width)
             probs = pred_logits.softmax(-1)[..., :-1]  # [B, Q, K]
             scores = torch.einsum("bqk,bqhw->bkhw", probs, masks.sigmoid())
             return pred_logits, pred_masks, masks, scores, scores.argmax(1)
         logits = outputs["sem_seg_logits"] if isinstance(outputs, dict) else outputs
-        scores = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)[:, :, :height, :width]
+        scores = F.interpolate(logits, size=padded, mode="bilinear", align_corners=False)
+        scores = scores.narrow(2, 0, height).narrow(3, 0, width)
         scores = scores.softmax(1)
         return logits, scores, scores.argmax(1)
 
@@ -244,7 +246,13 @@ def export_onnx(
     """Exports :class:`OnnxExportWrapper` (``model`` on the CPU, eval mode) to the ONNX file ``path``.
 
     Input "image" [batch, 3, height, width] float32, all three dimensions symbolic; outputs named as in the
-    wrapper's ``output_names``. MSDeformAttn is exported through :func:`gather_ms_deform_attn`. ``example_size``
+    wrapper's ``output_names``. The file names the symbolic dimensions (:data:`ONNX_AXIS_NAMES`) in the input and
+    in every output, instead of the exporter's s0, s1, ...: each output's first dimension is "batch"; mask_logits
+    [batch, Q, height, width], sem_seg [batch, K, height, width], sem_seg_map [batch, height, width]; pred_masks
+    and sem_seg_logits at the network's resolution carry expressions of them (e.g. "8*(((height + 31)//32))": the
+    height padded to 32, over 4). The export itself uses ``Dim.DYNAMIC`` (no constraints asked of the sizes) and
+    renames the exporter's symbols afterwards (``ONNXProgram.rename_axes``, also inside expressions and the
+    graph's intermediate shapes). MSDeformAttn is exported through :func:`gather_ms_deform_attn`. ``example_size``
     is the size of the example input the exporter runs (any size works afterwards; the example's height and
     width should not be 1 or equal each other's, which the exporter would take for a fixed relation). The weights
     are stored inside the file. Returns the wrapper (for comparisons with the eager model).
@@ -263,8 +271,31 @@ def export_onnx(
             opset_version=opset_version,
             external_data=False,
         )
+    program.rename_axes(_input_axis_names(program.model.graph.inputs[0].shape))
     program.save(path, external_data=False)
     return wrapper
+
+
+# names of the image's dimensions 0, 2, 3 in the exported file (dimension 1 is the fixed 3 channels)
+ONNX_AXIS_NAMES = {0: "batch", 2: "height", 3: "width"}
+
+
+def _input_axis_names(shape) -> dict:
+    """{symbol the exporter gave a dimension of the input ``shape`` (onnx_ir): its name in ONNX_AXIS_NAMES}, for
+    ``ONNXProgram.rename_axes`` (which renames the symbol in every value of the graph, also inside expressions).
+    A dimension the exporter fixed to a number keeps it (the export's check at other sizes then fails)."""
+    mapping = {}
+    for axis, name in ONNX_AXIS_NAMES.items():
+        symbol = shape[axis]
+        if isinstance(symbol, int) or symbol.value is None:
+            continue
+        if symbol.value in mapping:
+            raise ValueError(
+                f"the exporter gave the image's {mapping[symbol.value]} and {name} one symbol ({symbol.value}): the "
+                "graph would only hold inputs where they are equal; export with another example size."
+            )
+        mapping[symbol.value] = name
+    return mapping
 
 
 class FixedSizeTrace(nn.Module):

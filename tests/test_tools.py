@@ -99,6 +99,37 @@ def test_export_that_fails_its_check_leaves_no_file(tmp_path, mini_weights, caps
     assert list((tmp_path / "out").iterdir()) == []
 
 
+def test_export_with_non_finite_outputs_is_not_written(tmp_path, mini_weights, capsys):
+    """Weights with NaN class biases give NaN outputs. Before, |exported - eager| was NaN, NaN > --check-tolerance
+    is False (and max() over the outputs dropped it), so both formats saved the file; now the export is rejected,
+    naming the non-finite outputs, and a file already at --output is left as it was."""
+    model, _ = mini_weights
+    export_model = load_tool("export_model")
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    state["sem_seg_head.predictor.class_embed.bias"].fill_(float("nan"))
+    torch.save({"model": state}, tmp_path / "nan_m2f.pth")
+    segformer_config = os.path.join(ROOT, "configs", "mini", "semantic", "segformer_b0.yaml")
+    cfg = get_cfg()
+    add_universal_seg_config(cfg)
+    cfg.merge_from_file(segformer_config)
+    cfg.merge_from_list(["MODEL.WEIGHTS", "", "MODEL.DEVICE", "cpu"])
+    state = build_model(cfg).state_dict()
+    state["sem_seg_head.linear_pred.bias"].fill_(float("nan"))
+    torch.save({"model": state}, tmp_path / "nan_segformer.pth")
+    for fmt, config, weights in [
+        ("torchscript", CONFIG, "nan_m2f.pth"),
+        ("onnx", segformer_config, "nan_segformer.pth"),
+    ]:
+        out = tmp_path / f"model.{fmt}"
+        out.write_bytes(b"the previous export")
+        argv = ["--config-file", config, "--format", fmt, "--output", str(out), "--size", "64", "96"]
+        assert export_model.main(argv + ["MODEL.WEIGHTS", str(tmp_path / weights)]) == 1, fmt
+        err = capsys.readouterr().err
+        assert f"holds NaN or infinite values (check the weights, MODEL.WEIGHTS): {out} was not written." in err, err
+        assert out.read_bytes() == b"the previous export"
+    assert sorted(os.listdir(tmp_path)) == ["model.onnx", "model.torchscript", "nan_m2f.pth", "nan_segformer.pth"]
+
+
 def test_missing_or_mismatched_weights_are_one_line_errors(tmp_path, capsys):
     """A mistyped MODEL.WEIGHTS path and a checkpoint of another model are one line (exit 2), before any work."""
     export_model = load_tool("export_model")

@@ -18,7 +18,8 @@ universal_seg.export_postprocess (numpy). MSDeformAttn is exported through its g
 example the exporter runs; after saving, ONNX Runtime (CPU) runs the file on a [1, 3, H, W] input of that size and
 on a [2, 3, H + 2d, W + d] one (d: the size divisibility, at least 32), and every output is compared with the
 eager model's (max differences printed; --check-tolerance, or a semantic map that differs from eager's argmax other
-than at near-ties of its scores, fails the run).
+than at near-ties of its scores, fails the run). In both formats an output with NaN or infinite values (exported or
+eager) fails the run.
 
 Trailing KEY VALUE pairs override the config.
 """
@@ -97,12 +98,23 @@ def export(cfg, output: str, size: tuple[int, int], normalized_input: bool = Fal
     with torch.no_grad():
         exported = loaded(example)
         eager = SemanticSegmentationWrapper(model, normalized_input)(example)
-    diff = (exported - eager).abs().max().item()
+    diff = max_abs_diff(exported.cpu().numpy(), eager.cpu().numpy())
     print(
         f"input [1, 3, {size[0]}, {size[1]}] -> scores {list(exported.shape)}; "
         f"max |exported - eager (compiled op)| = {diff:.2e}"
     )
     return diff
+
+
+def max_abs_diff(got, expected) -> float:
+    """max |got - expected| over two arrays of one shape (float64), inf where either holds a NaN or an infinity:
+    an output that is not finite fails every --check-tolerance (a NaN difference compared as False and passed)."""
+    import numpy as np
+
+    got, expected = np.asarray(got, np.float64), np.asarray(expected, np.float64)
+    if not (np.isfinite(got).all() and np.isfinite(expected).all()):
+        return float("inf")
+    return float(np.abs(got - expected).max()) if got.size else 0.0
 
 
 def onnx_check_sizes(size: tuple[int, int], divisibility: int = 32) -> list[tuple[int, int, int]]:
@@ -133,7 +145,6 @@ def export_onnx_file(cfg, output: str, size: tuple[int, int], normalized_input: 
     compares every output with the eager model's (compiled MSDeformAttn). Returns {output name: max |diff|}
     (maxima over the check sizes), "sem_seg_map_mismatches" (pixels whose class is wrong) and "sem_seg_map_ties"
     (pixels whose class differs at a near-tie: :func:`map_mismatches`)."""
-    import numpy as np
     import onnxruntime as ort
 
     model = load_model(cfg)
@@ -166,7 +177,7 @@ def export_onnx_file(cfg, output: str, size: tuple[int, int], normalized_input: 
                 diffs["sem_seg_map_mismatches"] += bad
                 diffs["sem_seg_map_ties"] += ties
             else:
-                diffs[name] = max(diffs[name], float(np.abs(a.astype(np.float64) - b.numpy()).max()))
+                diffs[name] = max(diffs[name], max_abs_diff(a, b.numpy()))
         shapes = ", ".join(f"{n} {list(a.shape)}" for n, a in zip(eager.output_names, got))
         print(f"input [{batch}, 3, {height}, {width}] -> {shapes}")
     print(
@@ -233,6 +244,11 @@ def main(argv=None) -> int:
                     raise ExportRejected(f"the exported semantic map differs from eager's at {mismatches} pixels")
             else:
                 diff = export(cfg, tmp, tuple(args.size), args.normalized_input)
+            if diff == float("inf"):
+                raise ExportRejected(
+                    "an output of the exported or the eager model holds NaN or infinite values (check the weights, "
+                    "MODEL.WEIGHTS)"
+                )
             if diff > args.check_tolerance:
                 raise ExportRejected(
                     f"exported and eager outputs differ by {diff:.2e} > --check-tolerance {args.check_tolerance}; "

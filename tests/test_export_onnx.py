@@ -127,6 +127,23 @@ def test_unmasked_sine_encoding_equals_cumulative_formulation():
         assert torch.equal(module._encode_unmasked(x), module._encode(x, None))
 
 
+def test_axis_names_refuse_a_symbol_shared_by_height_and_width():
+    """The rename maps the exporter's symbols of the input's dimensions 0, 2, 3 to batch, height, width; a symbol
+    tying height to width (a graph for square images only) is refused, a dimension fixed to a number is left."""
+    import onnx_ir as ir
+
+    from universal_seg.export import _input_axis_names
+
+    shape = ir.Shape([ir.SymbolicDim("s7"), 3, ir.SymbolicDim("s0"), ir.SymbolicDim("s12")])
+    assert _input_axis_names(shape) == {"s7": "batch", "s0": "height", "s12": "width"}
+    assert _input_axis_names(ir.Shape([ir.SymbolicDim("s7"), 3, 64, ir.SymbolicDim("s12")])) == {
+        "s7": "batch",
+        "s12": "width",
+    }
+    with pytest.raises(ValueError, match="gave the image's height and width one symbol"):
+        _input_axis_names(ir.Shape([ir.SymbolicDim("s7"), 3, ir.SymbolicDim("s1"), ir.SymbolicDim("s1")]))
+
+
 # ---------------------------------------------------------------------------------------------- whole models
 def _load_tool(name):
     spec = importlib.util.spec_from_file_location(f"_tool_{name}", os.path.join(ROOT, "tools", f"{name}.py"))

@@ -254,8 +254,9 @@ def export_onnx(
     renames the exporter's symbols afterwards (``ONNXProgram.rename_axes``, also inside expressions and the
     graph's intermediate shapes). MSDeformAttn is exported through :func:`gather_ms_deform_attn`. ``example_size``
     is the size of the example input the exporter runs (any size works afterwards; the example's height and
-    width should not be 1 or equal each other's, which the exporter would take for a fixed relation). The weights
-    are stored inside the file. Returns the wrapper (for comparisons with the eager model).
+    width should not be 1 or equal each other's, which the exporter would take for a fixed relation; should it
+    give the height and the width one symbol, a ValueError is raised instead of a file for square images only).
+    The weights are stored inside the file. Returns the wrapper (for comparisons with the eager model).
     """
     wrapper = OnnxExportWrapper(model.eval(), normalized_input).eval()
     example = torch.rand((2, 3, *example_size), generator=torch.Generator().manual_seed(0)) * 255.0

@@ -191,15 +191,6 @@ def test_bad_size_or_output_is_one_line_before_the_model_is_built(tmp_path, caps
             assert export_model.main(["--config-file", config, "--format", fmt, "--output", good, *opts]) == 2
             err = capsys.readouterr().err
             assert err.startswith("error: ") and len(err.strip().splitlines()) == 1 and message in err, (fmt, err)
-    # a ViT backbone: before, the ONNX export ran (minutes at real sizes) and its check failed advising a larger
-    # --size, which no size fixes; TorchScript (one fixed size) still builds the model
-    vit = os.path.join(ROOT, "configs", "mini", "semantic", "structtoken_pwe_vit_t.yaml")
-    assert export_model.main(["--config-file", vit, "--format", "onnx", "--output", good]) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("error: ONNX export of a ViT backbone") and len(err.strip().splitlines()) == 1, err
-    assert "use --format torchscript at the deployment size" in err
-    with pytest.raises(AssertionError, match="the model was built"):
-        export_model.main(["--config-file", vit, "--format", "torchscript", "--output", good])
 
 
 def test_onnx_export_specialised_to_a_tiny_example_is_not_written(tmp_path, capsys):

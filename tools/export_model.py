@@ -21,8 +21,7 @@ eager model's (max differences printed; --check-tolerance, or a semantic map tha
 than at near-ties of its scores, fails the run). In both formats an output with NaN or infinite values (exported or
 eager) fails the run.
 
-Refused before the model is built (exit status 2): OneFormer (its task token is an input), sliding-window configs,
-and ONNX for the ViT backbone (its position embeddings are resized with Python sizes: use TorchScript).
+Refused before the model is built (exit status 2): OneFormer (its task token is an input) and sliding-window configs.
 
 Trailing KEY VALUE pairs override the config.
 """
@@ -128,9 +127,8 @@ def onnx_check_sizes(size: tuple[int, int], divisibility: int = 32) -> list[tupl
     return [(1, size[0], size[1]), (2, size[0] + 2 * d, size[1] + d)]
 
 
-def check_exportable(cfg, fmt: str = "onnx") -> None:
-    """ValueError, before the model is built, for a config whose inference the exported graph (of format ``fmt``)
-    cannot hold."""
+def check_exportable(cfg) -> None:
+    """ValueError, before the model is built, for a config whose inference the exported graph cannot hold."""
     if cfg.MODEL.ONE_FORMER.TASK_CONDITIONED:
         raise ValueError(
             "exporting a OneFormer model (MODEL.ONE_FORMER.TASK_CONDITIONED) is not supported yet: its task token "
@@ -141,12 +139,6 @@ def check_exportable(cfg, fmt: str = "onnx") -> None:
             "the config runs sliding-window inference (MODEL.PER_PIXEL.SLIDE_WINDOW.ENABLED), which the exported "
             "graph does not: add MODEL.PER_PIXEL.SLIDE_WINDOW.ENABLED False to export the whole-image model (and run "
             "windows around it)."
-        )
-    if fmt == "onnx" and cfg.MODEL.BACKBONE.NAME == "ViTBackbone":
-        raise ValueError(
-            "ONNX export of a ViT backbone (MODEL.BACKBONE.NAME ViTBackbone: SETR, StructToken) is not supported: it "
-            "resizes its position embeddings to the image's patch grid with Python sizes, so the graph would hold "
-            "the example's size; use --format torchscript at the deployment size (--size H W)."
         )
 
 
@@ -238,7 +230,7 @@ def main(argv=None) -> int:
         return 2
     try:  # exit status 2 for every bad argument, as for the checkpoint errors below
         cfg = build_cfg(args.config_file, args.opts)
-        check_exportable(cfg, args.format)
+        check_exportable(cfg)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

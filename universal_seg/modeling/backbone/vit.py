@@ -81,10 +81,10 @@ class PatchEmbed(nn.Module):
 
 def resize_pos_embed(pos_embed: torch.Tensor, new_hw, num_prefix: int = 1) -> torch.Tensor:
     """[1, num_prefix + h*w, C] (square grid) -> [1, num_prefix + H*W, C]: bicubic (antialias) on the grid,
-    prefix (cls) entries kept."""
+    prefix (cls) entries kept. Under ``torch.export`` (ONNX) the grid is always resized, and ``new_hw`` stays
+    symbolic, so one graph serves every image size (a resize to the grid's own size is the identity)."""
     side = math.isqrt(int(pos_embed.shape[1]) - num_prefix)
-    new_hw = (int(new_hw[0]), int(new_hw[1]))
-    if new_hw == (side, side):
+    if not torch.compiler.is_exporting() and (int(new_hw[0]), int(new_hw[1])) == (side, side):
         return pos_embed
     prefix, grid = pos_embed[:, :num_prefix], pos_embed[:, num_prefix:]
     C = grid.shape[-1]

@@ -32,6 +32,36 @@ def swin_config(embed_dim, depths, num_heads, window_size) -> transformers.SwinC
 TINY_SWIN_ARGS = tuple(TINY_SWIN[k] for k in ("embed_dim", "depths", "num_heads", "window_size"))
 
 
+# the decoder sizes of both tests' tiny models (DEC_LAYERS 5: the layers visit level 0 twice), as our config keys
+# (TINY_OVERRIDES) and as transformers' keywords that Mask2FormerConfig and OneFormerConfig share (TINY_DECODER)
+NUM_CLASSES, QUERIES, DIM, HEADS, DEC_LAYERS = 7, 10, 64, 4, 5
+TINY_OVERRIDES = [
+    "MODEL.SWIN.VARIANT", "tiny-test",
+    "MODEL.SWIN.DROP_PATH_RATE", 0.0,
+    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", NUM_CLASSES,
+    "MODEL.SEM_SEG_HEAD.CONVS_DIM", DIM,
+    "MODEL.SEM_SEG_HEAD.MASK_DIM", DIM,
+    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", 2,
+    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS", HEADS,
+    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD", 128,
+    "MODEL.MASK_FORMER.HIDDEN_DIM", DIM,
+    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", QUERIES,
+    "MODEL.MASK_FORMER.NHEADS", HEADS,
+    "MODEL.MASK_FORMER.DIM_FEEDFORWARD", 128,
+    "MODEL.MASK_FORMER.DEC_LAYERS", DEC_LAYERS,
+]  # fmt: skip
+TINY_DECODER = dict(
+    num_labels=NUM_CLASSES,
+    num_queries=QUERIES,
+    hidden_dim=DIM,
+    num_attention_heads=HEADS,
+    encoder_layers=2,
+    encoder_feedforward_dim=128,
+    dim_feedforward=128,
+    decoder_layers=DEC_LAYERS,
+)
+
+
 def hf_config(config_class, embed_dim, depths, num_heads, window_size, **decoder):
     """transformers' ``config_class`` (Mask2FormerConfig, OneFormerConfig) on :func:`swin_config`'s Swin of these
     sizes, with the ``decoder`` keywords."""

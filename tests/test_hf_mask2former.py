@@ -10,7 +10,19 @@ import pytest
 import torch
 import transformers
 from conftest import ROOT
-from hf_tiny import TINY_SWIN_ARGS, build_ours, hf_config, max_diff, randomise
+from hf_tiny import (
+    DEC_LAYERS,
+    DIM,
+    NUM_CLASSES,
+    QUERIES,
+    TINY_DECODER,
+    TINY_OVERRIDES,
+    TINY_SWIN_ARGS,
+    build_ours,
+    hf_config,
+    max_diff,
+    randomise,
+)
 
 import universal_seg.modeling  # noqa: F401
 from universal_seg.checkpoint import UniversalSegCheckpointer
@@ -21,23 +33,6 @@ sys.path.insert(0, str(ROOT / "tools"))
 REF = ROOT / "tests" / "data" / "mask2former_swin_tiny_coco_panoptic_state_dict.txt"
 CONFIG = "configs/coco/panoptic/m2f_swin_t.yaml"
 
-NUM_CLASSES, QUERIES, DIM, HEADS, DEC_LAYERS = 7, 10, 64, 4, 5  # DEC_LAYERS 5: the layers visit level 0 twice
-OVERRIDES = [
-    "MODEL.SWIN.VARIANT", "tiny-test",
-    "MODEL.SWIN.DROP_PATH_RATE", 0.0,
-    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", NUM_CLASSES,
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM", DIM,
-    "MODEL.SEM_SEG_HEAD.MASK_DIM", DIM,
-    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", 2,
-    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS", HEADS,
-    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD", 128,
-    "MODEL.MASK_FORMER.HIDDEN_DIM", DIM,
-    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", QUERIES,
-    "MODEL.MASK_FORMER.NHEADS", HEADS,
-    "MODEL.MASK_FORMER.DIM_FEEDFORWARD", 128,
-    "MODEL.MASK_FORMER.DEC_LAYERS", DEC_LAYERS,
-]  # fmt: skip
-
 
 @pytest.fixture(scope="module")
 def hf_tiny():
@@ -45,22 +40,15 @@ def hf_tiny():
     config = hf_config(
         transformers.Mask2FormerConfig,
         *TINY_SWIN_ARGS,
-        num_labels=NUM_CLASSES,
-        num_queries=QUERIES,
+        **TINY_DECODER,
         feature_size=DIM,
         mask_feature_size=DIM,
-        hidden_dim=DIM,
-        num_attention_heads=HEADS,
-        encoder_layers=2,
-        encoder_feedforward_dim=128,
-        dim_feedforward=128,
-        decoder_layers=DEC_LAYERS,
     )
     return randomise(transformers.Mask2FormerForUniversalSegmentation(config).eval())
 
 
 def _build_ours(*opts):
-    return build_ours(CONFIG, *OVERRIDES, *opts)
+    return build_ours(CONFIG, *TINY_OVERRIDES, *opts)
 
 
 def _hf_outputs(hf, x):

@@ -11,7 +11,19 @@ import pytest
 import torch
 import transformers
 from conftest import ROOT, load_cfg
-from hf_tiny import TINY_SWIN_ARGS, build_ours, hf_config, max_diff, randomise
+from hf_tiny import (
+    DEC_LAYERS,
+    DIM,
+    NUM_CLASSES,
+    QUERIES,
+    TINY_DECODER,
+    TINY_OVERRIDES,
+    TINY_SWIN_ARGS,
+    build_ours,
+    hf_config,
+    max_diff,
+    randomise,
+)
 
 import universal_seg.modeling  # noqa: F401
 from universal_seg.checkpoint import UniversalSegCheckpointer
@@ -22,22 +34,10 @@ from universal_seg.modeling.text_encoder import tokenize
 sys.path.insert(0, str(ROOT / "tools"))
 CONFIG = "configs/coco/panoptic/oneformer_swin_t.yaml"
 
-NUM_CLASSES, QUERIES, DIM, HEADS, DEC_LAYERS, N_CTX = 7, 10, 64, 4, 5, 4  # DEC_LAYERS 5: level 0 visited twice
+N_CTX = 4  # learnable context tokens of the text branch
 TEXT_LAYERS = 2  # text width DIM = 64: one head
 OVERRIDES = [
-    "MODEL.SWIN.VARIANT", "tiny-test",
-    "MODEL.SWIN.DROP_PATH_RATE", 0.0,
-    "MODEL.SEM_SEG_HEAD.NUM_CLASSES", NUM_CLASSES,
-    "MODEL.SEM_SEG_HEAD.CONVS_DIM", DIM,
-    "MODEL.SEM_SEG_HEAD.MASK_DIM", DIM,
-    "MODEL.SEM_SEG_HEAD.TRANSFORMER_ENC_LAYERS", 2,
-    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_N_HEADS", HEADS,
-    "MODEL.SEM_SEG_HEAD.DEFORMABLE_TRANSFORMER_ENCODER_DIM_FEEDFORWARD", 128,
-    "MODEL.MASK_FORMER.HIDDEN_DIM", DIM,
-    "MODEL.MASK_FORMER.NUM_OBJECT_QUERIES", QUERIES,
-    "MODEL.MASK_FORMER.NHEADS", HEADS,
-    "MODEL.MASK_FORMER.DIM_FEEDFORWARD", 128,
-    "MODEL.MASK_FORMER.DEC_LAYERS", DEC_LAYERS,
+    *TINY_OVERRIDES,
     "MODEL.ONE_FORMER.DROPOUT", 0.0,  # the query transformer's, so train mode (auxiliary outputs) is deterministic
     "MODEL.TEXT_ENCODER.WIDTH", DIM,
     "MODEL.TEXT_ENCODER.NUM_LAYERS", TEXT_LAYERS,
@@ -58,16 +58,9 @@ def hf_tiny():
     config = hf_config(
         transformers.OneFormerConfig,
         *TINY_SWIN_ARGS,
-        num_labels=NUM_CLASSES,
-        num_queries=QUERIES,
+        **TINY_DECODER,
         conv_dim=DIM,
         mask_dim=DIM,
-        hidden_dim=DIM,
-        num_attention_heads=HEADS,
-        encoder_layers=2,
-        encoder_feedforward_dim=128,
-        dim_feedforward=128,
-        decoder_layers=DEC_LAYERS,
         dropout=0.0,
         is_training=True,  # builds the text branch (text_mapper), so the file holds it
         text_encoder_width=DIM,

@@ -33,6 +33,14 @@ def load_script() -> types.ModuleType:
 
 inst = load_script()
 
+
+def test_gpu_wheel_list_names_the_version_this_script_builds():
+    """benchmarks/gpu_wheels.txt ships our detectron2 wheel to the GPU machine by version; a patch set bumped here
+    without the list would be refused only by gpu_suite_prepare.sh, when a GPU is already lent."""
+    listed = re.search(r"^detectron2==(\S+)", (SCRIPT.parents[1] / "benchmarks" / "gpu_wheels.txt").read_text(), re.M)
+    assert listed is not None and listed.group(1) == inst.DIST_VERSION
+
+
 D2_DIR = inst.find_package_dir()
 IS_OURS = D2_DIR is not None and (D2_DIR / inst.MARKER_NAME).is_file()
 

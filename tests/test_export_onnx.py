@@ -227,6 +227,45 @@ def test_mini_mask2former_onnx_equals_eager(mini_export, check):
     assert segments_seen > 0
 
 
+ONEFORMER_MINI = "configs/mini/panoptic/oneformer_r18.yaml"
+
+
+def test_oneformer_onnx_holds_one_tasks_token_and_equals_eager(tmp_path, capsys):
+    """OneFormer exports one graph per task (--task sets MODEL.TEST.TASK; the token is a constant of the graph).
+    Before, every OneFormer config was refused. The panoptic graph's outputs equal the eager model's run with
+    "task": "panoptic" on a batch of 2 at another size, and differ from its run with the semantic token (the
+    token is in the graph). Without --task the per_output config is refused, and --task without OneFormer too."""
+    tool = _load_tool("export_model")
+    config = str(ROOT / ONEFORMER_MINI)
+    out = str(tmp_path / "oneformer_panoptic.onnx")
+    assert tool.main(["--config-file", config, "--format", "onnx", "--output", out]) == 2
+    assert "pass --task semantic, instance or panoptic" in capsys.readouterr().err
+    m2f = ["--config-file", str(ROOT / MINI), "--format", "onnx", "--output", out, "--task", "panoptic"]
+    assert tool.main(m2f) == 2 and "--task is for OneFormer configs" in capsys.readouterr().err
+    torch.manual_seed(0)
+    model = build_model(load_cfg(ONEFORMER_MINI, *MINI_OPTS)).eval()
+    weights = str(tmp_path / "oneformer.pth")
+    torch.save({"model": model.state_dict()}, weights)
+    argv = ["--config-file", config, "--format", "onnx", "--output", out, "--size", *map(str, EXAMPLE)]
+    assert tool.main([*argv, "--task", "panoptic", "MODEL.WEIGHTS", weights, *MINI_OPTS]) == 0
+    batch, height, width = CHECKS[1]
+    images = _images(batch, height, width, seed=1)
+    got = _run(ort.InferenceSession(out, providers=["CPUExecutionProvider"]), images)
+    with torch.no_grad():
+        eager = {
+            task: model([{"image": im, "height": height, "width": width, "task": task} for im in images])
+            for task in ("panoptic", "semantic")
+        }
+    thing_ids = set(model.metadata.thing_dataset_id_to_contiguous_id.values())
+    for i, result in enumerate(eager["panoptic"]):
+        np.testing.assert_allclose(got["sem_seg"][i], result["sem_seg"].numpy(), atol=TOL, rtol=TOL)
+        assert np.abs(got["sem_seg"][i] - eager["semantic"][i]["sem_seg"].numpy()).max() > 100 * TOL
+        panoptic, segments = panoptic_postprocess(
+            got["pred_logits"][i], got["mask_logits"][i], 0.0, 0.5, thing_ids=thing_ids
+        )
+        assert (panoptic != result["panoptic_seg"][0].numpy()).mean() <= 1e-3 and segments == result["panoptic_seg"][1]
+
+
 # CGRSeg pools the 1/32 level to half its size: sizes where that is at least 2 (an example size whose derived sizes
 # are 1 lets the exporter fix them)
 PER_PIXEL_EXAMPLE = (128, 160)

@@ -21,7 +21,8 @@ eager model's (max differences printed; --check-tolerance, or a semantic map tha
 than at near-ties of its scores, fails the run). In both formats an output with NaN or infinite values (exported or
 eager) fails the run.
 
-Refused before the model is built (exit status 2): OneFormer (its task token is an input) and sliding-window configs.
+Refused before the model is built (exit status 2): sliding-window configs, and OneFormer without a single task (a graph
+holds one task token: --task, or MODEL.TEST.TASK semantic / instance / panoptic).
 
 Trailing KEY VALUE pairs override the config.
 """
@@ -67,6 +68,11 @@ def get_parser() -> argparse.ArgumentParser:
         type=float,
         default=1e-3,
         help="fail when exported and eager outputs differ by more than this",
+    )
+    parser.add_argument(
+        "--task",
+        choices=["semantic", "instance", "panoptic"],
+        help="OneFormer: the task whose token the exported graph holds (sets MODEL.TEST.TASK; a graph is one task's)",
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
     return parser
@@ -129,10 +135,10 @@ def onnx_check_sizes(size: tuple[int, int], divisibility: int = 32) -> list[tupl
 
 def check_exportable(cfg) -> None:
     """ValueError, before the model is built, for a config whose inference the exported graph cannot hold."""
-    if cfg.MODEL.ONE_FORMER.TASK_CONDITIONED:
+    if cfg.MODEL.ONE_FORMER.TASK_CONDITIONED and cfg.MODEL.TEST.TASK not in ("semantic", "instance", "panoptic"):
         raise ValueError(
-            "exporting a OneFormer model (MODEL.ONE_FORMER.TASK_CONDITIONED) is not supported yet: its task token "
-            "is an input the exported graph does not take; run it with tools/predict.py."
+            f"a OneFormer config (MODEL.ONE_FORMER.TASK_CONDITIONED) with MODEL.TEST.TASK {cfg.MODEL.TEST.TASK!r}: an "
+            "exported graph holds one task token; pass --task semantic, instance or panoptic (one file per task)."
         )
     if cfg.MODEL.PER_PIXEL.SLIDE_WINDOW.ENABLED:
         raise ValueError(
@@ -229,7 +235,11 @@ def main(argv=None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     try:  # exit status 2 for every bad argument, as for the checkpoint errors below
-        cfg = build_cfg(args.config_file, args.opts)
+        cfg = build_cfg(args.config_file, args.opts + (["MODEL.TEST.TASK", args.task] if args.task else []))
+        if args.task and not cfg.MODEL.ONE_FORMER.TASK_CONDITIONED:
+            raise ValueError(
+                "--task is for OneFormer configs (MODEL.ONE_FORMER.TASK_CONDITIONED); this model has no task token."
+            )
         check_exportable(cfg)
     except ValueError as err:
         print(f"error: {err}", file=sys.stderr)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .modeling.heads import PerPixelHead
+from .modeling.oneformer import TEXT_OF_TASK
 from .modeling.postprocess import confident_semantic_inference, semantic_inference
 from .ops.ms_deform_attn_function import opmath_dtype
 from .ops.ms_deform_attn_layer import use_ms_deform_attn_op
@@ -129,6 +130,9 @@ def semantic_scores(outputs, size: tuple[int, int], object_threshold: float = 0.
 class SemanticSegmentationWrapper(nn.Module):
     """image [B, 3, H, W] float -> semantic scores [B, K, H, W] (probabilities, as the model's "sem_seg").
 
+    A OneFormer model (``task_mlp``) runs with the task token of its ``test_task`` (MODEL.TEST.TASK: semantic,
+    instance or panoptic), computed once here and held as a constant [1, C]: the graph is that task's.
+
     Args:
         model: a built UniversalSegmentor-like model (``backbone``, ``sem_seg_head``, ``pixel_mean``,
             ``pixel_std``, ``size_divisibility``), in eval mode.
@@ -149,6 +153,11 @@ class SemanticSegmentationWrapper(nn.Module):
         self.size_divisibility = int(getattr(model, "size_divisibility", 0) or 0)
         self.normalized_input = normalized_input
         self.semantic_object_threshold = float(getattr(model, "semantic_object_threshold", 0.0))
+        self.register_buffer("task_token", _task_token(model), persistent=False)
+
+    def conditioning(self, batch: int) -> dict:
+        """The decoder's extra inputs for ``batch`` images: OneFormer's task token [batch, C], else none."""
+        return {} if self.task_token is None else {"task": self.task_token.expand(batch, -1)}
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         """image: [B, 3, H, W] float. Returns [B, K, H, W] float semantic scores."""
@@ -158,9 +167,23 @@ class SemanticSegmentationWrapper(nn.Module):
         if d > 1:
             pad_h, pad_w = (d - height % d) % d, (d - width % d) % d
             x = F.pad(x, (0, pad_w, 0, pad_h))  # zeros after normalisation, like ImageList.from_tensors
-        outputs = self.sem_seg_head(self.backbone(x))
+        outputs = self.sem_seg_head(self.backbone(x), **self.conditioning(x.shape[0]))
         scores = semantic_scores(outputs, tuple(x.shape[-2:]), self.semantic_object_threshold)
         return scores[:, :, :height, :width]
+
+
+def _task_token(model: nn.Module) -> torch.Tensor | None:
+    """OneFormer's mapped task token [1, C] for MODEL.TEST.TASK (None for a model without task_mlp); ValueError when
+    that is "per_output", which needs one decoder pass per task."""
+    if getattr(model, "task_mlp", None) is None:
+        return None
+    if model.test_task not in TEXT_OF_TASK:
+        raise ValueError(
+            f"an exported OneFormer graph holds one task token, and MODEL.TEST.TASK is {model.test_task!r}: set it to "
+            f"one of {sorted(TEXT_OF_TASK)} (tools/export_model.py --task)."
+        )
+    with torch.no_grad():
+        return model.conditioning([model.test_task])["task"].detach().clone()
 
 
 def _is_mask_classification(outputs) -> bool:
@@ -189,6 +212,7 @@ class OnnxExportWrapper(nn.Module):
     Images are normalised and zero-padded (after normalisation) to the size divisibility at the bottom / right, as
     ``SegmentorBase.preprocess`` does; outputs equal the eager model's for an image whose output size is its input
     size (no test-time resize). A batch shares one padded size, so the images of a batch must have one size.
+    OneFormer runs with its MODEL.TEST.TASK's token (see :class:`SemanticSegmentationWrapper`).
 
     Args:
         model: a built ``SegmentorBase`` (``backbone``, ``sem_seg_head``, ``pixel_mean``, ``pixel_std``,
@@ -218,7 +242,7 @@ class OnnxExportWrapper(nn.Module):
         # exporter's symbolic size expressions short, which makes the export several times faster than with a modulo)
         x = F.pad(x, (0, (width + d - 1) // d * d - width, 0, (height + d - 1) // d * d - height))
         padded = x.shape[-2:]
-        outputs = sem.sem_seg_head(sem.backbone(x))
+        outputs = sem.sem_seg_head(sem.backbone(x), **sem.conditioning(x.shape[0]))
         if self.mask_classification:
             if not _is_mask_classification(outputs):
                 raise TypeError("the model's head returns no pred_logits / pred_masks; it cannot be exported.")

@@ -110,7 +110,7 @@ class OneFormerTransformerDecoder(MultiScaleMaskedTransformerDecoder):
         if task is None:
             raise ValueError(
                 "OneFormerTransformerDecoder needs the task token (task=[B, C]), which UniversalSegmentor passes when "
-                "MODEL.ONE_FORMER.TASK_CONDITIONED is True; exporting a OneFormer model is not supported yet."
+                "MODEL.ONE_FORMER.TASK_CONDITIONED is True (and universal_seg.export's wrappers, from MODEL.TEST.TASK)."
             )
         src, pos, sizes = self.prepare_features(x)
         B = mask_features.shape[0]

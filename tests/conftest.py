@@ -93,3 +93,24 @@ def _deterministic_threads():
     torch.set_num_threads(2)
     yield
     torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def _no_log_handlers_on_closed_streams():
+    """A tool's main() run in-process under capsys leaves detectron2's setup_logger handlers (cached by its
+    lru_cache) writing to that test's capture stream, closed when the test ends; a later log record to them printed
+    '--- Logging error ---' into another test's stderr. After each test such handlers are removed and the cache
+    cleared, so the next setup_logger call makes new ones."""
+    yield
+    from detectron2.utils.logger import setup_logger
+
+    removed = False
+    for logger in [logging.getLogger()] + [
+        lg for lg in logging.Logger.manager.loggerDict.values() if isinstance(lg, logging.Logger)
+    ]:
+        for handler in list(logger.handlers):
+            if getattr(getattr(handler, "stream", None), "closed", False):
+                logger.removeHandler(handler)
+                removed = True
+    if removed:
+        setup_logger.cache_clear()

@@ -10,6 +10,7 @@ once, a worker killed by a signal is one line naming it, and a launcher stopped 
 workers instead of leaving them running.
 """
 
+import functools
 import logging
 import multiprocessing.connection
 import os
@@ -29,6 +30,7 @@ import torch.multiprocessing as mp
 from detectron2.engine.launch import DEFAULT_TIMEOUT, _find_free_port
 from detectron2.utils import comm
 
+from ..atomic import atomic_open
 from ..config import set_error_handoff, usage_error
 
 logger = logging.getLogger(__name__)
@@ -36,10 +38,6 @@ logger = logging.getLogger(__name__)
 # seconds a worker has to exit after the launcher passed on SIGTERM / Ctrl-C (or another worker failed), before it
 # is killed
 STOP_GRACE_S = 30.0
-
-# in a worker process started by launch: the folder where it leaves its one-line error for the launcher, and its rank
-_error_dir: str | None = None
-_rank = 0
 
 
 def check_launch_args(num_gpus_per_machine: int, num_machines: int, machine_rank: int, dist_url: str | None) -> str:
@@ -239,24 +237,20 @@ def _stop_workers(processes) -> None:
             p.join()
 
 
-def hand_error_to_launcher(line: str) -> bool:
-    """In a worker process started by :func:`launch`: leaves ``line``, the worker's one-line error, for the launcher,
-    which prints each distinct line of its workers once when they have stopped, and returns True. Elsewhere (or when
-    the line cannot be left) returns False: the caller prints it itself."""
-    if _error_dir is None:
-        return False
-    path = os.path.join(_error_dir, f"{_rank}.txt")
+def _leave_error(path: str, line: str) -> bool:
+    """In a worker process started by :func:`launch`: leaves ``line``, the worker's one-line error, at ``path`` (its
+    rank's file in the launch's folder) for the launcher, which prints each distinct line of its workers once when
+    they have stopped, and returns True; False when the line cannot be left (the caller prints it itself)."""
     try:
-        with open(path + ".tmp", "w", encoding="utf-8") as f:
+        with atomic_open(path, "w", durable=False) as f:
             f.write(line)
-        os.replace(path + ".tmp", path)
     except OSError:
         return False
     return True
 
 
 def _print_worker_errors(error_dir: str) -> None:
-    """Prints the one-line errors the workers left (hand_error_to_launcher), each distinct one once, by rank."""
+    """Prints the one-line errors the workers left (_leave_error), each distinct one once, by rank."""
     lines = []
     names = [n for n in os.listdir(error_dir) if n.endswith(".txt") and n[: -len(".txt")].isdigit()]
     for name in sorted(names, key=lambda n: int(n[: -len(".txt")])):
@@ -271,10 +265,9 @@ def _print_worker_errors(error_dir: str) -> None:
 def _worker(
     local_rank, main_func, backend, world_size, num_per_machine, machine_rank, dist_url, args, timeout, error_dir
 ):
-    global _error_dir, _rank
     global_rank = machine_rank * num_per_machine + local_rank
-    _error_dir, _rank = error_dir, global_rank
-    set_error_handoff(hand_error_to_launcher)
+    hand_off = functools.partial(_leave_error, os.path.join(error_dir, f"{global_rank}.txt"))
+    set_error_handoff(hand_off)
     if backend == "NCCL":  # before the group forms, so that NCCL's communicators and barriers use this GPU
         torch.cuda.set_device(local_rank)
     try:
@@ -300,6 +293,6 @@ def _worker(
         main_func(*args)
     except SystemExit as exit_:
         # sys.exit("error: ..."): Python would print the line here; the launcher prints it, once for all workers
-        if isinstance(exit_.code, str) and hand_error_to_launcher(exit_.code):
+        if isinstance(exit_.code, str) and hand_off(exit_.code):
             raise SystemExit(1) from None
         raise

@@ -38,7 +38,7 @@ def _panoptic_meta():
 def _load_semantic(image_dir, gt_dir):
     """detectron2's semantic loader, after checking that ``gt_dir`` holds the ``*_gtFine_labelTrainIds.png`` it
     reads (not in the download; detectron2 would stop on a bare AssertionError)."""
-    if not glob.glob(os.path.join(gt_dir, "*", "*_gtFine_labelTrainIds.png")):
+    if next(glob.iglob(os.path.join(gt_dir, "*", "*_gtFine_labelTrainIds.png")), None) is None:
         raise FileNotFoundError(
             f"Cityscapes semantic segmentation needs '{gt_dir}/<city>/*_gtFine_labelTrainIds.png', and there are "
             f"none; {_SCRIPT}."

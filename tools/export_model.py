@@ -43,6 +43,7 @@ from universal_seg.atomic import atomic_path, check_output_file  # noqa: E402
 from universal_seg.checkpoint import CHECKPOINT_ERRORS, UniversalSegCheckpointer  # noqa: E402
 from universal_seg.config import load_config  # noqa: E402
 from universal_seg.export import OnnxExportWrapper, SemanticSegmentationWrapper, export_onnx, trace_semantic  # noqa: E402
+from universal_seg.modeling.oneformer import TEXT_OF_TASK  # noqa: E402
 
 
 def get_parser() -> argparse.ArgumentParser:
@@ -71,7 +72,7 @@ def get_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--task",
-        choices=["semantic", "instance", "panoptic"],
+        choices=sorted(TEXT_OF_TASK),
         help="OneFormer: the task whose token the exported graph holds (sets MODEL.TEST.TASK; a graph is one task's)",
     )
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides")
@@ -135,7 +136,7 @@ def onnx_check_sizes(size: tuple[int, int], divisibility: int = 32) -> list[tupl
 
 def check_exportable(cfg) -> None:
     """ValueError, before the model is built, for a config whose inference the exported graph cannot hold."""
-    if cfg.MODEL.ONE_FORMER.TASK_CONDITIONED and cfg.MODEL.TEST.TASK not in ("semantic", "instance", "panoptic"):
+    if cfg.MODEL.ONE_FORMER.TASK_CONDITIONED and cfg.MODEL.TEST.TASK not in TEXT_OF_TASK:
         raise ValueError(
             f"a OneFormer config (MODEL.ONE_FORMER.TASK_CONDITIONED) with MODEL.TEST.TASK {cfg.MODEL.TEST.TASK!r}: an "
             "exported graph holds one task token; pass --task semantic, instance or panoptic (one file per task)."
